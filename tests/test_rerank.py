@@ -1,7 +1,5 @@
 "Search and re-ranking end to end on small random data: kNN backends agree, every stage switches on and off."
 import dataclasses
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
