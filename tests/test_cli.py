@@ -78,3 +78,10 @@ def test_malformed_submission_names_the_row(synth, tmp_path):
     bad = tmp_path / 'bad.csv'; bad.write_text('\n'.join(rows) + '\n')
     res = lmkkit('evaluate', bad, synth / 'recognition_solution.csv', check=False)
     assert res.returncode == 2 and 'line 4' in res.stderr, res.stderr
+
+
+def test_malformed_solution_is_an_error_not_a_traceback(synth, tmp_path):
+    bad = tmp_path / 'solution.csv'
+    bad.write_text('id,landmarks,Usage\nabc,1,Sometimes\n')
+    res = lmkkit('evaluate', synth / 'recognition_sample_submission.csv', bad, check=False)
+    assert res.returncode == 2 and 'Traceback' not in res.stderr and 'Sometimes' in res.stderr, res.stderr
