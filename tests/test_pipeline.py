@@ -1,0 +1,125 @@
+"Inference pipeline end to end on a tiny synthetic set: both tracks, a deadline too short for every stage, bad input."
+import io
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from lmkkit.data import id_to_path
+from lmkkit.metrics import validate_submission
+from lmkkit.model import create_model, save_checkpoint
+from lmkkit.pipeline import SEED_STAGES, run_inference, submission_ids
+from lmkkit.synth import make_synthetic
+
+TINY = dict(n_landmarks=6, n_unseen=2, n_families=2, train_per_landmark=5, index_per_landmark=3, test_per_landmark=2,
+            n_train_nonlandmarks=10, n_index_nonlandmarks=4, n_test_nonlandmarks=6, image_size=64)
+FAST = dict(image_size=32, batch_size=16, verify_top_n=2, k=5, retrieval_k=20, verbose=False, lgbm_folds=2, lgbm_rounds=10,
+            holdout_frac=0.3, holdout_unseen_frac=0.2)
+
+
+@pytest.fixture(scope='module')
+def world(tmp_path_factory):
+    "A tiny synthetic GLDv2 folder and an untrained tiny checkpoint."
+    root = tmp_path_factory.mktemp('pipeline')
+    make_synthetic(root/'data', seed=0, verbose=False, **TINY)
+    model = create_model('test_resnet', embedding_size=16, head=None)
+    save_checkpoint(root/'model.pt', model, None, extra={'train_config': {'stages': [[32, 1]]}})
+    return root
+
+
+def _check_submission(res, data_dir, track):
+    ids = submission_ids(data_dir, track)
+    got_track, _ = validate_submission(res.submission, ids)
+    assert got_track == track
+    return ids
+
+
+def test_recognition_full_chain(world, tmp_path):
+    res = run_inference(data_dir=str(world/'data'), checkpoint=str(world/'model.pt'), out_dir=str(tmp_path),
+                        cache_dir=str(world/'cache'), stages=list(SEED_STAGES['recognition']), **FAST)
+    _check_submission(res, world/'data', 'recognition')
+    stages = [r['stage'] for r in res.ablation]
+    assert stages[0] == 'knn_top1' and stages[-1] == 'final'
+    assert stages[1:-1] == list(SEED_STAGES['recognition']), res.skipped
+    assert all(isinstance(r['gap'], float) for r in res.ablation)
+    metrics = json.loads((tmp_path/'metrics.json').read_text())
+    assert metrics['stages'] == res.ablation and metrics['gap'] == res.ablation[-1]['gap']
+    assert metrics['mean_conf_nonlandmark'] is not None and metrics['mean_conf_landmark'] is not None
+    timeline = pd.read_csv(tmp_path/'timeline.csv')
+    assert {'empty_submission', 'embed_test', 'knn', 'verify', 'lgbm'} <= set(timeline['step'])
+    assert (tmp_path/'reranker'/'reranker.json').is_file()
+
+
+def test_retrieval_full_chain(world, tmp_path):
+    res = run_inference(data_dir=str(world/'data'), checkpoint=str(world/'model.pt'), out_dir=str(tmp_path), track='retrieval',
+                        cache_dir=str(world/'cache'), stages=list(SEED_STAGES['retrieval']), **FAST)
+    _check_submission(res, world/'data', 'retrieval')
+    assert [r['stage'] for r in res.ablation] == ['knn', *SEED_STAGES['retrieval'], 'final'], res.skipped
+    assert all(0 <= r['map@100'] <= 1 for r in res.ablation)
+
+
+def test_deadline_too_short(world, tmp_path):
+    "A limit that cannot hold every stage: the run ends inside it with a complete submission and logs what it skipped."
+    limit_s = 6.0
+    t0 = time.monotonic()
+    res = run_inference(data_dir=str(world/'data'), checkpoint=str(world/'model.pt'), out_dir=str(tmp_path),
+                        cache_dir=str(tmp_path/'cache'), time_limit_hours=limit_s / 3600, reserve_minutes=0.5 / 60,
+                        stages=list(SEED_STAGES['recognition']), **{**FAST, 'verify_top_n': 10, 'k': 10})
+    assert time.monotonic() - t0 < limit_s
+    _check_submission(res, world/'data', 'recognition')
+    timeline = pd.read_csv(tmp_path/'timeline.csv')
+    cut = [n for n in timeline['note'].fillna('') if 'skipped' in n or 'shortened' in n]
+    assert cut or res.skipped, timeline
+    assert res.ablation[0]['stage'] == 'knn_top1' or any('embed' in s for s in res.skipped)
+
+
+def _bad_folder(src: Path, dst: Path) -> dict:
+    "Copy the tiny set and damage it in every way GLDv2 images are damaged."
+    shutil.copytree(src, dst)
+    train = pd.read_csv(dst/'train.csv', dtype=str)
+    tests = sorted(p.stem for p in (dst/'test').rglob('*.jpg'))
+    t = [id_to_path(dst, 'train', i) for i in train['id']]
+    t[0].write_bytes(b'not an image at all')  # corrupt
+    t[1].write_bytes(t[1].read_bytes()[:200])  # truncated
+    Image.open(t[2]).convert('L').save(t[2], 'JPEG')  # grayscale
+    Image.open(t[3]).convert('CMYK').save(t[3], 'JPEG')  # CMYK
+    Image.open(t[4]).save(t[4], 'PNG')  # PNG bytes in a .jpg
+    exif = Image.Exif(); exif[0x0112] = 6  # EXIF: rotate 90 degrees
+    Image.open(t[5]).save(t[5], 'JPEG', exif=exif.tobytes())
+    Image.new('RGB', (1, 1), (200, 10, 10)).save(t[6], 'JPEG')  # tiny
+    Image.new('RGB', (3000, 2000), (10, 120, 10)).save(t[7], 'JPEG', quality=30)  # huge
+    t[8].unlink()  # listed in train.csv, file missing
+    q = [id_to_path(dst, 'test', i) for i in tests]
+    q[0].write_bytes(b'\xff\xd8\xff garbage')
+    q[1].unlink()  # a sample-submission id whose test image is missing
+    return dict(missing_train=train['id'][8], missing_test=tests[1], bad_test=tests[0])
+
+
+@pytest.mark.parametrize('track', ['recognition', 'retrieval'])
+def test_bad_input(world, tmp_path, track):
+    bad = _bad_folder(world/'data', tmp_path/'data')
+    res = run_inference(data_dir=str(tmp_path/'data'), checkpoint=str(world/'model.pt'), out_dir=str(tmp_path/'out'),
+                        cache_dir=str(tmp_path/'cache'), track=track, **FAST)
+    ids = _check_submission(res, tmp_path/'data', track)
+    assert bad['missing_test'] in ids and bad['bad_test'] in ids
+    _, preds = validate_submission(res.submission)
+    assert bad['missing_test'] not in preds and bad['bad_test'] not in preds
+    assert res.report['embed_test_unreadable'] == 2
+    if track == 'recognition': assert res.report['embed_train_unreadable'] == 3  # corrupt, truncated, missing
+    assert len(preds) > 0
+
+
+def test_empty_test_folder(world, tmp_path):
+    "No test images and no sample submission: a valid submission with a header only."
+    shutil.copytree(world/'data', tmp_path/'data')
+    shutil.rmtree(tmp_path/'data'/'test'); (tmp_path/'data'/'test').mkdir()
+    for f in ('recognition_sample_submission.csv', 'recognition_solution.csv'): (tmp_path/'data'/f).unlink()
+    res = run_inference(data_dir=str(tmp_path/'data'), checkpoint=str(world/'model.pt'), out_dir=str(tmp_path/'out'),
+                        cache_dir=str(world/'cache'), **FAST)
+    assert res.submission.read_text() == 'id,landmarks\n'
+    assert validate_submission(res.submission, [])[0] == 'recognition'
