@@ -202,6 +202,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--out', required=True)
     p.add_argument('--smoke', action='store_true', help='tiny sizes on the CPU: check the script itself')
+    p.add_argument('--checks', default='training,embed,knn,local_features,backbones', help='comma-separated subset')
     args = p.parse_args()
     out = Path(args.out); out.mkdir(parents=True, exist_ok=True)
     JSON_PATH.append(out / 'gpu_check.json')
@@ -213,11 +214,12 @@ def main():
         work = Path(tmp); data = work / 'synth'
         small = dict(n_landmarks=12, train_per_landmark=4) if args.smoke else {}
         make_synthetic(data, seed=0, verbose=False, **small)
-        check_training(data, work, device, args.smoke)
-        check_embed(data, device, args.smoke)
-        check_knn(device, args.smoke)
-        check_local_features(data, work, device, args.smoke)
-        check_backbones(device, args.smoke)
+        checks = {'training': lambda: check_training(data, work, device, args.smoke),
+                  'embed': lambda: check_embed(data, device, args.smoke),
+                  'knn': lambda: check_knn(device, args.smoke),
+                  'local_features': lambda: check_local_features(data, work, device, args.smoke),
+                  'backbones': lambda: check_backbones(device, args.smoke)}
+        for name in args.checks.split(','): checks[name]()
     (out / 'gpu_check.md').write_text(table(RESULTS))
     print(table(RESULTS))
 
