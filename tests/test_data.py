@@ -1,6 +1,5 @@
 "Bad input for lmkkit.data: malformed CSVs stop early with file, line and fix; bad images never stop a loader."
 import os
-from pathlib import Path
 
 os.environ.setdefault('NO_ALBUMENTATIONS_UPDATE', '1')
 import numpy as np

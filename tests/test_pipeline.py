@@ -1,11 +1,9 @@
 "Inference pipeline end to end on a tiny synthetic set: both tracks, a deadline too short for every stage, bad input."
-import io
 import json
 import shutil
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
@@ -64,12 +62,19 @@ def test_retrieval_full_chain(world, tmp_path):
 
 
 def test_deadline_too_short(world, tmp_path):
-    "A limit that cannot hold every stage: the run ends inside it with a complete submission and logs what it skipped."
-    limit_s = 6.0
+    """A limit that cannot hold every stage: the run ends inside it with a complete submission and logs what it skipped.
+
+    The limit is 60% of what the unlimited run took on this machine, measured in the same test, so that it is too
+    short on a fast machine and a slow one alike."""
+    def run(out, **limits):
+        return run_inference(data_dir=str(world/'data'), checkpoint=str(world/'model.pt'), out_dir=str(out),
+                             cache_dir=str(out/'cache'), stages=list(SEED_STAGES['recognition']),
+                             **{**FAST, 'verify_top_n': 10, 'k': 10}, **limits)
     t0 = time.monotonic()
-    res = run_inference(data_dir=str(world/'data'), checkpoint=str(world/'model.pt'), out_dir=str(tmp_path),
-                        cache_dir=str(tmp_path/'cache'), time_limit_hours=limit_s / 3600, reserve_minutes=0.5 / 60,
-                        stages=list(SEED_STAGES['recognition']), **{**FAST, 'verify_top_n': 10, 'k': 10})
+    run(tmp_path/'unlimited')
+    limit_s = 0.6 * (time.monotonic() - t0)
+    t0 = time.monotonic()
+    res = run(tmp_path, time_limit_hours=limit_s / 3600, reserve_minutes=0.1 * limit_s / 60)
     assert time.monotonic() - t0 < limit_s
     _check_submission(res, world/'data', 'recognition')
     timeline = pd.read_csv(tmp_path/'timeline.csv')

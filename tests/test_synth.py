@@ -2,7 +2,6 @@
 import hashlib
 import os
 import shutil
-from pathlib import Path
 
 os.environ.setdefault('NO_ALBUMENTATIONS_UPDATE', '1')
 import pandas as pd

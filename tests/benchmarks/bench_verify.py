@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from lmkkit.search import Candidates
-from lmkkit.verify import SiftMagsac, count_inliers, prepare_image, verify_candidates
+from lmkkit.verify import SiftMagsac, prepare_image, verify_candidates
 
 
 def scene(seed, size=640):
