@@ -180,8 +180,11 @@ def run_kernel(gld, out_dir, tmp_path, **params):
 
 def test_training_kernel_runs_under_papermill(gld, tmp_path):
     run_kernel(gld, tmp_path/'run', tmp_path, time_limit_hours=0.2)
-    assert {'last.pt', 'model.pt', 'metrics.csv', 'history.png'} <= {p.name for p in (tmp_path/'run').iterdir()}
-    assert pd.read_csv(tmp_path/'run'/'metrics.csv')['val_gap'].notna().sum() == 1
+    assert {'last.pt', 'model.pt', 'metrics.csv', 'metrics.json', 'history.png'} <= {p.name for p in (tmp_path/'run').iterdir()}
+    history = pd.read_csv(tmp_path/'run'/'metrics.csv')
+    assert history['val_gap'].notna().sum() == 1
+    summary = json.loads((tmp_path/'run'/'metrics.json').read_text())
+    assert summary['finished'] and summary['val_gap'] == pytest.approx(history['val_gap'].dropna().iloc[-1])
 
 def test_training_kernel_stops_early_on_a_bad_parameter(gld, tmp_path):
     import papermill as pm
