@@ -128,3 +128,21 @@ def test_empty_test_folder(world, tmp_path):
                         cache_dir=str(world/'cache'), **FAST)
     assert res.submission.read_text() == 'id,landmarks\n'
     assert validate_submission(res.submission, [])[0] == 'recognition'
+
+
+KERNELS = Path(__file__).resolve().parents[1] / 'kaggle_kernels'
+
+
+@pytest.mark.parametrize('track,bad,message', [
+    ('recognition', dict(time_limit_hours='twelve'), "parameter 'time_limit_hours' must be float"),
+    ('recognition', dict(verifier='loftr', verifier_weights={'weights': '/missing/loftr.ckpt'}), 'loftr.ckpt not found'),
+    ('retrieval', dict(verifier='orb'), "parameter 'verifier': unknown 'orb'"),
+])
+def test_inference_kernel_stops_in_its_first_cells_on_bad_parameters(world, tmp_path, track, bad, message):
+    import papermill as pm
+    name = f'lmkkit-{track}'
+    params = dict(data_dir=str(world/'data'), checkpoint=str(world/'model.pt'), out_dir=str(tmp_path/'out'), **bad)
+    with pytest.raises(pm.PapermillExecutionError, match=message):
+        pm.execute_notebook(str(KERNELS/name/f'{name}.ipynb'), str(tmp_path/'run.ipynb'), parameters=params,
+                            kernel_name='python3', progress_bar=False)
+    assert not (tmp_path/'out'/'submission.csv').exists()
