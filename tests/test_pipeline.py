@@ -146,3 +146,14 @@ def test_inference_kernel_stops_in_its_first_cells_on_bad_parameters(world, tmp_
         pm.execute_notebook(str(KERNELS/name/f'{name}.ipynb'), str(tmp_path/'run.ipynb'), parameters=params,
                             kernel_name='python3', progress_bar=False)
     assert not (tmp_path/'out'/'submission.csv').exists()
+
+
+@pytest.mark.parametrize('track,first', [('recognition', 'knn_top1'), ('retrieval', 'knn')])
+def test_public_run_takes_the_cheap_path(world, tmp_path, track, first):
+    "On the public run (forced here; detected by counts on Kaggle) only kNN runs, and the submission is complete."
+    res = run_inference(data_dir=str(world/'data'), checkpoint=str(world/'model.pt'), out_dir=str(tmp_path), track=track,
+                        cache_dir=str(world/'cache'), public_run='yes', **FAST)
+    _check_submission(res, world/'data', track)
+    assert [r['stage'] for r in res.ablation] == [first, 'final']
+    assert any(s.startswith('stages') and 'public run' in s for s in res.skipped), res.skipped
+    assert not {'verify', 'lgbm', 'holdout'} & set(res.timeline['step'])  # nothing costly ran

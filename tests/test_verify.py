@@ -9,27 +9,15 @@ import pytest
 from lmkkit.core import Deadline
 from lmkkit.rerank import RerankContext, run_stages
 from lmkkit.search import Candidates
+from lmkkit.synth import draw_scene, family_style, render_view
 from lmkkit.verify import VERIFIERS, PairCache, PairResult, SiftMagsac, verify_candidates
 
 
-def _scene(seed, size=320):
+def _views(seed, size=320, strength=0.3):
+    "Two photos (RGB uint8) of one synthetic landmark from lmkkit.synth, seen from different viewpoints."
     rng = np.random.default_rng(seed)
-    img = np.empty((size, size, 3), np.uint8); img[:] = rng.integers(0, 255, 3)
-    for _ in range(40):
-        cv2.fillPoly(img, [rng.integers(0, size, (int(rng.integers(3, 7)), 2)).astype(np.int32)],
-                     tuple(int(c) for c in rng.integers(0, 255, 3)))
-    for _ in range(30):
-        p, q = rng.integers(0, size, (2, 2))
-        cv2.line(img, tuple(map(int, p)), tuple(map(int, q)), tuple(int(c) for c in rng.integers(0, 255, 3)), 2)
-    return img
-
-
-def _warp(img, seed):
-    rng = np.random.default_rng(seed)
-    h, w = img.shape[:2]
-    src = np.float32([[0, 0], [w, 0], [w, h], [0, h]])
-    dst = (src + rng.uniform(-0.08, 0.08, (4, 2)) * [w, h]).astype(np.float32)
-    return cv2.warpPerspective(img, cv2.getPerspectiveTransform(src, dst), (w, h))
+    scene = draw_scene(family_style(rng), rng, 2 * size)
+    return [render_view(scene, rng, size, strength) for _ in range(2)]
 
 
 @pytest.fixture(scope='module')
@@ -37,8 +25,7 @@ def images(tmp_path_factory):
     "Three scenes, two views each (s<i>a, s<i>b), as JPEGs; a corrupt file; an id with no file."
     d = tmp_path_factory.mktemp('imgs')
     for i in range(3):
-        base = _scene(10 + i)
-        for tag, img in (('a', base), ('b', _warp(base, i))):
+        for tag, img in zip('ab', _views(10 + i)):
             cv2.imwrite(str(d/f's{i}{tag}.jpg'), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
     (d/'corrupt.jpg').write_bytes(b'\xff\xd8\xff garbage')
     return d
@@ -57,7 +44,7 @@ def test_same_scene_beats_unrelated(images):
     inl = out.features['inliers']
     same = inl[cands.ids == np.array(['s0b', 's1b', 's2b'])[:, None]]
     other = inl[(cands.ids != np.array(['s0b', 's1b', 's2b'])[:, None]) & (inl > 0)]
-    assert same.min() > 3 * max(other.max(), 10), (same, other)
+    assert same.min() > 2 * other.max(), (same, other)  # every true pair ranks above every false one, by 2x
     assert rep.bad_images == ['corrupt', 'missing'] and rep.failed_pairs == 3
     assert inl[0, 2] == 0 and inl[1, 1] == 0 and out.features['inlier_ratio'][0, 2] == 0
 

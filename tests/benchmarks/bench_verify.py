@@ -4,40 +4,26 @@ Run: python tests/benchmarks/bench_verify.py   (CPU; about 2-3 minutes on 2 core
 ratios against the baseline measured in the same run (OpenCV at 256 px on one thread; extraction with num_workers=0).
 """
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 os.environ.setdefault('HF_HUB_OFFLINE', '1'); os.environ.setdefault('NO_ALBUMENTATIONS_UPDATE', '1')
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root, when lmkkit is not installed
 
 import cv2
 import numpy as np
 import torch
 
 from lmkkit.search import Candidates
+from lmkkit.synth import draw_scene, family_style, render_view
 from lmkkit.verify import SiftMagsac, prepare_image, verify_candidates
 
 
-def scene(seed, size=640):
+def views(seed, n=2, size=640, strength=0.3):
+    "`n` photos (RGB uint8) of one synthetic landmark from lmkkit.synth, from different viewpoints."
     rng = np.random.default_rng(seed)
-    img = np.empty((size, size, 3), np.uint8); img[:] = rng.integers(0, 255, 3)
-    for _ in range(60):
-        cv2.fillPoly(img, [rng.integers(0, size, (int(rng.integers(3, 7)), 2)).astype(np.int32)],
-                     tuple(int(c) for c in rng.integers(0, 255, 3)))
-    for _ in range(40):
-        p, q = rng.integers(0, size, (2, 2))
-        cv2.line(img, tuple(map(int, p)), tuple(map(int, q)), tuple(int(c) for c in rng.integers(0, 255, 3)), 3)
-    return cv2.GaussianBlur(img, (3, 3), 0)
-
-
-def warp(img, seed):
-    rng = np.random.default_rng(seed)
-    h, w = img.shape[:2]
-    src = np.float32([[0, 0], [w, 0], [w, h], [0, h]])
-    dst = (src + rng.uniform(-0.08, 0.08, (4, 2)) * [w, h]).astype(np.float32)
-    return cv2.warpPerspective(img, cv2.getPerspectiveTransform(src, dst), (w, h))
+    scene = draw_scene(family_style(rng), rng, 2 * size)
+    return [render_view(scene, rng, size, strength) for _ in range(n)]
 
 
 class KorniaSift:
@@ -72,8 +58,8 @@ def pairs_per_s(verifier, pairs, reps):
 
 
 def main():
-    scenes = [scene(s) for s in range(4)]
-    pairs = [(s, warp(s, i)) for i, s in enumerate(scenes)] + [(scenes[0], scenes[1])]
+    landmarks = [views(s, n=6) for s in range(4)]
+    pairs = [(photos[0], photos[1]) for photos in landmarks] + [(landmarks[0][0], landmarks[1][0])]
     rows, base = [], None
     for threads in (1, 2):
         cv2.setNumThreads(threads); torch.set_num_threads(threads)
@@ -96,7 +82,7 @@ def main():
         d = Path(d)
         rng = np.random.default_rng(0)
         for i in range(24):
-            img = warp(scenes[i % 4], 100 + i) if i >= 4 else scenes[i]
+            img = landmarks[i % 4][i // 4]
             cv2.imwrite(str(d/f'{i}.jpg'), cv2.cvtColor(img, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90])
         q = 12
         cands = Candidates([str(i) for i in range(q)], [[str(x) for x in rng.choice(24, 10, replace=False)] for _ in range(q)],
@@ -117,7 +103,7 @@ def main():
         paths = []
         for i in range(128):
             p = Path(d)/f'{i}.jpg'
-            cv2.imwrite(str(p), cv2.resize(scenes[i % 4], (400, 300))); paths.append(p)
+            cv2.imwrite(str(p), cv2.resize(landmarks[i % 4][i % 6], (400, 300))); paths.append(p)
         res = []
         for w in (0, 2):
             extract_embeddings(model, paths[:16], 128, batch_size=16, num_workers=w, verbose=False)
