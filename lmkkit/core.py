@@ -6,10 +6,13 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import json
 import os
 import random
 import tempfile
 import time
+import types
 import typing
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,7 +20,8 @@ from pathlib import Path
 import numpy as np
 
 # %% auto #0
-__all__ = ['Registry', 'atomic_write', 'seed_everything', 'on_kaggle', 'default_device', 'Deadline', 'ConfigError', 'make_config']
+__all__ = ['Registry', 'atomic_write', 'seed_everything', 'on_kaggle', 'default_device', 'Deadline', 'ConfigError',
+           'check_parameters', 'make_config', 'notebook_parameters']
 
 # %% ../nbs/00_core.ipynb #b7c27d48
 class Registry:
@@ -110,12 +114,15 @@ class Deadline:
 class ConfigError(ValueError):
     "Malformed configuration; the message names the parameter and the fix."
 
+def _arms(tp) -> tuple:
+    "The members of a union type (`tp` itself otherwise)."
+    return typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
+
 def _type_ok(value, tp) -> bool:
     "Whether `value` fits the (possibly generic or union) type `tp`; ints are accepted for floats."
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if tp is typing.Any: return True
-    if origin in (typing.Union, getattr(__import__('types'), 'UnionType', None)):
-        return any(_type_ok(value, a) for a in args)
+    if origin in (typing.Union, types.UnionType): return any(_type_ok(value, a) for a in args)
     if tp is type(None): return value is None
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)): return False
@@ -126,16 +133,76 @@ def _type_ok(value, tp) -> bool:
     if tp is int: return isinstance(value, int) and not isinstance(value, bool)
     return isinstance(value, tp) if isinstance(tp, type) else True
 
+def _container(tp) -> type | None:
+    "`list` or `dict` when `tp` (or a member of the union) is a list, tuple or dict type, else None."
+    for a in _arms(tp):
+        origin = typing.get_origin(a) or a
+        if origin in (list, tuple): return list
+        if origin is dict: return dict
+    return None
+
+def _parse_json(value, tp):
+    "A JSON string given for a list/dict parameter, parsed when the result fits `tp`; anything else unchanged."
+    if not isinstance(value, str) or _type_ok(value, tp) or _container(tp) is None: return value
+    try: parsed = json.loads(value)
+    except ValueError: return value
+    return parsed if _type_ok(parsed, tp) else value
+
+def _how_to_pass(name: str, tp, value, default=None) -> str:
+    "How to give parameter `name` (type `tp`) on papermill's command line, with an example."
+    kind = _container(tp)
+    if kind is not None:
+        ex = value if isinstance(value, str) else json.dumps(default) if default else '{key: value}' if kind is dict else '[1, 2]'
+        return f"papermill reads -p values as text or numbers; pass lists and dicts as YAML with -y, e.g. -y '{name}: {ex}'"
+    arms = _arms(tp)
+    if bool in arms: return f"pass True or False (capitalised: papermill reads no other spelling), e.g. -p {name} True"
+    if int in arms or float in arms:
+        ex = default if isinstance(default, (int, float)) and not isinstance(default, bool) else 1
+        hint = f"pass numbers with -p, e.g. -p {name} {ex}"
+        if isinstance(value, str):
+            try: float(value); hint += f" (YAML 1.1, which -y reads, takes {value} for text: write it with a dot, e.g. 1.0e-4)"
+            except ValueError: pass
+        return hint
+    if str in arms: return f"pass text with -p (or -r to keep text that looks like a number or True/None), e.g. -r {name} {value}"
+    return "fix the value in the parameters cell or on the command line"
+
+def _check_value(name: str, value, tp, default=None):
+    "`value` checked against `tp` (a JSON string for a list/dict parameter is parsed); `ConfigError` with the fix."
+    value = _parse_json(value, tp)
+    if not _type_ok(value, tp):
+        raise ConfigError(f"parameter {name!r} must be {_type_name(tp)}, got {value!r} ({type(value).__name__}); "
+                          + _how_to_pass(name, tp, value, default))
+    return value
+
+def _unknown(owner: str, name: str, known: list[str]) -> ConfigError:
+    "The error for an unknown parameter name: the closest known name first (difflib), then all of them."
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]!r}? " if close else ''
+    return ConfigError(f"{owner} has no parameter {name!r}; {hint}known parameters: {', '.join(known)}")
+
+def _defaults(cls) -> dict:
+    "Field name -> default value (None where the field has no plain default)."
+    return {f.name: f.default if f.default is not dataclasses.MISSING else None for f in dataclasses.fields(cls)}
+
+def check_parameters(cls, params: dict, extra: dict | None = None) -> dict:
+    "Check papermill parameters (name -> value) against `cls`'s fields and `extra` (name -> type) -> the checked values."
+    hints = {**{k: v for k, v in typing.get_type_hints(cls).items() if k in _defaults(cls)}, **(extra or {})}
+    defaults = _defaults(cls)
+    out = {}
+    for name, value in params.items():
+        if name not in hints: raise _unknown(cls.__name__ if not extra else 'the notebook', name, list(hints))
+        out[name] = _check_value(name, value, hints[name], defaults.get(name))
+    return out
+
 def make_config(cls, base=None, **overrides):
-    "A new `cls` instance from `base` (default: `cls()`) with `overrides`, every name and type checked."
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    for name, value in overrides.items():
-        if name not in hints:
-            raise ConfigError(f"{cls.__name__} has no parameter {name!r}; known parameters: {', '.join(names)}")
-        if not _type_ok(value, hints[name]):
-            raise ConfigError(f"parameter {name!r} must be {_type_name(hints[name])}, got {value!r} "
-                              f"({type(value).__name__}); fix the value in the parameters cell or on the command line")
-    return dataclasses.replace(base if base is not None else cls(), **overrides)
+    "A new `cls` instance from `base` (default: `cls()`) with `overrides`, every name and type checked (`check_parameters`)."
+    return dataclasses.replace(base if base is not None else cls(), **check_parameters(cls, overrides))
+
+_NOT_PARAMETERS = {'In', 'Out', 'get_ipython', 'exit', 'quit', 'open', 'PAPERMILL_INPUT_PATH', 'PAPERMILL_OUTPUT_PATH'}
+
+def notebook_parameters(namespace: dict) -> dict:
+    "The parameters in a notebook's `globals()`: plain values not starting with `_` (no modules, functions, classes)."
+    return {k: v for k, v in namespace.items() if not k.startswith('_') and k not in _NOT_PARAMETERS
+            and not isinstance(v, (types.ModuleType, type, types.FunctionType, types.BuiltinFunctionType))}
 
 def _type_name(tp) -> str: return getattr(tp, '__name__', None) or str(tp).replace('typing.', '')
