@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,8 +20,9 @@ from albumentations.pytorch import ToTensorV2
 from PIL import Image, ImageFile, ImageOps
 
 # %% auto #0
-__all__ = ['SPLITS', 'IMAGENET_MEAN', 'IMAGENET_STD', 'id_to_path', 'list_ids', 'DataError', 'read_train_csv', 'class_counts',
-           'split_by_class', 'load_image', 'LoadStats', 'train_transforms', 'eval_transforms', 'ImageDataset']
+__all__ = ['SPLITS', 'IMAGE_FAILURES', 'IMAGENET_MEAN', 'IMAGENET_STD', 'id_to_path', 'list_ids', 'DataError', 'read_train_csv',
+           'class_counts', 'split_by_class', 'load_image_reason', 'load_image', 'LoadStats', 'train_transforms',
+           'eval_transforms', 'ImageDataset']
 
 # %% ../nbs/01_data.ipynb #0510a1a0
 SPLITS = ('train', 'index', 'test')
@@ -105,6 +107,13 @@ def _truncated_images_ok():
     try: yield
     finally: ImageFile.LOAD_TRUNCATED_IMAGES = old
 
+@contextmanager
+def _no_pixel_limit():
+    "Switch off Pillow's pixel-count check in `Image.open` for the block (`load_image` applies it after draft)."
+    old, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+    try: yield old
+    finally: Image.MAX_IMAGE_PIXELS = old
+
 def _target_size(w: int, h: int, size: int) -> tuple[int, int]:
     "(w, h) scaled so that the longer side is `size`."
     s = size / max(w, h)
@@ -127,42 +136,65 @@ def _exif_upright(img: Image.Image) -> Image.Image:
     try: return ImageOps.exif_transpose(img)
     except Exception: return img
 
-def load_image(path: str | Path, size: int | None = None) -> np.ndarray | None:
-    "RGB uint8 (H, W, 3), upright, longer side resized to `size` if given; `None` if missing or undecodable."
+IMAGE_FAILURES = ('missing', 'too large', 'corrupt')
+
+class _TooLarge(Exception): pass
+
+def _open_within_limit(path, size: int | None) -> Image.Image:
+    "Open `path`, JPEG draft set for `size`; `_TooLarge` when what would be decoded exceeds 2 x `Image.MAX_IMAGE_PIXELS`."
+    with _no_pixel_limit() as limit: img = Image.open(path)
+    try:
+        if size is not None and img.format == 'JPEG': img.draft('RGB', _target_size(*img.size, size))
+        if limit is not None and img.size[0] * img.size[1] > 2 * limit: raise _TooLarge
+    except BaseException:
+        img.close()
+        raise
+    return img
+
+def load_image_reason(path: str | Path, size: int | None = None) -> tuple[np.ndarray | None, str | None]:
+    "(image, None) as `load_image` gives it, or (None, reason) with reason one of `IMAGE_FAILURES`."
     if size is not None and (not isinstance(size, int) or size < 1): raise ValueError(f"size must be a positive int, got {size!r}")
     try:
-        with _truncated_images_ok(), Image.open(path) as img:
-            if size is not None and img.format == 'JPEG': img.draft('RGB', _target_size(*img.size, size))
+        with _truncated_images_ok(), _open_within_limit(path, size) as img:
             img = _to_rgb(_exif_upright(img))
             if size is not None: img = img.resize(_target_size(*img.size, size), Image.Resampling.BILINEAR)
-            return np.asarray(img, dtype=np.uint8).copy()
-    except Exception:  # bad content of any kind (OSError, SyntaxError, DecompressionBombError, ...) is a None
-        return None
+            return np.asarray(img, dtype=np.uint8).copy(), None
+    except FileNotFoundError: return None, 'missing'
+    except _TooLarge: return None, 'too large'
+    except Exception: return None, 'corrupt'  # bad content of any kind (OSError, SyntaxError, ValueError, ...)
+
+def load_image(path: str | Path, size: int | None = None) -> np.ndarray | None:
+    "RGB uint8 (H, W, 3), upright, longer side resized to `size` if given; `None` if missing, too large or undecodable."
+    return load_image_reason(path, size)[0]
 
 # %% ../nbs/01_data.ipynb #8898a0ae
 @dataclass
 class LoadStats:
-    "Count loaded and unreadable images; keeps the first `keep` unreadable paths as examples."
+    "Count loaded and unreadable images, by reason; keeps the first `keep` unreadable paths as examples."
     keep: int = 5
     n: int = 0
     failed: int = 0
     examples: list = field(default_factory=list)
+    reasons: Counter = field(default_factory=Counter)  # reason (`IMAGE_FAILURES`) -> count
 
-    def add(self, ok: bool, path=None) -> None:
-        "Record one load; `ok=False` for an unreadable image."
+    def add(self, ok: bool, path=None, reason: str | None = None) -> None:
+        "Record one load; `ok=False` for an unreadable image, with its `reason` if known."
         self.n += 1
         if not ok:
             self.failed += 1
+            self.reasons[reason or 'unreadable'] += 1
             if path is not None and len(self.examples) < self.keep: self.examples.append(str(path))
 
-    def add_batch(self, oks, paths=None) -> None:
-        "Record a batch (`oks` a bool sequence or tensor, `paths` the matching paths or None)."
+    def add_batch(self, oks, paths=None, reasons=None) -> None:
+        "Record a batch (`oks` a bool sequence or tensor, `paths` and `reasons` the matching lists or None)."
         oks = [bool(o) for o in oks]
-        for o, p in zip(oks, paths if paths is not None else [None] * len(oks)): self.add(o, p)
+        for o, p, r in zip(oks, paths if paths is not None else [None] * len(oks),
+                           reasons if reasons is not None else [None] * len(oks)): self.add(o, p, r)
 
     def summary(self) -> str:
-        "One line: how many loaded, how many not, and a few of the failures."
+        "One line: how many loaded, how many not (by reason), and a few of the failures."
         s = f"{self.n - self.failed}/{self.n} images loaded, {self.failed} unreadable"
+        if set(self.reasons) - {'unreadable'}: s += f" ({', '.join(f'{k}: {v}' for k, v in sorted(self.reasons.items()))})"
         return s + (f" (e.g. {', '.join(self.examples)})" if self.examples else '')
 
 # %% ../nbs/01_data.ipynb #4c003237
@@ -193,7 +225,7 @@ def eval_transforms(size: int) -> A.Compose:
 
 # %% ../nbs/01_data.ipynb #1c79e75e
 class ImageDataset(torch.utils.data.Dataset):
-    "Images by path -> dict(image=float CHW tensor, label=int (-1 if none), index=int, ok=bool)."
+    "Images by path -> dict(image=float CHW tensor, label=int (-1 if none), index=int, ok=bool, reason=str ('' if ok))."
     def __init__(self, paths, labels=None, transform=None,
                  load_size: int | None = None):  # decode the longer side to about this size first (JPEG draft mode)
         self.paths = [Path(p) for p in paths]
@@ -216,9 +248,8 @@ class ImageDataset(torch.utils.data.Dataset):
         return self._blank.clone()
 
     def __getitem__(self, i: int) -> dict:
-        img = load_image(self.paths[i], self.load_size)
-        ok = img is not None
-        try: image = self._to_tensor(img) if ok else self.blank()
-        except Exception: image, ok = self.blank(), False  # e.g. a 1-pixel image the transform rejects
+        img, reason = load_image_reason(self.paths[i], self.load_size)
+        try: image = self._to_tensor(img) if reason is None else self.blank()
+        except Exception: image, reason = self.blank(), 'corrupt'  # e.g. a 1-pixel image the transform rejects
         label = -1 if self.labels is None else self.labels[i]
-        return dict(image=image, label=label, index=i, ok=ok)
+        return dict(image=image, label=label, index=i, ok=reason is None, reason=reason or '')
