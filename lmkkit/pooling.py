@@ -14,7 +14,8 @@ from torch import nn
 from .core import Registry
 
 # %% auto #0
-__all__ = ['FORMATS', 'POOLS', 'spatial_dims', 'gem', 'GeM', 'rmac_regions', 'rgem', 'RGeM', 'AvgPool', 'MaxPool', 'create_pool']
+__all__ = ['FORMATS', 'P_RANGE', 'POOLS', 'spatial_dims', 'bounded_p', 'gem', 'GeM', 'rmac_regions', 'rgem', 'RGeM', 'AvgPool',
+           'MaxPool', 'create_pool']
 
 # %% ../nbs/10_pooling.ipynb #b132cdb5
 FORMATS = ('NCHW', 'NHWC')
@@ -25,21 +26,34 @@ def spatial_dims(fmt: str = 'NCHW') -> tuple[int, int]:
     return (2, 3) if fmt == 'NCHW' else (1, 2)
 
 # %% ../nbs/10_pooling.ipynb #c5a7c04a
+P_RANGE = (1.0, 10.0)  # the learnable p is used inside these bounds (see below)
+
+def _root(m: torch.Tensor, p: float | torch.Tensor) -> torch.Tensor:
+    "`m ** (1/p)` for means `m` >= 0, floored at float32's smallest normal so that an underflow to 0 gives no NaN gradient."
+    return m.clamp(min=torch.finfo(torch.float32).tiny).pow(1.0 / p)
+
+def bounded_p(p: torch.Tensor, lo: float = P_RANGE[0], hi: float = P_RANGE[1]) -> torch.Tensor:
+    "`p` clamped to [lo, hi] in the forward pass; the gradient reaches `p` unchanged (straight through), even outside."
+    return p + (p.clamp(lo, hi) - p).detach()
+
 def gem(x: torch.Tensor, p: float | torch.Tensor = 3.0, eps: float = 1e-6, fmt: str = 'NCHW') -> torch.Tensor:
-    "Generalised-mean pooling of a 4-d map `x` (layout `fmt`) to (B, C), in float32."
-    return x.float().clamp(min=eps).pow(p).mean(spatial_dims(fmt)).pow(1.0 / p)
+    "Generalised-mean pooling of a 4-d map `x` (layout `fmt`) to (B, C), in float32 (`p` used as given)."
+    return _root(x.float().clamp(min=eps).pow(p).mean(spatial_dims(fmt)), p)
 
 class GeM(nn.Module):
-    "GeM pooling whose `p` is learned (`p_trainable`) or fixed (a buffer)."
-    def __init__(self, p: float = 3.0, eps: float = 1e-6, p_trainable: bool = True, fmt: str = 'NCHW'):
+    "GeM pooling whose `p` is learned (`p_trainable`) or fixed (a buffer), used inside `p_range`."
+    def __init__(self, p: float = 3.0, eps: float = 1e-6, p_trainable: bool = True, fmt: str = 'NCHW',
+                 p_range: tuple[float, float] = P_RANGE):  # (lowest, highest) p the forward pass uses
         super().__init__()
         spatial_dims(fmt)
-        self.eps, self.fmt = eps, fmt
+        lo, hi = p_range
+        if not 0 < lo <= p <= hi: raise ValueError(f"GeM needs 0 < p_range[0] <= p <= p_range[1], got p={p}, p_range={p_range}")
+        self.eps, self.fmt, self.p_range = eps, fmt, (float(lo), float(hi))
         p = torch.tensor([float(p)])
         if p_trainable: self.p = nn.Parameter(p)
         else: self.register_buffer('p', p)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor: return gem(x, self.p, self.eps, self.fmt)
+    def forward(self, x: torch.Tensor) -> torch.Tensor: return gem(x, bounded_p(self.p, *self.p_range), self.eps, self.fmt)
     def extra_repr(self) -> str: return f"p={self.p.item():.4f}, eps={self.eps}, fmt={self.fmt!r}"
 
 # %% ../nbs/10_pooling.ipynb #463d6dea
@@ -84,15 +98,16 @@ def rgem(x: torch.Tensor, p: float | torch.Tensor = 3.0, eps: float = 1e-6, leve
         m = _region_weights(x.shape[hd], x.shape[wd], levels).to(x.device)
         if fmt == 'NCHW': means = (xp.flatten(2) @ m.T).transpose(1, 2)   # (B, R, C)
         else: means = m @ xp.flatten(1, 2)
-        return F.normalize(F.normalize(means.pow(1.0 / p), dim=-1).sum(1), dim=-1)
+        return F.normalize(F.normalize(_root(means, p), dim=-1).sum(1), dim=-1)
 
 class RGeM(GeM):
     "Regional GeM with one shared `p`, learned (`p_trainable`) or fixed."
-    def __init__(self, p: float = 3.0, eps: float = 1e-6, p_trainable: bool = True, levels: int = 3, fmt: str = 'NCHW'):
-        super().__init__(p, eps, p_trainable, fmt)
+    def __init__(self, p: float = 3.0, eps: float = 1e-6, p_trainable: bool = True, levels: int = 3, fmt: str = 'NCHW',
+                 p_range: tuple[float, float] = P_RANGE):
+        super().__init__(p, eps, p_trainable, fmt, p_range)
         self.levels = levels
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor: return rgem(x, self.p, self.eps, self.levels, self.fmt)
+    def forward(self, x: torch.Tensor) -> torch.Tensor: return rgem(x, bounded_p(self.p, *self.p_range), self.eps, self.levels, self.fmt)
     def extra_repr(self) -> str: return f"{super().extra_repr()}, levels={self.levels}"
 
 # %% ../nbs/10_pooling.ipynb #8195f825
