@@ -6,6 +6,8 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -14,13 +16,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core import atomic_write
+from .core import ConfigError, atomic_write
 from .heads import create_head
 from .pooling import create_pool
 
 # %% auto #0
 __all__ = ['CHECKPOINT_FORMAT', 'CHECKPOINT_VERSION', 'create_backbone', 'feature_format', 'tokens_to_map', 'ModelConfig',
-           'LandmarkModel', 'create_model', 'CheckpointError', 'unwrap_model', 'save_checkpoint', 'load_checkpoint']
+           'LandmarkModel', 'create_model', 'SizeRule', 'size_rule', 'valid_image_size', 'valid_scale_sizes',
+           'CheckpointError', 'unwrap_model', 'save_checkpoint', 'load_checkpoint']
 
 # %% ../nbs/12_model.ipynb #c62dd329
 def create_backbone(name: str, pretrained: str | Path | None = None, **kwargs) -> nn.Module:
@@ -28,10 +31,17 @@ def create_backbone(name: str, pretrained: str | Path | None = None, **kwargs) -
     if pretrained is not None and not Path(pretrained).is_file():
         raise FileNotFoundError(f"pretrained weights file {str(pretrained)!r} not found; pass pretrained=None for a random init")
     weights = dict(pretrained=True, pretrained_cfg_overlay=dict(file=str(pretrained))) if pretrained else dict(pretrained=False)
-    try: return timm.create_model(name, num_classes=0, global_pool='', dynamic_img_size=True, **weights, **kwargs)
+    try: return _headless(name, dynamic_img_size=True, **weights, **kwargs)
     except TypeError as e:
         if 'dynamic_img_size' not in str(e): raise
-    return timm.create_model(name, num_classes=0, global_pool='', **weights, **kwargs)
+    return _headless(name, **weights, **kwargs)
+
+def _headless(name: str, **kwargs) -> nn.Module:
+    "timm's `name` with no classifier and no pooling; a head that insists on its token pool (distilled DeiT) keeps it."
+    try: return timm.create_model(name, num_classes=0, global_pool='', **kwargs)
+    except AssertionError as e:
+        try: return timm.create_model(name, num_classes=0, global_pool='token', **kwargs)
+        except Exception: raise ConfigError(f"timm cannot build {name!r} without its pooling ({e}); choose another backbone") from e
 
 # %% ../nbs/12_model.ipynb #4a64a4a3
 def feature_format(backbone: nn.Module) -> str:
@@ -103,6 +113,96 @@ def create_model(backbone: str, pool: str = 'rgem', embedding_size: int = 512, h
     cfg = ModelConfig(backbone, pool, embedding_size, head, n_classes, neck_prelu,
                       dict(pool_kwargs or {}), head_kwargs, dict(backbone_kwargs or {}))
     return LandmarkModel(cfg, pretrained)
+
+# %% ../nbs/12_model.ipynb #sizescd
+@dataclasses.dataclass(frozen=True)
+class SizeRule:
+    "Input sides a backbone accepts: multiples of `multiple`, or only `span` (lo, hi); `stride`: pixels per output cell."
+    name: str
+    multiple: int | None  # None: no lattice, only the sizes in `span`
+    stride: int
+    why: str  # where the rule comes from, for messages
+    span: tuple[int, int] | None = None
+
+def _backbone_spec(model_or_name, backbone_kwargs: dict | None = None) -> tuple[str, tuple]:
+    "(timm name, sorted backbone keyword items) of a name, a `LandmarkModel` or a timm model."
+    if isinstance(model_or_name, str): name, kw = model_or_name, backbone_kwargs or {}
+    elif isinstance(model_or_name, LandmarkModel): name, kw = model_or_name.config.backbone, model_or_name.config.backbone_kwargs
+    elif isinstance(model_or_name, nn.Module) and getattr(model_or_name, 'pretrained_cfg', None):
+        name, kw = model_or_name.pretrained_cfg['architecture'], backbone_kwargs or {}
+    else: raise TypeError(f"pass a timm model name, a LandmarkModel or a timm model, got {type(model_or_name).__name__}")
+    return name, tuple(sorted(kw.items()))
+
+@functools.lru_cache(maxsize=16)
+def _meta_backbone(name: str, kw: tuple) -> nn.Module:
+    "The backbone built on the meta device: shapes only, no memory and no weights."
+    with torch.device('meta'): return create_backbone(name, None, **dict(kw)).eval()
+
+def _accepts(bb: nn.Module, size: int) -> bool:
+    "Whether `bb.forward_features` runs on a `size`x`size` image (on the meta device)."
+    try:
+        with torch.no_grad(): bb.forward_features(torch.empty(1, 3, size, size, device='meta'))
+        return True
+    except Exception: return False  # timm's size asserts, and shape errors (RuntimeError) further in
+
+def _ints(v) -> list[int]:
+    "The ints > 1 in an int or a tuple (patch and window sizes)."
+    return [int(x) for x in (v if isinstance(v, (tuple, list)) else [v]) if isinstance(x, int) and x > 1]
+
+def _factors(bb: nn.Module) -> dict[int, str]:
+    "Candidate steps read off the modules, smallest first, each with its reason."
+    out = {p: f"patch size {p}" for p in _ints(getattr(getattr(bb, 'patch_embed', None), 'patch_size', ()))}
+    strides = sorted({f['reduction'] for f in getattr(bb, 'feature_info', []) if 'reduction' in f})
+    for r in strides: out.setdefault(r, f"feature stride {r}")
+    windows = sorted({w for m in bb.modules() if not isinstance(m, timm.layers.PatchEmbed)
+                      for a in ('window_size', 'partition_size', 'grid_size') for w in _ints(getattr(m, a, None))})
+    for r in strides:
+        for w in windows: out.setdefault(r * w, f"window {w} at feature stride {r}")
+    return dict(sorted(out.items()))
+
+@functools.lru_cache(maxsize=64)
+def _rule(name: str, kw: tuple) -> SizeRule:
+    bb = _meta_backbone(name, kw)
+    base = int((getattr(bb, 'pretrained_cfg', None) or {}).get('input_size', (3, 224, 224))[-1])
+    if not _accepts(bb, base): raise ConfigError(f"backbone {name!r} does not run at its own input size, {base} px")
+    strides = [f['reduction'] for f in getattr(bb, 'feature_info', []) if 'reduction' in f]
+    stride = max(strides or _ints(getattr(getattr(bb, 'patch_embed', None), 'patch_size', ())) or [1])
+    for d, why in {1: 'any size runs', **_factors(bb)}.items():
+        if _accepts(bb, base + d) and _accepts(bb, 2 * base + d):
+            return SizeRule(name, d, stride, why if d == 1 else f"sides must be multiples of {d}: {why}")
+    lo, hi = _run_around(bb, base, -1), _run_around(bb, base, 1)
+    return SizeRule(name, None, stride, f"it runs at {lo}-{hi} px only (fixed position tables)", (lo, hi))
+
+def _run_around(bb: nn.Module, base: int, step: int) -> int:
+    "The last size accepted walking from `base` by `step` (the edge of the range of sizes around `base`)."
+    while base + step > 0 and _accepts(bb, base + step): base += step
+    return base
+
+def size_rule(model_or_name, backbone_kwargs: dict | None = None) -> SizeRule:
+    "Which input sides a backbone accepts, found by running it on the meta device (no weights; cached per name)."
+    return _rule(*_backbone_spec(model_or_name, backbone_kwargs))
+
+def _nearest(size: int, rule: SizeRule) -> list[int]:
+    "Sizes that the rule allows near `size`, nearest first (the larger on a tie)."
+    if rule.multiple is None: return [min(max(size, rule.span[0]), rule.span[1])]
+    m = rule.multiple
+    lo = size // m * m
+    return sorted({s for s in (lo - m, lo, lo + m, lo + 2 * m) if s >= m}, key=lambda s: (abs(s - size), -s))
+
+def valid_image_size(model_or_name, size: int, backbone_kwargs: dict | None = None) -> tuple[int, str]:
+    "(`size`, '') when the backbone runs at `size`, else (the nearest size it runs at, a one-line note)."
+    name, kw = _backbone_spec(model_or_name, backbone_kwargs)
+    bb, rule = _meta_backbone(name, kw), _rule(name, kw)
+    if _accepts(bb, size): return size, ''
+    for s in _nearest(size, rule):
+        if _accepts(bb, s): return s, f"image size {size} px does not fit {name} ({rule.why}); using {s} px"
+    raise ConfigError(f"backbone {name!r} runs at no size near {size} px ({rule.why}); choose another image size")
+
+def valid_scale_sizes(model_or_name, size: int, scales: Sequence[float],
+                      backbone_kwargs: dict | None = None) -> tuple[tuple[int, ...], list[str]]:
+    "The input side of each test-time scale, floor(size * scale) as `F.interpolate` makes it, each made valid; notes."
+    out = [valid_image_size(model_or_name, math.floor(size * s), backbone_kwargs) for s in scales]
+    return tuple(s for s, _ in out), [n for _, n in out if n]
 
 # %% ../nbs/12_model.ipynb #82af3b33
 CHECKPOINT_FORMAT, CHECKPOINT_VERSION = 'lmkkit.checkpoint', 1
