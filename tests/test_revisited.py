@@ -67,9 +67,10 @@ def test_bad_images_are_counted_not_fatal(data, checkpoint, tmp_path):
     shutil.copytree(root / 'roxford5k', copy / 'roxford5k')
     (copy / 'roxford5k' / 'jpg' / f'{ds.imlist[0]}.jpg').write_bytes(b'truncated')
     (copy / 'roxford5k' / 'jpg' / f'{ds.qimlist[3]}.jpg').unlink()
-    table = run_benchmark('roxford5k', copy, checkpoint, size=64, scales=(1,), verbose=False)
-    assert table.attrs['problems'] == {'unreadable query image': 1, 'unreadable database image': 1}
-    assert table[METRICS].notna().all().all()
+    for kw in (dict(), dict(qe=2, dba=2)):
+        table = run_benchmark('roxford5k', copy, checkpoint, size=64, scales=(1,), verbose=False, **kw)
+        assert table.attrs['problems'] == {'unreadable query image': 1, 'unreadable database image': 1}
+        assert table[METRICS].notna().all().all()
 
 
 def test_user_mistakes_stop_with_one_line(data, checkpoint, tmp_path, capsys):
