@@ -90,3 +90,6 @@ COMMANDS.register('train')(delegate('train', "Train a model on a GLDv2-layout fo
 COMMANDS.register('docs')(delegate('docs', "Build the documentation site from the notebooks, offline (see `lmkkit docs -h`)."))
 COMMANDS.register('kernels')(delegate('kaggle', "Check, build and push the Kaggle kernels and the offline wheelhouse (see `lmkkit kernels -h`)."))
 COMMANDS.register('sweep')(delegate('sweep', "Run a notebook over a grid of papermill parameters; resumable (see `lmkkit sweep -h`)."))
+
+# %% ../nbs/80_cli.ipynb #1589708d
+COMMANDS.register('benchmark')(delegate('revisited', "ROxford5k/RParis6k mAP and mP@k (Easy/Medium/Hard) of a checkpoint under the revisited protocol (see `lmkkit benchmark -h`)."))

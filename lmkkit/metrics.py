@@ -17,9 +17,10 @@ import numpy as np
 from .core import atomic_write
 
 # %% auto #0
-__all__ = ['TRACKS', 'MAX_RETRIEVED', 'USAGES', 'METRICS', 'gap_reference', 'gap', 'map_at_k', 'SubmissionError', 'SolutionError',
-           'write_recognition_submission', 'write_retrieval_submission', 'read_submission', 'validate_submission',
-           'read_solution', 'evaluate_files', 'format_evaluation']
+__all__ = ['TRACKS', 'MAX_RETRIEVED', 'USAGES', 'METRICS', 'REVISITED_SETUPS', 'gap_reference', 'gap', 'map_at_k',
+           'SubmissionError', 'SolutionError', 'write_recognition_submission', 'write_retrieval_submission',
+           'read_submission', 'validate_submission', 'read_solution', 'evaluate_files', 'format_evaluation',
+           'junk_free_ranks', 'trapezoid_ap', 'revisited_precision', 'revisited_query_scores', 'revisited_map']
 
 # %% ../nbs/03_metrics.ipynb #5f85997e
 def _no_landmark_query(n_queries: int) -> ValueError:
@@ -339,3 +340,77 @@ def format_evaluation(result: dict) -> str:
                       f"Public  {result['metric']} {fmt(result['public'])}",
                       f"Private {result['metric']} {fmt(result['private'])}",
                       f"{result['metric']} {fmt(result['all'])}"])
+
+# %% ../nbs/03_metrics.ipynb #98e810af
+import warnings
+
+REVISITED_SETUPS = {  # setup -> (gnd lists that are positives, gnd lists that are junk), as the official protocol
+    'easy': (('easy',), ('junk', 'hard')),
+    'medium': (('easy', 'hard'), ('junk',)),
+    'hard': (('hard',), ('junk', 'easy'))}
+
+def junk_free_ranks(ranking: np.ndarray, # (n,) database indices, best first
+                    positives, junk) -> np.ndarray:
+    "0-based ranks of the `positives` found in `ranking`, each moved up by the `junk` images ranked before it."
+    ranking = np.asarray(ranking)
+    pos = np.flatnonzero(np.isin(ranking, np.asarray(positives, np.int64)))
+    bad = np.flatnonzero(np.isin(ranking, np.asarray(junk, np.int64)))
+    return pos - np.searchsorted(bad, pos)  # junk strictly before each positive
+
+def trapezoid_ap(ranks: np.ndarray, # sorted 0-based junk-free ranks of the retrieved positives
+                 n_positives: int) -> float:
+    "AP as the area under the precision-recall curve by trapezoids (revisited `compute_ap`)."
+    r = np.asarray(ranks, np.float64)
+    j = np.arange(len(r))
+    before = np.where(r == 0, 1.0, j / np.maximum(r, 1))
+    return float(((before + (j + 1) / (r + 1)) / 2).sum() / n_positives)
+
+def revisited_precision(ranks: np.ndarray, k: int) -> float:
+    "Precision at `k` clipped to the 1-based rank of the last retrieved positive (revisited mP@k, one query); 0 if none."
+    if not len(ranks): return 0.0
+    one = np.asarray(ranks) + 1
+    kq = min(int(one.max()), k)
+    return float((one <= kq).sum() / kq)
+
+# %% ../nbs/03_metrics.ipynb #03c30954
+def _gnd_list(g: Mapping, key: str, query: int) -> np.ndarray:
+    "The ground-truth list `key` of query number `query` as an int64 array; a `ValueError` naming it if absent."
+    if key not in g: raise ValueError(f"gnd[{query}] has no {key!r} list; each query needs 'easy', 'hard' and 'junk' (the official gnd_*.pkl format)")
+    return np.asarray(g[key], np.int64).ravel()
+
+def revisited_query_scores(ranks: np.ndarray, gnd: Sequence[Mapping], setup: str,
+                           kappas: Sequence[int] = (1, 5, 10)) -> tuple[np.ndarray, np.ndarray]:
+    "Per query of one setup: AP (Q,) and precision at each kappa (Q, len(kappas)); NaN rows for queries without positives."
+    positive_keys, junk_keys = REVISITED_SETUPS[setup]
+    aps, prs = np.full(len(gnd), np.nan), np.full((len(gnd), len(kappas)), np.nan)
+    for i, (row, g) in enumerate(zip(ranks, gnd)):
+        positives = np.concatenate([_gnd_list(g, k, i) for k in positive_keys])
+        if not len(positives): continue
+        r = junk_free_ranks(row, positives, np.concatenate([_gnd_list(g, k, i) for k in junk_keys]))
+        aps[i] = trapezoid_ap(r, len(positives))
+        prs[i] = [revisited_precision(r, k) for k in kappas]
+    return aps, prs
+
+def _check_revisited_inputs(ranks, gnd, kappas) -> np.ndarray:
+    "`ranks` as a 2-D int array, checked against `gnd` and `kappas`."
+    ranks = np.asarray(ranks)
+    if ranks.ndim != 2: raise ValueError(f"ranks must be 2-D (n_queries, n_db) database indices, got shape {ranks.shape}")
+    if not np.issubdtype(ranks.dtype, np.integer): raise ValueError(f"ranks must hold integer database indices, got dtype {ranks.dtype}")
+    if len(ranks) != len(gnd): raise ValueError(f"ranks has {len(ranks)} rows but gnd has {len(gnd)} queries; pass one ranking per query")
+    if any(int(k) != k or k < 1 for k in kappas): raise ValueError(f"kappas must be positive integers, got {list(kappas)}")
+    return ranks
+
+def revisited_map(ranks: np.ndarray,           # (n_queries, n_db) int database indices, best first
+                  gnd: Sequence[Mapping],      # per query: 'easy', 'hard', 'junk' database index lists (gnd_*.pkl)
+                  kappas: Sequence[int] = (1, 5, 10)) -> dict[str, dict[str, float]]:
+    "mAP and mP@k of the Easy, Medium and Hard setups, as fractions, exactly as the official revisited evaluation."
+    ranks = _check_revisited_inputs(ranks, gnd, kappas)
+    out = {}
+    for setup in REVISITED_SETUPS:
+        aps, prs = revisited_query_scores(ranks, gnd, setup, kappas)
+        scored = ~np.isnan(aps)
+        if not scored.any():
+            warnings.warn(f"revisited_map: no query has {setup} positives; the {setup} mAP and mP@k are NaN")
+        mean = lambda a: float(a[scored].mean(0)) if scored.any() else math.nan
+        out[setup] = {'map': mean(aps), **{f'mp@{k}': mean(prs[:, j]) for j, k in enumerate(kappas)}}
+    return out
