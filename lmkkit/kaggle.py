@@ -25,10 +25,11 @@ from .core import ConfigError, atomic_write
 # %% auto #0
 __all__ = ['KERNEL_METADATA', 'DEFAULT_PACKAGES', 'DEFAULT_PLATFORMS', 'WHEELHOUSE_SLUG', 'DATASET_METADATA', 'PUBLIC_TEST_MAX',
            'PUBLIC_TRAIN_ROWS', 'IMAGE_SUFFIXES', 'kaggle_api_class', 'offline_api', 'Parameter', 'parse_parameters',
-           'parameter_problems', 'read_parameters', 'find_credentials', 'kaggle_problems', 'validate_kernel',
-           'KernelError', 'check_kernel', 'source_root', 'build_lmkkit_wheel', 'download_wheels', 'dataset_metadata',
-           'validate_dataset', 'build_wheelhouse', 'install_cell_source', 'describe_request', 'authenticated_api',
-           'push_kernel', 'count_images', 'count_rows', 'is_public_run', 'main']
+           'parameter_problems', 'read_parameters', 'find_credentials', 'kaggle_problems', 'bare_slug',
+           'source_problems', 'validate_kernel', 'KernelError', 'check_kernel', 'source_root', 'build_lmkkit_wheel',
+           'download_wheels', 'dataset_metadata', 'validate_dataset', 'build_wheelhouse', 'install_cell_source',
+           'describe_request', 'authenticated_api', 'push_kernel', 'count_images', 'count_rows', 'is_public_run',
+           'main']
 
 # %% ../nbs/60_kaggle.ipynb #11fb218e
 _OFFLINE_USER = 'lmkkit-offline'
@@ -212,6 +213,25 @@ def _metadata_problems(meta: dict, require_gpu: bool) -> list[str]:
                         "lmkkit; use 'latest'")
     return problems
 
+_SOURCE_PREFIXES = {'competition_sources': ('c', 'competitions'), 'dataset_sources': ('datasets', 'd'),
+                    'kernel_sources': ('code', 'kernels')}
+_KAGGLE_HOST = re.compile(r'^(?:https?://)?(?:www\.)?kaggle\.com/', re.I)
+
+def bare_slug(field: str, source: str) -> str:
+    "The bare slug that `field` (e.g. 'dataset_sources') expects for `source`: a slug, a site path or a kaggle.com URL."
+    path = _KAGGLE_HOST.sub('', source.strip().split('?')[0].split('#')[0])
+    parts = [p for p in path.split('/') if p]
+    if parts and parts[0].lower() in _SOURCE_PREFIXES[field]: parts = parts[1:]
+    if field == 'competition_sources': return '/'.join(parts[:1])
+    version = [p for p in parts[2:4] if p != 'versions'][:1]  # owner/slug/3 names version 3
+    return '/'.join(parts[:2] + [v for v in version if v.isdigit()])
+
+def source_problems(meta: dict) -> list[str]:
+    "Sources of `meta` that are not bare slugs (kaggle accepts them, then Kaggle drops the input), each with its slug."
+    return [f"{field}[{i}] {s!r} is not a bare slug (Kaggle would silently drop this input): write \"{bare_slug(field, s)}\""
+            for field in _SOURCE_PREFIXES for i, s in enumerate(meta.get(field) or [])
+            if isinstance(s, str) and bare_slug(field, s) != s]
+
 def validate_kernel(folder: str | Path, require_gpu: bool = True) -> list[str]:
     "Every problem of the kernel folder `folder`: kaggle's own checks, our rules, the notebook, credentials."
     folder = Path(folder)
@@ -220,7 +240,7 @@ def validate_kernel(folder: str | Path, require_gpu: bool = True) -> list[str]:
     try: meta = json.loads(meta_file.read_text(encoding='utf-8'))
     except ValueError as e: return [f"{meta_file} is not valid JSON: {e}"]
     if not isinstance(meta, dict): return [f"{meta_file} must hold a JSON object"]
-    problems = kaggle_problems(folder)[0] + _metadata_problems(meta, require_gpu)
+    problems = kaggle_problems(folder)[0] + _metadata_problems(meta, require_gpu) + source_problems(meta)
     code = folder/str(meta.get('code_file') or '')
     if not code.is_file(): problems.append(f"code_file {meta.get('code_file')!r} not found in {folder}")
     elif code.suffix == '.ipynb': problems += parameter_problems(code)[1]
