@@ -53,7 +53,11 @@ def _offline_env():
 def kaggle_api_class():
     "The `KaggleApi` class, imported without reading credentials (the first import authenticates)."
     if 'kaggle' not in sys.modules:
-        with _offline_env(): import kaggle  # noqa: F401
+        try:
+            with _offline_env(): import kaggle  # noqa: F401
+        except ModuleNotFoundError as e:
+            if e.name != 'kaggle': raise
+            raise ConfigError("the kaggle package is not installed: pip install 'lmkkit[kaggle]' (or pip install kaggle)") from None
     from kaggle.api.kaggle_api_extended import KaggleApi
     return KaggleApi
 

@@ -251,3 +251,18 @@ KERNELS = sorted(p for p in (ROOT / 'kaggle_kernels').glob('*') if (p / 'kernel-
 @pytest.mark.parametrize('folder', KERNELS, ids=[p.name for p in KERNELS])
 def test_repository_kernels_are_valid(folder):
     assert lk.validate_kernel(folder) == []
+
+
+def test_without_the_kaggle_package(tmp_path):
+    "The kaggle package is an extra: without it `lmkkit kernels validate` says how to install it, in one line."
+    code = ("import sys\n"
+            "class Block:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name.split('.')[0] == 'kaggle': raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+            "sys.meta_path.insert(0, Block())\n"
+            "from lmkkit import kaggle as lk\n"
+            f"sys.exit(lk.main(['validate', {str(make_kernel(tmp_path / 'k'))!r}]))\n")
+    res = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, 'PYTHONPATH': str(ROOT)})
+    assert res.returncode == 2
+    assert res.stderr == "error: the kaggle package is not installed: pip install 'lmkkit[kaggle]' (or pip install kaggle)\n"
