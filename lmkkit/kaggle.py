@@ -429,7 +429,8 @@ def install_cell_source(dataset_slug: str = WHEELHOUSE_SLUG) -> str:
     "The first cell of a kernel: install lmkkit from the attached wheelhouse with pip's index off; loud when it cannot."
     name = dataset_slug.split('/')[-1]
     return f"""# Install lmkkit from the attached wheelhouse dataset '{name}' (pip --no-index: never the network).
-import importlib.util, os, subprocess, sys
+import importlib.util, os, subprocess, sys, time
+os.environ.setdefault('LMKKIT_KERNEL_START', str(time.time()))  # the deadline counts from the kernel's first cell
 wheelhouse = next((d for d in ('../input/{name}', '/kaggle/input/{name}') if os.path.isdir(d)), None)
 if wheelhouse is not None:
     pip = subprocess.run([sys.executable, '-m', 'pip', 'install', '--no-index', '--find-links', wheelhouse, 'lmkkit'],
