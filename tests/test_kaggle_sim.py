@@ -73,8 +73,10 @@ def link_view(view: Path, dists) -> None:
 
 
 @pytest.fixture(scope='session')
-def cache(request) -> Path:
-    return Path(request.config.cache.mkdir('lmkkit-kaggle-sim'))
+def cache(request, tmp_path_factory) -> Path:
+    "Downloads kept between runs in pytest's cache folder (a temporary one under `-p no:cacheprovider`)."
+    store = getattr(request.config, 'cache', None)
+    return Path(store.mkdir('lmkkit-kaggle-sim')) if store else tmp_path_factory.mktemp('cache')
 
 
 @pytest.fixture(scope='session')
