@@ -8,6 +8,12 @@ cfg = ConfigParser(delimiters=['='])
 cfg.read(Path(__file__).parent / 'settings.ini', encoding='utf-8')
 cfg = cfg['DEFAULT']
 
+# What a kernel imports is in `requirements`; the tools around the kernels are extras. No OpenCV distribution is
+# required: opencv-python and opencv-python-headless both provide cv2 (albumentations brings the headless one).
+extras = {'kaggle': ['kaggle'],  # lmkkit kernels validate/push
+          'notebooks': ['papermill', 'ipykernel', 'pyyaml'],  # lmkkit demo, lmkkit sweep
+          'opencv': ['opencv-python-headless']}
+
 setuptools.setup(
     name=cfg['lib_name'],
     version=cfg['version'],
@@ -22,7 +28,8 @@ setuptools.setup(
     packages=setuptools.find_packages(include=['lmkkit', 'lmkkit.*']),
     include_package_data=True,
     install_requires=cfg['requirements'].split(),
-    extras_require={'dev': cfg['dev_requirements'].split(), 'gpu': ['faiss-gpu>=1.15']},
+    extras_require={**extras, 'dev': cfg['dev_requirements'].split() + sorted({r for v in extras.values() for r in v}),
+                    'gpu': ['faiss-gpu>=1.15']},
     entry_points={'console_scripts': cfg['console_scripts'].split(),
                   'nbdev': [f"{cfg['lib_path']}={cfg['lib_path']}._modidx:d"]},
     zip_safe=False,

@@ -23,12 +23,15 @@ from pathlib import Path
 from .core import ConfigError, atomic_write
 
 # %% auto #0
-__all__ = ['KERNEL_METADATA', 'DEFAULT_PACKAGES', 'DEFAULT_PLATFORMS', 'WHEELHOUSE_SLUG', 'DATASET_METADATA', 'PUBLIC_TEST_MAX',
-           'PUBLIC_TRAIN_ROWS', 'IMAGE_SUFFIXES', 'kaggle_api_class', 'offline_api', 'Parameter', 'parse_parameters',
-           'parameter_problems', 'read_parameters', 'find_credentials', 'kaggle_problems', 'validate_kernel',
-           'KernelError', 'check_kernel', 'source_root', 'build_lmkkit_wheel', 'download_wheels', 'dataset_metadata',
-           'validate_dataset', 'build_wheelhouse', 'install_cell_source', 'describe_request', 'authenticated_api',
-           'push_kernel', 'count_images', 'count_rows', 'is_public_run', 'main']
+__all__ = ['KERNEL_METADATA', 'BASELINE', 'DEFAULT_PLATFORMS', 'WHEELHOUSE_SLUG', 'WEIGHTS_SLUG', 'DATASET_METADATA',
+           'WHEELHOUSE_LOCK', 'OUR_DATASETS', 'PUBLIC_TEST_MAX', 'PUBLIC_TRAIN_ROWS', 'IMAGE_SUFFIXES',
+           'kaggle_api_class', 'offline_api', 'Parameter', 'parse_parameters', 'parameter_problems', 'read_parameters',
+           'find_credentials', 'kaggle_problems', 'bare_slug', 'source_problems', 'validate_kernel', 'KernelError',
+           'check_kernel', 'source_root', 'build_lmkkit_wheel', 'download_wheels', 'marker_env', 'resolve',
+           'closure_above', 'baseline_conflicts', 'read_baseline', 'dataset_metadata', 'validate_dataset',
+           'build_wheelhouse', 'install_cell_source', 'build_weights_dataset', 'with_owner', 'set_owner',
+           'describe_request', 'authenticated_api', 'push_kernel', 'count_images', 'count_rows', 'is_public_run',
+           'main']
 
 # %% ../nbs/60_kaggle.ipynb #11fb218e
 _OFFLINE_USER = 'lmkkit-offline'
@@ -50,7 +53,11 @@ def _offline_env():
 def kaggle_api_class():
     "The `KaggleApi` class, imported without reading credentials (the first import authenticates)."
     if 'kaggle' not in sys.modules:
-        with _offline_env(): import kaggle  # noqa: F401
+        try:
+            with _offline_env(): import kaggle  # noqa: F401
+        except ModuleNotFoundError as e:
+            if e.name != 'kaggle': raise
+            raise ConfigError("the kaggle package is not installed: pip install 'lmkkit[kaggle]' (or pip install kaggle)") from None
     from kaggle.api.kaggle_api_extended import KaggleApi
     return KaggleApi
 
@@ -212,6 +219,25 @@ def _metadata_problems(meta: dict, require_gpu: bool) -> list[str]:
                         "lmkkit; use 'latest'")
     return problems
 
+_SOURCE_PREFIXES = {'competition_sources': ('c', 'competitions'), 'dataset_sources': ('datasets', 'd'),
+                    'kernel_sources': ('code', 'kernels')}
+_KAGGLE_HOST = re.compile(r'^(?:https?://)?(?:www\.)?kaggle\.com/', re.I)
+
+def bare_slug(field: str, source: str) -> str:
+    "The bare slug that `field` (e.g. 'dataset_sources') expects for `source`: a slug, a site path or a kaggle.com URL."
+    path = _KAGGLE_HOST.sub('', source.strip().split('?')[0].split('#')[0])
+    parts = [p for p in path.split('/') if p]
+    if parts and parts[0].lower() in _SOURCE_PREFIXES[field]: parts = parts[1:]
+    if field == 'competition_sources': return '/'.join(parts[:1])
+    version = [p for p in parts[2:4] if p != 'versions'][:1]  # owner/slug/3 names version 3
+    return '/'.join(parts[:2] + [v for v in version if v.isdigit()])
+
+def source_problems(meta: dict) -> list[str]:
+    "Sources of `meta` that are not bare slugs (kaggle accepts them, then Kaggle drops the input), each with its slug."
+    return [f"{field}[{i}] {s!r} is not a bare slug (Kaggle would silently drop this input): write \"{bare_slug(field, s)}\""
+            for field in _SOURCE_PREFIXES for i, s in enumerate(meta.get(field) or [])
+            if isinstance(s, str) and bare_slug(field, s) != s]
+
 def validate_kernel(folder: str | Path, require_gpu: bool = True) -> list[str]:
     "Every problem of the kernel folder `folder`: kaggle's own checks, our rules, the notebook, credentials."
     folder = Path(folder)
@@ -220,7 +246,7 @@ def validate_kernel(folder: str | Path, require_gpu: bool = True) -> list[str]:
     try: meta = json.loads(meta_file.read_text(encoding='utf-8'))
     except ValueError as e: return [f"{meta_file} is not valid JSON: {e}"]
     if not isinstance(meta, dict): return [f"{meta_file} must hold a JSON object"]
-    problems = kaggle_problems(folder)[0] + _metadata_problems(meta, require_gpu)
+    problems = kaggle_problems(folder)[0] + _metadata_problems(meta, require_gpu) + source_problems(meta)
     code = folder/str(meta.get('code_file') or '')
     if not code.is_file(): problems.append(f"code_file {meta.get('code_file')!r} not found in {folder}")
     elif code.suffix == '.ipynb': problems += parameter_problems(code)[1]
@@ -236,9 +262,11 @@ def check_kernel(folder: str | Path, require_gpu: bool = True) -> None:
         raise KernelError(f"kernel folder {folder} has {len(problems)} problem(s):\n" + '\n'.join(f"  - {p}" for p in problems))
 
 # %% ../nbs/60_kaggle.ipynb #8a6957fe
-DEFAULT_PACKAGES = ('faiss-cpu', 'timm')
+BASELINE = ('torch', 'torchvision', 'numpy', 'pandas', 'scipy', 'pillow', 'opencv-python', 'matplotlib',
+            'scikit-learn', 'ipykernel')
 DEFAULT_PLATFORMS = ('manylinux2014_x86_64', 'manylinux_2_28_x86_64')
 WHEELHOUSE_SLUG = 'lmkkit-wheelhouse'
+WEIGHTS_SLUG = 'lmkkit-weights'
 DATASET_METADATA = 'dataset-metadata.json'
 
 def source_root() -> Path:
@@ -272,23 +300,82 @@ def build_lmkkit_wheel(out: str | Path, source: str | Path | None = None, verbos
     built = sorted(set(out.glob('lmkkit-*.whl')) - before) or sorted(out.glob('lmkkit-*.whl'))
     return built[-1]
 
+def _platform_args(platform: str | tuple[str, ...]) -> list[str]:
+    return [a for p in ([platform] if isinstance(platform, str) else platform) for a in ('--platform', p)]
+
 def download_wheels(out: str | Path, packages, python_version: str = '3.11',
                     platform: str | tuple[str, ...] = DEFAULT_PLATFORMS, verbose: bool = False) -> list[Path]:
     "Download binary wheels of `packages` (no dependencies) for the kernel's Python and platform into `out`."
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     if not packages: return []
-    platforms = [platform] if isinstance(platform, str) else list(platform)
     before = set(out.glob('*.whl'))
-    _pip('download', '--only-binary=:all:', '--no-deps', '--python-version', python_version,
-         *[a for p in platforms for a in ('--platform', p)], '-d', str(out), *packages, verbose=verbose)
+    _pip('download', '--only-binary=:all:', '--no-deps', '--python-version', python_version, *_platform_args(platform),
+         '-d', str(out), *packages, verbose=verbose)
     return sorted(set(out.glob('*.whl')) - before)
 
+# %% ../nbs/60_kaggle.ipynb #clos0002
+def _canon(name: str) -> str: return re.sub(r'[-_.]+', '-', name).lower()
+
+def marker_env(python_version: str = '3.11') -> dict:
+    "The PEP 508 marker environment of a kernel: CPython `python_version` on Linux x86_64."
+    return dict(python_version=python_version, python_full_version=f'{python_version}.0', sys_platform='linux',
+                platform_system='Linux', platform_machine='x86_64', os_name='posix', implementation_name='cpython',
+                platform_python_implementation='CPython', implementation_version=f'{python_version}.0', extra='')
+
+def resolve(requirements, python_version: str = '3.11', platform: str | tuple[str, ...] = DEFAULT_PLATFORMS,
+            verbose: bool = False) -> dict[str, dict]:
+    "pip's resolution of `requirements` for the kernel's Python and platform -> canonical name: report item."
+    with tempfile.TemporaryDirectory() as tmp:
+        _pip('install', '--dry-run', '--ignore-installed', '--only-binary=:all:', '--python-version', python_version,
+             *_platform_args(platform), '--target', f'{tmp}/t', '--report', f'{tmp}/report.json', *requirements, verbose=verbose)
+        items = json.loads(Path(tmp, 'report.json').read_text())['install']
+    return {_canon(i['metadata']['name']): i for i in items}
+
+def _requires(item: dict, extras, env: dict):
+    "The requirements of a resolved `item` that apply in `env` with `extras` requested."
+    from packaging.requirements import Requirement
+    for text in item['metadata'].get('requires_dist', []):
+        req = Requirement(text)
+        if req.marker is None or any(req.marker.evaluate({**env, 'extra': e}) for e in ('', *extras)): yield req
+
+def closure_above(resolved: dict[str, dict], roots, baseline=BASELINE, python_version: str = '3.11') -> list[str]:
+    "Canonical names of `resolved` reached from the requirements `roots` without passing through a `baseline` package."
+    from packaging.requirements import Requirement
+    env, stop = marker_env(python_version), {_canon(Requirement(b).name) for b in baseline}
+    seen, todo = {}, [Requirement(r) for r in roots]
+    while todo:
+        req = todo.pop()
+        name, extras = _canon(req.name), set(req.extras)
+        if name in stop or (name in seen and extras <= seen[name]): continue
+        seen[name] = seen.get(name, set()) | extras
+        todo += _requires(resolved[name], extras, env)
+    return sorted(seen)
+
+def baseline_conflicts(resolved: dict[str, dict], names, baseline, python_version: str = '3.11') -> list[str]:
+    "Requirements of the shipped `names` that the image's pinned `baseline` versions do not satisfy."
+    from packaging.requirements import Requirement
+    pins = {}
+    for b in baseline:
+        req = Requirement(b)
+        pins.update({_canon(req.name): s.version for s in req.specifier if s.operator in ('==', '===')})
+    env = marker_env(python_version)
+    return [f"{resolved[n]['metadata']['name']} {resolved[n]['metadata']['version']} needs {req}, the image has "
+            f"{req.name}=={pins[_canon(req.name)]}; pin an older {resolved[n]['metadata']['name']} with --package"
+            for n in names for req in _requires(resolved[n], (), env)
+            if _canon(req.name) in pins and not req.specifier.contains(pins[_canon(req.name)], prereleases=True)]
+
+def read_baseline(path: str | Path) -> tuple[str, ...]:
+    "The packages of a `pip freeze` file (`name==version`, or the name of a `name @ url` line)."
+    lines = [l.split('#')[0].strip() for l in Path(path).read_text(encoding='utf-8').splitlines()]
+    return tuple(l.split(' @ ')[0].strip() for l in lines if l and not l.startswith('-'))
+
 # %% ../nbs/60_kaggle.ipynb #2997fdbe
-def dataset_metadata(owner: str, slug: str = WHEELHOUSE_SLUG, title: str = 'lmkkit wheelhouse') -> dict:
-    "The `dataset-metadata.json` of the wheelhouse dataset."
-    return {'title': title, 'id': f'{owner}/{slug}', 'licenses': [{'name': 'other'}],
-            'subtitle': 'Offline pip wheels for the lmkkit Kaggle kernels',
-            'description': 'Install with: pip install --no-index --find-links ../input/' + slug + ' lmkkit'}
+def dataset_metadata(owner: str, slug: str = WHEELHOUSE_SLUG, title: str = 'lmkkit wheelhouse',
+                     subtitle: str = 'Offline pip wheels for the lmkkit Kaggle kernels',
+                     description: str = 'Install with: pip install --no-index --find-links ../input/lmkkit-wheelhouse lmkkit') -> dict:
+    "The `dataset-metadata.json` of a dataset `owner/slug` (default: the wheelhouse)."
+    return {'title': title, 'id': f'{owner}/{slug}', 'licenses': [{'name': 'other'}], 'subtitle': subtitle,
+            'description': description}
 
 def validate_dataset(folder: str | Path, require_wheel: bool = True) -> list[str]:
     "Every problem of the dataset folder `folder`: kaggle's own checks, the lmkkit wheel, credentials."
@@ -302,28 +389,96 @@ def validate_dataset(folder: str | Path, require_wheel: bool = True) -> list[str
         problems.append(f"no lmkkit-*.whl in {folder}; build it with build_wheelhouse")
     return problems + find_credentials(folder)
 
-def build_wheelhouse(out: str | Path, python_version: str = '3.11', platform: str | tuple[str, ...] = DEFAULT_PLATFORMS,
-                     packages=None,  # wheels to download besides lmkkit's; None: DEFAULT_PACKAGES, []: none
-                     owner: str | None = None,  # Kaggle user name (default: $KAGGLE_USERNAME)
-                     source: str | Path | None = None, verbose: bool = False) -> Path:
-    "Build the wheelhouse dataset folder `out`: lmkkit's wheel, the wheels the image lacks, checked metadata."
+def _owner(owner: str | None, what: str) -> str:
     owner = owner or os.environ.get('KAGGLE_USERNAME')
-    if not owner: raise ConfigError("the wheelhouse dataset needs an owner: pass owner='<kaggle user>' or set KAGGLE_USERNAME")
-    out = Path(out); out.mkdir(parents=True, exist_ok=True)
-    build_lmkkit_wheel(out, source, verbose)
-    download_wheels(out, DEFAULT_PACKAGES if packages is None else packages, python_version, platform, verbose)
-    with atomic_write(out/DATASET_METADATA) as f: json.dump(dataset_metadata(owner), f, indent=1)
-    problems = validate_dataset(out)
-    if problems: raise KernelError(f"wheelhouse {out} has problems:\n" + '\n'.join(f"  - {p}" for p in problems))
+    if not owner: raise ConfigError(f"the {what} needs an owner: pass --owner <kaggle user> (owner=) or set KAGGLE_USERNAME")
+    return owner
+
+def _write_dataset_metadata(out: Path, meta: dict, require_wheel: bool) -> Path:
+    "Write `meta` as `out`'s dataset-metadata.json and check the folder; `KernelError` listing its problems."
+    with atomic_write(out/DATASET_METADATA) as f: json.dump(meta, f, indent=1)
+    problems = validate_dataset(out, require_wheel)
+    if problems: raise KernelError(f"dataset {out} has problems:\n" + '\n'.join(f"  - {p}" for p in problems))
     return out
 
-def install_cell_source(dataset_slug: str = WHEELHOUSE_SLUG, input_dir: str = '../input') -> str:
-    "The first cell of a kernel: install lmkkit offline from the attached wheelhouse (skipped where it is absent)."
-    where = f"{input_dir}/{dataset_slug.split('/')[-1]}"
-    return (f"# Install lmkkit offline from the attached wheelhouse dataset (absent outside Kaggle: nothing to do).\n"
-            f"import os, subprocess, sys\n"
-            f"if os.path.isdir({where!r}):\n"
-            f"    subprocess.run([sys.executable, '-m', 'pip', 'install', '--no-index', '--find-links', {where!r}, 'lmkkit'], check=True)")
+WHEELHOUSE_LOCK = 'wheelhouse.txt'
+
+def build_wheelhouse(out: str | Path, python_version: str = '3.11', platform: str | tuple[str, ...] = DEFAULT_PLATFORMS,
+                     deps: bool = True,  # download the closure of lmkkit's requirements above `baseline`; False: lmkkit's wheel only
+                     extra=(),  # more requirements to ship with their closure, e.g. ['faiss-gpu'] or a pin ['kornia==0.8.1']
+                     baseline=BASELINE,  # what the image provides: names, or `name==version` pins (`read_baseline`)
+                     owner: str | None = None,  # Kaggle user name (default: $KAGGLE_USERNAME)
+                     source: str | Path | None = None, verbose: bool = False) -> Path:
+    "Build the wheelhouse dataset folder `out`: lmkkit's wheel, every wheel the image lacks (`wheelhouse.txt`), checked metadata."
+    owner = _owner(owner, 'wheelhouse dataset')
+    out = Path(out); out.mkdir(parents=True, exist_ok=True)
+    wheel = build_lmkkit_wheel(out, source, verbose)
+    names = []
+    if deps:
+        resolved = resolve([str(wheel), *extra], python_version, platform, verbose)
+        names = [n for n in closure_above(resolved, ['lmkkit', *extra], baseline, python_version) if n != 'lmkkit']
+        if conflicts := baseline_conflicts(resolved, names, baseline, python_version):
+            raise KernelError("the image's versions do not fit these wheels:\n" + '\n'.join(f"  - {c}" for c in conflicts))
+        pins = [f"{resolved[n]['metadata']['name']}=={resolved[n]['metadata']['version']}" for n in names]
+        download_wheels(out, pins, python_version, platform, verbose)
+        (out/WHEELHOUSE_LOCK).write_text(f"# lmkkit wheelhouse for CPython {python_version} on {' '.join(_platform_args(platform)[1::2])}\n"
+                                         f"# above the image baseline: {' '.join(baseline)}\n" + ''.join(p + '\n' for p in pins))
+    return _write_dataset_metadata(out, dataset_metadata(owner), require_wheel=True)
+
+def install_cell_source(dataset_slug: str = WHEELHOUSE_SLUG) -> str:
+    "The first cell of a kernel: install lmkkit from the attached wheelhouse with pip's index off; loud when it cannot."
+    name = dataset_slug.split('/')[-1]
+    return f"""# Install lmkkit from the attached wheelhouse dataset '{name}' (pip --no-index: never the network).
+import importlib.util, os, subprocess, sys, time
+os.environ.setdefault('LMKKIT_KERNEL_START', str(time.time()))  # the deadline counts from the kernel's first cell
+wheelhouse = next((d for d in ('../input/{name}', '/kaggle/input/{name}') if os.path.isdir(d)), None)
+if wheelhouse is not None:
+    pip = subprocess.run([sys.executable, '-m', 'pip', 'install', '--no-index', '--find-links', wheelhouse, 'lmkkit'],
+                         capture_output=True, text=True)
+    if pip.returncode: raise RuntimeError(f"pip could not install lmkkit from {{wheelhouse}}:\\n{{pip.stdout[-1500:]}}{{pip.stderr[-3000:]}}")
+    print(pip.stdout.strip().rpartition('\\n')[2])
+    importlib.invalidate_caches()
+elif importlib.util.find_spec('lmkkit') is None:
+    inputs = sorted(os.listdir('../input')) if os.path.isdir('../input') else 'nothing (no ../input folder)'
+    raise RuntimeError(f"lmkkit is not installed and no wheelhouse '{name}' is attached: ../input (from {{os.getcwd()}}) holds "
+                       f"{{inputs}}; attach <owner>/{name} (dataset_sources) or build it with `lmkkit kernels wheelhouse`")
+"""
+
+# %% ../nbs/60_kaggle.ipynb #own00002
+OUR_DATASETS = (WHEELHOUSE_SLUG, WEIGHTS_SLUG)
+
+def build_weights_dataset(out: str | Path, checkpoint: str | Path,
+                          files=(),  # verifier weight files (LoFTR, DISK, LightGlue), copied under their own names
+                          owner: str | None = None,  # Kaggle user name (default: $KAGGLE_USERNAME)
+                          name: str = 'model.pt'  # the checkpoint's name in the dataset (the kernels read model.pt)
+                          ) -> Path:
+    "Build the weights dataset folder `out`: the checked lmkkit `checkpoint`, the weight `files`, checked metadata."
+    from lmkkit.model import CheckpointError, load_checkpoint
+    owner, out = _owner(owner, 'weights dataset'), Path(out)
+    try: load_checkpoint(checkpoint)
+    except (CheckpointError, FileNotFoundError) as e: raise ConfigError(f"--checkpoint: {e}") from None
+    targets = {name: Path(checkpoint), **{Path(f).name: Path(f) for f in files}}
+    if len(targets) != 1 + len(files): raise ConfigError(f"two files would have the same name in {out}: {[str(f) for f in files]}")
+    if missing := [str(p) for p in targets.values() if not p.is_file()]: raise ConfigError(f"weight files not found: {missing}")
+    out.mkdir(parents=True, exist_ok=True)
+    for target, path in targets.items(): shutil.copyfile(path, out/target)
+    meta = dataset_metadata(owner, WEIGHTS_SLUG, 'lmkkit weights', 'lmkkit checkpoint and verifier weights for the kernels',
+                            f"Checkpoint {name} (lmkkit.model.load_checkpoint) and verifier weights: " + ', '.join(sorted(targets)))
+    return _write_dataset_metadata(out, meta, require_wheel=False)
+
+def with_owner(meta: dict, owner: str) -> dict:
+    "Kernel metadata `meta` with its id and our datasets (wheelhouse, weights) under the Kaggle user `owner`."
+    slug = lambda s: s.rstrip('/').split('/')[-1]
+    return {**meta, 'id': f"{owner}/{slug(meta['id'])}",
+            'dataset_sources': [f"{owner}/{slug(s)}" if slug(s) in OUR_DATASETS else s for s in meta.get('dataset_sources') or []]}
+
+def set_owner(folder: str | Path, owner: str) -> dict:
+    "Rewrite `folder`'s kernel-metadata.json under `owner` (see `with_owner`); returns the new metadata."
+    path = Path(folder)/KERNEL_METADATA
+    try: meta = with_owner(json.loads(path.read_text(encoding='utf-8')), owner)
+    except (OSError, ValueError, KeyError) as e: raise ConfigError(f"{path}: cannot read a kernel id ({e})") from None
+    with atomic_write(path) as f: json.dump(meta, f, indent=1)
+    return meta
 
 # %% ../nbs/60_kaggle.ipynb #4017632a
 def describe_request(request: dict, code_file: str) -> str:
@@ -406,7 +561,7 @@ def is_public_run(data_dir: str | Path, track: str,
 
 # %% ../nbs/60_kaggle.ipynb #2c31663d
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog='lmkkit kernels', description='Check, build and push the Kaggle kernels and their wheelhouse.')
+    p = argparse.ArgumentParser(prog='lmkkit kernels', description='Check, build and push the Kaggle kernels and their datasets.')
     subs = p.add_subparsers(dest='action', required=True)
     v = subs.add_parser('validate', help='check kernel folders offline (kaggle rules + ours)')
     v.add_argument('folders', nargs='+', help='kernel folders (each with kernel-metadata.json)')
@@ -416,16 +571,36 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument('--owner', default=None, help='Kaggle user name (default: $KAGGLE_USERNAME)')
     w.add_argument('--python-version', default='3.11', help="the Kaggle image's Python")
     w.add_argument('--platform', action='append', default=None, help=f'wheel platform tag (repeatable; default: {" ".join(DEFAULT_PLATFORMS)})')
-    w.add_argument('--package', action='append', default=None, help=f'package to download (repeatable; default: {" ".join(DEFAULT_PACKAGES)})')
+    w.add_argument('--image', default=None, help=f'`pip freeze` of the Kaggle image: its packages are the baseline (default: {" ".join(BASELINE)})')
+    w.add_argument('--package', action='append', default=[], help='another requirement to ship with its closure (repeatable)')
     w.add_argument('--no-packages', action='store_true', help="only lmkkit's own wheel")
+    g = subs.add_parser('weights', help='build the weights dataset folder (checkpoint + verifier weights)')
+    g.add_argument('out', help='dataset folder to write')
+    g.add_argument('--checkpoint', required=True, help='lmkkit checkpoint (model.pt of the training kernel)')
+    g.add_argument('--file', action='append', default=[], help='verifier weight file to add (repeatable)')
+    g.add_argument('--owner', default=None, help='Kaggle user name (default: $KAGGLE_USERNAME)')
+    o = subs.add_parser('owner', help='put kernel ids and the wheelhouse/weights sources under one Kaggle user')
+    o.add_argument('name', help='Kaggle user name')
+    o.add_argument('folders', nargs='+', help='kernel folders to rewrite in place')
     s = subs.add_parser('push', help='check and push a kernel folder')
     s.add_argument('folder', help='kernel folder')
     s.add_argument('--dry-run', action='store_true', help='print what would be sent; send nothing')
     s.add_argument('--no-gpu', action='store_true', help='do not require enable_gpu')
+    s.add_argument('--owner', default=None, help='push a copy under this Kaggle user (see `owner`)')
     return p
 
+def _push(args) -> None:
+    if args.owner is None: return push_kernel(args.folder, dry_run=args.dry_run, require_gpu=not args.no_gpu)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)/Path(args.folder).resolve().name
+        shutil.copytree(args.folder, folder)
+        set_owner(folder, args.owner)
+        push_kernel(folder, dry_run=args.dry_run, require_gpu=not args.no_gpu)
+
+def _size(folder: Path) -> str: return f"{sum(p.stat().st_size for p in folder.glob('*.whl')) / 2**20:.1f} MiB"
+
 def main(argv: list[str] | None = None) -> int:
-    "Entry point of `lmkkit kernels {validate,wheelhouse,push}`."
+    "Entry point of `lmkkit kernels {validate,wheelhouse,weights,owner,push}`."
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
     try:
         if args.action == 'validate':
@@ -436,11 +611,22 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{folder}: " + ('ok' if not problems else f"{len(problems)} problem(s)\n" + '\n'.join(f"  - {p}" for p in problems)))
             return int(bad > 0)
         if args.action == 'wheelhouse':
-            packages = [] if args.no_packages else args.package
-            out = build_wheelhouse(args.out, args.python_version, tuple(args.platform or DEFAULT_PLATFORMS), packages, args.owner)
-            print(f"{out}: " + ', '.join(sorted(p.name for p in out.glob('*.whl'))))
+            baseline = read_baseline(args.image) if args.image else BASELINE
+            out = build_wheelhouse(args.out, args.python_version, tuple(args.platform or DEFAULT_PLATFORMS), not args.no_packages,
+                                   args.package, baseline, args.owner)
+            wheels = sorted(p.name for p in out.glob('*.whl'))
+            print(f"{out}: {len(wheels)} wheels, {_size(out)}: " + ', '.join(wheels))
             return 0
-        push_kernel(args.folder, dry_run=args.dry_run, require_gpu=not args.no_gpu)
+        if args.action == 'weights':
+            out = build_weights_dataset(args.out, args.checkpoint, args.file, args.owner)
+            print(f"{out}: " + ', '.join(sorted(p.name for p in out.iterdir())))
+            return 0
+        if args.action == 'owner':
+            for folder in args.folders:
+                meta = set_owner(folder, args.name)
+                print(f"{folder}: id {meta['id']}, datasets {meta['dataset_sources']}")
+            return 0
+        _push(args)
         return 0
     except (ConfigError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)

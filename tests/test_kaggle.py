@@ -144,18 +144,84 @@ def test_wheelhouse_without_downloads(tmp_path, capsys):
     assert lk.validate_dataset(out)[0].startswith('kaggle.json: credential file')
 
 
-@pytest.mark.skipif(os.environ.get('LMKKIT_NETWORK_TESTS') != '1', reason='downloads wheels; set LMKKIT_NETWORK_TESTS=1')
-def test_wheelhouse_downloads_dependencies(tmp_path):
-    out = lk.build_wheelhouse(tmp_path / 'wh', owner='someone')
-    names = [p.name for p in out.glob('*.whl')]
-    assert any(n.startswith('faiss_cpu-') for n in names), names
-    assert lk.validate_dataset(out) == []
-
-
 def test_install_cell():
+    "The cell the kernels run; its behaviour on a simulated image is in test_kaggle_sim.py."
     cell = lk.install_cell_source('someone/lmkkit-wheelhouse')
-    assert "'install', '--no-index', '--find-links', '../input/lmkkit-wheelhouse', 'lmkkit'" in cell
+    assert "('../input/lmkkit-wheelhouse', '/kaggle/input/lmkkit-wheelhouse')" in cell
+    assert "'install', '--no-index', '--find-links', wheelhouse, 'lmkkit'" in cell
     compile(cell, 'cell', 'exec')
+
+
+SLUG_CASES = [  # (field, what a user writes, the slug the message asks for)
+    ('competition_sources', 'c/landmark-recognition-2021', 'landmark-recognition-2021'),
+    ('competition_sources', 'https://www.kaggle.com/c/landmark-recognition-2021', 'landmark-recognition-2021'),
+    ('competition_sources', 'https://www.kaggle.com/competitions/landmark-retrieval-2021/data', 'landmark-retrieval-2021'),
+    ('dataset_sources', 'datasets/someone/lmkkit-weights', 'someone/lmkkit-weights'),
+    ('dataset_sources', 'https://www.kaggle.com/datasets/someone/lmkkit-weights', 'someone/lmkkit-weights'),
+    ('dataset_sources', 'www.kaggle.com/datasets/someone/lmkkit-weights/versions/4', 'someone/lmkkit-weights/4'),
+    ('kernel_sources', 'code/someone/lmkkit-train', 'someone/lmkkit-train'),
+    ('kernel_sources', 'https://www.kaggle.com/code/someone/lmkkit-train', 'someone/lmkkit-train'),
+    ('kernel_sources', 'https://kaggle.com/someone/lmkkit-train/', 'someone/lmkkit-train'),
+]
+
+
+@pytest.mark.parametrize('field,given,slug', SLUG_CASES)
+def test_sources_must_be_bare_slugs(tmp_path, capsys, field, given, slug):
+    "kaggle's checks pass these, the push succeeds and Kaggle drops the input (kaggle-cli #377, #433, #464)."
+    folder = make_kernel(tmp_path / 'k', **{field: [given]})
+    expected = f'{field}[0] {given!r} is not a bare slug (Kaggle would silently drop this input): write "{slug}"'
+    assert lk.validate_kernel(folder)[-1] == expected
+    assert lk.main(['validate', str(folder)]) == 1
+    assert f'  - {expected}' in capsys.readouterr().out
+    assert lk.validate_kernel(make_kernel(tmp_path / 'ok', **{field: [slug]})) == []
+
+
+def test_owner_rewrites_ids_and_our_datasets(tmp_path, capsys):
+    folder = make_kernel(tmp_path / 'k', id='lmkkit/lmkkit-retrieval',
+                         dataset_sources=['lmkkit/lmkkit-wheelhouse', 'lmkkit/lmkkit-weights', 'lmkkit/other-data'])
+    assert lk.main(['owner', 'ana', str(folder)]) == 0
+    meta = json.loads((folder / 'kernel-metadata.json').read_text())
+    assert meta['id'] == 'ana/lmkkit-retrieval'
+    assert meta['dataset_sources'] == ['ana/lmkkit-wheelhouse', 'ana/lmkkit-weights', 'lmkkit/other-data']
+    assert capsys.readouterr().out.startswith(f"{folder}: id ana/lmkkit-retrieval")
+    assert lk.validate_kernel(folder) == []
+
+
+def test_push_under_another_owner_leaves_the_folder(tmp_path, capsys, monkeypatch):
+    folder = make_kernel(tmp_path / 'k')
+    before = (folder / 'kernel-metadata.json').read_text()
+    monkeypatch.setattr(lk, 'authenticated_api', lambda: pytest.fail('a dry run must not authenticate'))
+    assert lk.main(['push', str(folder), '--owner', 'ana', '--dry-run']) == 0
+    out = capsys.readouterr().out
+    fields = json.loads(out[out.index('{'):out.rindex('}') + 1])
+    assert fields['slug'] == 'ana/lmkkit-retrieval' and fields['datasetDataSources'] == ['ana/lmkkit-wheelhouse']
+    assert (folder / 'kernel-metadata.json').read_text() == before
+
+
+def test_weights_dataset(tmp_path, capsys):
+    from lmkkit.model import create_model, save_checkpoint
+    save_checkpoint(tmp_path / 'best.pt', create_model('test_resnet', embedding_size=8, head=None), None)
+    (tmp_path / 'disk.pth').write_bytes(b'disk')
+    (tmp_path / 'lightglue.pth').write_bytes(b'lightglue')
+    out = tmp_path / 'weights'
+    assert lk.main(['weights', str(out), '--checkpoint', str(tmp_path / 'best.pt'), '--file', str(tmp_path / 'disk.pth'),
+                    '--file', str(tmp_path / 'lightglue.pth'), '--owner', 'ana']) == 0
+    assert sorted(p.name for p in out.iterdir()) == ['dataset-metadata.json', 'disk.pth', 'lightglue.pth', 'model.pt']
+    meta = json.loads((out / 'dataset-metadata.json').read_text())
+    assert meta['id'] == 'ana/lmkkit-weights' and meta['title'] == 'lmkkit weights'
+    assert lk.validate_dataset(out, require_wheel=False) == []
+    capsys.readouterr()
+    assert lk.main(['weights', str(tmp_path / 'w2'), '--checkpoint', str(tmp_path / 'disk.pth'), '--owner', 'ana']) == 2
+    assert capsys.readouterr().err.startswith(f"error: --checkpoint: {tmp_path / 'disk.pth'} is not a readable checkpoint")
+
+
+def test_wheelhouse_refuses_an_image_whose_versions_do_not_fit(tmp_path):
+    "With the image's pip freeze as baseline, a shipped wheel that needs a newer torch stops the build."
+    resolved = {'kornia': {'metadata': {'name': 'kornia', 'version': '0.9.0', 'requires_dist': ['torch>=2.5.1', 'numpy>=1.21']}}}
+    (tmp_path / 'image.txt').write_text('torch==2.4.1+cu121\nnumpy==1.26.4\n')
+    baseline = lk.read_baseline(tmp_path / 'image.txt')
+    assert lk.baseline_conflicts(resolved, ['kornia'], baseline) == [
+        'kornia 0.9.0 needs torch>=2.5.1, the image has torch==2.4.1+cu121; pin an older kornia with --package']
 
 
 def _data(root, n_test, train_rows):
@@ -185,3 +251,18 @@ KERNELS = sorted(p for p in (ROOT / 'kaggle_kernels').glob('*') if (p / 'kernel-
 @pytest.mark.parametrize('folder', KERNELS, ids=[p.name for p in KERNELS])
 def test_repository_kernels_are_valid(folder):
     assert lk.validate_kernel(folder) == []
+
+
+def test_without_the_kaggle_package(tmp_path):
+    "The kaggle package is an extra: without it `lmkkit kernels validate` says how to install it, in one line."
+    code = ("import sys\n"
+            "class Block:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name.split('.')[0] == 'kaggle': raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+            "sys.meta_path.insert(0, Block())\n"
+            "from lmkkit import kaggle as lk\n"
+            f"sys.exit(lk.main(['validate', {str(make_kernel(tmp_path / 'k'))!r}]))\n")
+    res = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, 'PYTHONPATH': str(ROOT)})
+    assert res.returncode == 2
+    assert res.stderr == "error: the kaggle package is not installed: pip install 'lmkkit[kaggle]' (or pip install kaggle)\n"
