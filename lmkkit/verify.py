@@ -105,7 +105,7 @@ VERIFIERS = Registry('verifier')
 class Verifier:
     "Base of the pairwise verifiers: `extract` features of one image, `match` two feature sets."
     name = 'verifier'
-    def __init__(self, max_side: int = 384, model: str = 'fundamental', threshold: float = 4.0, min_inliers: int = 10):
+    def __init__(self, max_side: int = 320, model: str = 'fundamental', threshold: float = 4.0, min_inliers: int = 10):
         if max_side < 16: raise ValueError(f"max_side must be at least 16, got {max_side}")
         if model not in MIN_POINTS: raise ValueError(f"model must be one of {sorted(MIN_POINTS)}, got {model!r}")
         if min_inliers <= MIN_POINTS[model]:
@@ -147,7 +147,7 @@ def mutual_matches(da: np.ndarray, db: np.ndarray, ratio: float = 0.9) -> np.nda
 class SiftMagsac(Verifier):
     "OpenCV SIFT, mutual ratio-test matching, MAGSAC++ fundamental matrix (or homography) distinct inliers."
     name = 'sift_magsac'
-    def __init__(self, max_side: int = 384, n_features: int = 1000, ratio: float = 0.9,
+    def __init__(self, max_side: int = 320, n_features: int = 1000, ratio: float = 0.9,
                  model: str = 'fundamental', threshold: float = 4.0, min_inliers: int = 10):
         super().__init__(max_side, model, threshold, min_inliers)
         self.n_features, self.ratio = n_features, ratio  # keypoint cap per image; Lowe's ratio, applied both ways
@@ -417,7 +417,7 @@ def verify_candidates(cands, image_path: Callable[[str], str | Path | None], ver
     return out, report
 
 # %% ../nbs/41_verify.ipynb #1b6829c5
-@register_stage('verify', cost_s=0.2)
+@register_stage('verify', cost_s=0.3)
 def verify(cands, ctx: RerankContext,
            verifier: str = 'sift_magsac',
            verifier_kwargs: dict | None = None,  # e.g. {'max_side': 512} or {'weights': '/kaggle/input/.../loftr_outdoor.ckpt'}

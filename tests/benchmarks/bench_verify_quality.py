@@ -45,12 +45,13 @@ class OldSiftMagsac(SiftMagsac):
 SETTINGS = {  # name -> verifier
     'old default: ratio 0.8 one-sided, H raw, 256 px': OldSiftMagsac(),
     'mutual, F, 256 px': SiftMagsac(max_side=256),
-    'mutual, F, 384 px (new default)': SiftMagsac(),
+    'mutual, F, 320 px (new default)': SiftMagsac(),
+    'mutual, F, 384 px': SiftMagsac(max_side=384),
     'mutual, F, 512 px': SiftMagsac(max_side=512),
     'mutual, F, 512 px, 2000 kp': SiftMagsac(max_side=512, n_features=2000),
     'mutual, F, 640 px, 2000 kp': SiftMagsac(max_side=640, n_features=2000),
-    'mutual, F, 384 px, ratio 0.8': SiftMagsac(ratio=0.8),
-    'mutual, H, 384 px': SiftMagsac(model='homography'),
+    'mutual, F, 320 px, ratio 0.8': SiftMagsac(ratio=0.8),
+    'mutual, H, 320 px': SiftMagsac(model='homography'),
 }
 
 
