@@ -23,9 +23,9 @@ from .core import Deadline, Registry, atomic_write
 from .rerank import RerankContext, register_stage
 
 # %% auto #0
-__all__ = ['MIN_POINTS', 'VERIFIERS', 'PairResult', 'prepare_image', 'distinct_points', 'degenerate_model', 'count_inliers',
-           'Verifier', 'mutual_matches', 'SiftMagsac', 'load_weights', 'Loftr', 'LightGlueVerifier', 'DiskLightGlue',
-           'AlikedLightGlue', 'PairCache', 'VerifyReport', 'verify_candidates', 'verify']
+__all__ = ['MIN_POINTS', 'VERIFIERS', 'PairResult', 'prepare_image', 'distinct_points', 'degenerate_model', 'check_model',
+           'count_inliers', 'Verifier', 'mutual_matches', 'SiftMagsac', 'load_weights', 'Loftr', 'LightGlueVerifier',
+           'DiskLightGlue', 'AlikedLightGlue', 'PairCache', 'VerifyReport', 'verify_candidates', 'verify']
 
 # %% ../nbs/41_verify.ipynb #3d542c54
 @dataclasses.dataclass(frozen=True)
@@ -76,12 +76,16 @@ def _cv2_reason(e: cv2.error) -> str:
     "The short part of a cv2.error, e.g. '!model.empty()'."
     return f"cv2.error: {getattr(e, 'err', None) or str(e).strip().splitlines()[-1][:80]}"
 
-def count_inliers(src: np.ndarray, dst: np.ndarray, model: str = 'fundamental', threshold: float = 4.0,
-                  min_inliers: int = 10, confidence: float = 0.999, max_iters: int = 2000) -> PairResult:
-    "Distinct inliers of a non-degenerate `model` fitted by MAGSAC++ to one-to-one matches `src` <-> `dst` ((M, 2) pixels)."
+def check_model(model: str, min_inliers: int) -> None:
+    "Raise a ValueError for an unknown `model` or a `min_inliers` that an exact fit of it reaches."
     if model not in MIN_POINTS: raise ValueError(f"model must be one of {sorted(MIN_POINTS)}, got {model!r}")
     if min_inliers <= MIN_POINTS[model]:
         raise ValueError(f"min_inliers must exceed {MIN_POINTS[model]}, the matches an exact {model} fit explains, got {min_inliers}")
+
+def count_inliers(src: np.ndarray, dst: np.ndarray, model: str = 'fundamental', threshold: float = 4.0,
+                  min_inliers: int = 10, confidence: float = 0.999, max_iters: int = 2000) -> PairResult:
+    "Distinct inliers of a non-degenerate `model` fitted by MAGSAC++ to one-to-one matches `src` <-> `dst` ((M, 2) pixels)."
+    check_model(model, min_inliers)
     src, dst = (np.asarray(p, np.float32).reshape(-1, 2) for p in (src, dst))
     n = len(src)
     if n < min_inliers: return PairResult(0, n, f'fewer than {min_inliers} matches')
@@ -107,9 +111,7 @@ class Verifier:
     name = 'verifier'
     def __init__(self, max_side: int = 320, model: str = 'fundamental', threshold: float = 4.0, min_inliers: int = 10):
         if max_side < 16: raise ValueError(f"max_side must be at least 16, got {max_side}")
-        if model not in MIN_POINTS: raise ValueError(f"model must be one of {sorted(MIN_POINTS)}, got {model!r}")
-        if min_inliers <= MIN_POINTS[model]:
-            raise ValueError(f"min_inliers must exceed {MIN_POINTS[model]}, the matches an exact {model} fit explains, got {min_inliers}")
+        check_model(model, min_inliers)
         self.max_side, self.model, self.threshold, self.min_inliers = max_side, model, threshold, min_inliers
 
     def settings(self) -> dict:
