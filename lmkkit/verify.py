@@ -23,15 +23,17 @@ from .core import Deadline, Registry, atomic_write
 from .rerank import RerankContext, register_stage
 
 # %% auto #0
-__all__ = ['MIN_POINTS', 'VERIFIERS', 'PairResult', 'prepare_image', 'count_inliers', 'Verifier', 'SiftMagsac', 'load_weights',
-           'Loftr', 'DiskLightGlue', 'PairCache', 'VerifyReport', 'verify_candidates', 'verify']
+__all__ = ['MIN_POINTS', 'VERIFIERS', 'PairResult', 'prepare_image', 'distinct_points', 'degenerate_model', 'check_model',
+           'count_inliers', 'Verifier', 'mutual_matches', 'SiftMagsac', 'load_weights', 'Loftr', 'LightGlueVerifier',
+           'DiskLightGlue', 'AlikedLightGlue', 'PairCache', 'VerifyReport', 'verify_candidates', 'verify']
 
 # %% ../nbs/41_verify.ipynb #3d542c54
 @dataclasses.dataclass(frozen=True)
 class PairResult:
     "Outcome of verifying one image pair."
-    inliers: int  # matches consistent with the fitted geometric model
-    matches: int  # tentative matches before RANSAC
+    inliers: int  # distinct correspondences consistent with the fitted geometric model (0 below the minimum)
+    matches: int  # tentative one-to-one matches before RANSAC
+    note: str = ''  # why `inliers` is 0 (no keypoints, too few matches, degenerate model, cv2 failure), else ''
 
     @property
     def inlier_ratio(self) -> float: return self.inliers / self.matches if self.matches else 0.0
@@ -50,18 +52,56 @@ def prepare_image(img: np.ndarray, max_side: int) -> np.ndarray:
 # %% ../nbs/41_verify.ipynb #abc660dd
 MIN_POINTS = {'homography': 4, 'fundamental': 8}
 
-def count_inliers(src: np.ndarray, dst: np.ndarray, model: str = 'homography', threshold: float = 4.0,
-                  confidence: float = 0.999, max_iters: int = 2000) -> PairResult:
-    "Fit `model` to the matches `src` -> `dst` ((M, 2) pixels) with MAGSAC++ and count its inliers."
+def distinct_points(pts: np.ndarray, cell: float) -> int:
+    "Number of distinct locations among `pts` ((M, 2) pixels) on a grid of `cell` pixels."
+    return len(np.unique(np.floor(np.asarray(pts, np.float64).reshape(-1, 2) / cell).astype(np.int64), axis=0))
+
+def _canonical(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    "The matches in an order that does not depend on which image came first."
+    if np.sort(dst, 0).tobytes() < np.sort(src, 0).tobytes(): src, dst = dst, src
+    order = np.lexsort((dst[:, 1], dst[:, 0], src[:, 1], src[:, 0]))
+    return src[order], dst[order]
+
+def degenerate_model(m: np.ndarray, model: str, src: np.ndarray, max_area: float = 100.0) -> str:
+    "Why the fitted 3x3 `m` is degenerate on its inliers `src` ((K, 2) pixels), or '' if it is not."
+    if model == 'fundamental':
+        s = np.linalg.svd(m, compute_uv=False)
+        return 'rank-1 fundamental matrix' if s[1] <= 1e-9 * s[0] else ''
+    w = src @ m[2, :2] + m[2, 2]  # projective depth of each inlier
+    if not ((w > 0).all() or (w < 0).all()): return 'homography folds the inliers'
+    area = np.linalg.det(m) / w ** 3  # local area scale of x -> Hx (Hartley & Zisserman, 2nd ed., 2.3)
+    return '' if ((area > 1 / max_area) & (area < max_area)).all() else f'homography area scale outside [1/{max_area:g}, {max_area:g}]'
+
+def _cv2_reason(e: cv2.error) -> str:
+    "The short part of a cv2.error, e.g. '!model.empty()'."
+    return f"cv2.error: {getattr(e, 'err', None) or str(e).strip().splitlines()[-1][:80]}"
+
+def check_model(model: str, min_inliers: int) -> None:
+    "Raise a ValueError for an unknown `model` or a `min_inliers` that an exact fit of it reaches."
     if model not in MIN_POINTS: raise ValueError(f"model must be one of {sorted(MIN_POINTS)}, got {model!r}")
+    if min_inliers <= MIN_POINTS[model]:
+        raise ValueError(f"min_inliers must exceed {MIN_POINTS[model]}, the matches an exact {model} fit explains, got {min_inliers}")
+
+def count_inliers(src: np.ndarray, dst: np.ndarray, model: str = 'fundamental', threshold: float = 4.0,
+                  min_inliers: int = 10, confidence: float = 0.999, max_iters: int = 2000) -> PairResult:
+    "Distinct inliers of a non-degenerate `model` fitted by MAGSAC++ to one-to-one matches `src` <-> `dst` ((M, 2) pixels)."
+    check_model(model, min_inliers)
+    src, dst = (np.asarray(p, np.float32).reshape(-1, 2) for p in (src, dst))
     n = len(src)
-    if n < MIN_POINTS[model]: return PairResult(0, n)
-    src, dst = np.asarray(src, np.float32).reshape(-1, 2), np.asarray(dst, np.float32).reshape(-1, 2)
-    if model == 'homography':
-        _, mask = cv2.findHomography(src, dst, cv2.USAC_MAGSAC, threshold, maxIters=max_iters, confidence=confidence)
-    else:
-        _, mask = cv2.findFundamentalMat(src, dst, cv2.USAC_MAGSAC, threshold, confidence, max_iters)
-    return PairResult(0 if mask is None else int(mask.sum()), n)
+    if n < min_inliers: return PairResult(0, n, f'fewer than {min_inliers} matches')
+    a, b = _canonical(src, dst)
+    try:
+        if model == 'homography':
+            m, mask = cv2.findHomography(a, b, cv2.USAC_MAGSAC, threshold, maxIters=max_iters, confidence=confidence)
+        else:
+            m, mask = cv2.findFundamentalMat(a, b, cv2.USAC_MAGSAC, threshold, confidence, max_iters)
+    except cv2.error as e: return PairResult(0, n, _cv2_reason(e))
+    if m is None or mask is None or m.shape != (3, 3): return PairResult(0, n, 'no model found')
+    inl = mask.ravel().astype(bool)
+    why = degenerate_model(m, model, a[inl].astype(np.float64))
+    if why: return PairResult(0, n, f'degenerate: {why}')
+    k = min(distinct_points(a[inl], threshold), distinct_points(b[inl], threshold))
+    return PairResult(k, n) if k >= min_inliers else PairResult(0, n, f'fewer than {min_inliers} distinct inliers')
 
 # %% ../nbs/41_verify.ipynb #8f1b5bd5
 VERIFIERS = Registry('verifier')
@@ -69,12 +109,13 @@ VERIFIERS = Registry('verifier')
 class Verifier:
     "Base of the pairwise verifiers: `extract` features of one image, `match` two feature sets."
     name = 'verifier'
-    def __init__(self, max_side: int = 256, model: str = 'homography', threshold: float = 4.0):
+    def __init__(self, max_side: int = 320, model: str = 'fundamental', threshold: float = 4.0, min_inliers: int = 10):
         if max_side < 16: raise ValueError(f"max_side must be at least 16, got {max_side}")
-        if model not in MIN_POINTS: raise ValueError(f"model must be one of {sorted(MIN_POINTS)}, got {model!r}")
-        self.max_side, self.model, self.threshold = max_side, model, threshold
+        check_model(model, min_inliers)
+        self.max_side, self.model, self.threshold, self.min_inliers = max_side, model, threshold, min_inliers
 
-    def settings(self) -> dict: return dict(max_side=self.max_side, model=self.model, threshold=self.threshold)
+    def settings(self) -> dict:
+        return dict(max_side=self.max_side, model=self.model, threshold=self.threshold, min_inliers=self.min_inliers)
     @property
     def cache_key(self) -> str:
         "The verifier's name, `max_side` and a short hash of all its settings."
@@ -83,21 +124,36 @@ class Verifier:
 
     def extract(self, img: np.ndarray): raise NotImplementedError
     def match(self, fa, fb) -> PairResult: raise NotImplementedError
+    def geometry(self, src: np.ndarray, dst: np.ndarray) -> PairResult:
+        "`count_inliers` of the matches `src` <-> `dst` with this verifier's model, threshold and minimum."
+        return count_inliers(src, dst, self.model, self.threshold, self.min_inliers)
     def verify_pair(self, img_a: np.ndarray, img_b: np.ndarray) -> PairResult:
         "Verify one pair of RGB uint8 images."
         return self.match(self.extract(img_a), self.extract(img_b))
     def __repr__(self): return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.settings().items())})"
 
 # %% ../nbs/41_verify.ipynb #c624c425
+def mutual_matches(da: np.ndarray, db: np.ndarray, ratio: float = 0.9) -> np.ndarray:
+    "(M, 2) indices (i, j) with `da[i]` and `db[j]` each other's nearest neighbour, passing the ratio test both ways."
+    if da is None or db is None or len(da) < 2 or len(db) < 2: return np.zeros((0, 2), np.int64)
+    da, db = np.asarray(da, np.float32), np.asarray(db, np.float32)
+    d2 = np.maximum((da * da).sum(1)[:, None] + (db * db).sum(1)[None] - 2 * da @ db.T, 0)  # squared L2
+    ab, ba = d2.argmin(1), d2.argmin(0)
+    i = np.flatnonzero(ba[ab] == np.arange(len(da)))
+    j = ab[i]
+    rows, cols = np.partition(d2[i], 1, axis=1)[:, :2], np.partition(d2[:, j], 1, axis=0)[:2].T  # two nearest
+    keep = (rows[:, 0] < ratio ** 2 * rows[:, 1]) & (cols[:, 0] < ratio ** 2 * cols[:, 1])
+    return np.stack([i[keep], j[keep]], 1)
+
 @VERIFIERS.register('sift_magsac')
 class SiftMagsac(Verifier):
-    "OpenCV SIFT, ratio-test matching, MAGSAC++ homography (or fundamental matrix) inliers."
+    "OpenCV SIFT, mutual ratio-test matching, MAGSAC++ fundamental matrix (or homography) distinct inliers."
     name = 'sift_magsac'
-    def __init__(self, max_side: int = 256, n_features: int = 1000, ratio: float = 0.8,
-                 model: str = 'homography', threshold: float = 4.0):
-        super().__init__(max_side, model, threshold)
-        self.n_features, self.ratio = n_features, ratio  # keypoint cap per image; Lowe's ratio
-        self._sift, self._bf = cv2.SIFT_create(nfeatures=n_features), cv2.BFMatcher(cv2.NORM_L2)
+    def __init__(self, max_side: int = 320, n_features: int = 1000, ratio: float = 0.9,
+                 model: str = 'fundamental', threshold: float = 4.0, min_inliers: int = 10):
+        super().__init__(max_side, model, threshold, min_inliers)
+        self.n_features, self.ratio = n_features, ratio  # keypoint cap per image; Lowe's ratio, applied both ways
+        self._sift = cv2.SIFT_create(nfeatures=n_features)
 
     def settings(self) -> dict: return dict(super().settings(), n_features=self.n_features, ratio=self.ratio)
 
@@ -109,11 +165,9 @@ class SiftMagsac(Verifier):
 
     def match(self, fa, fb) -> PairResult:
         (pa, da), (pb, db) = fa, fb
-        if da is None or db is None or len(db) < 2: return PairResult(0, 0)
-        pairs = [m for m in self._bf.knnMatch(da, db, k=2) if len(m) == 2 and m[0].distance < self.ratio * m[1].distance]
-        src = pa[[m[0].queryIdx for m in pairs]]
-        dst = pb[[m[0].trainIdx for m in pairs]]
-        return count_inliers(src, dst, self.model, self.threshold)
+        if da is None or db is None: return PairResult(0, 0, 'no keypoints')
+        idx = mutual_matches(da, db, self.ratio)
+        return self.geometry(pa[idx[:, 0]], pb[idx[:, 1]])
 
 # %% ../nbs/41_verify.ipynb #ded27281
 def load_weights(path: str | Path | None, what: str, key: str | None = None) -> dict:
@@ -136,12 +190,12 @@ def _rgb_tensor(img: np.ndarray, device: str) -> torch.Tensor:
 # %% ../nbs/41_verify.ipynb #031188b0
 @VERIFIERS.register('loftr')
 class Loftr(Verifier):
-    "kornia LoFTR matches (local checkpoint) + MAGSAC++ inliers."
+    "kornia LoFTR matches (local checkpoint) + MAGSAC++ distinct inliers."
     name = 'loftr'
     def __init__(self, weights: str | Path | None = None, max_side: int = 256, device: str = 'cpu',
-                 model: str = 'homography', threshold: float = 4.0):
+                 model: str = 'fundamental', threshold: float = 4.0, min_inliers: int = 10):
         from kornia.feature import LoFTR
-        super().__init__(max_side, model, threshold)
+        super().__init__(max_side, model, threshold, min_inliers)
         state = load_weights(weights, 'LoFTR', 'state_dict')
         self.device, self.weights = device, str(weights)
         self.net = LoFTR(pretrained=None)
@@ -157,7 +211,7 @@ class Loftr(Verifier):
     @torch.inference_mode()
     def match(self, fa, fb) -> PairResult:
         out = self.net({'features0': fa, 'features1': fb})
-        return count_inliers(out['keypoints0'].cpu().numpy(), out['keypoints1'].cpu().numpy(), self.model, self.threshold)
+        return self.geometry(out['keypoints0'].cpu().numpy(), out['keypoints1'].cpu().numpy())
 
 # %% ../nbs/41_verify.ipynb #6544e0c9
 def _rename_lightglue_keys(state: dict) -> dict:
@@ -173,40 +227,68 @@ def _load_strict_params(net: torch.nn.Module, state: dict, path) -> None:
         raise ValueError(f"weights file {str(path)!r} does not fit {type(net).__name__}: missing {missing[:3]}, "
                          f"unexpected {res.unexpected_keys[:3]}")
 
-@VERIFIERS.register('disk_lightglue')
-class DiskLightGlue(Verifier):
-    "kornia DISK keypoints + LightGlue matches (local weight files) + MAGSAC++ inliers."
-    name = 'disk_lightglue'
-    def __init__(self, disk_weights: str | Path | None = None, lightglue_weights: str | Path | None = None,
-                 max_side: int = 256, max_keypoints: int = 1024, device: str = 'cpu',
-                 model: str = 'homography', threshold: float = 4.0):
-        from kornia.feature import DISK, LightGlue
-        super().__init__(max_side, model, threshold)
-        disk_state = load_weights(disk_weights, 'DISK', 'extractor')
+class LightGlueVerifier(Verifier):
+    "Base of learned keypoints + LightGlue matches (local weight files) + MAGSAC++ distinct inliers."
+    def __init__(self, detector: torch.nn.Module, lightglue_weights: str | Path | None, max_side: int,
+                 max_keypoints: int, device: str, model: str, threshold: float, min_inliers: int):
+        from kornia.feature import LightGlue
+        super().__init__(max_side, model, threshold, min_inliers)
         lg_state = _rename_lightglue_keys(load_weights(lightglue_weights, 'LightGlue'))
-        self.device, self.max_keypoints = device, max_keypoints
-        self.weights = (str(disk_weights), str(lightglue_weights))
-        self.disk = DISK()
-        self.disk.load_state_dict(disk_state)
-        self.lightglue = LightGlue(features=None, input_dim=128)  # DISK descriptors are 128-d
+        self.device, self.max_keypoints, self.detector = device, max_keypoints, detector
+        self.lightglue = LightGlue(features=None, input_dim=128)  # DISK and ALIKED descriptors are 128-d
         _load_strict_params(self.lightglue, lg_state, lightglue_weights)
-        self.disk.eval().to(device); self.lightglue.eval().to(device)
+        self.detector.eval().to(device); self.lightglue.eval().to(device)
 
     def settings(self) -> dict:
         return dict(super().settings(), max_keypoints=self.max_keypoints, weights=[Path(w).name for w in self.weights])
 
+    def detect(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: raise NotImplementedError
+
     @torch.inference_mode()
     def extract(self, img: np.ndarray) -> dict:
         img = prepare_image(img, self.max_side)
-        f = self.disk(_rgb_tensor(img, self.device), n=self.max_keypoints, pad_if_not_divisible=True)[0]
+        kps, desc = self.detect(_rgb_tensor(img, self.device))
         size = torch.tensor([[img.shape[1], img.shape[0]]], device=self.device)  # (W, H)
-        return dict(keypoints=f.keypoints[None], descriptors=f.descriptors[None], image_size=size)
+        return dict(keypoints=kps[None], descriptors=desc[None], image_size=size)
 
     @torch.inference_mode()
     def match(self, fa, fb) -> PairResult:
         idx = self.lightglue({'image0': fa, 'image1': fb})['matches'][0].cpu().numpy()
-        src, dst = fa['keypoints'][0].cpu().numpy()[idx[:, 0]], fb['keypoints'][0].cpu().numpy()[idx[:, 1]]
-        return count_inliers(src, dst, self.model, self.threshold)
+        return self.geometry(fa['keypoints'][0].cpu().numpy()[idx[:, 0]], fb['keypoints'][0].cpu().numpy()[idx[:, 1]])
+
+@VERIFIERS.register('disk_lightglue')
+class DiskLightGlue(LightGlueVerifier):
+    "kornia DISK keypoints + LightGlue matches (local weight files) + MAGSAC++ distinct inliers."
+    name = 'disk_lightglue'
+    def __init__(self, disk_weights: str | Path | None = None, lightglue_weights: str | Path | None = None,
+                 max_side: int = 256, max_keypoints: int = 1024, device: str = 'cpu',
+                 model: str = 'fundamental', threshold: float = 4.0, min_inliers: int = 10):
+        from kornia.feature import DISK
+        disk = DISK()
+        disk.load_state_dict(load_weights(disk_weights, 'DISK', 'extractor'))
+        self.weights = (str(disk_weights), str(lightglue_weights))
+        super().__init__(disk, lightglue_weights, max_side, max_keypoints, device, model, threshold, min_inliers)
+
+    def detect(self, x):
+        f = self.detector(x, n=self.max_keypoints, pad_if_not_divisible=True)[0]
+        return f.keypoints, f.descriptors
+
+@VERIFIERS.register('aliked_lightglue')
+class AlikedLightGlue(LightGlueVerifier):
+    "kornia ALIKED keypoints + LightGlue matches (local weight files) + MAGSAC++ distinct inliers."
+    name = 'aliked_lightglue'
+    def __init__(self, aliked_weights: str | Path | None = None, lightglue_weights: str | Path | None = None,
+                 max_side: int = 512, max_keypoints: int = 1024, device: str = 'cpu', aliked_model: str = 'aliked-n16',
+                 model: str = 'fundamental', threshold: float = 4.0, min_inliers: int = 10):
+        from kornia.feature import ALIKED
+        aliked = ALIKED(aliked_model, max_num_keypoints=max_keypoints, detection_threshold=-1)  # top-k keypoints
+        _load_strict_params(aliked, load_weights(aliked_weights, 'ALIKED'), aliked_weights)
+        self.weights = (str(aliked_weights), str(lightglue_weights))
+        super().__init__(aliked, lightglue_weights, max_side, max_keypoints, device, model, threshold, min_inliers)
+
+    def detect(self, x):
+        f = self.detector(x)[0]
+        return f.keypoints, f.descriptors
 
 # %% ../nbs/41_verify.ipynb #1a8d7eaa
 class PairCache:
@@ -253,15 +335,19 @@ class VerifyReport:
     pairs: int = 0  # pairs verified now
     cached: int = 0  # pairs answered by the pair cache
     skipped: int = 0  # pairs left at zero: out of time
-    failed_pairs: int = 0  # pairs given zero because an image was unreadable (or the geometry failed)
+    failed_pairs: int = 0  # pairs given zero because an image was unreadable or the verifier raised
     bad_images: list = dataclasses.field(default_factory=list)  # ids of unreadable images
+    reasons: dict = dataclasses.field(default_factory=dict)  # why pairs got zero inliers -> how many (failures included)
     seconds: float = 0.0
+
+    def count(self, reason: str) -> None: self.reasons[reason] = self.reasons.get(reason, 0) + 1
 
     def summary(self) -> str:
         "One line for the log."
         bad = f"{len(self.bad_images)} unreadable images" + (f" (e.g. {', '.join(self.bad_images[:3])})" if self.bad_images else '')
+        why = '; '.join(f"{n} {r}" for r, n in sorted(self.reasons.items(), key=lambda kv: -kv[1]))
         return (f"verify: {self.pairs} pairs verified, {self.cached} from cache, {self.skipped} skipped (time), "
-                f"{self.failed_pairs} failed, {bad}, {self.seconds:.1f}s")
+                f"{self.failed_pairs} failed, {bad}, {self.seconds:.1f}s" + (f"; zero inliers: {why}" if why else ''))
 
 def _lru_get(cache: OrderedDict, key, make, size: int):
     "`cache[key]`, made by `make()` on a miss; keeps the `size` most recently used entries."
@@ -294,12 +380,14 @@ def verify_candidates(cands, image_path: Callable[[str], str | Path | None], ver
         if img is None and image_id not in report.bad_images: report.bad_images.append(image_id)
         return None if img is None else verifier.extract(img)
 
-    def run(qid: str, cid: str) -> PairResult | None:
-        fq = _lru_get(feats, qid, lambda: extract(qid), feature_cache)
-        fc = _lru_get(feats, cid, lambda: extract(cid), feature_cache)
-        if fq is None or fc is None: return None
-        try: return verifier.match(fq, fc)
-        except cv2.error: return None
+    def run(qid: str, cid: str) -> PairResult | str:
+        "The pair's result, or why it failed (an unreadable image, an exception of the verifier)."
+        try:
+            fq = _lru_get(feats, qid, lambda: extract(qid), feature_cache)
+            fc = _lru_get(feats, cid, lambda: extract(cid), feature_cache)
+            return 'unreadable image' if fq is None or fc is None else verifier.match(fq, fc)
+        except cv2.error as e: return _cv2_reason(e)
+        except RuntimeError as e: return f'RuntimeError: {str(e)[:80]}'  # e.g. a torch kernel on an odd image
 
     spent = 0.0
     for qi in tqdm(range(len(cands)), desc='verify', disable=not verbose):
@@ -315,7 +403,10 @@ def verify_candidates(cands, image_path: Callable[[str], str | Path | None], ver
                 t0 = time.perf_counter()
                 res = run(qid, cid)
                 spent += time.perf_counter() - t0
-                if res is None: report.failed_pairs += 1; continue
+                if isinstance(res, str):
+                    report.failed_pairs += 1; report.count(res)
+                    continue
+                if res.note: report.count(res.note)
                 report.pairs += 1
                 if cache is not None: cache.put(qid, cid, key, res)
             inliers[qi, j], matches[qi, j] = res.inliers, res.matches
@@ -328,7 +419,7 @@ def verify_candidates(cands, image_path: Callable[[str], str | Path | None], ver
     return out, report
 
 # %% ../nbs/41_verify.ipynb #1b6829c5
-@register_stage('verify', cost_s=0.2)
+@register_stage('verify', cost_s=0.3)
 def verify(cands, ctx: RerankContext,
            verifier: str = 'sift_magsac',
            verifier_kwargs: dict | None = None,  # e.g. {'max_side': 512} or {'weights': '/kaggle/input/.../loftr_outdoor.ckpt'}
