@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from lmkkit.core import Deadline
-from lmkkit.rerank import RerankContext, run_stages
+from lmkkit.plan import run_stages
+from lmkkit.rerank import RerankContext
 from lmkkit.search import Candidates
 from lmkkit.synth import draw_scene, family_style, render_view
 from lmkkit.verify import VERIFIERS, PairCache, PairResult, SiftMagsac, verify_candidates
