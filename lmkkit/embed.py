@@ -43,7 +43,7 @@ def mean_embedding(views: Sequence[torch.Tensor]) -> torch.Tensor:
 
 # %% ../nbs/30_embed.ipynb #1fd699d1
 AMP_DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16}
-AMP_MODES = ('auto', 'off', 'bf16', 'fp16')  # the one vocabulary of training and inference
+AMP_MODES = ('auto', 'bf16', 'fp16', 'off')  # the one vocabulary of training and inference
 
 def resolve_amp(amp: str | None, device: str, training: bool = False) -> str:
     "'off', 'bf16' or 'fp16' for `amp` ('auto' or None: fp16 on CUDA, off on the CPU; training: bf16 where the GPU has it)."

@@ -24,8 +24,8 @@ from .rerank import STAGES, RerankContext, check_settings, recognition_predictio
 from .search import Candidates, search
 
 # %% auto #0
-__all__ = ['DEFAULT_STAGES', 'SEED_STAGES', 'DEFAULT_SETTINGS', 'InferenceConfig', 'InferenceResult', 'make_holdout',
-           'run_recognition', 'run_retrieval', 'run_inference']
+__all__ = ['DEFAULT_STAGES', 'SEED_STAGES', 'DEFAULT_SETTINGS', 'InferenceConfig', 'kernel_config', 'InferenceResult',
+           'make_holdout', 'run_recognition', 'run_retrieval', 'run_inference']
 
 # %% ../nbs/50_pipeline.ipynb #fd33583d
 DEFAULT_STAGES = {'recognition': ('nonlandmark_penalty', 'verify', 'lgbm'),
@@ -99,6 +99,20 @@ class InferenceConfig:
 
     @property
     def deadline_reserve_s(self) -> float: return 60 * self.reserve_minutes
+
+# %% ../nbs/50_pipeline.ipynb #d44d98cb
+def kernel_config(track: str,
+                  verifier: str = 'sift_magsac',  # lmkkit.verify.VERIFIERS name
+                  verifier_weights: dict | None = None,  # weight files of the verifier, e.g. {'weights': path}
+                  overrides: dict | None = None,  # any other InferenceConfig setting
+                  **params) -> InferenceConfig:
+    "The `InferenceConfig` of an inference kernel: its `params` (config fields), the verifier, then `overrides`."
+    if not isinstance(overrides or {}, dict):
+        raise ConfigError(f"parameter 'overrides' must be a dict of InferenceConfig settings, got {overrides!r}")
+    kw = {**(overrides or {}), **params, 'track': track}
+    settings = kw.get('stage_settings') or {}
+    verify = {'verifier': verifier, 'verifier_kwargs': verifier_weights or {}, **settings.get('verify', {})}
+    return make_config(InferenceConfig, **{**kw, 'stage_settings': {**settings, 'verify': verify}})
 
 # %% ../nbs/50_pipeline.ipynb #aec23b56
 @dataclass

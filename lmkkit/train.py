@@ -15,7 +15,7 @@ import random
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,21 +27,20 @@ from tqdm.auto import tqdm
 
 from .core import ConfigError, Deadline, atomic_write, make_config, seed_everything
 from .data import ImageDataset, eval_transforms, id_to_path, read_train_csv, split_by_class, train_transforms
+from .embed import AMP_DTYPES, AMP_MODES, extract_embeddings, resolve_amp
 from .heads import HEADS
 from .metrics import gap
 from .model import create_model, save_checkpoint
 from .search import knn
 
 # %% auto #0
-__all__ = ['AMP_MODES', 'PRESETS', 'METRIC_COLUMNS', 'TrainConfig', 'stage_bounds', 'cosine_warmup', 'lr_factor',
-           'make_scheduler', 'EpochSampler', 'AugSeeded', 'param_groups', 'make_optimizer', 'amp_dtype', 'rng_state',
+__all__ = ['PRESETS', 'METRIC_COLUMNS', 'TrainConfig', 'TrainKernelParams', 'kernel_config', 'stage_bounds', 'cosine_warmup',
+           'lr_factor', 'make_scheduler', 'EpochSampler', 'AugSeeded', 'param_groups', 'make_optimizer', 'rng_state',
            'set_rng_state', 'save_state', 'load_state', 'TimeBudget', 'state_bytes', 'DistEnv', 'init_distributed',
-           'all_sum', 'TrainError', 'TrainData', 'prepare_data', 'embed_images', 'val_gap', 'MetricsLog', 'TrainResult',
-           'head_kwargs', 'Trainer', 'train', 'plot_history', 'recipe_hours', 'parse_overrides', 'main']
+           'all_sum', 'TrainError', 'TrainData', 'prepare_data', 'val_gap', 'MetricsLog', 'TrainResult', 'head_kwargs',
+           'Trainer', 'train', 'plot_history', 'recipe_hours', 'parse_overrides', 'main']
 
 # %% ../nbs/20_train.ipynb #d597e2c2
-AMP_MODES = ('auto', 'bf16', 'fp16', 'off')
-
 @dataclass(frozen=True)
 class TrainConfig:
     "Everything a training run depends on (the seed's recipe by default)."
@@ -102,6 +101,25 @@ PRESETS = {
                         checkpoint_every_steps=50, log_every_steps=5, val_frac=0.1, val_unseen_class_frac=0.1,
                         val_max_index=2000),
 }
+
+# %% ../nbs/20_train.ipynb #ee64f900
+@dataclass(frozen=True)
+class TrainKernelParams:
+    "The training kernel's parameters that are not `TrainConfig` fields (with the kernel's defaults)."
+    data_dir: str = '../input/landmark-recognition-2021'  # GLDv2 folder with train.csv and train/
+    out_dir: str = '/kaggle/working/run'  # checkpoints and logs; a run already here is resumed
+    preset: str = 'seed'  # a name in PRESETS
+    resume_from: str | None = None  # out_dir of an earlier run to continue from
+    overrides: dict = field(default_factory=dict)  # any other TrainConfig field
+
+def kernel_config(overrides: dict | None = None, **params) -> TrainConfig:
+    "The `TrainConfig` of the training kernel: `TrainKernelParams` and `TrainConfig` fields in `params` (None: the preset's), then `overrides`."
+    own = {k: params.pop(k) for k in [f.name for f in dataclasses.fields(TrainKernelParams)] if k in params}
+    kp = make_config(TrainKernelParams, **own, **({} if overrides is None else {'overrides': overrides}))
+    if kp.preset not in PRESETS: raise ConfigError(f"parameter 'preset' must be one of {sorted(PRESETS)}, got {kp.preset!r}")
+    if not (Path(kp.data_dir)/'train.csv').is_file():
+        raise ConfigError(f"parameter 'data_dir': {Path(kp.data_dir)/'train.csv'} not found; point it at a GLDv2 folder")
+    return make_config(TrainConfig, base=PRESETS[kp.preset], **{k: v for k, v in params.items() if v is not None}, **kp.overrides)
 
 # %% ../nbs/20_train.ipynb #0ea8e23d
 def stage_bounds(stages, steps_per_epoch: int) -> list[int]:
@@ -185,12 +203,6 @@ def param_groups(model: torch.nn.Module, cfg: TrainConfig) -> list[dict]:
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     "AdamW over `param_groups(model, cfg)`."
     return torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-def amp_dtype(amp: str, device: str | torch.device) -> torch.dtype | None:
-    "The autocast dtype for `amp` on `device` (None: full precision)."
-    if torch.device(device).type != 'cuda' or amp == 'off': return None
-    if amp == 'auto': return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if amp == 'bf16' else torch.float16
 
 # %% ../nbs/20_train.ipynb #d1fae506
 def rng_state() -> dict:
@@ -293,22 +305,6 @@ def prepare_data(data_dir: str | Path, cfg: TrainConfig, class_ids: np.ndarray |
     tr = tr.assign(path=path(tr), target=np.searchsorted(ids, tr['landmark_id'].to_numpy()))
     return TrainData(tr, va.assign(path=path(va)), ids)
 
-@torch.no_grad()
-def embed_images(model: torch.nn.Module, paths, size: int, device: str, batch_size: int = 32, num_workers: int = 0,
-                 dtype: torch.dtype | None = None, channels_last: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    "L2-normalised embeddings (N, D) float32 of `paths` at `size` px, and which images loaded (N,) bool."
-    ds = ImageDataset(paths, transform=eval_transforms(size), load_size=size)
-    dl = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=num_workers)
-    was_training, embs, oks = model.training, [], []
-    model.eval()
-    for b in dl:
-        x = b['image'].to(device, non_blocking=True)
-        if channels_last: x = x.contiguous(memory_format=torch.channels_last)
-        with _autocast(device, dtype): embs.append(model(x)['embeddings'].float().cpu())
-        oks.append(b['ok'])
-    model.train(was_training)
-    return torch.cat(embs).numpy(), torch.cat(oks).numpy()
-
 def _autocast(device: str, dtype: torch.dtype | None):
     return torch.autocast(torch.device(device).type, dtype=dtype) if dtype is not None else nullcontext()
 
@@ -318,16 +314,15 @@ def _predictions(ids, labels, confs) -> dict:
 
 def _solution(val: pd.DataFrame) -> dict: return {i: [int(l)] for i, l in zip(val['id'], val['landmark_id'])}
 
-def val_gap(model: torch.nn.Module, data: TrainData, size: int, cfg: TrainConfig, device: str,
-            dtype: torch.dtype | None = None) -> float:
-    "GAP of top-1 kNN predictions (neighbour's landmark, cosine similarity) of the val images against train images."
+def val_gap(model: torch.nn.Module, data: TrainData, size: int, cfg: TrainConfig, device: str) -> float:
+    "GAP of top-1 kNN predictions (neighbour's landmark, cosine similarity) of the val images against train images, embedded as inference embeds."
     if len(data.val) == 0: return float('nan')
     pick = np.sort(np.random.default_rng(cfg.seed).permutation(len(data.train))[:cfg.val_max_index])
     index = data.train.iloc[pick]
-    kw = dict(device=device, batch_size=cfg.batch_size, num_workers=cfg.num_workers, dtype=dtype,
-              channels_last=cfg.channels_last and device.startswith('cuda'))
-    q, _ = embed_images(model, data.val['path'], size, **kw)
-    x, _ = embed_images(model, index['path'], size, **kw)
+    kw = dict(device=device, batch_size=cfg.batch_size, num_workers=cfg.num_workers, verbose=False,
+              channels_last=cfg.channels_last and device.startswith('cuda'))  # amp: inference's own choice
+    q, _ = extract_embeddings(model, data.val['path'], size, **kw)
+    x, _ = extract_embeddings(model, index['path'], size, **kw)
     sims, idx = knn(q, x, 1)
     return float(gap(_predictions(data.val['id'], index['landmark_id'].to_numpy()[idx[:, 0]], sims[:, 0]),
                      _solution(data.val)))
@@ -394,7 +389,7 @@ class Trainer:
         self.total_steps = stage_bounds(cfg.stages, self.steps_per_epoch)[-1]
         self.opt = make_optimizer(self.model, cfg)
         self.sched = make_scheduler(self.opt, cfg, self.steps_per_epoch)
-        self.dtype = amp_dtype(cfg.amp, env.device)
+        self.dtype = AMP_DTYPES.get(resolve_amp(cfg.amp, env.device, training=True))
         self.scaler = torch.amp.GradScaler('cuda', enabled=self.dtype == torch.float16)
         self.pos = dict(epoch=0, batch=0, step=0)
         self.meter = dict(loss=0.0, n=0.0, images=0.0, seconds=0.0, wait=0.0, bad=0.0, bad_total=0.0)
@@ -540,7 +535,7 @@ class Trainer:
     def _validate(self, size: int) -> None:
         t0 = time.perf_counter()
         if self.env.is_main:
-            self.last_gap = val_gap(self.model, self.data, size, self.cfg, self.env.device, self.dtype)
+            self.last_gap = val_gap(self.model, self.data, size, self.cfg, self.env.device)
             _set_train_mode(self.net, self.cfg.freeze_bn)
         if self.env.distributed: dist.barrier()
         self.budget.validated(time.perf_counter() - t0)
