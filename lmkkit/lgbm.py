@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from .core import ConfigError, atomic_write
-from .rerank import RerankContext, class_votes, register_stage, vote_share
+from .rerank import RerankContext, class_votes, per_candidate, register_stage, vote_share
 from .search import Candidates
 
 # %% auto #0
@@ -226,7 +226,7 @@ def lgbm_rerank(cands: Candidates, ctx: RerankContext | None = None,
     score[:, :n] = label_scores(probs, cands.labels[:, :n])[:, :n]
     order = np.concatenate([np.argsort(-score[:, :n], axis=1, kind='stable'),
                             np.broadcast_to(np.arange(n, cands.k), (len(cands), cands.k - n))], axis=1)
-    full = lambda a: np.broadcast_to(a[:, None], cands.ids.shape)
     out = cands.with_features(score=np.where(np.isfinite(score), score, 0.0).astype(np.float32),
-                              p_nonlandmark=full(probs[:, model.top_n]), p_not_in_top=full(probs[:, model.top_n + 1]))
+                              p_nonlandmark=per_candidate(probs[:, model.top_n], cands),
+                              p_not_in_top=per_candidate(probs[:, model.top_n + 1], cands))
     return out.take(order)

@@ -20,7 +20,7 @@ from .search import Candidates, knn, search
 # %% auto #0
 __all__ = ['STAGES', 'COST_UNITS', 'RerankContext', 'StageSpec', 'register_stage', 'stage_spec', 'stage_settings',
            'check_settings', 'expand', 'query_expansion', 'database_augment', 'dba', 'class_votes', 'vote_share',
-           'soft_vote', 'nonlandmark_similarity', 'nonlandmark_penalty', 'recognition_predictions',
+           'soft_vote', 'per_candidate', 'nonlandmark_similarity', 'nonlandmark_penalty', 'recognition_predictions',
            'retrieval_predictions', 'assign_labels', 'boost_agreeing', 'label_boost']
 
 # %% ../nbs/40_rerank.ipynb #768ebd7a
@@ -198,6 +198,10 @@ def soft_vote(cands: Candidates, ctx: RerankContext | None = None,
     return out.take(np.lexsort((-out.sims, -votes), axis=1))
 
 # %% ../nbs/40_rerank.ipynb #42b00bec
+def per_candidate(a: np.ndarray, cands: Candidates) -> np.ndarray:
+    "A per-query value `a` (Q,) repeated for each of the query's candidates: (Q, k), a read-only view."
+    return np.broadcast_to(np.asarray(a)[:, None], cands.ids.shape)
+
 def nonlandmark_similarity(emb: np.ndarray, nonlandmark_emb: np.ndarray, k: int = 5, **knn_kwargs) -> tuple[np.ndarray, np.ndarray]:
     "Per row of `emb`: (mean of its top-`k` similarities to the non-landmarks, the largest one)."
     sims, _ = knn(emb, nonlandmark_emb, k, **knn_kwargs)
@@ -215,7 +219,7 @@ def nonlandmark_penalty(cands: Candidates, ctx: RerankContext,
     uniq, inv = np.unique(cands.ids, return_inverse=True)
     n_c = nonlandmark_similarity(ctx.emb_of(uniq), ctx.nonlandmark_emb, k, **kw)[0][inv.reshape(cands.ids.shape)]
     n_q, max_q = nonlandmark_similarity(ctx.query_emb_of(cands.query_ids), ctx.nonlandmark_emb, k, **kw)
-    full = lambda a: np.broadcast_to(a[:, None], cands.ids.shape).astype(np.float32)
+    full = lambda a: per_candidate(a, cands).astype(np.float32)
     out = cands.replace(sims=cands.sims - w_candidate * n_c - w_query * n_q[:, None])
     raw = {} if 'sim_raw' in cands.features else dict(sim_raw=cands.sims)
     return out.with_features(**raw, nl_sim=n_c.astype(np.float32), query_nl_sim=full(n_q), query_nl_max=full(max_q)).sort()
