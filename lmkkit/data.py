@@ -20,9 +20,9 @@ from albumentations.pytorch import ToTensorV2
 from PIL import Image, ImageFile, ImageOps
 
 # %% auto #0
-__all__ = ['SPLITS', 'IMAGE_FAILURES', 'IMAGENET_MEAN', 'IMAGENET_STD', 'id_to_path', 'list_ids', 'DataError', 'read_train_csv',
-           'class_counts', 'split_by_class', 'load_image_reason', 'load_image', 'LoadStats', 'train_transforms',
-           'eval_transforms', 'ImageDataset']
+__all__ = ['SPLITS', 'SAMPLE', 'IMAGE_FAILURES', 'IMAGENET_MEAN', 'IMAGENET_STD', 'id_to_path', 'list_ids', 'DataError',
+           'read_train_csv', 'submission_ids', 'nonlandmark_ids', 'class_counts', 'split_by_class', 'load_image_reason',
+           'load_image', 'LoadStats', 'train_transforms', 'eval_transforms', 'ImageDataset']
 
 # %% ../nbs/01_data.ipynb #0510a1a0
 SPLITS = ('train', 'index', 'test')
@@ -72,6 +72,24 @@ def read_train_csv(path: str | Path) -> pd.DataFrame:
         raise _bad(path, lines[1], f"duplicate id {first!r} (lines {', '.join(map(str, lines))})",
                    "keep one row per image id")
     return df.assign(id=ids, landmark_id=labels.astype('int64'))
+
+# %% ../nbs/01_data.ipynb #faddc024
+SAMPLE = {'recognition': 'recognition_sample_submission.csv', 'retrieval': 'retrieval_sample_submission.csv'}
+
+def submission_ids(data_dir: str | Path, track: str) -> list[str]:
+    "The ids a submission must list: the sample submission's (if present), else the test folder's."
+    data_dir = Path(data_dir)
+    for name in (SAMPLE[track], 'sample_submission.csv'):
+        if (data_dir/name).is_file():
+            df = pd.read_csv(data_dir/name, dtype=str, keep_default_na=False)
+            if 'id' not in df.columns: raise DataError(f"{data_dir/name}, line 1: no column 'id'; fix: the header must start with id")
+            return list(dict.fromkeys(df['id'].str.strip()))
+    return list_ids(data_dir, 'test') if (data_dir/'test').is_dir() else []
+
+def nonlandmark_ids(data_dir: str | Path) -> list[str]:
+    "Known non-landmark train-folder images (`nonlandmarks.csv`, column id), or none."
+    path = Path(data_dir)/'nonlandmarks.csv'
+    return pd.read_csv(path, dtype=str)['id'].tolist() if path.is_file() else []
 
 # %% ../nbs/01_data.ipynb #d6f7ceec
 def class_counts(df: pd.DataFrame) -> pd.DataFrame:

@@ -67,7 +67,7 @@ def ablation_table(metrics: dict, track: str) -> pd.DataFrame:
 def run_demo(out: str | Path = 'runs/demo', seed: int = 0,
              synth: dict | None = None,  # lmkkit.synth.SynthConfig sizes (default: the standard synthetic set)
              train: dict | None = None,  # extra parameters of the training kernel (e.g. {'stages': [[64, 1]]})
-             inference: dict | None = None,  # extra parameters of both inference kernels (e.g. {'verify_top_n': 5})
+             inference: dict | None = None,  # extra parameters of both inference kernels (e.g. {'overrides': {'verify_top_n': 5}})
              kernel_name: str = 'python3', verbose: bool = True) -> dict:
     "Synthetic data → training kernel → recognition and retrieval kernels; writes and returns `out/metrics.json`."
     from lmkkit.synth import make_synthetic

@@ -6,9 +6,11 @@
 from __future__ import annotations
 
 import hashlib
+import time
 import json
 import uuid
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -17,12 +19,12 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .core import atomic_write
+from .core import Deadline, atomic_write
 from .data import ImageDataset, LoadStats, eval_transforms
 
 # %% auto #0
-__all__ = ['TTA_VIEWS', 'AMP_DTYPES', 'tta_views', 'mean_embedding', 'resolve_amp', 'extract_embeddings', 'file_sha1',
-           'EmbeddingCache', 'cached_embeddings']
+__all__ = ['TTA_VIEWS', 'AMP_DTYPES', 'AMP_MODES', 'tta_views', 'mean_embedding', 'resolve_amp', 'extract_embeddings',
+           'file_sha1', 'EmbeddingCache', 'EmbedResult', 'Embedder', 'cached_embeddings']
 
 # %% ../nbs/30_embed.ipynb #0dbfcc92
 TTA_VIEWS = ('none', 'flip')
@@ -41,12 +43,17 @@ def mean_embedding(views: Sequence[torch.Tensor]) -> torch.Tensor:
 
 # %% ../nbs/30_embed.ipynb #1fd699d1
 AMP_DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16}
+AMP_MODES = ('auto', 'bf16', 'fp16', 'off')  # the one vocabulary of training and inference
 
-def resolve_amp(amp: str | None, device: str) -> str:
-    "'off', 'bf16' or 'fp16' for `amp` on `device` (None: fp16 on CUDA, off on the CPU)."
-    if amp is None: return 'fp16' if str(device).startswith('cuda') else 'off'
-    if amp not in ('off', *AMP_DTYPES): raise ValueError(f"amp must be None, 'off', 'bf16' or 'fp16', got {amp!r}")
-    return amp
+def resolve_amp(amp: str | None, device: str, training: bool = False) -> str:
+    "'off', 'bf16' or 'fp16' for `amp` ('auto' or None: fp16 on CUDA, off on the CPU; training: bf16 where the GPU has it)."
+    amp = 'auto' if amp is None else amp
+    if amp not in AMP_MODES: raise ValueError(f"amp must be one of {', '.join(AMP_MODES)} (or None), got {amp!r}")
+    cuda = str(device).startswith('cuda')
+    if training and not cuda: return 'off'  # CPU training stays in float32
+    if amp != 'auto': return amp
+    if not cuda: return 'off'
+    return 'bf16' if training and torch.cuda.is_bf16_supported() else 'fp16'
 
 # %% ../nbs/30_embed.ipynb #cb77d7b8
 def _embeddings(out) -> torch.Tensor:
@@ -120,31 +127,90 @@ class EmbeddingCache:
     def __repr__(self): return f"EmbeddingCache({self.dir})"
 
 # %% ../nbs/30_embed.ipynb #4a6cdca4
+@dataclass
+class EmbedResult:
+    "Embeddings of a list of ids: rows of unreadable or skipped images are zeros and `ok` is False."
+    ids: np.ndarray
+    emb: np.ndarray
+    ok: np.ndarray
+    unreadable: list = field(default_factory=list)  # ids whose image is missing or undecodable
+    skipped: int = 0  # images left out for lack of time
+
+    def valid(self) -> tuple[np.ndarray, np.ndarray]:
+        "(ids, emb) of the rows that were embedded."
+        return self.ids[self.ok], self.emb[self.ok]
+
+class Embedder:
+    "Embeds images through the on-disk cache, chunk by chunk, measuring throughput and minding the deadline."
+    def __init__(self, model: torch.nn.Module | None,  # None: lmkkit.model.load_checkpoint(checkpoint), when first needed
+                 checkpoint: str | Path, cache_dir: str | Path, size: int, device: str = 'cpu',
+                 batch_size: int = 32, num_workers: int = 0, tta: Sequence[str] = ('none',), scales: Sequence[float] = (1.0,),
+                 amp: str | None = None, channels_last: bool = False, verbose: bool = False):
+        self.model, self.checkpoint, self.size, self.device = model, checkpoint, size, device
+        self.extract_kwargs = dict(batch_size=batch_size, num_workers=num_workers, device=device, tta=tuple(tta),
+                                   scales=tuple(scales), amp=amp, channels_last=channels_last, verbose=verbose)
+        self.batch_size, self.verbose = batch_size, verbose
+        self.cache = EmbeddingCache(cache_dir, checkpoint, size=size, tta=list(tta), scales=[float(s) for s in scales],
+                                    amp=resolve_amp(amp, device))
+        self.found = self.cache.load()
+        self.images, self.seconds, self.failed = 0, 0.0, set()
+
+    @property
+    def images_per_s(self) -> float | None:
+        "Measured extraction rate (None before the first extraction)."
+        return self.images / self.seconds if self.images else None
+
+    def eta(self, n: int) -> float:
+        "Estimated seconds to extract `n` more images (a guess of 10 images/s before any measurement)."
+        return n / (self.images_per_s or 10.0)
+
+    @property
+    def dim(self) -> int:
+        "Embedding size: of the cached vectors, else of the model, else 0."
+        if self.found: return len(next(iter(self.found.values())))
+        return self.model.config.embedding_size if hasattr(self.model, 'config') else 0
+
+    def extract(self, ids: list[str], paths: list[Path]) -> None:
+        "Extract, cache and keep the embeddings of one chunk; time it."
+        if self.model is None:
+            from lmkkit.model import load_checkpoint
+            self.model = load_checkpoint(self.checkpoint, map_location=self.device)[0]
+        t0 = time.perf_counter()
+        emb, ok = extract_embeddings(self.model, paths, self.size, **self.extract_kwargs)
+        self.seconds += time.perf_counter() - t0
+        self.images += len(ids)
+        good = [i for i, o in zip(ids, ok) if o]
+        self.cache.write(good, emb[ok])
+        self.found.update(zip(good, emb[ok]))
+        self.failed.update(i for i, o in zip(ids, ok) if not o)
+
+    def __call__(self, ids: Sequence[str], paths: Sequence[str | Path], deadline: Deadline | None = None,
+                 chunk: int = 2048, probe: int | None = None) -> EmbedResult:
+        "Embed `ids`; the first chunk has `probe` images (default: two batches) so that the rate is known early."
+        ids, paths = [str(i) for i in ids], list(paths)
+        if len(ids) != len(paths): raise ValueError(f"Embedder: {len(ids)} ids but {len(paths)} paths")
+        todo = [i for i, k in enumerate(ids) if k not in self.found]
+        if self.verbose: print(f"embed cache {self.cache.key}: {len(ids) - len(todo)} cached, {len(todo)} to extract")
+        self.failed, skipped, start = set(), 0, 0
+        for n in [probe or 2 * self.batch_size] + [chunk] * len(todo):
+            rows = todo[start:start + n]
+            if not rows: break
+            if deadline is not None and not deadline.fits(self.eta(len(rows))):
+                skipped = len(todo) - start
+                break
+            self.extract([ids[i] for i in rows], [paths[i] for i in rows])
+            start += n
+        zero = np.zeros(self.dim, np.float32)
+        emb = np.stack([self.found.get(k, zero) for k in ids]).astype(np.float32) if ids else np.zeros((0, self.dim), np.float32)
+        ok = np.array([k in self.found for k in ids], bool)
+        return EmbedResult(np.array(ids, dtype=str), emb, ok, sorted(self.failed), skipped)
+
 def cached_embeddings(cache_dir: str | Path, checkpoint_path: str | Path, ids: Sequence[str], paths: Sequence[str | Path],
                       size: int, model: torch.nn.Module | None = None,  # None: lmkkit.model.load_checkpoint(checkpoint_path)
                       tta: Sequence[str] = ('none',), scales: Sequence[float] = (1.0,), amp: str | None = None,
                       device: str = 'cpu', chunk_size: int = 4096, verbose: bool = True,
                       **extract_kwargs) -> tuple[np.ndarray, np.ndarray]:
-    "Embeddings of `ids` (images at `paths`) from the cache, extracting and caching the missing ones chunk by chunk."
-    ids, paths = [str(i) for i in ids], list(paths)
-    if len(ids) != len(paths): raise ValueError(f"cached_embeddings: {len(ids)} ids but {len(paths)} paths")
-    cache = EmbeddingCache(cache_dir, checkpoint_path, size=size, tta=list(tta), scales=[float(s) for s in scales],
-                           amp=resolve_amp(amp, device))
-    found = cache.load()
-    todo = [i for i, k in enumerate(ids) if k not in found]
-    if verbose: print(f"embed cache {cache.key}: {len(ids) - len(todo)} cached, {len(todo)} to extract")
-    if todo and model is None:
-        from lmkkit.model import load_checkpoint
-        model = load_checkpoint(checkpoint_path)[0]
-    failed = set()
-    for s in range(0, len(todo), chunk_size):
-        rows = todo[s:s + chunk_size]
-        emb, ok = extract_embeddings(model, [paths[i] for i in rows], size, tta=tta, scales=scales, amp=amp,
-                                     device=device, verbose=verbose, **extract_kwargs)
-        cache.write([ids[i] for i, o in zip(rows, ok) if o], emb[ok])
-        found.update((ids[i], e) for i, e, o in zip(rows, emb, ok) if o)
-        failed.update(ids[i] for i, o in zip(rows, ok) if not o)
-    dim = len(next(iter(found.values()))) if found else 0
-    zero = np.zeros(dim, np.float32)
-    out = np.stack([found.get(k, zero) for k in ids]) if ids else np.zeros((0, dim), np.float32)
-    return out.astype(np.float32), np.array([k in found for k in ids], bool)
+    "Embeddings of `ids` (images at `paths`) from the cache, extracting and caching the missing ones in chunks of `chunk_size`."
+    res = Embedder(model, checkpoint_path, cache_dir, size, device, tta=tta, scales=scales, amp=amp, verbose=verbose,
+                   **extract_kwargs)(ids, paths, chunk=chunk_size, probe=chunk_size)
+    return res.emb, res.ok

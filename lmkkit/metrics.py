@@ -17,10 +17,11 @@ import numpy as np
 from .core import atomic_write
 
 # %% auto #0
-__all__ = ['TRACKS', 'MAX_RETRIEVED', 'USAGES', 'METRICS', 'REVISITED_SETUPS', 'gap_reference', 'gap', 'map_at_k',
+__all__ = ['TRACKS', 'MAX_RETRIEVED', 'USAGES', 'SOLUTION', 'METRICS', 'REVISITED_SETUPS', 'gap_reference', 'gap', 'map_at_k',
            'SubmissionError', 'SolutionError', 'write_recognition_submission', 'write_retrieval_submission',
-           'read_submission', 'validate_submission', 'read_solution', 'evaluate_files', 'format_evaluation',
-           'junk_free_ranks', 'trapezoid_ap', 'revisited_precision', 'revisited_query_scores', 'revisited_map']
+           'read_submission', 'validate_submission', 'read_solution', 'load_solution', 'score', 'evaluate_files',
+           'format_evaluation', 'junk_free_ranks', 'trapezoid_ap', 'revisited_precision', 'revisited_query_scores',
+           'revisited_map']
 
 # %% ../nbs/03_metrics.ipynb #5f85997e
 def _no_landmark_query(n_queries: int) -> ValueError:
@@ -306,6 +307,22 @@ def read_solution(path: str | Path) -> tuple[str, dict[str, dict[str, list]]]:
             except ValueError: _fail(SolutionError, path, line, f"landmark ids {cell!r} are not integers")
         groups[usage][query] = truth
     return track, groups
+
+# %% ../nbs/03_metrics.ipynb #5fd1b661
+SOLUTION = {'recognition': 'recognition_solution.csv', 'retrieval': 'retrieval_solution.csv'}
+
+def load_solution(data_dir: str | Path, track: str) -> dict | None:
+    "The scored rows (Public + Private) of the track's solution file, if the folder has one (synthetic data)."
+    path = Path(data_dir)/SOLUTION[track]
+    if not path.is_file(): return None
+    groups = read_solution(path)[1]
+    return {**groups['Public'], **groups['Private']}
+
+def score(predictions: dict, solution: dict | None, track: str) -> float | None:
+    "GAP (recognition) or mAP@100 (retrieval) of `predictions` on `solution`; None without a scorable solution."
+    if not solution or not any(solution.values()): return None
+    preds = {q: p for q, p in predictions.items() if q in solution}
+    return gap(preds, solution) if track == 'recognition' else map_at_k(preds, solution, 100)
 
 # %% ../nbs/03_metrics.ipynb #c0cc075b
 METRICS = {'recognition': ('GAP', gap), 'retrieval': ('mAP@100', map_at_k)}

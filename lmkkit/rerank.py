@@ -6,24 +6,22 @@
 from __future__ import annotations
 
 import inspect
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from functools import cached_property
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from .core import ConfigError, Deadline, Registry
 from .search import Candidates, knn, search
 
 # %% auto #0
-__all__ = ['STAGES', 'RerankContext', 'register_stage', 'stage_cost', 'stage_settings', 'check_settings', 'run_stages', 'expand',
-           'query_expansion', 'database_augment', 'class_votes', 'vote_share', 'soft_vote', 'nonlandmark_similarity',
-           'nonlandmark_penalty', 'ablate', 'recognition_predictions', 'retrieval_predictions', 'assign_labels',
-           'boost_agreeing']
+__all__ = ['STAGES', 'COST_UNITS', 'RerankContext', 'StageSpec', 'register_stage', 'stage_spec', 'stage_settings',
+           'check_settings', 'expand', 'query_expansion', 'database_augment', 'dba', 'class_votes', 'vote_share',
+           'soft_vote', 'per_candidate', 'nonlandmark_similarity', 'nonlandmark_penalty', 'recognition_predictions',
+           'retrieval_predictions', 'assign_labels', 'boost_agreeing', 'label_boost']
 
 # %% ../nbs/40_rerank.ipynb #768ebd7a
 @dataclass
@@ -34,8 +32,11 @@ class RerankContext:
     index_labels: np.ndarray | None = None  # (N,) their landmark ids (-1 unknown)
     query_ids: np.ndarray | None = None  # (Q,) query ids
     query_emb: np.ndarray | None = None  # (Q, D) query embeddings
-    nonlandmark_emb: np.ndarray | None = None  # (M, D) embeddings of known non-landmark images
+    nonlandmark_emb: np.ndarray | None = field(default=None, metadata=dict(missing='no non-landmark images (nonlandmarks.csv)'))  # (M, D) known non-landmark images
     image_path: Callable[[str], Path] | None = None  # image id -> file, for local-feature stages
+    train_ids: np.ndarray | None = None  # (T,) labelled train images (retrieval: to label queries and index images)
+    train_emb: np.ndarray | None = field(default=None, metadata=dict(missing='no embedded train images to label with'))  # (T, D)
+    train_labels: np.ndarray | None = None  # (T,) their landmark ids
     deadline: Deadline | None = None
     settings: dict[str, dict] = field(default_factory=dict)  # stage name -> keyword settings
     exclude_self: bool = False  # re-searches drop the query itself (train images queried against train)
@@ -47,6 +48,12 @@ class RerankContext:
         "Raise a `ConfigError` naming the stage if any of the context fields `names` is missing."
         missing = [n for n in names if getattr(self, n) is None]
         if missing: raise ConfigError(f"stage {stage!r} needs RerankContext.{', '.join(missing)}; pass it when building the context")
+
+    def missing(self, names) -> str | None:
+        "Why the context cannot serve a stage that needs the fields `names` (None: it can); an empty array counts as missing."
+        meta = {f.name: f.metadata.get('missing') for f in fields(self)}
+        gone = [n for n in names if getattr(self, n) is None or (hasattr(getattr(self, n), '__len__') and not len(getattr(self, n)))]
+        return '; '.join(meta[n] or f'needs RerankContext.{n}' for n in gone) or None
 
     @cached_property
     def _index_pos(self) -> pd.Index: return pd.Index(np.asarray(self.index_ids).astype(str))
@@ -77,17 +84,42 @@ class RerankContext:
 
 # %% ../nbs/40_rerank.ipynb #08f55a9c
 STAGES = Registry('re-ranking stage')
+COST_UNITS = ('query', 'index_row', 'pair')  # what a stage's `cost_s` is counted per
 
-def register_stage(name: str, cost_s: float):
-    "Decorator registering `fn(cands, ctx, **settings) -> cands` as stage `name`, `cost_s` seconds per query."
+@dataclass(frozen=True)
+class StageSpec:
+    "What the planner and the runner know about a stage, declared where it is registered."
+    name: str
+    cost_s: float  # estimated seconds per unit of `per` (one CPU core, order of magnitude)
+    per: str = 'query'  # 'query'; 'index_row' (grows with the searched set); 'pair' (verified pairs: the planner may lower `top_n`)
+    needs: tuple[str, ...] = ()  # RerankContext fields it reads; without them the runner skips it and says why
+    learns: bool = False  # trains or re-weights on held-out queries, so it must prove itself there
+    check: Callable | None = None  # check(settings): raise ConfigError on a bad setting, when the config is made
+    prepare: Callable | None = None  # prepare(settings, device) -> settings for one run (before it is planned)
+    fit: Callable | None = None  # fit(settings, held-out Candidates | None, truth | None, cfg, out_dir) -> settings
+    fit_s: Callable | None = None  # fit_s(n_holdout, cfg) -> planned seconds of `fit`
+    holdout: Callable | None = None  # holdout(cfg) -> whether `fit` wants held-out queries (None: always)
+
+    def __post_init__(self):
+        if self.per not in COST_UNITS: raise ValueError(f"stage {self.name!r}: per must be one of {COST_UNITS}, got {self.per!r}")
+
+    @property
+    def proof_needed(self) -> bool:
+        "Whether the stage may replace the submission only after beating the chain without it on held-out queries."
+        return self.learns
+
+    def wants_holdout(self, cfg) -> bool:
+        "Whether a run with config `cfg` must hold out train queries for this stage's `fit`."
+        return self.fit is not None and (self.holdout is None or self.holdout(cfg))
+
+def register_stage(name: str, cost_s: float, **spec):
+    "Decorator registering `fn(cands, ctx, **settings) -> cands` as stage `name` with its `StageSpec` (`cost_s` per `per`)."
     def _register(fn):
-        fn.stage_name, fn.cost_s = name, float(cost_s)
+        fn.spec = StageSpec(name, float(cost_s), **spec)
         return STAGES.register(name)(fn)
     return _register
 
-def stage_cost(name: str, n_queries: int) -> float:
-    "Estimated seconds for stage `name` on `n_queries` queries."
-    return STAGES.get(name).cost_s * n_queries
+def stage_spec(name: str) -> StageSpec: return STAGES.get(name).spec
 
 def stage_settings(name: str) -> dict:
     "The settings of stage `name` and their defaults."
@@ -101,21 +133,6 @@ def check_settings(name: str, settings: dict) -> None:
         if k not in known:
             raise ConfigError(f"stage {name!r} has no setting {k!r}; its settings are: {', '.join(known) or '(none)'}")
 
-# %% ../nbs/40_rerank.ipynb #0cb7742c
-def run_stages(cands: Candidates, ctx: RerankContext, stages: Sequence[str]) -> tuple[Candidates, pd.DataFrame]:
-    "Apply the named stages in order (skipping those the deadline cannot afford); the result and a timing report."
-    for name in stages: check_settings(name, ctx.settings.get(name, {}))
-    rows = []
-    for name in tqdm(stages, desc='re-ranking', disable=not ctx.verbose):
-        est = stage_cost(name, len(cands))
-        if ctx.deadline is not None and not ctx.deadline.fits(est):
-            rows.append(dict(stage=name, est_s=est, seconds=0.0, ran=False, note='skipped: deadline'))
-            continue
-        t0 = time.perf_counter()
-        cands = STAGES.get(name)(cands, ctx, **ctx.settings.get(name, {}))
-        rows.append(dict(stage=name, est_s=est, seconds=time.perf_counter() - t0, ran=True, note=''))
-    return cands, pd.DataFrame(rows, columns=['stage', 'est_s', 'seconds', 'ran', 'note'])
-
 # %% ../nbs/40_rerank.ipynb #c98ccc55
 def expand(query: np.ndarray, neighbours: np.ndarray, sims: np.ndarray, alpha: float = 0.0) -> np.ndarray:
     "α-QE: L2-normalised `query + Σ max(sim,0)^α · neighbour` per row; `alpha=0` is average QE."
@@ -123,7 +140,7 @@ def expand(query: np.ndarray, neighbours: np.ndarray, sims: np.ndarray, alpha: f
     out = np.asarray(query, np.float64) + (w[..., None] * np.asarray(neighbours, np.float64)).sum(-2)
     return (out / np.maximum(np.linalg.norm(out, axis=-1, keepdims=True), 1e-12)).astype(np.float32)
 
-@register_stage('qe', cost_s=1e-3)
+@register_stage('qe', cost_s=1e-3, needs=('index_ids', 'index_emb', 'query_ids', 'query_emb'))
 def query_expansion(cands: Candidates, ctx: RerankContext,
                     k: int = 3,  # neighbours averaged with the query
                     alpha: float = 0.0,  # α-QE exponent on the similarity weights (0: average QE)
@@ -142,6 +159,17 @@ def database_augment(emb: np.ndarray, k: int = 2, alpha: float = 0.0, **knn_kwar
     not_self = idx != np.arange(len(emb))[:, None]
     keep = np.argsort(~not_self, axis=1, kind='stable')[:, :k]  # drop each row's own hit, keep k others
     return expand(emb, emb[np.take_along_axis(idx, keep, 1)], np.take_along_axis(sims, keep, 1), alpha)
+
+# %% ../nbs/40_rerank.ipynb #2ec37df3
+@register_stage('dba', cost_s=1e-3, per='index_row', needs=('index_ids', 'index_emb', 'query_ids', 'query_emb'))
+def dba(cands: Candidates, ctx: RerankContext,
+        k: int = 2,  # index neighbours added to each index vector
+        alpha: float = 0.0,  # α-weighting of the neighbours (0: plain sum)
+        ) -> Candidates:
+    "Database-side augmentation: replace `ctx.index_emb` (for this and later stages) by its DBA version; search again."
+    ctx.need('dba', 'index_ids', 'index_emb', 'query_ids', 'query_emb')
+    ctx.index_emb = database_augment(ctx.index_emb, k, alpha, backend=ctx.knn_backend, device=ctx.device)
+    return ctx.research(cands.query_ids, ctx.query_emb_of(cands.query_ids), cands.k)
 
 # %% ../nbs/40_rerank.ipynb #7eea68a9
 def class_votes(sims: np.ndarray, labels: np.ndarray, k: int = 5, p: float = 8.0) -> np.ndarray:
@@ -170,12 +198,16 @@ def soft_vote(cands: Candidates, ctx: RerankContext | None = None,
     return out.take(np.lexsort((-out.sims, -votes), axis=1))
 
 # %% ../nbs/40_rerank.ipynb #42b00bec
+def per_candidate(a: np.ndarray, cands: Candidates) -> np.ndarray:
+    "A per-query value `a` (Q,) repeated for each of the query's candidates: (Q, k), a read-only view."
+    return np.broadcast_to(np.asarray(a)[:, None], cands.ids.shape)
+
 def nonlandmark_similarity(emb: np.ndarray, nonlandmark_emb: np.ndarray, k: int = 5, **knn_kwargs) -> tuple[np.ndarray, np.ndarray]:
     "Per row of `emb`: (mean of its top-`k` similarities to the non-landmarks, the largest one)."
     sims, _ = knn(emb, nonlandmark_emb, k, **knn_kwargs)
     return sims.mean(1), sims[:, 0]
 
-@register_stage('nonlandmark_penalty', cost_s=1e-4)
+@register_stage('nonlandmark_penalty', cost_s=1e-4, needs=('nonlandmark_emb', 'index_ids', 'index_emb', 'query_ids', 'query_emb'))
 def nonlandmark_penalty(cands: Candidates, ctx: RerankContext,
                         k: int = 5,  # non-landmark neighbours averaged
                         w_candidate: float = 1.0,  # weight of the candidate's non-landmark similarity
@@ -187,19 +219,10 @@ def nonlandmark_penalty(cands: Candidates, ctx: RerankContext,
     uniq, inv = np.unique(cands.ids, return_inverse=True)
     n_c = nonlandmark_similarity(ctx.emb_of(uniq), ctx.nonlandmark_emb, k, **kw)[0][inv.reshape(cands.ids.shape)]
     n_q, max_q = nonlandmark_similarity(ctx.query_emb_of(cands.query_ids), ctx.nonlandmark_emb, k, **kw)
-    full = lambda a: np.broadcast_to(a[:, None], cands.ids.shape).astype(np.float32)
+    full = lambda a: per_candidate(a, cands).astype(np.float32)
     out = cands.replace(sims=cands.sims - w_candidate * n_c - w_query * n_q[:, None])
     raw = {} if 'sim_raw' in cands.features else dict(sim_raw=cands.sims)
     return out.with_features(**raw, nl_sim=n_c.astype(np.float32), query_nl_sim=full(n_q), query_nl_max=full(max_q)).sort()
-
-# %% ../nbs/40_rerank.ipynb #aed312a9
-def ablate(cands: Candidates, ctx: RerankContext, stages: Sequence[str],
-           score: Callable[[Candidates], float]) -> pd.DataFrame:
-    "Score the full list of stages, none of them, and the list with each stage dropped in turn."
-    variants = {'all': list(stages), 'none': []} | {f"without {s}": [t for t in stages if t != s] for s in stages}
-    rows = [dict(variant=v, stages=' > '.join(ss) or '-', score=score(run_stages(cands, ctx, ss)[0])) for v, ss in variants.items()]
-    df = pd.DataFrame(rows)
-    return df.assign(delta=df.score - df.score[0])
 
 # %% ../nbs/40_rerank.ipynb #75482237
 def recognition_predictions(cands: Candidates) -> dict[str, tuple[int, float]]:
@@ -225,3 +248,19 @@ def boost_agreeing(cands: Candidates, query_labels, bonus: float = 2.0) -> Candi
     ql = np.asarray(query_labels, np.int64)[:, None]
     agree = (cands.labels == ql) & (ql >= 0)
     return cands.replace(sims=cands.sims + bonus * agree).with_features(agrees=agree.astype(np.float32)).sort()
+
+# %% ../nbs/40_rerank.ipynb #75c5b49e
+@register_stage('label_boost', cost_s=1e-4,
+                needs=('train_ids', 'train_emb', 'train_labels', 'index_ids', 'index_emb', 'query_ids', 'query_emb'))
+def label_boost(cands: Candidates, ctx: RerankContext,
+                bonus: float = 2.0,  # added to the similarity of candidates that agree with the query's label
+                k: int = 3,  # nearest train images that vote for a label
+                p: float = 8.0,  # soft-vote power
+                ) -> Candidates:
+    "Label queries and candidates by their nearest train images; boost candidates that agree with their query."
+    ctx.need('label_boost', 'train_ids', 'train_emb', 'train_labels', 'index_ids', 'index_emb', 'query_ids', 'query_emb')
+    kw = dict(backend=ctx.knn_backend, device=ctx.device)
+    lab = lambda ids, emb: assign_labels(ids, emb, ctx.train_ids, ctx.train_emb, ctx.train_labels, k, p, **kw)[0]
+    uniq, inv = np.unique(cands.ids, return_inverse=True)
+    labels = lab(uniq, ctx.emb_of(uniq))[inv.reshape(cands.ids.shape)]
+    return boost_agreeing(cands.replace(labels=labels), lab(cands.query_ids, ctx.query_emb_of(cands.query_ids)), bonus)

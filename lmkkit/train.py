@@ -15,7 +15,7 @@ import random
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -23,25 +23,25 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from fastcore.basics import patch
 from tqdm.auto import tqdm
 
 from .core import ConfigError, Deadline, atomic_write, make_config, seed_everything
 from .data import ImageDataset, eval_transforms, id_to_path, read_train_csv, split_by_class, train_transforms
+from .embed import AMP_DTYPES, AMP_MODES, extract_embeddings, resolve_amp
 from .heads import HEADS
 from .metrics import gap
 from .model import create_model, save_checkpoint
 from .search import knn
 
 # %% auto #0
-__all__ = ['AMP_MODES', 'PRESETS', 'METRIC_COLUMNS', 'TrainConfig', 'stage_bounds', 'cosine_warmup', 'lr_factor',
-           'make_scheduler', 'EpochSampler', 'AugSeeded', 'param_groups', 'make_optimizer', 'amp_dtype', 'rng_state',
+__all__ = ['PRESETS', 'METRIC_COLUMNS', 'TrainConfig', 'TrainKernelParams', 'kernel_config', 'stage_bounds', 'cosine_warmup',
+           'lr_factor', 'make_scheduler', 'EpochSampler', 'AugSeeded', 'param_groups', 'make_optimizer', 'rng_state',
            'set_rng_state', 'save_state', 'load_state', 'TimeBudget', 'state_bytes', 'DistEnv', 'init_distributed',
-           'all_sum', 'TrainError', 'TrainData', 'prepare_data', 'embed_images', 'val_gap', 'MetricsLog', 'TrainResult',
-           'head_kwargs', 'Trainer', 'train', 'plot_history', 'recipe_hours', 'parse_overrides', 'main']
+           'all_sum', 'TrainError', 'TrainData', 'prepare_data', 'val_gap', 'MetricsLog', 'TrainResult', 'head_kwargs',
+           'Position', 'Meter', 'Trainer', 'train', 'plot_history', 'recipe_hours', 'parse_overrides', 'main']
 
 # %% ../nbs/20_train.ipynb #d597e2c2
-AMP_MODES = ('auto', 'bf16', 'fp16', 'off')
-
 @dataclass(frozen=True)
 class TrainConfig:
     "Everything a training run depends on (the seed's recipe by default)."
@@ -102,6 +102,25 @@ PRESETS = {
                         checkpoint_every_steps=50, log_every_steps=5, val_frac=0.1, val_unseen_class_frac=0.1,
                         val_max_index=2000),
 }
+
+# %% ../nbs/20_train.ipynb #ee64f900
+@dataclass(frozen=True)
+class TrainKernelParams:
+    "The training kernel's parameters that are not `TrainConfig` fields (with the kernel's defaults)."
+    data_dir: str = '../input/landmark-recognition-2021'  # GLDv2 folder with train.csv and train/
+    out_dir: str = '/kaggle/working/run'  # checkpoints and logs; a run already here is resumed
+    preset: str = 'seed'  # a name in PRESETS
+    resume_from: str | None = None  # out_dir of an earlier run to continue from
+    overrides: dict = field(default_factory=dict)  # any other TrainConfig field
+
+def kernel_config(overrides: dict | None = None, **params) -> TrainConfig:
+    "The `TrainConfig` of the training kernel: `TrainKernelParams` and `TrainConfig` fields in `params` (None: the preset's), then `overrides`."
+    own = {k: params.pop(k) for k in [f.name for f in dataclasses.fields(TrainKernelParams)] if k in params}
+    kp = make_config(TrainKernelParams, **own, **({} if overrides is None else {'overrides': overrides}))
+    if kp.preset not in PRESETS: raise ConfigError(f"parameter 'preset' must be one of {sorted(PRESETS)}, got {kp.preset!r}")
+    if not (Path(kp.data_dir)/'train.csv').is_file():
+        raise ConfigError(f"parameter 'data_dir': {Path(kp.data_dir)/'train.csv'} not found; point it at a GLDv2 folder")
+    return make_config(TrainConfig, base=PRESETS[kp.preset], **{k: v for k, v in params.items() if v is not None}, **kp.overrides)
 
 # %% ../nbs/20_train.ipynb #0ea8e23d
 def stage_bounds(stages, steps_per_epoch: int) -> list[int]:
@@ -185,12 +204,6 @@ def param_groups(model: torch.nn.Module, cfg: TrainConfig) -> list[dict]:
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     "AdamW over `param_groups(model, cfg)`."
     return torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-def amp_dtype(amp: str, device: str | torch.device) -> torch.dtype | None:
-    "The autocast dtype for `amp` on `device` (None: full precision)."
-    if torch.device(device).type != 'cuda' or amp == 'off': return None
-    if amp == 'auto': return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if amp == 'bf16' else torch.float16
 
 # %% ../nbs/20_train.ipynb #d1fae506
 def rng_state() -> dict:
@@ -293,22 +306,6 @@ def prepare_data(data_dir: str | Path, cfg: TrainConfig, class_ids: np.ndarray |
     tr = tr.assign(path=path(tr), target=np.searchsorted(ids, tr['landmark_id'].to_numpy()))
     return TrainData(tr, va.assign(path=path(va)), ids)
 
-@torch.no_grad()
-def embed_images(model: torch.nn.Module, paths, size: int, device: str, batch_size: int = 32, num_workers: int = 0,
-                 dtype: torch.dtype | None = None, channels_last: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    "L2-normalised embeddings (N, D) float32 of `paths` at `size` px, and which images loaded (N,) bool."
-    ds = ImageDataset(paths, transform=eval_transforms(size), load_size=size)
-    dl = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=num_workers)
-    was_training, embs, oks = model.training, [], []
-    model.eval()
-    for b in dl:
-        x = b['image'].to(device, non_blocking=True)
-        if channels_last: x = x.contiguous(memory_format=torch.channels_last)
-        with _autocast(device, dtype): embs.append(model(x)['embeddings'].float().cpu())
-        oks.append(b['ok'])
-    model.train(was_training)
-    return torch.cat(embs).numpy(), torch.cat(oks).numpy()
-
 def _autocast(device: str, dtype: torch.dtype | None):
     return torch.autocast(torch.device(device).type, dtype=dtype) if dtype is not None else nullcontext()
 
@@ -318,16 +315,15 @@ def _predictions(ids, labels, confs) -> dict:
 
 def _solution(val: pd.DataFrame) -> dict: return {i: [int(l)] for i, l in zip(val['id'], val['landmark_id'])}
 
-def val_gap(model: torch.nn.Module, data: TrainData, size: int, cfg: TrainConfig, device: str,
-            dtype: torch.dtype | None = None) -> float:
-    "GAP of top-1 kNN predictions (neighbour's landmark, cosine similarity) of the val images against train images."
+def val_gap(model: torch.nn.Module, data: TrainData, size: int, cfg: TrainConfig, device: str) -> float:
+    "GAP of top-1 kNN predictions (neighbour's landmark, cosine similarity) of the val images against train images, embedded as inference embeds."
     if len(data.val) == 0: return float('nan')
     pick = np.sort(np.random.default_rng(cfg.seed).permutation(len(data.train))[:cfg.val_max_index])
     index = data.train.iloc[pick]
-    kw = dict(device=device, batch_size=cfg.batch_size, num_workers=cfg.num_workers, dtype=dtype,
-              channels_last=cfg.channels_last and device.startswith('cuda'))
-    q, _ = embed_images(model, data.val['path'], size, **kw)
-    x, _ = embed_images(model, index['path'], size, **kw)
+    kw = dict(device=device, batch_size=cfg.batch_size, num_workers=cfg.num_workers, verbose=False,
+              channels_last=cfg.channels_last and device.startswith('cuda'))  # amp: inference's own choice
+    q, _ = extract_embeddings(model, data.val['path'], size, **kw)
+    x, _ = extract_embeddings(model, index['path'], size, **kw)
     sims, idx = knn(q, x, 1)
     return float(gap(_predictions(data.val['id'], index['landmark_id'].to_numpy()[idx[:, 0]], sims[:, 0]),
                      _solution(data.val)))
@@ -351,7 +347,7 @@ class MetricsLog:
 
     def frame(self) -> pd.DataFrame: return pd.DataFrame(self.rows, columns=METRIC_COLUMNS)
 
-# %% ../nbs/20_train.ipynb #eb2f690e
+# %% ../nbs/20_train.ipynb #9b7b0474
 @dataclass
 class TrainResult:
     "What a call to `train` achieved."
@@ -375,6 +371,41 @@ def _set_train_mode(model: torch.nn.Module, freeze_bn: bool) -> None:
         for mod in model.modules():
             if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm): mod.eval()
 
+@dataclass
+class Position:
+    "Where a run is: epochs done, micro-batches consumed in the current epoch, optimiser steps done."
+    epoch: int = 0
+    batch: int = 0
+    step: int = 0
+
+@dataclass
+class Meter:
+    "Sums since the last metrics row (loss, steps, images, seconds, data wait, unreadable images), and unreadable images in all."
+    loss: float = 0.0
+    n: float = 0.0
+    images: float = 0.0
+    seconds: float = 0.0
+    wait: float = 0.0
+    bad: float = 0.0
+    bad_total: float = 0.0
+
+    def reset(self) -> None:
+        "Start the next row (`bad_total` goes on)."
+        self.loss = self.n = self.images = self.seconds = self.wait = self.bad = 0.0
+
+_RESUME_KEYS = ('stages', 'backbone', 'pool', 'embedding_size', 'head', 'batch_size', 'grad_accum', 'seed',
+                'restart_per_stage', 'warmup_epochs', 'val_frac', 'val_unseen_class_frac', 'max_images')
+
+def _check_resumable(state: dict, cfg: TrainConfig, env: DistEnv) -> None:
+    "Stop when `last.pt` was written with settings that change what the remaining steps would do."
+    old = TrainConfig(**{k: v for k, v in state['config'].items() if k in {f.name for f in dataclasses.fields(TrainConfig)}})
+    diff = [k for k in _RESUME_KEYS if getattr(old, k) != getattr(cfg, k)]
+    if state['sampler']['world_size'] != env.world_size: diff.append(f"world_size ({state['sampler']['world_size']} -> {env.world_size})")
+    if diff:
+        raise TrainError(f"the checkpoint to resume was trained with other settings: {', '.join(diff)}; "
+                         f"use the same settings to continue, or a new out_dir to start over")
+
+# %% ../nbs/20_train.ipynb #b79cb671
 class Trainer:
     "One training run: model, optimiser, position and logs; `fit()` runs it to the end or to the time budget."
     def __init__(self, data_dir, out_dir, cfg: TrainConfig, env: DistEnv, deadline: Deadline | None = None,
@@ -394,13 +425,13 @@ class Trainer:
         self.total_steps = stage_bounds(cfg.stages, self.steps_per_epoch)[-1]
         self.opt = make_optimizer(self.model, cfg)
         self.sched = make_scheduler(self.opt, cfg, self.steps_per_epoch)
-        self.dtype = amp_dtype(cfg.amp, env.device)
+        self.dtype = AMP_DTYPES.get(resolve_amp(cfg.amp, env.device, training=True))
         self.scaler = torch.amp.GradScaler('cuda', enabled=self.dtype == torch.float16)
-        self.pos = dict(epoch=0, batch=0, step=0)
-        self.meter = dict(loss=0.0, n=0.0, images=0.0, seconds=0.0, wait=0.0, bad=0.0, bad_total=0.0)
+        self.pos = Position()
+        self.meter = Meter()
         if state is not None: self._load(state)
         self.net = self._wrap(self.model)
-        self.log = MetricsLog(self.out/'metrics.csv', None if state is None else self.pos['step'], write=env.is_main)
+        self.log = MetricsLog(self.out/'metrics.csv', None if state is None else self.pos.step, write=env.is_main)
         self.budget = TimeBudget(deadline, save_s=1.0 + 3 * state_bytes(self.model) / 50e6)
         self.t0, self.last_gap = time.monotonic(), None
 
@@ -415,10 +446,10 @@ class Trainer:
         self.opt.load_state_dict(state['optimizer'])
         self.sched.load_state_dict(state['scheduler'])
         self.scaler.load_state_dict(state['scaler'])
-        self.pos, self.meter = dict(state['position']), dict(state['meter'])
+        self.pos, self.meter = Position(**state['position']), Meter(**state['meter'])
         set_rng_state(state['rng'])
-        self._say(f"resumed from {self.out/'last.pt'} at step {self.pos['step']} (epoch {self.pos['epoch']}, "
-                  f"micro-batch {self.pos['batch']})")
+        self._say(f"resumed from {self.out/'last.pt'} at step {self.pos.step} (epoch {self.pos.epoch}, "
+                  f"micro-batch {self.pos.batch})")
 
     def _say(self, msg: str) -> None:
         if self.env.is_main and self.verbose: print(msg, flush=True)
@@ -429,149 +460,152 @@ class Trainer:
         i = int(np.searchsorted(ends, epoch, side='right'))
         return i, self.cfg.stages[i][0]
 
-    def save(self, stage_end: int | None = None) -> None:
-        "Write `last.pt` and `model.pt` (and `model_<size>px.pt` at a stage end) from rank 0; all ranks wait."
-        if self.env.is_main:
-            state = dict(model=self.model.state_dict(), optimizer=self.opt.state_dict(), scheduler=self.sched.state_dict(),
-                         scaler=self.scaler.state_dict(), position=dict(self.pos), meter=dict(self.meter),
-                         sampler=dict(seed=self.cfg.seed, world_size=self.env.world_size), rng=rng_state(),
-                         config=self.cfg.to_dict(), class_ids=torch.from_numpy(self.data.class_ids))
-            t0 = time.perf_counter()
-            save_state(self.out/'last.pt', state)
-            self._save_model(self.out/'model.pt')
-            if stage_end is not None: self._save_model(self.out/f'model_{stage_end}px.pt')
-            self.budget.saved(time.perf_counter() - t0)
-        if self.env.distributed: dist.barrier()
-
-    def _save_model(self, path: Path) -> None:
-        save_checkpoint(path, self.model, self.data.class_ids.tolist(),
-                        extra=dict(step=self.pos['step'], epoch=self.pos['epoch'], train_config=self.cfg.to_dict()))
-
-    def _stop_agreed(self, validate_next: bool) -> bool:
-        "Rank 0's time-budget decision, shared with every rank."
-        stop = float(self.env.is_main and self.budget.must_stop(validate_next))
-        return all_sum([stop], self.env)[0] > 0
-
-    def fit(self) -> TrainResult:
-        "Run the remaining steps; stop early (checkpoint saved) when the time budget runs out."
-        _set_train_mode(self.net, self.cfg.freeze_bn)
-        while self.pos['epoch'] < self.cfg.epochs:
-            if not self._epoch(): return self._stopped()
-        return TrainResult(True, self.pos['step'], self.total_steps, self.out, self.last_gap, int(self.meter['bad_total']),
-                           f"training finished: {self.total_steps} steps; model in {self.out/'model.pt'}")
-
-    def _stopped(self) -> TrainResult:
-        self.save()
-        msg = (f"time budget reached at step {self.pos['step']}/{self.total_steps} (epoch {self.pos['epoch']}, "
-               f"micro-batch {self.pos['batch']}); checkpoint saved to {self.out/'last.pt'}; "
-               f"run the same command again to continue")
-        self._say(msg)
-        return TrainResult(False, self.pos['step'], self.total_steps, self.out, self.last_gap,
-                           int(self.meter['bad_total']), msg)
-
-    def _loader(self, epoch: int, size: int):
-        cfg = self.cfg
-        tf = train_transforms(size) if cfg.augment else eval_transforms(size)
-        ds = AugSeeded(ImageDataset(self.data.train['path'], self.data.train['target'], tf, load_size=size), cfg.seed)
-        self.sampler.set_epoch(epoch, self.pos['batch'])
-        return torch.utils.data.DataLoader(ds, batch_size=cfg.batch_size, sampler=self.sampler, num_workers=cfg.num_workers,
-                                           drop_last=True, pin_memory=self.cuda, generator=torch.Generator(),
-                                           persistent_workers=False)
-
-    def _epoch(self) -> bool:
-        "Train the rest of the current epoch; False when the time budget stopped it."
-        cfg, epoch = self.cfg, self.pos['epoch']
-        stage, size = self.stage_of(epoch)
-        last_of_stage = epoch + 1 == sum(e for _, e in cfg.stages[:stage + 1])
-        bar = tqdm(total=self.sampler.batches_per_epoch, initial=self.pos['batch'], leave=False,
-                   desc=f"epoch {epoch + 1}/{cfg.epochs} @{size}px", disable=not (self.verbose and self.env.is_main))
-        it, tick, validate_next = iter(self._loader(epoch, size)), time.perf_counter(), False
-        with bar:
-            while self.pos['batch'] < self.sampler.batches_per_epoch:
-                end_of_epoch = self.pos['batch'] + cfg.grad_accum >= self.sampler.batches_per_epoch
-                validate_next = end_of_epoch and bool(cfg.val_every_epochs) and (epoch + 1) % cfg.val_every_epochs == 0
-                if self._stop_agreed(validate_next): return False
-                self._step(it)
-                now = time.perf_counter()
-                self.budget.step_done(now - tick)
-                self.meter['seconds'] += now - tick
-                tick = now
-                bar.update(cfg.grad_accum)
-                bar.set_postfix(loss=f"{self.meter['loss'] / max(self.meter['n'], 1):.3f}",
-                                img_s=f"{self.meter['images'] * self.env.world_size / max(self.meter['seconds'], 1e-9):.0f}")
-                if end_of_epoch: break
-                if self.pos['step'] % cfg.log_every_steps == 0: self._log(stage, size)
-                if self.pos['step'] % cfg.checkpoint_every_steps == 0: self.save()
-        self.pos.update(epoch=epoch + 1, batch=0)
-        if validate_next: self._validate(size)
-        self._log(stage, size, val=validate_next)
-        if last_of_stage or self.pos['step'] % cfg.checkpoint_every_steps == 0:
-            self.save(stage_end=size if last_of_stage else None)
-        return True
-
-    def _step(self, it) -> None:
-        "`grad_accum` micro-batches, one optimiser step."
-        cfg, env = self.cfg, self.env
-        for k in range(cfg.grad_accum):
-            t0 = time.perf_counter()
-            b = next(it)
-            self.meter['wait'] += time.perf_counter() - t0
-            x, y, ok = (b[n].to(env.device, non_blocking=True) for n in ('image', 'label', 'ok'))
-            if cfg.channels_last and self.cuda: x = x.contiguous(memory_format=torch.channels_last)
-            sync = k == cfg.grad_accum - 1 or not env.distributed
-            with (nullcontext() if sync else self.net.no_sync()):
-                with _autocast(env.device, self.dtype):
-                    logits = self.net(x, y)['logits']
-                ce = F.cross_entropy(logits.float(), y, reduction='none')
-                okf = ok.float()
-                loss = (ce * okf).sum() / okf.sum().clamp(min=1)
-                self.scaler.scale(loss / cfg.grad_accum).backward()
-            self.meter['loss'] += float(loss.detach()) / cfg.grad_accum
-            self.meter['images'] += float(okf.sum())
-            self.meter['bad'] += float(len(ok) - okf.sum())
-            self.pos['batch'] += 1
-        self.scaler.step(self.opt)
-        self.scaler.update()
-        self.opt.zero_grad(set_to_none=True)
-        self.sched.step()
-        self.meter['n'] += 1
-        self.pos['step'] += 1
-
-    def _validate(self, size: int) -> None:
+# %% ../nbs/20_train.ipynb #017bba27
+@patch
+def save(self: Trainer, stage_end: int | None = None) -> None:
+    "Write `last.pt` and `model.pt` (and `model_<size>px.pt` at a stage end) from rank 0; all ranks wait."
+    if self.env.is_main:
+        state = dict(model=self.model.state_dict(), optimizer=self.opt.state_dict(), scheduler=self.sched.state_dict(),
+                     scaler=self.scaler.state_dict(), position=dataclasses.asdict(self.pos), meter=dataclasses.asdict(self.meter),
+                     sampler=dict(seed=self.cfg.seed, world_size=self.env.world_size), rng=rng_state(),
+                     config=self.cfg.to_dict(), class_ids=torch.from_numpy(self.data.class_ids))
         t0 = time.perf_counter()
-        if self.env.is_main:
-            self.last_gap = val_gap(self.model, self.data, size, self.cfg, self.env.device, self.dtype)
-            _set_train_mode(self.net, self.cfg.freeze_bn)
-        if self.env.distributed: dist.barrier()
-        self.budget.validated(time.perf_counter() - t0)
+        save_state(self.out/'last.pt', state)
+        self._save_model(self.out/'model.pt')
+        if stage_end is not None: self._save_model(self.out/f'model_{stage_end}px.pt')
+        self.budget.saved(time.perf_counter() - t0)
+    if self.env.distributed: dist.barrier()
 
-    def _log(self, stage: int, size: int, val: bool = False) -> None:
-        "Append a row (losses and counts summed over ranks since the last row) and reset the meter."
-        m = self.meter
-        loss, n, images, bad = all_sum([m['loss'], m['n'], m['images'], m['bad']], self.env)
-        m['bad_total'] += bad
-        self.log.append(step=self.pos['step'], epoch=self.pos['epoch'] if val else self.pos['epoch'] + 1, stage=stage,
-                        image_size=size, lr=self.opt.param_groups[0]['lr'], loss=loss / max(n, 1),
-                        val_gap=self.last_gap if val else float('nan'), images_per_s=images / max(m['seconds'], 1e-9),
-                        data_wait=m['wait'] / max(m['seconds'], 1e-9), bad_images=bad,
-                        elapsed_s=time.monotonic() - self.t0)
-        if val and self.env.is_main: self._say(f"epoch {self.pos['epoch']}/{self.cfg.epochs} @{size}px: loss {loss / max(n, 1):.4f}, "
-                          f"val GAP {self.last_gap:.4f}, {images / max(m['seconds'], 1e-9):.0f} images/s, "
-                          f"{int(bad)} unreadable images skipped")
-        m.update(loss=0.0, n=0.0, images=0.0, seconds=0.0, wait=0.0, bad=0.0)
+@patch
+def _save_model(self: Trainer, path: Path) -> None:
+    save_checkpoint(path, self.model, self.data.class_ids.tolist(),
+                    extra=dict(step=self.pos.step, epoch=self.pos.epoch, train_config=self.cfg.to_dict()))
 
-_RESUME_KEYS = ('stages', 'backbone', 'pool', 'embedding_size', 'head', 'batch_size', 'grad_accum', 'seed',
-                'restart_per_stage', 'warmup_epochs', 'val_frac', 'val_unseen_class_frac', 'max_images')
+@patch
+def _stop_agreed(self: Trainer, validate_next: bool) -> bool:
+    "Rank 0's time-budget decision, shared with every rank."
+    stop = float(self.env.is_main and self.budget.must_stop(validate_next))
+    return all_sum([stop], self.env)[0] > 0
 
-def _check_resumable(state: dict, cfg: TrainConfig, env: DistEnv) -> None:
-    "Stop when `last.pt` was written with settings that change what the remaining steps would do."
-    old = TrainConfig(**{k: v for k, v in state['config'].items() if k in {f.name for f in dataclasses.fields(TrainConfig)}})
-    diff = [k for k in _RESUME_KEYS if getattr(old, k) != getattr(cfg, k)]
-    if state['sampler']['world_size'] != env.world_size: diff.append(f"world_size ({state['sampler']['world_size']} -> {env.world_size})")
-    if diff:
-        raise TrainError(f"the checkpoint to resume was trained with other settings: {', '.join(diff)}; "
-                         f"use the same settings to continue, or a new out_dir to start over")
+# %% ../nbs/20_train.ipynb #526e83d8
+@patch
+def _loader(self: Trainer, epoch: int, size: int):
+    cfg = self.cfg
+    tf = train_transforms(size) if cfg.augment else eval_transforms(size)
+    ds = AugSeeded(ImageDataset(self.data.train['path'], self.data.train['target'], tf, load_size=size), cfg.seed)
+    self.sampler.set_epoch(epoch, self.pos.batch)
+    return torch.utils.data.DataLoader(ds, batch_size=cfg.batch_size, sampler=self.sampler, num_workers=cfg.num_workers,
+                                       drop_last=True, pin_memory=self.cuda, generator=torch.Generator(),
+                                       persistent_workers=False)
 
+@patch
+def _step(self: Trainer, it) -> None:
+    "`grad_accum` micro-batches, one optimiser step."
+    cfg, env = self.cfg, self.env
+    for k in range(cfg.grad_accum):
+        t0 = time.perf_counter()
+        b = next(it)
+        self.meter.wait += time.perf_counter() - t0
+        x, y, ok = (b[n].to(env.device, non_blocking=True) for n in ('image', 'label', 'ok'))
+        if cfg.channels_last and self.cuda: x = x.contiguous(memory_format=torch.channels_last)
+        sync = k == cfg.grad_accum - 1 or not env.distributed
+        with (nullcontext() if sync else self.net.no_sync()):
+            with _autocast(env.device, self.dtype):
+                logits = self.net(x, y)['logits']
+            ce = F.cross_entropy(logits.float(), y, reduction='none')
+            okf = ok.float()
+            loss = (ce * okf).sum() / okf.sum().clamp(min=1)
+            self.scaler.scale(loss / cfg.grad_accum).backward()
+        self.meter.loss += float(loss.detach()) / cfg.grad_accum
+        self.meter.images += float(okf.sum())
+        self.meter.bad += float(len(ok) - okf.sum())
+        self.pos.batch += 1
+    self.scaler.step(self.opt)
+    self.scaler.update()
+    self.opt.zero_grad(set_to_none=True)
+    self.sched.step()
+    self.meter.n += 1
+    self.pos.step += 1
+
+# %% ../nbs/20_train.ipynb #cab87644
+@patch
+def _epoch(self: Trainer) -> bool:
+    "Train the rest of the current epoch; False when the time budget stopped it."
+    cfg, epoch = self.cfg, self.pos.epoch
+    stage, size = self.stage_of(epoch)
+    last_of_stage = epoch + 1 == sum(e for _, e in cfg.stages[:stage + 1])
+    bar = tqdm(total=self.sampler.batches_per_epoch, initial=self.pos.batch, leave=False,
+               desc=f"epoch {epoch + 1}/{cfg.epochs} @{size}px", disable=not (self.verbose and self.env.is_main))
+    it, tick, validate_next = iter(self._loader(epoch, size)), time.perf_counter(), False
+    with bar:
+        while self.pos.batch < self.sampler.batches_per_epoch:
+            end_of_epoch = self.pos.batch + cfg.grad_accum >= self.sampler.batches_per_epoch
+            validate_next = end_of_epoch and bool(cfg.val_every_epochs) and (epoch + 1) % cfg.val_every_epochs == 0
+            if self._stop_agreed(validate_next): return False
+            self._step(it)
+            now = time.perf_counter()
+            self.budget.step_done(now - tick)
+            self.meter.seconds += now - tick
+            tick = now
+            bar.update(cfg.grad_accum)
+            bar.set_postfix(loss=f"{self.meter.loss / max(self.meter.n, 1):.3f}",
+                            img_s=f"{self.meter.images * self.env.world_size / max(self.meter.seconds, 1e-9):.0f}")
+            if end_of_epoch: break
+            if self.pos.step % cfg.log_every_steps == 0: self._log(stage, size)
+            if self.pos.step % cfg.checkpoint_every_steps == 0: self.save()
+    self.pos.epoch, self.pos.batch = epoch + 1, 0
+    if validate_next: self._validate(size)
+    self._log(stage, size, val=validate_next)
+    if last_of_stage or self.pos.step % cfg.checkpoint_every_steps == 0:
+        self.save(stage_end=size if last_of_stage else None)
+    return True
+
+@patch
+def _validate(self: Trainer, size: int) -> None:
+    t0 = time.perf_counter()
+    if self.env.is_main:
+        self.last_gap = val_gap(self.model, self.data, size, self.cfg, self.env.device)
+        _set_train_mode(self.net, self.cfg.freeze_bn)
+    if self.env.distributed: dist.barrier()
+    self.budget.validated(time.perf_counter() - t0)
+
+@patch
+def _log(self: Trainer, stage: int, size: int, val: bool = False) -> None:
+    "Append a row (losses and counts summed over ranks since the last row) and reset the meter."
+    m = self.meter
+    loss, n, images, bad = all_sum([m.loss, m.n, m.images, m.bad], self.env)
+    m.bad_total += bad
+    self.log.append(step=self.pos.step, epoch=self.pos.epoch if val else self.pos.epoch + 1, stage=stage,
+                    image_size=size, lr=self.opt.param_groups[0]['lr'], loss=loss / max(n, 1),
+                    val_gap=self.last_gap if val else float('nan'), images_per_s=images / max(m.seconds, 1e-9),
+                    data_wait=m.wait / max(m.seconds, 1e-9), bad_images=bad,
+                    elapsed_s=time.monotonic() - self.t0)
+    if val and self.env.is_main: self._say(f"epoch {self.pos.epoch}/{self.cfg.epochs} @{size}px: loss {loss / max(n, 1):.4f}, "
+                      f"val GAP {self.last_gap:.4f}, {images / max(m.seconds, 1e-9):.0f} images/s, "
+                      f"{int(bad)} unreadable images skipped")
+    m.reset()
+
+# %% ../nbs/20_train.ipynb #238ffd5f
+@patch
+def fit(self: Trainer) -> TrainResult:
+    "Run the remaining steps; stop early (checkpoint saved) when the time budget runs out."
+    _set_train_mode(self.net, self.cfg.freeze_bn)
+    while self.pos.epoch < self.cfg.epochs:
+        if not self._epoch(): return self._stopped()
+    return TrainResult(True, self.pos.step, self.total_steps, self.out, self.last_gap, int(self.meter.bad_total),
+                       f"training finished: {self.total_steps} steps; model in {self.out/'model.pt'}")
+
+@patch
+def _stopped(self: Trainer) -> TrainResult:
+    self.save()
+    msg = (f"time budget reached at step {self.pos.step}/{self.total_steps} (epoch {self.pos.epoch}, "
+           f"micro-batch {self.pos.batch}); checkpoint saved to {self.out/'last.pt'}; "
+           f"run the same command again to continue")
+    self._say(msg)
+    return TrainResult(False, self.pos.step, self.total_steps, self.out, self.last_gap,
+                       int(self.meter.bad_total), msg)
+
+# %% ../nbs/20_train.ipynb #fcfa3bb2
 def train(data_dir: str | Path, out_dir: str | Path, cfg: TrainConfig | None = None, deadline: Deadline | None = None,
           device: str | None = None, verbose: bool = True) -> TrainResult:
     "Train `cfg` on the GLDv2 folder `data_dir` into `out_dir`, resuming from `out_dir/last.pt` if present."

@@ -3,7 +3,7 @@ import json
 
 from lmkkit.demo import METRIC, main, run_demo
 from lmkkit.metrics import validate_submission
-from lmkkit.pipeline import submission_ids
+from lmkkit.data import submission_ids
 
 TINY = dict(n_landmarks=6, n_unseen=2, n_families=2, train_per_landmark=5, index_per_landmark=3, test_per_landmark=2,
             n_train_nonlandmarks=10, n_index_nonlandmarks=4, n_test_nonlandmarks=6, image_size=64)
@@ -13,7 +13,7 @@ def test_reduced_demo(tmp_path):
     out = tmp_path/'demo'
     metrics = run_demo(out, seed=1, synth=TINY, verbose=False,
                        train={'stages': [[32, 1]], 'overrides': {'val_every_epochs': 0, 'batch_size': 8}},
-                       inference={'verify_top_n': 2, 'batch_size': 16})
+                       inference={'overrides': {'verify_top_n': 2, 'batch_size': 16}})
     assert json.loads((out/'metrics.json').read_text()) == metrics
     assert list(metrics) == ['recognition', 'retrieval']
     for track, first in (('recognition', 'knn_top1'), ('retrieval', 'knn')):

@@ -4,6 +4,7 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
@@ -11,7 +12,8 @@ from PIL import Image
 from lmkkit.data import id_to_path
 from lmkkit.metrics import validate_submission
 from lmkkit.model import create_model, save_checkpoint
-from lmkkit.pipeline import SEED_STAGES, run_inference, submission_ids
+from lmkkit.data import submission_ids
+from lmkkit.pipeline import SEED_STAGES, run_inference
 from lmkkit.synth import make_synthetic
 
 TINY = dict(n_landmarks=6, n_unseen=2, n_families=2, train_per_landmark=5, index_per_landmark=3, test_per_landmark=2,
@@ -157,3 +159,46 @@ def test_public_run_takes_the_cheap_path(world, tmp_path, track, first):
     assert [r['stage'] for r in res.ablation] == [first, 'final']
     assert any(s.startswith('stages') and 'public run' in s for s in res.skipped), res.skipped
     assert not {'verify', 'lgbm', 'holdout'} & set(res.timeline['step'])  # nothing costly ran
+
+
+KERNEL_PATHS = {'data_dir', 'checkpoint'}  # where a kernel's inputs sit on Kaggle: the kernel's own, not the config's
+
+
+@pytest.mark.parametrize('track', ['recognition', 'retrieval'])
+def test_inference_kernel_states_only_the_config_defaults(track):
+    "A kernel parameter that is an InferenceConfig field has the config's default; the rest are the verify stage's or a dict."
+    import dataclasses
+    from lmkkit.kaggle import read_parameters
+    from lmkkit.pipeline import InferenceConfig
+    from lmkkit.rerank import stage_settings
+    params = {n: p.value for n, p in read_parameters(KERNELS/f'lmkkit-{track}'/f'lmkkit-{track}.ipynb').items()}
+    defaults = {f.name: getattr(InferenceConfig(), f.name) for f in dataclasses.fields(InferenceConfig)}
+    verify = stage_settings('verify')
+    for name, value in params.items():
+        if name in KERNEL_PATHS: continue
+        if name in defaults: assert value == defaults[name], f"{track} kernel: {name} = {value!r}, InferenceConfig says {defaults[name]!r}"
+        elif name == 'verifier': assert value == verify['verifier']
+        else: assert name in ('verifier_weights', 'overrides') and value == {}, name
+    assert len(params) <= 12, sorted(params)  # only what users change most; the rest goes through `overrides`
+
+
+def test_a_stage_added_in_one_decorated_function_is_planned_run_and_ablated(world, tmp_path):
+    "The extension point: register a stage, name it in `stages`; no other edit."
+    from lmkkit.rerank import STAGES, register_stage
+
+    @register_stage('_reverse_ties', cost_s=1e-5, needs=('query_ids',))
+    def reverse_ties(cands, ctx, eps: float = 1e-9):
+        order = np.tile(np.arange(cands.k), (len(cands), 1))
+        order[np.abs(cands.sims[:, 0] - cands.sims[:, 1]) < eps, :2] = [1, 0]
+        return cands.take(order)
+
+    try:
+        res = run_inference(data_dir=str(world/'data'), checkpoint=str(world/'model.pt'), out_dir=str(tmp_path),
+                            cache_dir=str(world/'cache'), stages=['_reverse_ties', 'soft_vote'],
+                            stage_settings={'_reverse_ties': {'eps': 0.5}}, **FAST)
+    finally:
+        STAGES._fns.pop('_reverse_ties')
+    assert [r['stage'] for r in res.ablation] == ['knn_top1', '_reverse_ties', 'soft_vote', 'final']
+    row = res.timeline.set_index('step').loc['_reverse_ties']
+    n_queries = int(res.timeline.set_index('step').loc['embed_test', 'note'].split('/')[0])
+    assert row.ran and row.planned_s == pytest.approx(1e-5 * n_queries)  # its registered cost x the queries

@@ -7,7 +7,8 @@ import pytest
 from lmkkit.core import ConfigError, Deadline
 from lmkkit.lgbm import predict_reranked, synthetic_candidates, train_reranker
 from lmkkit.metrics import gap
-from lmkkit.rerank import (STAGES, RerankContext, recognition_predictions, retrieval_predictions, run_stages,
+from lmkkit.plan import run_stages
+from lmkkit.rerank import (STAGES, RerankContext, recognition_predictions, retrieval_predictions,
                            stage_settings)
 from lmkkit.search import Candidates, knn, search
 
@@ -41,7 +42,7 @@ def test_registry_lists_the_stages():
     names = STAGES.names
     for name in CHEAP_STAGES + ['lgbm']:
         assert name in names
-        assert STAGES.get(name).cost_s > 0
+        assert STAGES.get(name).spec.cost_s > 0
     assert stage_settings('soft_vote') == dict(k=5, p=8.0)
     assert 'model' in stage_settings('lgbm')
 
@@ -78,8 +79,8 @@ def test_bad_settings_and_deadline(world):
     cands, ctx, _ = world
     with pytest.raises(ConfigError, match="stage 'qe' has no setting 'alfa'; its settings are: k, alpha"):
         run_stages(cands, dataclasses.replace(ctx, settings=dict(qe=dict(alfa=3))), ['qe'])
-    with pytest.raises(ConfigError, match='needs RerankContext.nonlandmark_emb'):
-        run_stages(cands, dataclasses.replace(ctx, nonlandmark_emb=None), ['nonlandmark_penalty'])
+    out, rep = run_stages(cands, dataclasses.replace(ctx, nonlandmark_emb=None), ['nonlandmark_penalty', 'qe'])
+    assert rep.ran.tolist() == [False, True] and rep.note[0] == 'no non-landmark images (nonlandmarks.csv)'
     spent = dataclasses.replace(ctx, deadline=Deadline(1, clock=lambda: 0.0, start=-5.0))
     out, rep = run_stages(cands, spent, CHEAP_STAGES)
     assert not rep.ran.any() and out is cands

@@ -1,4 +1,5 @@
 "End-to-end tests of lmkkit.train: exact resume after SIGKILL and after the time budget, DDP on CPU, bad input, the kernel."
+import dataclasses
 import json
 import os
 import shutil
@@ -175,8 +176,8 @@ def run_kernel(gld, out_dir, tmp_path, **params):
     return pm.execute_notebook(str(KERNEL/'lmkkit-train.ipynb'), str(tmp_path/'out.ipynb'), kernel_name='python3',
                                progress_bar=False, cwd=str(tmp_path),
                                parameters=dict(data_dir=str(gld), out_dir=str(out_dir), preset='demo', stages=[[32, 1]],
-                                               batch_size=8, num_workers=0, lmkkit_src=str(ROOT),
-                                               overrides=dict(val_max_index=32), **params))
+                                               lmkkit_src=str(ROOT),
+                                               overrides=dict(val_max_index=32, batch_size=8, num_workers=0), **params))
 
 def test_training_kernel_runs_under_papermill(gld, tmp_path):
     run_kernel(gld, tmp_path/'run', tmp_path, time_limit_hours=0.2)
@@ -200,3 +201,16 @@ def test_training_kernel_metadata():
     assert meta['competition_sources'] == ['landmark-recognition-2021']
     nb = json.loads((KERNEL/meta['code_file']).read_text())
     assert [c for c in nb['cells'] if 'parameters' in c['metadata'].get('tags', [])]
+
+def test_training_kernel_states_only_the_config_defaults():
+    "A training-kernel parameter is None (the preset's), or the default of its TrainKernelParams / TrainConfig field."
+    from lmkkit.kaggle import read_parameters
+    from lmkkit.train import TrainKernelParams
+    params = {n: p.value for n, p in read_parameters(KERNEL/'lmkkit-train.ipynb').items()}
+    own = {f.name: getattr(TrainKernelParams(), f.name) for f in dataclasses.fields(TrainKernelParams)}
+    config = {f.name for f in dataclasses.fields(TrainConfig)}
+    for name, value in params.items():
+        if name in own: assert value == own[name], f"{name} = {value!r}, TrainKernelParams says {own[name]!r}"
+        elif name == 'time_limit_hours': assert value < 12  # Kaggle's limit, less the time to save: the kernel's own
+        elif name in config: assert value is None, f"{name} = {value!r}: leave it None (the preset's) or use overrides"
+        else: assert name == 'lmkkit_src' and value is None, name

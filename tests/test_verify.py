@@ -10,7 +10,8 @@ import pytest
 
 from lmkkit.core import Deadline
 from lmkkit.data import load_image
-from lmkkit.rerank import RerankContext, run_stages, stage_settings
+from lmkkit.plan import run_stages
+from lmkkit.rerank import RerankContext, stage_settings
 from lmkkit.search import Candidates
 from lmkkit.synth import draw_scene, family_style, render_view
 from lmkkit.verify import VERIFIERS, PairCache, PairResult, SiftMagsac, prepare_image, verify_candidates

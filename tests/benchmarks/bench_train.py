@@ -93,11 +93,12 @@ def bench_flops(device: str = 'cpu', measured: dict | None = None) -> dict:
 def train_images_per_s(name: str, size: int, batch: int, steps: int = 6) -> float:
     "Training images/s of one backbone on random images (bf16 autocast, channels_last, AdamW, CurricularFace)."
     from lmkkit.model import create_model
-    from lmkkit.train import TrainConfig, amp_dtype, make_optimizer
+    from lmkkit.embed import AMP_DTYPES, resolve_amp
+    from lmkkit.train import TrainConfig, make_optimizer
     cfg = TrainConfig(backbone=name)
     kw = dict(backbone_kwargs=dict(img_size=size)) if name.startswith('swin') else {}  # older timm: no dynamic size for Swin
     model = create_model(name, n_classes=CLASSES, s=cfg.s, m=cfg.m, **kw).cuda().to(memory_format=torch.channels_last).train()
-    opt, dtype = make_optimizer(model, cfg), amp_dtype('auto', 'cuda')
+    opt, dtype = make_optimizer(model, cfg), AMP_DTYPES.get(resolve_amp('auto', 'cuda', training=True))
     x = torch.randn(batch, 3, size, size, device='cuda').contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, CLASSES, (batch,), device='cuda')
     def step():
