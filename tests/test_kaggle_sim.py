@@ -144,7 +144,7 @@ def test_runtime_requirements_are_what_a_kernel_imports(wheelhouse):
     runtime = {canon(Requirement(l.split(':', 1)[1]).name) for l in text.splitlines()
                if l.startswith('Requires-Dist:') and 'extra ==' not in l}
     assert runtime == {'torch', 'torchvision', 'timm', 'faiss-cpu', 'kornia', 'lightgbm', 'albumentations', 'pillow',
-                       'numpy', 'pandas', 'matplotlib', 'tqdm'}
+                       'numpy', 'pandas', 'matplotlib', 'tqdm', 'fastcore'}
     assert 'Provides-Extra: kaggle' in text and 'Provides-Extra: notebooks' in text
 
 
