@@ -334,4 +334,4 @@ def search(query_ids, query_emb: np.ndarray, index_ids, index_emb: np.ndarray, k
     cands = Candidates(_str_ids(query_ids[rows]), _str_ids(index_ids[idx]), nb.sims[rows], labels, skipped=nb.counts())
     if not exclude_self: return cands
     is_self = cands.ids == cands.query_ids[:, None]
-    return cands.take(np.argsort(is_self, axis=1, kind='stable')[:, :max(min(k, cands.k - 1), 0) if cands.k > k else min(k, cands.k)])
+    return cands.take(np.argsort(is_self, axis=1, kind='stable')[:, :min(k, max(cands.k - 1, 0))])
