@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 
 # %% auto #0
-__all__ = ['AUTO_TORCH_BELOW', 'CHUNK_QUERIES', 'FAISS_ADD_ROWS', 'hex_ids_to_uint64', 'uint64_to_hex_ids', 'Candidates',
-           'finite_rows', 'knn_numpy', 'knn_torch', 'knn_faiss', 'Neighbours', 'knn', 'search']
+__all__ = ['AUTO_TORCH_BELOW', 'CHUNK_QUERIES', 'hex_ids_to_uint64', 'uint64_to_hex_ids', 'Candidates', 'finite_rows',
+           'knn_numpy', 'knn_torch', 'knn_faiss', 'Neighbours', 'knn', 'search']
 
 # %% ../nbs/31_search.ipynb #fd9b9a13
 _HEX_VALUE = np.full(256, 255, np.uint8)
@@ -205,19 +205,27 @@ def knn_torch(x: np.ndarray, k: int, skip: np.ndarray | None = None, device: str
             return best_s.cpu().numpy(), best_i.cpu().numpy()
     return search_chunk
 
-FAISS_ADD_ROWS = 65_536  # rows handed to faiss `add` at a time (a non-finite row is dropped within its block)
+def _runs(mask: np.ndarray) -> np.ndarray:
+    "(start, end) of each run of True in a 1-D bool `mask`, as an (R, 2) array."
+    return np.flatnonzero(np.diff(np.concatenate([[0], mask.view(np.int8), [0]]))).reshape(-1, 2)
+
+def _faiss_add(index, x: np.ndarray, keep: np.ndarray | None, compact: bool = True):
+    "Add the rows of `x` where `keep` (all when None) to `index`, with no host copy of `x`; returns `index`."
+    import faiss
+    if keep is None or keep.all(): index.add(x)  # one add: faiss sizes its storage once (adding by blocks peaks at 1.5x)
+    elif compact:  # CPU: add all, then drop the bad rows in place
+        index.add(x)
+        index.remove_ids(faiss.IDSelectorBatch(np.flatnonzero(~keep)))
+    else:  # GPU indexes cannot remove: add the runs of good rows (views)
+        for s, e in _runs(keep): index.add(x[s:e])
+    return index
 
 def _faiss_flat(x: np.ndarray, keep: np.ndarray | None, device: str, res):
-    "An exact inner-product faiss index of the rows of `x` where `keep` (all when None), added block by block."
+    "An exact inner-product faiss index of the rows of `x` where `keep` (on CUDA a `GpuIndexFlatIP`, filled directly)."
     import faiss
-    if device.startswith('cuda'):
-        cfg = faiss.GpuIndexFlatConfig(); cfg.device = int(device.partition(':')[2] or 0)
-        index = faiss.GpuIndexFlatIP(res, x.shape[1], cfg)
-    else: index = faiss.IndexFlatIP(x.shape[1])
-    for s in range(0, len(x), FAISS_ADD_ROWS):
-        block = x[s:s + FAISS_ADD_ROWS]  # a view: faiss copies it once, into the index
-        index.add(block if keep is None or keep[s:s + FAISS_ADD_ROWS].all() else block[keep[s:s + FAISS_ADD_ROWS]])
-    return index
+    if not device.startswith('cuda'): return _faiss_add(faiss.IndexFlatIP(x.shape[1]), x, keep)
+    cfg = faiss.GpuIndexFlatConfig(); cfg.device = int(device.partition(':')[2] or 0)
+    return _faiss_add(faiss.GpuIndexFlatIP(res, x.shape[1], cfg), x, keep, compact=False)
 
 def knn_faiss(x: np.ndarray, k: int, skip: np.ndarray | None = None, device: str = 'cpu',
               max_index_rows: int | None = None):
