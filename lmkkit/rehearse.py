@@ -265,7 +265,7 @@ class RunAssumptions:
     views: int = 1  # TTA views per image
     mfu: float = 0.3  # share of the GPU's fp16 peak that extraction reaches (20_train's assumption)
     extract_rate: float | None = None  # measured images/s on that GPU (then gflops_per_image and mfu are unused)
-    decode_rate_per_core: float = 150.0  # JPEG decode + resize to 512 px, images/s per CPU core
+    decode_rate_per_core: float = 125.0  # JPEG decode + resize to 512 px, images/s per CPU core (measured: 126)
     cores: int = 2  # CPU cores that decode (DataLoader workers)
     knn_on: str = 'gpu'  # 'gpu': index-sized steps from the fp32 peak x knn_efficiency; 'cpu': scaled from the rehearsal
     knn_efficiency: float = 0.5  # share of the fp32 peak a tiled matmul + topk reaches
