@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 
 # %% auto #0
-__all__ = ['Registry', 'atomic_write', 'seed_everything', 'on_kaggle', 'default_device', 'Deadline', 'ConfigError', 'make_config']
+__all__ = ['Registry', 'atomic_write', 'seed_everything', 'on_kaggle', 'default_device', 'progress', 'Deadline', 'ConfigError',
+           'make_config']
 
 # %% ../nbs/00_core.ipynb #b7c27d48
 class Registry:
@@ -78,6 +79,12 @@ def default_device() -> str:
     "'cuda' when a GPU is visible, else 'cpu'."
     import torch
     return 'cuda' if torch.cuda.is_available() else 'cpu'
+
+# %% ../nbs/00_core.ipynb #973fddaf
+def progress(iterable=None, verbose: bool = True, **kwargs):
+    "A `tqdm` bar drawn only on a terminal (never when `verbose` is False); `kwargs` go to `tqdm`."
+    from tqdm import tqdm
+    return tqdm(iterable, disable=None if verbose else True, **kwargs)
 
 # %% ../nbs/00_core.ipynb #92dfa2ac
 class Deadline:

@@ -21,14 +21,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import nbformat
-from tqdm.auto import tqdm
+from .core import progress
 
 # %% auto #0
-__all__ = ['PAGE_TEMPLATE', 'SITE_CSS', 'FAVICON', 'README_HEADER', 'directives', 'strip_directives', 'exported_names',
-           'default_exp', 'signature_source', 'doc_block', 'Page', 'title_cell', 'prepare_notebook', 'execute_notebook',
-           'find_mathjax', 'copy_mathjax', 'list_notebooks', 'page_name', 'link_markdown', 'build_site',
-           'readme_markdown', 'write_readme', 'readme_is_current', 'main']
+__all__ = ['MATHJAX_HINT', 'PAGE_TEMPLATE', 'SITE_CSS', 'FAVICON', 'README_HEADER', 'directives', 'strip_directives',
+           'exported_names', 'default_exp', 'signature_source', 'doc_block', 'Page', 'title_cell', 'prepare_notebook',
+           'execute_notebook', 'find_mathjax', 'copy_mathjax', 'list_notebooks', 'page_name', 'link_markdown',
+           'build_site', 'readme_markdown', 'write_readme', 'readme_is_current', 'main']
 
 # %% ../nbs/90_docs.ipynb #f1bef947
 _DIRECTIVE = re.compile(r'^\s*#\s*\|\s*([\w-]+)\s*:?\s*(.*?)\s*$')
@@ -181,6 +180,7 @@ def _import_symbols(module: str | None, names: list[str], lib: str) -> tuple[dic
 
 def prepare_notebook(nb, lib: str = 'lmkkit'):
     "Cleaned copy of `nb` with doc blocks after export cells; returns (nb, title, summary, symbols, problems)."
+    import nbformat  # here, not at the top: it takes a second to import, and `lmkkit docs --help` should not wait
     nb = copy.deepcopy(nb)
     title, summary, ti = title_cell(nb)
     if ti is not None: nb.cells[ti].source = _rest_of_title_cell(nb.cells[ti].source)
@@ -223,19 +223,20 @@ def execute_notebook(nb, cwd: str | Path, skip_flags: tuple[str, ...] = ('slow',
     return run
 
 # %% ../nbs/90_docs.ipynb #fd2e81e7
-_MATHJAX_PARTS = ('MathJax.js', 'config/TeX-AMS_CHTML.js', 'jax/input/TeX', 'jax/output/CommonHTML', 'jax/element',
-                  'extensions', 'fonts/HTML-CSS/TeX/woff')
+_MATHJAX_PARTS = ('tex-chtml.js', 'input/tex/extensions', 'output/chtml/fonts/woff-v2')
+MATHJAX_HINT = "pip install django-static-mathjax (a dev requirement: make setup), or set LMKKIT_MATHJAX to a MathJax 3 es5/ folder"
+
+def _mathjax_package() -> Path | None:
+    "The es5/ folder of the PyPI package django-static-mathjax, if installed."
+    try: import mathjax
+    except ImportError: return None
+    return Path(mathjax.__file__).parent/'static/mathjax/es5'
 
 def find_mathjax() -> Path | None:
-    "The first local MathJax 2 folder found (see above), or None."
-    candidates = [os.environ.get('LMKKIT_MATHJAX')]
-    try:
-        import jupyter_server_mathjax
-        candidates.append(Path(jupyter_server_mathjax.__file__).parent/'static')
-    except ImportError: pass
-    candidates += ['/usr/share/javascript/mathjax', '/usr/share/nodejs/mathjax']
+    "The first local MathJax 3 `es5/` folder found (see above), or None."
+    candidates = [os.environ.get('LMKKIT_MATHJAX'), _mathjax_package(), '/usr/share/nodejs/mathjax-full/es5']
     for c in candidates:
-        if c and (Path(c)/'MathJax.js').is_file() and (Path(c)/'config/TeX-AMS_CHTML.js').is_file(): return Path(c)
+        if c and (Path(c)/'tex-chtml.js').is_file() and (Path(c)/'output/chtml/fonts/woff-v2').is_dir(): return Path(c)
     return None
 
 def copy_mathjax(src: Path, dest: Path) -> None:
@@ -269,16 +270,17 @@ PAGE_TEMPLATE = """<!DOCTYPE html>
 <link rel="icon" href="assets/favicon.svg" type="image/svg+xml">
 <link rel="stylesheet" href="assets/pygments.css">
 <link rel="stylesheet" href="assets/site.css">
-{% if mathjax %}<script type="text/x-mathjax-config">
-MathJax.Hub.Config({
-  tex2jax: {inlineMath: [['$','$'], ['\\\\(','\\\\)']], displayMath: [['$$','$$'], ['\\\\[','\\\\]']],
-            processEscapes: true, processEnvironments: true, skipTags: ['script','noscript','style','textarea','pre','code']},
-  TeX: {equationNumbers: {autoNumber: 'AMS'}}, messageStyle: 'none', showMathMenu: false,
-  CommonHTML: {linebreaks: {automatic: true}}
-});
-MathJax.Hub.Queue(function () { document.documentElement.setAttribute('data-math', 'done'); });
+{% if mathjax %}<script>
+window.MathJax = {
+  tex: {inlineMath: [['$','$'], ['\\\\(','\\\\)']], displayMath: [['$$','$$'], ['\\\\[','\\\\]']],
+        processEscapes: true, processEnvironments: true, tags: 'ams'},
+  options: {skipHtmlTags: ['script','noscript','style','textarea','pre','code'], enableMenu: false},
+  chtml: {displayOverflow: 'linebreak'},
+  startup: {pageReady: () => MathJax.startup.defaultPageReady().then(
+    () => document.documentElement.setAttribute('data-math', 'done'))}
+};
 </script>
-<script src="assets/mathjax/MathJax.js?config=TeX-AMS_CHTML"></script>{% endif %}
+<script defer src="assets/mathjax/tex-chtml.js"></script>{% endif %}
 </head>
 <body>
 <nav class="sidebar" id="sidebar" aria-label="Pages">
@@ -408,6 +410,7 @@ def _trusted(html_: str | bytes) -> str:
     return html_.decode() if isinstance(html_, bytes) else str(html_)
 
 def _index_stub(pages: list[Page]) -> object:
+    import nbformat
     items = '\n'.join(f"- [{p.title}]({p.name}){': ' + p.summary if p.summary else ''}" for p in pages)
     return nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(f"## Pages\n\n{items}")])
 
@@ -426,6 +429,7 @@ def build_site(nbs_path: str | Path = 'nbs',   # folder of the notebooks
     "Render every notebook of `nbs_path` into a static site in `out`; returns a summary of the build."
     from jinja2 import Environment
     from markupsafe import Markup
+    import nbformat
     from nbconvert import HTMLExporter
     from pygments.formatters import HtmlFormatter
     t0, nbs_path, out = time.perf_counter(), Path(nbs_path), Path(out)
@@ -433,7 +437,7 @@ def build_site(nbs_path: str | Path = 'nbs',   # folder of the notebooks
     cfg = _settings(nbs_path)
     lib, site_title = cfg.get('lib_name', 'lmkkit'), cfg.get('title', cfg.get('lib_name', 'Notebooks'))
     pages, failed = [], []
-    for src in tqdm(list_notebooks(nbs_path), desc='notebooks', disable=not verbose):
+    for src in progress(list_notebooks(nbs_path), verbose, desc='notebooks'):
         nb = nbformat.read(src, as_version=4)
         problems = []
         if execute:
@@ -480,7 +484,7 @@ def build_site(nbs_path: str | Path = 'nbs',   # folder of the notebooks
     if verbose:
         for name, probs in summary['problems'].items():
             for pr in probs: print(f"{name}: {pr}", file=sys.stderr)
-        if not mathjax: print("no local MathJax found: formulas are shown as TeX (pip install jupyter-server-mathjax)", file=sys.stderr)
+        if not mathjax: print(f"no local MathJax found: formulas are shown as TeX ({MATHJAX_HINT})", file=sys.stderr)
     return summary
 
 # %% ../nbs/90_docs.ipynb #b5444b8e
@@ -488,6 +492,7 @@ README_HEADER = "<!-- Generated from nbs/index.ipynb by `lmkkit docs --readme`: 
 
 def readme_markdown(nbs_path: str | Path = 'nbs') -> str:
     "The README text rendered from `nbs_path`/index.ipynb."
+    import nbformat
     from nbconvert import MarkdownExporter
     nbs_path = Path(nbs_path)
     nb = nbformat.read(nbs_path/'index.ipynb', as_version=4)
@@ -509,6 +514,7 @@ def readme_markdown(nbs_path: str | Path = 'nbs') -> str:
 
 def _text_only(output):
     "An output with only its text (images and HTML dropped); None when nothing textual is left."
+    import nbformat
     if output.output_type not in ('display_data', 'execute_result'): return output
     data = {k: v for k, v in output.get('data', {}).items() if k in ('text/markdown', 'text/plain')}
     if 'text/markdown' in data: data.pop('text/plain', None)

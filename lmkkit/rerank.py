@@ -14,7 +14,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
+from .core import progress
 
 from .core import ConfigError, Deadline, Registry
 from .search import Candidates, knn, search
@@ -106,7 +106,7 @@ def run_stages(cands: Candidates, ctx: RerankContext, stages: Sequence[str]) -> 
     "Apply the named stages in order (skipping those the deadline cannot afford); the result and a timing report."
     for name in stages: check_settings(name, ctx.settings.get(name, {}))
     rows = []
-    for name in tqdm(stages, desc='re-ranking', disable=not ctx.verbose):
+    for name in progress(stages, ctx.verbose, desc='re-ranking'):
         est = stage_cost(name, len(cands))
         if ctx.deadline is not None and not ctx.deadline.fits(est):
             rows.append(dict(stage=name, est_s=est, seconds=0.0, ran=False, note='skipped: deadline'))

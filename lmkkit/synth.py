@@ -15,7 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
+from .core import progress
 
 from .core import ConfigError, atomic_write, make_config
 from .data import SPLITS, id_to_path, load_image, read_train_csv
@@ -415,7 +415,7 @@ def make_synthetic(out_dir: str | Path, seed: int = 0, verbose: bool = True, ove
     _clear(out, overwrite)
     plan = plan_synthetic(cfg, seed)
     scenes = landmark_scenes(cfg, plan, seed)
-    for row in tqdm(plan.itertuples(), total=len(plan), desc='synth images', disable=not verbose):
+    for row in progress(plan.itertuples(), verbose, total=len(plan), desc='synth images'):
         _write_bytes(id_to_path(out, row.split, row.id), render_image(row, scenes, cfg, seed))
     for name, df in synthetic_tables(plan).items():
         with atomic_write(out/name) as f: df.to_csv(f, index=False)
