@@ -234,7 +234,7 @@ def _panel(ax, table: pd.DataFrame, p: str, others: list, m: str) -> None:
         else:
             width = 0.8 / max(len(groups), 1)
             xs = [cats.index(v) + i * width for v in g[p]]
-            ax.bar(xs, g[m], width=width, label=label)
+            ax.bar_label(ax.bar(xs, g[m], width=width, label=label), fmt='%.3f', fontsize='small', padding=2)  # 0.871 vs 0.886 must be readable
     if not numeric:
         ax.set_xticks([j + 0.4 - 0.4 / max(len(groups), 1) for j in range(len(cats))], [str(c) for c in cats])
     ax.set_xlabel(p); ax.set_ylabel(m)
