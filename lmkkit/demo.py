@@ -19,7 +19,8 @@ from .core import atomic_write
 
 # %% auto #0
 __all__ = ['KERNELS', 'METRIC', 'DEMO_TRAIN', 'DEMO_INFERENCE', 'STAGE_TITLES', 'kernels_dir', 'kernel_notebook', 'run_kernel',
-           'cut_steps', 'collect_metrics', 'ablation_table', 'run_demo', 'plots', 'record_markdown', 'main']
+           'cut_steps', 'collect_metrics', 'ablation_table', 'run_demo', 'plots', 'record_table', 'record_markdown',
+           'main']
 
 # %% ../nbs/55_demo.ipynb #2af0a9bc
 KERNELS = {'train': 'lmkkit-train', 'recognition': 'lmkkit-recognition', 'retrieval': 'lmkkit-retrieval'}
@@ -168,19 +169,29 @@ STAGE_TITLES = {'knn_top1': 'kNN top-1', 'knn': 'kNN', 'qe': 'query expansion', 
                 'nonlandmark_penalty': 'non-landmark penalty', 'verify': 'SIFT + MAGSAC verification',
                 'lgbm': '7-class LightGBM'}
 
-def record_markdown(record: dict | str | Path) -> str:
-    "The demo's ablation as the README's Markdown table (both tracks side by side), from a record or its file."
-    if not isinstance(record, dict): record = json.loads(Path(record).read_text())
+def record_table(record: dict) -> str:
+    "The ablation of a demo record as a Markdown table, both tracks side by side (the `final` rows, repeats, left out)."
     cols = []
     for track in ('recognition', 'retrieval'):
-        rows = [r for r in record[track]['stages'] if r['stage'] != 'final']
-        cols.append([(STAGE_TITLES.get(r['stage'], r['stage']), f"{r[METRIC[track]]:.3f}") for r in rows])
-    cols = [c + [('', '')] * (max(map(len, cols)) - len(c)) for c in cols]
-    bold = lambda c: c[:-1] + [(c[-1][0], f"**{c[-1][1]}**")] if c[-1][1] else c
-    rec, ret = (bold([r for r in c if r[0]]) + [r for r in c if not r[0]] for c in cols)
+        rows = [(STAGE_TITLES.get(r['stage'], r['stage']), f"{r[METRIC[track]]:.3f}") for r in record[track]['stages'] if r['stage'] != 'final']
+        cols.append(rows[:-1] + [(rows[-1][0], f"**{rows[-1][1]}**")])
+    n = max(map(len, cols))
+    rec, ret = (c + [('', '')] * (n - len(c)) for c in cols)
     lines = ['| recognition stage | GAP | | retrieval stage | mAP@100 |', '|---|---:|---|---|---:|']
-    lines += [f"| {a} | {b} | | {c} | {d} |" for (a, b), (c, d) in zip(rec, ret)]
-    return '\n'.join(lines)
+    return '\n'.join(lines + [f"| {a} | {b} | | {c} | {d} |" for (a, b), (c, d) in zip(rec, ret)])
+
+def record_markdown(record: dict | str | Path) -> str:
+    "The README's account of a demo run, from its record (a dict or the record's file): time, memory, the ablation, what was cut."
+    if not isinstance(record, dict): record = json.loads(Path(record).read_text())
+    conf, cut = record.get('confidences') or {}, record.get('cut') or []
+    parts = [f"The recorded run (seed {record['seed']}) took {record['wall_s']:.0f} s on {record['cpus']} CPU cores "
+             f"({record['cpu_s']:.0f} CPU seconds, {record['peak_mb'] / 1024:.1f} GB peak memory) and scored each re-ranking "
+             f"stage on the held-out test set:", record_table(record)]
+    if conf.get('nonlandmark') is not None and conf.get('landmark') is not None:
+        parts.append(f"After the last stage, non-landmark test images get a mean confidence of {conf['nonlandmark']:.2f} against "
+                     f"{conf['landmark']:.2f} for landmarks: distractors end at the bottom of the GAP ranking, where they cost nothing.")
+    parts.append('Cut by a time limit: ' + '; '.join(cut) + '.' if cut else 'No step was cut by a time limit.')
+    return '\n\n'.join(parts)
 
 # %% ../nbs/55_demo.ipynb #172a15ed
 def main(argv: list[str] | None = None) -> int:

@@ -27,7 +27,7 @@ from .core import progress
 __all__ = ['MATHJAX_HINT', 'PAGE_TEMPLATE', 'SITE_CSS', 'FAVICON', 'README_HEADER', 'directives', 'strip_directives',
            'exported_names', 'default_exp', 'signature_source', 'doc_block', 'Page', 'title_cell', 'prepare_notebook',
            'execute_notebook', 'find_mathjax', 'copy_mathjax', 'list_notebooks', 'page_name', 'link_markdown',
-           'build_site', 'readme_markdown', 'write_readme', 'readme_is_current', 'main']
+           'build_site', 'readme_markdown', 'write_readme', 'readme_is_current', 'refresh_outputs', 'main']
 
 # %% ../nbs/90_docs.ipynb #f1bef947
 _DIRECTIVE = re.compile(r'^\s*#\s*\|\s*([\w-]+)\s*:?\s*(.*?)\s*$')
@@ -533,6 +533,24 @@ def readme_is_current(nbs_path: str | Path = 'nbs', readme: str | Path = 'README
     readme = Path(readme)
     return readme.exists() and readme.read_text(encoding='utf-8') == readme_markdown(nbs_path)
 
+# %% ../nbs/90_docs.ipynb #0aaa31b9
+def refresh_outputs(nb_path: str | Path, timeout: int = 600) -> bool:
+    "Run the notebook `nb_path` in its folder and store its outputs when they changed; True when it was rewritten."
+    import nbformat
+    nb_path = Path(nb_path)
+    nb = nbformat.read(nb_path, as_version=4)
+    if not any(c.cell_type == 'code' and c.source.strip() for c in nb.cells): return False
+    run = execute_notebook(nb, nb_path.parent, timeout=timeout)
+    for cell in run.cells:
+        if cell.cell_type != 'code': continue
+        cell.execution_count = None
+        cell.metadata.pop('execution', None)
+        for o in cell.outputs:
+            if 'execution_count' in o: o.execution_count = None
+    if run.cells == nb.cells: return False
+    nbformat.write(run, nb_path)
+    return True
+
 # %% ../nbs/90_docs.ipynb #f82406a9
 def main(argv: list[str] | None = None) -> int:
     "`lmkkit docs`: write README.md from nbs/index.ipynb and build the site."
@@ -554,7 +572,9 @@ def main(argv: list[str] | None = None) -> int:
         ok = readme_is_current(nbs, readme)
         print(f"{readme} is {'current' if ok else 'out of date: run `lmkkit docs --readme`'}")
         return 0 if ok else 1
-    if has_index: print(f"wrote {write_readme(nbs, readme)}")
+    if has_index:
+        if refresh_outputs(nbs/'index.ipynb', timeout=a.timeout): print(f"updated the outputs of {nbs/'index.ipynb'}")
+        print(f"wrote {write_readme(nbs, readme)}")
     elif a.readme: print(f"no {nbs/'index.ipynb'}: cannot write the README", file=sys.stderr); return 1
     if a.readme: return 0
     res = build_site(nbs, a.out, execute=a.execute, timeout=a.timeout, verbose=not a.quiet)
