@@ -11,6 +11,7 @@ import random
 import tempfile
 import time
 import typing
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -81,6 +82,8 @@ def default_device() -> str:
     return 'cuda' if torch.cuda.is_available() else 'cpu'
 
 # %% ../nbs/00_core.ipynb #973fddaf
+warnings.filterwarnings('ignore', message='IProgress not found')  # tqdm.auto via huggingface_hub; see above
+
 def progress(iterable=None, verbose: bool = True, **kwargs):
     "A `tqdm` bar drawn only on a terminal (never when `verbose` is False); `kwargs` go to `tqdm`."
     from tqdm import tqdm
