@@ -204,6 +204,10 @@ def prepare_notebook(nb, lib: str = 'lmkkit'):
     return nb, title, summary, [n for n in names if n in objs], problems
 
 # %% ../nbs/90_docs.ipynb #a8fcdc16
+def _last_line(e: BaseException) -> str:
+    "The last line of an error's message (nbclient puts the kernel's error there), or its type."
+    return str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+
 def execute_notebook(nb, cwd: str | Path, skip_flags: tuple[str, ...] = ('slow', 'cuda'), timeout: int = 600,
                      kernel_name: str = 'python3',
                      stderr: bool = False): # keep what cells print to stderr (warnings, progress bars)
@@ -443,7 +447,7 @@ def build_site(nbs_path: str | Path = 'nbs',   # folder of the notebooks
         if execute:
             try: nb = execute_notebook(nb, src.parent, timeout=timeout)
             except Exception as e:
-                failed.append(src.name); problems.append(f"execution failed, rendered without outputs: {str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__}")
+                failed.append(src.name); problems.append(f"execution failed, rendered without outputs: {_last_line(e)}")
         clean, title, summary, syms, more = prepare_notebook(nb, lib)
         pages.append(Page(src, page_name(src, nbs_path), title or src.stem, summary, clean, syms, problems + more))
     if not any(p.name == 'index.html' for p in pages):
@@ -573,7 +577,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{readme} is {'current' if ok else 'out of date: run `lmkkit docs --readme`'}")
         return 0 if ok else 1
     if has_index:
-        if refresh_outputs(nbs/'index.ipynb', timeout=a.timeout): print(f"updated the outputs of {nbs/'index.ipynb'}")
+        try: refreshed = refresh_outputs(nbs/'index.ipynb', timeout=a.timeout)
+        except Exception as e:  # nbclient's CellExecutionError: the README would show stale figures
+            print(f"{nbs/'index.ipynb'}: a cell failed ({_last_line(e)}); fix it and run again", file=sys.stderr); return 1
+        if refreshed: print(f"updated the outputs of {nbs/'index.ipynb'}")
         print(f"wrote {write_readme(nbs, readme)}")
     elif a.readme: print(f"no {nbs/'index.ipynb'}: cannot write the README", file=sys.stderr); return 1
     if a.readme: return 0
