@@ -168,9 +168,9 @@ def _train(parser):
     def run(args, options):
         from lmkkit.core import make_config
         from lmkkit.train import PRESETS, TrainConfig, parse_overrides, train
-        need_dataset(args.data_dir)
         try: cfg = make_config(TrainConfig, base=PRESETS[args.preset], **parse_overrides(options))
         except ConfigError as e: raise ConfigError(f"{e}; {LITERALS}") from e
+        need_dataset(args.data_dir)
         res = train(args.data_dir, args.out_dir, cfg, device=args.device, verbose=not args.quiet)
         import torch.distributed as dist
         if dist.is_initialized(): dist.destroy_process_group()

@@ -79,8 +79,8 @@ def ablation_table(metrics: dict, track: str) -> pd.DataFrame:
     return df.assign(delta=df[col].diff(), vs_knn=df[col] - df[col].iloc[0])
 
 # %% ../nbs/55_demo.ipynb #15115d43
-DEMO_TRAIN = dict(preset='demo', stages=[[64, 6], [96, 6]], time_limit_hours=None,
-                  overrides={'val_every_epochs': 4})
+DEMO_TRAIN = dict(preset='demo', stages=[[64, 16]], head='adacos', batch_size=64, time_limit_hours=None,
+                  overrides={'lr': 3e-3, 'embedding_size': 64, 'val_every_epochs': 8})
 DEMO_INFERENCE = dict(verify_top_n=5, time_limit_hours=24.0, reserve_minutes=1.0, verbose=False)
 
 def _cpu_seconds() -> float:

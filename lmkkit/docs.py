@@ -506,6 +506,7 @@ def readme_markdown(nbs_path: str | Path = 'nbs') -> str:
         if 'hide' in d or d.get('include') == 'false' or cell.cell_type == 'raw': continue
         if cell.cell_type == 'code':
             cell.source = '' if d.get('echo') == 'false' else strip_directives(cell.source)
+            if not cell.source: cell.metadata['transient'] = {'remove_source': True}  # no empty code fence
             cell.outputs = [] if d.get('output') == 'false' else [_text_only(o) for o in cell.outputs]
             cell.outputs = [o for o in cell.outputs if o is not None]
             if not cell.source and not cell.outputs: continue

@@ -620,5 +620,5 @@ def parse_overrides(pairs: list[str]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     "`lmkkit train DATA_DIR OUT_DIR [--preset NAME] [--option value ...]`; returns 0 when finished, 3 when stopped by the time budget."
-    from .cli import run  # the parser lives in lmkkit.cli, so that `lmkkit train --help` needs no torch
+    from lmkkit.cli import run  # the parser lives in lmkkit.cli, so that `lmkkit train --help` needs no torch
     return run(['train', *(sys.argv[1:] if argv is None else argv)])

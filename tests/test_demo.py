@@ -14,7 +14,7 @@ TINY = dict(n_landmarks=6, n_unseen=2, n_families=2, train_per_landmark=5, index
 def test_reduced_demo(tmp_path, capsys):
     out = tmp_path/'demo'
     metrics = run_demo(out, seed=1, synth=TINY, verbose=True,
-                       train={'stages': [[32, 1]], 'overrides': {'val_every_epochs': 1, 'batch_size': 8}},
+                       train={'stages': [[32, 1]], 'batch_size': 8, 'overrides': {'val_every_epochs': 1}},
                        inference={'verify_top_n': 2, 'batch_size': 16})
     printed = capsys.readouterr().out
     assert 'epoch 1/1 @32px: loss' in printed  # the training kernel's progress reached the console
