@@ -6,35 +6,71 @@
 from __future__ import annotations
 
 import argparse
+import ast
+import os
 import sys
+from pathlib import Path
 
-from .core import Registry
+from .core import ConfigError, Registry
 
 # %% auto #0
-__all__ = ['COMMANDS', 'build_parser', 'main', 'delegate']
+__all__ = ['COMMANDS', 'DEBUG_ENV', 'MISTAKES', 'LITERALS', 'build_parser', 'run', 'is_mistake', 'mistake_line', 'main',
+           'delegate', 'at_least', 'need_file', 'source_names', 'need_dataset']
 
 # %% ../nbs/80_cli.ipynb #367ce861
 COMMANDS = Registry('command')
+DEBUG_ENV = 'LMKKIT_DEBUG'
+# the project's errors for a user's mistake, by module: matched only when that module was imported (so it could raise)
+MISTAKES = {'lmkkit.core': ('ConfigError',), 'lmkkit.data': ('DataError',), 'lmkkit.metrics': ('SubmissionError', 'SolutionError'),
+            'lmkkit.model': ('CheckpointError',), 'lmkkit.train': ('TrainError',)}
+
+class _Parser(argparse.ArgumentParser):
+    "argparse with a one-line usage error: the problem and where to read the fix."
+    def error(self, message): self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 def _first_line(fn) -> str: return (fn.__doc__ or '').strip().splitlines()[0]
 
 def build_parser() -> argparse.ArgumentParser:
     "The `lmkkit` parser with one subparser per registered command."
-    parser = argparse.ArgumentParser(prog='lmkkit', description='Landmark recognition and retrieval kit (GLDv2).')
+    parser = _Parser(prog='lmkkit', description='Landmark recognition and retrieval kit (GLDv2).')
     subs = parser.add_subparsers(dest='command', metavar='COMMAND', required=True)
     for name in COMMANDS.names:
         add = COMMANDS.get(name)
         sub = subs.add_parser(name, help=_first_line(add), description=add.__doc__)
-        sub.set_defaults(run=add(sub))
+        sub.set_defaults(run=add(sub), options=getattr(add, 'options', False))
     return parser
 
-def main(argv: list[str] | None = None) -> int:
-    "Entry point of the `lmkkit` console script."
-    argv = sys.argv[1:] if argv is None else list(argv)
+def run(argv: list[str]) -> int:
+    "Parse `argv` and run its command; a user's mistake raises (see `main`)."
+    argv = list(argv)
     if argv and argv[0] in COMMANDS and hasattr(COMMANDS.get(argv[0]), 'module'):
         return _run_delegated(COMMANDS.get(argv[0]).module, argv[1:])
-    args = build_parser().parse_args(argv)
-    return args.run(args) or 0
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and not args.options: parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    code = args.run(args, extra) if args.options else args.run(args)
+    return code or 0
+
+def is_mistake(e: BaseException) -> bool:
+    "Whether `e` reports a user's mistake (see above) rather than a bug."
+    if isinstance(e, OSError): return True
+    return any(isinstance(e, getattr(sys.modules[m], n)) for m, names in MISTAKES.items() if m in sys.modules for n in names)
+
+def mistake_line(e: BaseException) -> str:
+    "The one line that reports a mistake; an OSError's path and a hint are spelled out."
+    if isinstance(e, OSError) and e.filename and e.strerror:
+        return f"{e.strerror}: {e.filename} (check the path)"
+    return ' '.join(str(e).split()) or type(e).__name__
+
+def main(argv: list[str] | None = None) -> int:
+    "Entry point of the `lmkkit` console script: exit code 2 and one line for a user's mistake (LMKKIT_DEBUG=1: the traceback)."
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try: return run(argv)
+    except Exception as e:
+        if not is_mistake(e) or os.environ.get(DEBUG_ENV): raise
+        cmd = f"lmkkit {argv[0]}" if argv and argv[0] in COMMANDS else 'lmkkit'
+        print(f"{cmd}: error: {mistake_line(e)}", file=sys.stderr)
+        return 2
 
 def _run_delegated(module: str, argv: list[str]) -> int:
     "Hand `argv` to `lmkkit.<module>.main`, which owns that command's options and `--help`."
@@ -50,15 +86,26 @@ def delegate(module: str, help: str):
     return _add
 
 # %% ../nbs/80_cli.ipynb #13ff0a4e
+def at_least(low: int):
+    "An argparse type: an int >= `low`, else a usage error that says so."
+    def parse(text: str) -> int:
+        try: value = int(text)
+        except ValueError: raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}")
+        if value < low: raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+    return parse
+
 @COMMANDS.register('synth')
 def _synth(parser):
     "Write a synthetic data set in the exact GLDv2 layout (train.csv, train/, index/, test/, solutions)."
     parser.add_argument('out', help='folder to write (created)')
     parser.add_argument('--seed', type=int, default=0, help='same seed, same bytes')
-    parser.add_argument('--landmarks', type=int, default=None, help='number of landmarks (default: the demo size)')
-    parser.add_argument('--train-per-landmark', type=int, default=None, help='train images per landmark (mean)')
-    parser.add_argument('--image-size', type=int, default=None, help='longer side of the written images in pixels')
-    parser.add_argument('--view-strength', type=float, default=None, help='0: near-identical views, 1: default, 2: very different')
+    parser.add_argument('--landmarks', type=at_least(1), default=None,
+                        help='number of landmarks (default: the demo size); unseen landmarks and non-landmarks scale with it')
+    parser.add_argument('--train-per-landmark', type=at_least(1), default=None,
+                        help='train images per landmark (mean); train non-landmarks scale with it')
+    parser.add_argument('--image-size', type=at_least(16), default=None, help='longer side of the written images in pixels')
+    parser.add_argument('--view-strength', type=float, default=None, help='0: near-identical views, 0.8: default, 2: very different')
     parser.add_argument('--family-similarity', type=float, default=None, help='0: every landmark its own style, 1: a family shares one')
     parser.add_argument('--overwrite', action='store_true', help='replace a data set already in OUT')
     def run(args):
@@ -71,25 +118,68 @@ def _synth(parser):
     return run
 
 # %% ../nbs/80_cli.ipynb #c82c770d
+def need_file(path: str, what: str) -> Path:
+    "`path` as a Path when it is a file; else a `ConfigError` naming `what` was expected."
+    p = Path(path)
+    if p.is_dir(): raise ConfigError(f"{what} {p} is a folder; pass the CSV file inside it")
+    if not p.is_file(): raise ConfigError(f"{what} {p} not found; check the path")
+    return p
+
 @COMMANDS.register('evaluate')
 def _evaluate(parser):
     "Score a submission against a solution file like the official scorer; prints the metric on its last line."
     parser.add_argument('submission', help='submission.csv (recognition: id,landmarks; retrieval: id,images)')
     parser.add_argument('solution', help='recognition_solution.csv or retrieval_solution.csv (id,...,Usage)')
     def run(args):
-        from lmkkit.metrics import SolutionError, SubmissionError, evaluate_files, format_evaluation
-        try: print(format_evaluation(evaluate_files(args.submission, args.solution)))
-        except (SubmissionError, SolutionError, FileNotFoundError) as e:
-            print(f'error: {e}', file=sys.stderr)
-            return 2
+        from lmkkit.metrics import evaluate_files, format_evaluation
+        print(format_evaluation(evaluate_files(need_file(args.submission, 'submission'), need_file(args.solution, 'solution'))))
     return run
 
 # %% ../nbs/80_cli.ipynb #d7c4f59b
+def source_names(module: str, name: str) -> list[str]:
+    "The fields of dataclass `name`, or the keys of dict `name`, as written in `lmkkit/<module>.py` (no import)."
+    from importlib.util import find_spec  # finds the file without running the module
+    tree = ast.parse(Path(find_spec(f'lmkkit.{module}').origin).read_text(encoding='utf-8'))
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and node.name == name:
+            return [n.target.id for n in node.body if isinstance(n, ast.AnnAssign)]
+        if isinstance(node, ast.Assign) and any(getattr(t, 'id', None) == name for t in node.targets):
+            return [k.value for k in node.value.keys]
+    raise LookupError(f"lmkkit/{module}.py defines no {name}")
+
+LITERALS = "values are Python literals, e.g. --lr 3e-4 --stages '[(64, 1), (96, 2)]'"
+
+def need_dataset(data_dir: str) -> Path:
+    "`data_dir` when it holds a `train.csv`; else a `ConfigError` with the fix."
+    p = Path(data_dir)
+    if not (p/'train.csv').is_file():
+        raise ConfigError(f"{p/'train.csv'} not found; DATA_DIR must be a GLDv2 folder (train.csv, train/), e.g. from `lmkkit synth {p}`")
+    return p
+
+@COMMANDS.register('train')
+def _train(parser):
+    "Train a model on a GLDv2-layout folder; resumes from OUT_DIR. Exit code 3: stopped by the time budget."
+    parser.add_argument('data_dir', help='GLDv2 folder with train.csv and train/')
+    parser.add_argument('out_dir', help='checkpoints and metrics.csv go here; a run found here is resumed')
+    parser.add_argument('--preset', default='seed', choices=source_names('train', 'PRESETS'))
+    parser.add_argument('--device', default=None, help="e.g. cpu or cuda:0 (default: the local GPU if any)")
+    parser.add_argument('--quiet', action='store_true')
+    parser.epilog = f"other options, as --name value: {', '.join(source_names('train', 'TrainConfig'))}; {LITERALS}"
+    def run(args, options):
+        from lmkkit.core import make_config
+        from lmkkit.train import PRESETS, TrainConfig, parse_overrides, train
+        try: cfg = make_config(TrainConfig, base=PRESETS[args.preset], **parse_overrides(options))
+        except ConfigError as e: raise ConfigError(f"{e}; {LITERALS}") from e
+        need_dataset(args.data_dir)
+        res = train(args.data_dir, args.out_dir, cfg, device=args.device, verbose=not args.quiet)
+        import torch.distributed as dist
+        if dist.is_initialized(): dist.destroy_process_group()
+        return 0 if res.finished else 3
+    return run
+_train.options = True  # the run takes the unparsed `--name value` pairs
+
 COMMANDS.register('demo')(delegate('demo', "The main job: synthetic data → training kernel → both inference kernels through papermill; prints the ablation tables (see `lmkkit demo -h`)."))
-COMMANDS.register('train')(delegate('train', "Train a model on a GLDv2-layout folder; resumes from OUT_DIR (see `lmkkit train -h`)."))
 COMMANDS.register('docs')(delegate('docs', "Build the documentation site from the notebooks, offline (see `lmkkit docs -h`)."))
 COMMANDS.register('kernels')(delegate('kaggle', "Check, build and push the Kaggle kernels and the offline wheelhouse (see `lmkkit kernels -h`)."))
 COMMANDS.register('sweep')(delegate('sweep', "Run a notebook over a grid of papermill parameters; resumable (see `lmkkit sweep -h`)."))
-
-# %% ../nbs/80_cli.ipynb #1589708d
 COMMANDS.register('benchmark')(delegate('revisited', "ROxford5k/RParis6k mAP and mP@k (Easy/Medium/Hard) of a checkpoint under the revisited protocol (see `lmkkit benchmark -h`)."))

@@ -14,13 +14,14 @@ import tempfile
 import time
 import types
 import typing
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
 # %% auto #0
-__all__ = ['Registry', 'atomic_write', 'seed_everything', 'on_kaggle', 'default_device', 'Deadline', 'ConfigError',
+__all__ = ['Registry', 'atomic_write', 'seed_everything', 'on_kaggle', 'default_device', 'progress', 'Deadline', 'ConfigError',
            'check_parameters', 'make_config', 'notebook_parameters']
 
 # %% ../nbs/00_core.ipynb #b7c27d48
@@ -82,6 +83,14 @@ def default_device() -> str:
     "'cuda' when a GPU is visible, else 'cpu'."
     import torch
     return 'cuda' if torch.cuda.is_available() else 'cpu'
+
+# %% ../nbs/00_core.ipynb #973fddaf
+warnings.filterwarnings('ignore', message='IProgress not found')  # tqdm.auto via huggingface_hub; see above
+
+def progress(iterable=None, verbose: bool = True, **kwargs):
+    "A `tqdm` bar drawn only on a terminal (never when `verbose` is False); `kwargs` go to `tqdm`."
+    from tqdm import tqdm
+    return tqdm(iterable, disable=None if verbose else True, **kwargs)
 
 # %% ../nbs/00_core.ipynb #92dfa2ac
 class Deadline:

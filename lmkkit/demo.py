@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
 import sys
 import time
 from pathlib import Path
@@ -16,8 +18,9 @@ import pandas as pd
 from .core import atomic_write
 
 # %% auto #0
-__all__ = ['KERNELS', 'METRIC', 'kernels_dir', 'kernel_notebook', 'run_kernel', 'collect_metrics', 'ablation_table', 'run_demo',
-           'main']
+__all__ = ['KERNELS', 'METRIC', 'DEMO_TRAIN', 'DEMO_INFERENCE', 'STAGE_TITLES', 'kernels_dir', 'kernel_notebook', 'run_kernel',
+           'cut_steps', 'collect_metrics', 'ablation_table', 'kernel_params', 'run_demo', 'plots', 'record_table',
+           'record_markdown', 'main']
 
 # %% ../nbs/55_demo.ipynb #2af0a9bc
 KERNELS = {'train': 'lmkkit-train', 'recognition': 'lmkkit-recognition', 'retrieval': 'lmkkit-retrieval'}
@@ -40,22 +43,34 @@ def kernel_notebook(name: str) -> Path:
     return kernels_dir()/KERNELS[name]/f'{KERNELS[name]}.ipynb'
 
 # %% ../nbs/55_demo.ipynb #65e6a1ca
-def run_kernel(name: str, out_nb: str | Path, parameters: dict, kernel_name: str = 'python3') -> Path:
+def run_kernel(name: str, out_nb: str | Path, parameters: dict, kernel_name: str = 'python3',
+               echo: bool = False) -> Path:  # copy what the kernel prints to this process's stdout as it runs
     "Execute kernel `name` with `parameters` into `out_nb` (papermill, working directory = the kernel's folder)."
     import papermill as pm
     nb = kernel_notebook(name)
     pm.execute_notebook(str(nb), str(out_nb), parameters=parameters, kernel_name=kernel_name, language='python',
-                        cwd=str(nb.parent), progress_bar=False)
+                        cwd=str(nb.parent), progress_bar=False, stdout_file=sys.stdout if echo else None)
     return Path(out_nb)
 
 # %% ../nbs/55_demo.ipynb #b9a9600d
-def collect_metrics(recognition_dir: str | Path, retrieval_dir: str | Path) -> dict:
-    "The demo's metrics.json content from the two inference kernels' metrics.json files."
+def cut_steps(train_dir: str | Path | None, recognition_dir: str | Path, retrieval_dir: str | Path) -> list[str]:
+    "Every step that a time limit stopped or dropped, with the reason, from the kernels' metrics.json files."
+    cut = []
+    if train_dir is not None:
+        t = json.loads((Path(train_dir)/'metrics.json').read_text())
+        if not t['finished']:
+            cut.append(f"training: stopped by its time limit at step {t['step']} of {t['total_steps']} (the model is the last checkpoint)")
+    for track, d in (('recognition', recognition_dir), ('retrieval', retrieval_dir)):
+        cut += [f"{track}: {note}" for note in json.loads((Path(d)/'metrics.json').read_text()).get('skipped', [])]
+    return cut
+
+def collect_metrics(recognition_dir: str | Path, retrieval_dir: str | Path, train_dir: str | Path | None = None) -> dict:
+    "The demo's metrics.json content from the kernels' metrics.json files."
     out = {}
     for track, d in (('recognition', recognition_dir), ('retrieval', retrieval_dir)):
         m = json.loads((Path(d)/'metrics.json').read_text())
         out[track] = {'stages': [{'stage': r['stage'], METRIC[track]: r[METRIC[track]]} for r in m['stages']]}
-    return out
+    return out | {'cut': cut_steps(train_dir, recognition_dir, retrieval_dir)}
 
 def ablation_table(metrics: dict, track: str) -> pd.DataFrame:
     "One track's ablation as a table with the change against the previous stage and against kNN."
@@ -64,65 +79,136 @@ def ablation_table(metrics: dict, track: str) -> pd.DataFrame:
     return df.assign(delta=df[col].diff(), vs_knn=df[col] - df[col].iloc[0])
 
 # %% ../nbs/55_demo.ipynb #15115d43
+DEMO_TRAIN = dict(preset='demo', stages=[[64, 16]], time_limit_hours=None,
+                  overrides={'head': 'adacos', 'batch_size': 64, 'lr': 3e-3, 'embedding_size': 64, 'val_every_epochs': 8})
+DEMO_INFERENCE = dict(time_limit_hours=24.0, reserve_minutes=1.0, verbose=False, overrides={'verify_top_n': 5})
+
+def kernel_params(base: dict, extra: dict | None) -> dict:
+    "`base` with the kernel parameters `extra` on top; the two `overrides` dicts are merged, not replaced."
+    extra = extra or {}
+    return base | extra | {'overrides': base.get('overrides', {}) | extra.get('overrides', {})}
+
+def _cpu_seconds() -> float:
+    "CPU seconds (user + system) of this process and of its waited-for children (the kernels)."
+    return sum(r.ru_utime + r.ru_stime for r in map(resource.getrusage, (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)))
+
+def _peak_mb() -> float:
+    "Peak resident memory of this process or of its largest finished child, in MB (Linux reports KiB)."
+    return max(resource.getrusage(w).ru_maxrss for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)) / 1024
+
+class _Steps:
+    "Wall and CPU seconds of each named step."
+    def __init__(self): self.rows = {}
+    def __call__(self, name: str):
+        import contextlib
+        @contextlib.contextmanager
+        def timed():
+            w, c = time.perf_counter(), _cpu_seconds()
+            yield
+            self.rows[name] = dict(wall_s=round(time.perf_counter() - w, 1), cpu_s=round(_cpu_seconds() - c, 1))
+        return timed()
+
 def run_demo(out: str | Path = 'runs/demo', seed: int = 0,
              synth: dict | None = None,  # lmkkit.synth.SynthConfig sizes (default: the standard synthetic set)
-             train: dict | None = None,  # extra parameters of the training kernel (e.g. {'stages': [[64, 1]]})
-             inference: dict | None = None,  # extra parameters of both inference kernels (e.g. {'overrides': {'verify_top_n': 5}})
+             train: dict | None = None,  # training kernel parameters over DEMO_TRAIN (e.g. {'stages': [[64, 1]], 'overrides': {'lr': 1e-3}})
+             inference: dict | None = None,  # inference kernel parameters over DEMO_INFERENCE (e.g. {'overrides': {'verify_top_n': 2}})
              kernel_name: str = 'python3', verbose: bool = True) -> dict:
-    "Synthetic data → training kernel → recognition and retrieval kernels; writes and returns `out/metrics.json`."
+    "Synthetic data → training kernel → recognition and retrieval kernels; writes `out/metrics.json` and `out/record.json`, returns the metrics."
     from lmkkit.synth import make_synthetic
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     say = print if verbose else (lambda *a: None)
-    start, times = time.perf_counter(), {}
+    steps, start = _Steps(), time.perf_counter()
     data, marker = out/'data', dict(seed=seed, sizes=synth or {})
-    t0 = time.perf_counter()
-    if not (data/'synth.json').is_file() or json.loads((data/'synth.json').read_text()) != marker:
-        say(f"[1/4] synthetic data -> {data}")
-        make_synthetic(data, seed=seed, verbose=False, **(synth or {}))
-        with atomic_write(data/'synth.json') as f: json.dump(marker, f)
-    else: say(f"[1/4] synthetic data: reusing {data}")
-    times['synth'] = time.perf_counter() - t0
-    say(f"[2/4] training kernel -> {out/'train.ipynb'}")
-    t0 = time.perf_counter()
-    run_kernel('train', out/'train.ipynb', dict(data_dir=str(data), out_dir=str(out/'model'), preset='demo',
-                                                time_limit_hours=1.0, **(train or {})), kernel_name)
-    times['train'] = time.perf_counter() - t0
+    train_params = kernel_params(DEMO_TRAIN | dict(data_dir=str(data), out_dir=str(out/'model')), train)
+    with steps('synth'):
+        if not (data/'synth.json').is_file() or json.loads((data/'synth.json').read_text()) != marker:
+            say(f"[1/4] synthetic data -> {data}")
+            make_synthetic(data, seed=seed, verbose=False, **(synth or {}))
+            with atomic_write(data/'synth.json') as f: json.dump(marker, f)
+        else: say(f"[1/4] synthetic data: reusing {data}")
+    say(f"[2/4] training kernel -> {out/'train.ipynb'} (epoch lines follow)")
+    with steps('train'): run_kernel('train', out/'train.ipynb', train_params, kernel_name, echo=verbose)
+    infer_params = kernel_params(DEMO_INFERENCE, inference)
     for i, track in enumerate(('recognition', 'retrieval'), 3):
         say(f"[{i}/4] {track} kernel -> {out/f'{track}.ipynb'}")
-        t0 = time.perf_counter()
-        run_kernel(track, out/f'{track}.ipynb', dict(data_dir=str(data), checkpoint=str(out/'model'/'model.pt'),
-                                                     out_dir=str(out/track), cache_dir=str(out/'cache'),
-                                                     time_limit_hours=1.0, reserve_minutes=1.0, verbose=False,
-                                                     **(inference or {})), kernel_name)
-        times[track] = time.perf_counter() - t0
-    metrics = collect_metrics(out/'recognition', out/'retrieval')
+        with steps(track):
+            run_kernel(track, out/f'{track}.ipynb', dict(data_dir=str(data), checkpoint=str(out/'model'/'model.pt'),
+                                                         out_dir=str(out/track), cache_dir=str(out/'cache'), **infer_params), kernel_name)
+    metrics = collect_metrics(out/'recognition', out/'retrieval', out/'model')
     with atomic_write(out/'metrics.json') as f: json.dump(metrics, f, indent=1)
-    if verbose: _report(out, metrics, times, time.perf_counter() - start)
+    record = dict(seed=seed, synth=synth or {}, train={k: v for k, v in train_params.items() if not k.endswith('_dir')},
+                  inference=infer_params, **metrics, confidences=_confidences(out/'recognition'), steps=steps.rows,
+                  wall_s=round(time.perf_counter() - start, 1), cpu_s=round(sum(r['cpu_s'] for r in steps.rows.values()), 1),
+                  peak_mb=round(_peak_mb()), cpus=os.cpu_count())
+    with atomic_write(out/'record.json') as f: json.dump(record, f, indent=1)
+    if verbose: _report(out, record)
     return metrics
 
-def _report(out: Path, metrics: dict, times: dict, seconds: float) -> None:
-    "Print the ablation tables, the final scores and where everything is."
+def _confidences(recognition_dir: Path) -> dict:
+    "Mean final confidence of non-landmark and landmark test images (the recognition kernel's report)."
+    m = json.loads((recognition_dir/'metrics.json').read_text())
+    return {k: m.get(f'mean_conf_{k}') for k in ('nonlandmark', 'landmark')}
+
+def _report(out: Path, record: dict) -> None:
+    "Print the ablation tables, what was cut, the final scores, the time and where everything is."
     for track in ('recognition', 'retrieval'):
         print(f"\n{track} ablation ({METRIC[track]}):")
-        print(ablation_table(metrics, track).to_string(index=False, float_format=lambda v: f'{v:.4f}'))
-    gap, map100 = (metrics[t]['stages'][-1][METRIC[t]] for t in ('recognition', 'retrieval'))
+        print(ablation_table(record, track).to_string(index=False, float_format=lambda v: f'{v:.4f}'))
+    print('\ncut by a time limit: ' + ('; '.join(record['cut']) if record['cut'] else 'nothing'))
+    gap, map100 = (record[t]['stages'][-1][METRIC[t]] for t in ('recognition', 'retrieval'))
     fmt = lambda v: 'n/a' if v is None else f'{v:.4f}'
-    print(f"\nGAP {fmt(gap)}   mAP@100 {fmt(map100)}   ({seconds:.0f}s: " + ', '.join(f'{k} {v:.0f}s' for k, v in times.items()) + ')')
+    print(f"GAP {fmt(gap)}   mAP@100 {fmt(map100)}   ({record['wall_s']:.0f} s, {record['cpu_s']:.0f} CPU s, peak {record['peak_mb']} MB: "
+          + ', '.join(f"{k} {v['wall_s']:.0f} s" for k, v in record['steps'].items()) + ')')
     print(f"executed notebooks: {out/'train.ipynb'}, {out/'recognition.ipynb'}, {out/'retrieval.ipynb'}")
     print(f"submissions:        {out/'recognition'/'submission.csv'}, {out/'retrieval'/'submission.csv'}")
-    print(f"plots:              {out/'model'/'history.png'}, {out/'recognition'/'timeline.png'}, {out/'retrieval'/'timeline.png'}")
-    print(f"metrics:            {out/'metrics.json'}")
+    print(f"plots:              {', '.join(str(p) for p in plots(out))}")
+    print(f"metrics:            {out/'metrics.json'}, {out/'record.json'}")
 
+def plots(out: str | Path) -> list[Path]:
+    "Every plot the demo's kernels wrote under `out` (the data set's images excluded)."
+    return sorted(p for p in Path(out).rglob('*.png') if 'data' not in p.relative_to(out).parts[:1])
+
+# %% ../nbs/55_demo.ipynb #c291a421
+STAGE_TITLES = {'knn_top1': 'kNN top-1', 'knn': 'kNN', 'qe': 'query expansion', 'soft_vote': 'soft voting',
+                'nonlandmark_penalty': 'non-landmark penalty', 'verify': 'SIFT + MAGSAC verification',
+                'lgbm': '7-class LightGBM'}
+
+def record_table(record: dict) -> str:
+    "The ablation of a demo record as a Markdown table, both tracks side by side (the `final` rows, repeats, left out)."
+    cols = []
+    for track in ('recognition', 'retrieval'):
+        rows = [(STAGE_TITLES.get(r['stage'], r['stage']), f"{r[METRIC[track]]:.3f}") for r in record[track]['stages'] if r['stage'] != 'final']
+        cols.append(rows[:-1] + [(rows[-1][0], f"**{rows[-1][1]}**")])
+    n = max(map(len, cols))
+    rec, ret = (c + [('', '')] * (n - len(c)) for c in cols)
+    lines = ['| recognition stage | GAP | | retrieval stage | mAP@100 |', '|---|---:|---|---|---:|']
+    return '\n'.join(lines + [f"| {a} | {b} | | {c} | {d} |" for (a, b), (c, d) in zip(rec, ret)])
+
+def record_markdown(record: dict | str | Path) -> str:
+    "The README's account of a demo run, from its record (a dict or the record's file): time, memory, the ablation, what was cut."
+    if not isinstance(record, dict): record = json.loads(Path(record).read_text())
+    conf, cut = record.get('confidences') or {}, record.get('cut') or []
+    parts = [f"The recorded run (seed {record['seed']}) took {record['wall_s']:.0f} s on {record['cpus']} CPU cores "
+             f"({record['cpu_s']:.0f} CPU seconds, {record['peak_mb'] / 1024:.1f} GB peak memory) and scored each re-ranking "
+             f"stage on the held-out test set:", record_table(record)]
+    if conf.get('nonlandmark') is not None and conf.get('landmark') is not None:
+        parts.append(f"After the last stage, non-landmark test images get a mean confidence of {conf['nonlandmark']:.2f} against "
+                     f"{conf['landmark']:.2f} for landmarks: distractors end at the bottom of the GAP ranking, where they cost nothing.")
+    parts.append('Cut by a time limit: ' + '; '.join(cut) + '.' if cut else 'No step was cut by a time limit.')
+    return '\n\n'.join(parts)
+
+# %% ../nbs/55_demo.ipynb #172a15ed
 def main(argv: list[str] | None = None) -> int:
-    "`lmkkit demo [--seed N] [--out DIR]`: the whole kit on synthetic data, through the kernel notebooks."
+    "`lmkkit demo [--seed N] [--out DIR] [--record FILE]`: the whole kit on synthetic data, through the kernel notebooks."
     p = argparse.ArgumentParser(prog='lmkkit demo', description=main.__doc__)
     p.add_argument('--seed', type=int, default=0, help='seed of the synthetic data set')
     p.add_argument('--out', default='runs/demo', help='folder for data, model, executed notebooks, submissions')
+    p.add_argument('--record', default=None, help="also copy the run's record.json here (the README's table: nbs/demo_record.json)")
     p.add_argument('--quiet', action='store_true')
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
-    try: run_demo(args.out, args.seed, verbose=not args.quiet)
-    except FileNotFoundError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    run_demo(args.out, args.seed, verbose=not args.quiet)
+    if args.record:
+        with atomic_write(args.record) as f: f.write((Path(args.out)/'record.json').read_text())
+        print(f"record:             {args.record} (regenerate the README: lmkkit docs --readme)")
     return 0

@@ -21,14 +21,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import nbformat
-from tqdm.auto import tqdm
+from .core import progress
 
 # %% auto #0
-__all__ = ['PAGE_TEMPLATE', 'SITE_CSS', 'FAVICON', 'README_HEADER', 'directives', 'strip_directives', 'exported_names',
-           'default_exp', 'signature_source', 'doc_block', 'Page', 'title_cell', 'prepare_notebook', 'execute_notebook',
-           'find_mathjax', 'copy_mathjax', 'list_notebooks', 'page_name', 'link_markdown', 'build_site',
-           'readme_markdown', 'write_readme', 'readme_is_current', 'main']
+__all__ = ['MATHJAX_HINT', 'PAGE_TEMPLATE', 'SITE_CSS', 'FAVICON', 'README_HEADER', 'directives', 'strip_directives',
+           'exported_names', 'default_exp', 'signature_source', 'doc_block', 'Page', 'title_cell', 'prepare_notebook',
+           'execute_notebook', 'find_mathjax', 'copy_mathjax', 'list_notebooks', 'page_name', 'link_markdown',
+           'build_site', 'readme_markdown', 'write_readme', 'readme_is_current', 'refresh_outputs', 'main']
 
 # %% ../nbs/90_docs.ipynb #f1bef947
 _DIRECTIVE = re.compile(r'^\s*#\s*\|\s*([\w-]+)\s*:?\s*(.*?)\s*$')
@@ -181,6 +180,7 @@ def _import_symbols(module: str | None, names: list[str], lib: str) -> tuple[dic
 
 def prepare_notebook(nb, lib: str = 'lmkkit'):
     "Cleaned copy of `nb` with doc blocks after export cells; returns (nb, title, summary, symbols, problems)."
+    import nbformat  # here, not at the top: it takes a second to import, and `lmkkit docs --help` should not wait
     nb = copy.deepcopy(nb)
     title, summary, ti = title_cell(nb)
     if ti is not None: nb.cells[ti].source = _rest_of_title_cell(nb.cells[ti].source)
@@ -204,6 +204,10 @@ def prepare_notebook(nb, lib: str = 'lmkkit'):
     return nb, title, summary, [n for n in names if n in objs], problems
 
 # %% ../nbs/90_docs.ipynb #a8fcdc16
+def _last_line(e: BaseException) -> str:
+    "The last line of an error's message (nbclient puts the kernel's error there), or its type."
+    return str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+
 def execute_notebook(nb, cwd: str | Path, skip_flags: tuple[str, ...] = ('slow', 'cuda'), timeout: int = 600,
                      kernel_name: str = 'python3',
                      stderr: bool = False): # keep what cells print to stderr (warnings, progress bars)
@@ -223,19 +227,20 @@ def execute_notebook(nb, cwd: str | Path, skip_flags: tuple[str, ...] = ('slow',
     return run
 
 # %% ../nbs/90_docs.ipynb #fd2e81e7
-_MATHJAX_PARTS = ('MathJax.js', 'config/TeX-AMS_CHTML.js', 'jax/input/TeX', 'jax/output/CommonHTML', 'jax/element',
-                  'extensions', 'fonts/HTML-CSS/TeX/woff')
+_MATHJAX_PARTS = ('tex-chtml.js', 'input/tex/extensions', 'output/chtml/fonts/woff-v2')
+MATHJAX_HINT = "pip install django-static-mathjax (a dev requirement: make setup), or set LMKKIT_MATHJAX to a MathJax 3 es5/ folder"
+
+def _mathjax_package() -> Path | None:
+    "The es5/ folder of the PyPI package django-static-mathjax, if installed."
+    try: import mathjax
+    except ImportError: return None
+    return Path(mathjax.__file__).parent/'static/mathjax/es5'
 
 def find_mathjax() -> Path | None:
-    "The first local MathJax 2 folder found (see above), or None."
-    candidates = [os.environ.get('LMKKIT_MATHJAX')]
-    try:
-        import jupyter_server_mathjax
-        candidates.append(Path(jupyter_server_mathjax.__file__).parent/'static')
-    except ImportError: pass
-    candidates += ['/usr/share/javascript/mathjax', '/usr/share/nodejs/mathjax']
+    "The first local MathJax 3 `es5/` folder found (see above), or None."
+    candidates = [os.environ.get('LMKKIT_MATHJAX'), _mathjax_package(), '/usr/share/nodejs/mathjax-full/es5']
     for c in candidates:
-        if c and (Path(c)/'MathJax.js').is_file() and (Path(c)/'config/TeX-AMS_CHTML.js').is_file(): return Path(c)
+        if c and (Path(c)/'tex-chtml.js').is_file() and (Path(c)/'output/chtml/fonts/woff-v2').is_dir(): return Path(c)
     return None
 
 def copy_mathjax(src: Path, dest: Path) -> None:
@@ -269,16 +274,17 @@ PAGE_TEMPLATE = """<!DOCTYPE html>
 <link rel="icon" href="assets/favicon.svg" type="image/svg+xml">
 <link rel="stylesheet" href="assets/pygments.css">
 <link rel="stylesheet" href="assets/site.css">
-{% if mathjax %}<script type="text/x-mathjax-config">
-MathJax.Hub.Config({
-  tex2jax: {inlineMath: [['$','$'], ['\\\\(','\\\\)']], displayMath: [['$$','$$'], ['\\\\[','\\\\]']],
-            processEscapes: true, processEnvironments: true, skipTags: ['script','noscript','style','textarea','pre','code']},
-  TeX: {equationNumbers: {autoNumber: 'AMS'}}, messageStyle: 'none', showMathMenu: false,
-  CommonHTML: {linebreaks: {automatic: true}}
-});
-MathJax.Hub.Queue(function () { document.documentElement.setAttribute('data-math', 'done'); });
+{% if mathjax %}<script>
+window.MathJax = {
+  tex: {inlineMath: [['$','$'], ['\\\\(','\\\\)']], displayMath: [['$$','$$'], ['\\\\[','\\\\]']],
+        processEscapes: true, processEnvironments: true, tags: 'ams'},
+  options: {skipHtmlTags: ['script','noscript','style','textarea','pre','code'], enableMenu: false},
+  chtml: {displayOverflow: 'linebreak'},
+  startup: {pageReady: () => MathJax.startup.defaultPageReady().then(
+    () => document.documentElement.setAttribute('data-math', 'done'))}
+};
 </script>
-<script src="assets/mathjax/MathJax.js?config=TeX-AMS_CHTML"></script>{% endif %}
+<script defer src="assets/mathjax/tex-chtml.js"></script>{% endif %}
 </head>
 <body>
 <nav class="sidebar" id="sidebar" aria-label="Pages">
@@ -408,6 +414,7 @@ def _trusted(html_: str | bytes) -> str:
     return html_.decode() if isinstance(html_, bytes) else str(html_)
 
 def _index_stub(pages: list[Page]) -> object:
+    import nbformat
     items = '\n'.join(f"- [{p.title}]({p.name}){': ' + p.summary if p.summary else ''}" for p in pages)
     return nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(f"## Pages\n\n{items}")])
 
@@ -426,6 +433,7 @@ def build_site(nbs_path: str | Path = 'nbs',   # folder of the notebooks
     "Render every notebook of `nbs_path` into a static site in `out`; returns a summary of the build."
     from jinja2 import Environment
     from markupsafe import Markup
+    import nbformat
     from nbconvert import HTMLExporter
     from pygments.formatters import HtmlFormatter
     t0, nbs_path, out = time.perf_counter(), Path(nbs_path), Path(out)
@@ -433,13 +441,13 @@ def build_site(nbs_path: str | Path = 'nbs',   # folder of the notebooks
     cfg = _settings(nbs_path)
     lib, site_title = cfg.get('lib_name', 'lmkkit'), cfg.get('title', cfg.get('lib_name', 'Notebooks'))
     pages, failed = [], []
-    for src in tqdm(list_notebooks(nbs_path), desc='notebooks', disable=not verbose):
+    for src in progress(list_notebooks(nbs_path), verbose, desc='notebooks'):
         nb = nbformat.read(src, as_version=4)
         problems = []
         if execute:
             try: nb = execute_notebook(nb, src.parent, timeout=timeout)
             except Exception as e:
-                failed.append(src.name); problems.append(f"execution failed, rendered without outputs: {str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__}")
+                failed.append(src.name); problems.append(f"execution failed, rendered without outputs: {_last_line(e)}")
         clean, title, summary, syms, more = prepare_notebook(nb, lib)
         pages.append(Page(src, page_name(src, nbs_path), title or src.stem, summary, clean, syms, problems + more))
     if not any(p.name == 'index.html' for p in pages):
@@ -480,7 +488,7 @@ def build_site(nbs_path: str | Path = 'nbs',   # folder of the notebooks
     if verbose:
         for name, probs in summary['problems'].items():
             for pr in probs: print(f"{name}: {pr}", file=sys.stderr)
-        if not mathjax: print("no local MathJax found: formulas are shown as TeX (pip install jupyter-server-mathjax)", file=sys.stderr)
+        if not mathjax: print(f"no local MathJax found: formulas are shown as TeX ({MATHJAX_HINT})", file=sys.stderr)
     return summary
 
 # %% ../nbs/90_docs.ipynb #b5444b8e
@@ -488,6 +496,7 @@ README_HEADER = "<!-- Generated from nbs/index.ipynb by `lmkkit docs --readme`: 
 
 def readme_markdown(nbs_path: str | Path = 'nbs') -> str:
     "The README text rendered from `nbs_path`/index.ipynb."
+    import nbformat
     from nbconvert import MarkdownExporter
     nbs_path = Path(nbs_path)
     nb = nbformat.read(nbs_path/'index.ipynb', as_version=4)
@@ -497,6 +506,7 @@ def readme_markdown(nbs_path: str | Path = 'nbs') -> str:
         if 'hide' in d or d.get('include') == 'false' or cell.cell_type == 'raw': continue
         if cell.cell_type == 'code':
             cell.source = '' if d.get('echo') == 'false' else strip_directives(cell.source)
+            if not cell.source: cell.metadata['transient'] = {'remove_source': True}  # no empty code fence
             cell.outputs = [] if d.get('output') == 'false' else [_text_only(o) for o in cell.outputs]
             cell.outputs = [o for o in cell.outputs if o is not None]
             if not cell.source and not cell.outputs: continue
@@ -509,6 +519,7 @@ def readme_markdown(nbs_path: str | Path = 'nbs') -> str:
 
 def _text_only(output):
     "An output with only its text (images and HTML dropped); None when nothing textual is left."
+    import nbformat
     if output.output_type not in ('display_data', 'execute_result'): return output
     data = {k: v for k, v in output.get('data', {}).items() if k in ('text/markdown', 'text/plain')}
     if 'text/markdown' in data: data.pop('text/plain', None)
@@ -526,6 +537,24 @@ def readme_is_current(nbs_path: str | Path = 'nbs', readme: str | Path = 'README
     "Whether `readme` is exactly what `write_readme` makes of `nbs_path`/index.ipynb."
     readme = Path(readme)
     return readme.exists() and readme.read_text(encoding='utf-8') == readme_markdown(nbs_path)
+
+# %% ../nbs/90_docs.ipynb #0aaa31b9
+def refresh_outputs(nb_path: str | Path, timeout: int = 600) -> bool:
+    "Run the notebook `nb_path` in its folder and store its outputs when they changed; True when it was rewritten."
+    import nbformat
+    nb_path = Path(nb_path)
+    nb = nbformat.read(nb_path, as_version=4)
+    if not any(c.cell_type == 'code' and c.source.strip() for c in nb.cells): return False
+    run = execute_notebook(nb, nb_path.parent, timeout=timeout)
+    for cell in run.cells:
+        if cell.cell_type != 'code': continue
+        cell.execution_count = None
+        cell.metadata.pop('execution', None)
+        for o in cell.outputs:
+            if 'execution_count' in o: o.execution_count = None
+    if run.cells == nb.cells: return False
+    nbformat.write(run, nb_path)
+    return True
 
 # %% ../nbs/90_docs.ipynb #f82406a9
 def main(argv: list[str] | None = None) -> int:
@@ -548,7 +577,12 @@ def main(argv: list[str] | None = None) -> int:
         ok = readme_is_current(nbs, readme)
         print(f"{readme} is {'current' if ok else 'out of date: run `lmkkit docs --readme`'}")
         return 0 if ok else 1
-    if has_index: print(f"wrote {write_readme(nbs, readme)}")
+    if has_index:
+        try: refreshed = refresh_outputs(nbs/'index.ipynb', timeout=a.timeout)
+        except Exception as e:  # nbclient's CellExecutionError: the README would show stale figures
+            print(f"{nbs/'index.ipynb'}: a cell failed ({_last_line(e)}); fix it and run again", file=sys.stderr); return 1
+        if refreshed: print(f"updated the outputs of {nbs/'index.ipynb'}")
+        print(f"wrote {write_readme(nbs, readme)}")
     elif a.readme: print(f"no {nbs/'index.ipynb'}: cannot write the README", file=sys.stderr); return 1
     if a.readme: return 0
     res = build_site(nbs, a.out, execute=a.execute, timeout=a.timeout, verbose=not a.quiet)

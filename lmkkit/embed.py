@@ -17,7 +17,7 @@ from typing import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+from .core import progress
 
 from .core import Deadline, atomic_write
 from .data import ImageDataset, LoadStats, eval_transforms
@@ -77,7 +77,7 @@ def extract_embeddings(model: torch.nn.Module, paths: Sequence[str | Path], size
     embs, oks, stats = [], [], LoadStats()
     try:
         with torch.inference_mode(), torch.autocast(str(device).split(':')[0], dtype=AMP_DTYPES.get(amp), enabled=amp != 'off'):
-            for batch in tqdm(dl, desc='embed', disable=not verbose):
+            for batch in progress(dl, verbose, desc='embed'):
                 x = batch['image'].to(device, non_blocking=True).contiguous(memory_format=fmt)
                 e = mean_embedding([_embeddings(model(v)) for v in tta_views(x, tta, scales)]).cpu()
                 ok = batch['ok'].bool()

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 import yaml
-from tqdm.auto import tqdm
+from .core import progress
 
 from .core import ConfigError, atomic_write
 from .kaggle import read_parameters
@@ -234,7 +234,7 @@ def _panel(ax, table: pd.DataFrame, p: str, others: list, m: str) -> None:
         else:
             width = 0.8 / max(len(groups), 1)
             xs = [cats.index(v) + i * width for v in g[p]]
-            ax.bar(xs, g[m], width=width, label=label)
+            ax.bar_label(ax.bar(xs, g[m], width=width, label=label), fmt='%.3f', fontsize='small', padding=2)  # 0.871 vs 0.886 must be readable
     if not numeric:
         ax.set_xticks([j + 0.4 - 0.4 / max(len(groups), 1) for j in range(len(cats))], [str(c) for c in cats])
     ax.set_xlabel(p); ax.set_ylabel(m)
@@ -252,7 +252,7 @@ def run_sweep(grid, out: str | Path | None = None, verbose: bool = True, retry_f
         if finished and retry_failed: finished = json.loads((run_dir/RUN_RECORD).read_text())['status'] == 'ok'
         if not finished: todo.append(values)
     if verbose: print(f"{len(sweep.runs)} runs: {len(sweep.runs) - len(todo)} finished before, {len(todo)} to run -> {sweep.out}")
-    bar = tqdm(todo, disable=not verbose, desc='sweep', unit='run')
+    bar = progress(todo, verbose, desc='sweep', unit='run')
     for values in bar:
         bar.set_postfix_str(run_name(values))
         run_one(sweep, values)

@@ -15,17 +15,17 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
+from .core import progress
 
 from .core import ConfigError, atomic_write, make_config
 from .data import SPLITS, id_to_path, load_image, read_train_csv
 
 # %% auto #0
 __all__ = ['STREAM_IDS', 'STREAM_FAMILY', 'STREAM_LANDMARK', 'STREAM_IMAGE', 'STREAM_PLAN', 'MOTIFS', 'BACKGROUNDS', 'TEXTURES',
-           'FONTS', 'SynthConfig', 'hex_ids', 'Style', 'family_style', 'landmark_style', 'draw_scene', 'view_shape',
-           'view_homography', 'render_view', 'encode_jpeg', 'draw_nonlandmark', 'plan_synthetic', 'synthetic_tables',
-           'landmark_scenes', 'render_image', 'summarize_plan', 'check_config', 'make_synthetic', 'colour_histogram',
-           'tiny_pixels', 'knn_top1_accuracy']
+           'FONTS', 'SCALED_COUNTS', 'SynthConfig', 'hex_ids', 'Style', 'family_style', 'landmark_style', 'draw_scene',
+           'view_shape', 'view_homography', 'render_view', 'encode_jpeg', 'draw_nonlandmark', 'plan_synthetic',
+           'synthetic_tables', 'scaled_sizes', 'landmark_scenes', 'render_image', 'summarize_plan', 'check_config',
+           'make_synthetic', 'colour_histogram', 'tiny_pixels', 'knn_top1_accuracy']
 
 # %% ../nbs/02_synth.ipynb #34c3c3a7
 @dataclass(frozen=True)
@@ -351,6 +351,21 @@ def synthetic_tables(plan: pd.DataFrame) -> dict[str, pd.DataFrame]:
         'retrieval_sample_submission.csv': test.assign(images=' '.join(index['id'].iloc[:100]))[['id', 'images']],
     }
 
+# %% ../nbs/02_synth.ipynb #4fbfe04f
+SCALED_COUNTS = {'n_unseen': ('n_landmarks',), 'n_families': ('n_landmarks',),
+                 'n_train_nonlandmarks': ('n_landmarks', 'train_per_landmark'),
+                 'n_index_nonlandmarks': ('n_landmarks',), 'n_test_nonlandmarks': ('n_landmarks',)}
+
+def scaled_sizes(**sizes) -> dict:
+    "`sizes` (SynthConfig fields) plus every count of `SCALED_COUNTS` it leaves out, scaled from the defaults in proportion."
+    base, out = SynthConfig(), dict(sizes)
+    for name, by in SCALED_COUNTS.items():
+        given = [sizes.get(b, getattr(base, b)) for b in by]
+        if name in sizes or not all(isinstance(g, int) for g in given): continue  # a wrong type is make_config's to report
+        factor = float(np.prod([g / getattr(base, b) for g, b in zip(given, by)]))
+        if factor != 1: out[name] = max(1, int(round(getattr(base, name) * factor)))
+    return out
+
 # %% ../nbs/02_synth.ipynb #bda06e1a
 def _write_bytes(path: Path, data: bytes) -> None:
     "Write through a temporary file and rename (atomic, no fsync: images are cheap to redo)."
@@ -403,19 +418,20 @@ def _clear(out: Path, overwrite: bool) -> None:
     "Refuse to write over an earlier set unless `overwrite`; then remove its split folders and CSVs."
     old = [out/s for s in SPLITS if (out/s).exists()] + sorted(out.glob('*.csv')) if out.exists() else []
     if old and not overwrite:
-        raise FileExistsError(f"{out} already holds a data set ({old[0].name}); choose an empty folder or pass overwrite=True")
+        raise FileExistsError(f"{out} already holds a data set ({old[0].name}); choose an empty folder or pass overwrite=True "
+                              f"(`--overwrite` on the command line)")
     for p in old:
         if p.is_dir(): shutil.rmtree(p)
         else: p.unlink()
 
 def make_synthetic(out_dir: str | Path, seed: int = 0, verbose: bool = True, overwrite: bool = False, **sizes) -> dict:
     "Write a synthetic GLDv2-layout set to `out_dir`; `sizes` are `SynthConfig` fields. Returns a summary."
-    cfg = check_config(make_config(SynthConfig, **sizes))
+    cfg = check_config(make_config(SynthConfig, **scaled_sizes(**sizes)))
     start, out = time.perf_counter(), Path(out_dir)
     _clear(out, overwrite)
     plan = plan_synthetic(cfg, seed)
     scenes = landmark_scenes(cfg, plan, seed)
-    for row in tqdm(plan.itertuples(), total=len(plan), desc='synth images', disable=not verbose):
+    for row in progress(plan.itertuples(), verbose, total=len(plan), desc='synth images'):
         _write_bytes(id_to_path(out, row.split, row.id), render_image(row, scenes, cfg, seed))
     for name, df in synthetic_tables(plan).items():
         with atomic_write(out/name) as f: df.to_csv(f, index=False)

@@ -5,7 +5,6 @@
 # %% ../nbs/20_train.ipynb #dee8493d
 from __future__ import annotations
 
-import argparse
 import ast
 import dataclasses
 import inspect
@@ -24,7 +23,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from fastcore.basics import patch
-from tqdm.auto import tqdm
+from .core import progress
 
 from .core import ConfigError, Deadline, atomic_write, make_config, seed_everything
 from .data import ImageDataset, eval_transforms, id_to_path, read_train_csv, split_by_class, train_transforms
@@ -534,8 +533,8 @@ def _epoch(self: Trainer) -> bool:
     cfg, epoch = self.cfg, self.pos.epoch
     stage, size = self.stage_of(epoch)
     last_of_stage = epoch + 1 == sum(e for _, e in cfg.stages[:stage + 1])
-    bar = tqdm(total=self.sampler.batches_per_epoch, initial=self.pos.batch, leave=False,
-               desc=f"epoch {epoch + 1}/{cfg.epochs} @{size}px", disable=not (self.verbose and self.env.is_main))
+    bar = progress(None, self.verbose and self.env.is_main, total=self.sampler.batches_per_epoch, initial=self.pos.batch,
+                   leave=False, desc=f"epoch {epoch + 1}/{cfg.epochs} @{size}px")
     it, tick, validate_next = iter(self._loader(epoch, size)), time.perf_counter(), False
     with bar:
         while self.pos.batch < self.sampler.batches_per_epoch:
@@ -654,15 +653,5 @@ def parse_overrides(pairs: list[str]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     "`lmkkit train DATA_DIR OUT_DIR [--preset NAME] [--option value ...]`; returns 0 when finished, 3 when stopped by the time budget."
-    p = argparse.ArgumentParser(prog='lmkkit train', description=main.__doc__,
-                                epilog=f"options: {', '.join(f.name for f in dataclasses.fields(TrainConfig))}")
-    p.add_argument('data_dir', help='GLDv2 folder with train.csv and train/')
-    p.add_argument('out_dir', help='checkpoints and metrics.csv go here; a run found here is resumed')
-    p.add_argument('--preset', default='seed', choices=sorted(PRESETS))
-    p.add_argument('--device', default=None, help="e.g. cpu or cuda:0 (default: the local GPU if any)")
-    p.add_argument('--quiet', action='store_true')
-    args, rest = p.parse_known_args(sys.argv[1:] if argv is None else argv)
-    cfg = make_config(TrainConfig, base=PRESETS[args.preset], **parse_overrides(rest))
-    res = train(args.data_dir, args.out_dir, cfg, device=args.device, verbose=not args.quiet)
-    if dist.is_initialized(): dist.destroy_process_group()
-    return 0 if res.finished else 3
+    from lmkkit.cli import run  # the parser lives in lmkkit.cli, so that `lmkkit train --help` needs no torch
+    return run(['train', *(sys.argv[1:] if argv is None else argv)])

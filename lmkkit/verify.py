@@ -369,7 +369,7 @@ def verify_candidates(cands, image_path: Callable[[str], str | Path | None], ver
                       feature_cache: int = 32,  # images whose features are kept (LRU)
                       verbose: bool = False):
     "Add 'inliers' and 'inlier_ratio' for the first `top_n` candidates of each query: (Candidates, VerifyReport)."
-    from tqdm.auto import tqdm
+    from lmkkit.core import progress
     from lmkkit.data import load_image
     verifier = verifier or SiftMagsac()
     n = min(top_n, cands.k, max_pairs if max_pairs is not None else top_n)
@@ -392,7 +392,7 @@ def verify_candidates(cands, image_path: Callable[[str], str | Path | None], ver
         except RuntimeError as e: return f'RuntimeError: {str(e)[:80]}'  # e.g. a torch kernel on an odd image
 
     spent = 0.0
-    for qi in tqdm(range(len(cands)), desc='verify', disable=not verbose):
+    for qi in progress(range(len(cands)), verbose, desc='verify'):
         qid = str(cands.query_ids[qi])
         for j in range(n):
             cid = str(cands.ids[qi, j])

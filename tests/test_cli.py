@@ -85,3 +85,65 @@ def test_malformed_solution_is_an_error_not_a_traceback(synth, tmp_path):
     bad.write_text('id,landmarks,Usage\nabc,1,Sometimes\n')
     res = lmkkit('evaluate', synth / 'recognition_sample_submission.csv', bad, check=False)
     assert res.returncode == 2 and 'Traceback' not in res.stderr and 'Sometimes' in res.stderr, res.stderr
+
+
+# ---------------------------------------------------------------- a user's mistakes: one line, exit code 2, no traceback
+def _mistake(*args, says: str, env: dict | None = None):
+    res = lmkkit(*args, check=False) if env is None else _lmkkit_env(env, *args)
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2, (args, res.returncode, res.stderr[-2000:])
+    assert len(lines) == 1 and 'Traceback' not in res.stderr, res.stderr[-2000:]
+    assert says in lines[0], lines[0]
+    return lines[0]
+
+
+def _lmkkit_env(env, *args):
+    import os
+    exe = Path(sys.executable).parent / 'lmkkit'
+    return subprocess.run([str(exe), *map(str, args)], capture_output=True, text=True, timeout=300, env={**os.environ, **env})
+
+
+def test_synth_zero_landmarks(tmp_path):
+    _mistake('synth', tmp_path/'s', '--landmarks', 0, says='--landmarks: must be at least 1, got 0')
+
+
+def test_synth_into_a_set_names_the_flag(synth):
+    _mistake('synth', synth, '--landmarks', 8, says='--overwrite')
+
+
+def test_train_on_a_missing_folder(tmp_path):
+    _mistake('train', tmp_path/'nowhere', tmp_path/'run', says='train.csv not found; DATA_DIR must be a GLDv2 folder')
+
+
+def test_train_bad_option_value(synth, tmp_path):
+    _mistake('train', synth, tmp_path/'run', '--preset', 'demo', '--lr', 'abc', says="parameter 'lr' must be float, got 'abc'")
+
+
+def test_train_stages_shows_the_syntax(synth, tmp_path):
+    line = _mistake('train', synth, tmp_path/'run', '--preset', 'demo', '--stages', 64, says="parameter 'stages'")
+    assert "--stages '[(64, 1), (96, 2)]'" in line
+
+
+def test_evaluate_two_folders(tmp_path):
+    _mistake('evaluate', tmp_path, tmp_path, says='is a folder; pass the CSV file inside it')
+
+
+def test_train_set_too_small_for_the_batch(synth, tmp_path):
+    _mistake('train', synth, tmp_path/'run', '--preset', 'demo', '--device', 'cpu', '--batch_size', 4096,
+             says='too few for batch_size=4096')
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    res = _lmkkit_env({'LMKKIT_DEBUG': '1'}, 'evaluate', tmp_path, tmp_path)
+    assert res.returncode != 0 and 'Traceback' in res.stderr and 'ConfigError' in res.stderr
+
+
+def test_help_is_fast():
+    "`lmkkit --help` and every `lmkkit CMD --help` in under one second of CPU (no torch at start)."
+    import resource
+    for cmd in ([], ['synth'], ['evaluate'], ['train'], ['demo'], ['docs'], ['kernels'], ['sweep']):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        res = lmkkit(*cmd, '--help')
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        assert res.stdout.strip() and cpu < 1.0, (cmd, cpu)

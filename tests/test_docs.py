@@ -3,9 +3,9 @@
 The site is built from nbs/ into a temporary folder, served on 127.0.0.1 by http.server, and every page is
 opened in headless Chromium driven through the DevTools protocol (websocket-client; no driver, no browser
 download). Each page must load without console errors or failed requests, carry its title and the sidebar,
-typeset its formulas with the local MathJax, and link only to files and anchors that exist.
+typeset its formulas with the local MathJax (the pinned PyPI package django-static-mathjax), and link only to files and anchors that exist.
 
-Chromium comes from Debian (`apt-get install -y chromium`). Without it the browser tests are skipped, except
+Chromium comes from Debian: `make system-deps` (run by `make test`) installs it as root. Without it the browser tests are skipped, except
 under CI (env CI set), where a missing browser is a failure. LMKKIT_SCREENSHOT_DIR, if set, receives the
 screenshots too.
 """
@@ -24,7 +24,7 @@ from urllib.parse import unquote, urldefrag, urlparse
 
 import pytest
 
-from lmkkit.docs import build_site, list_notebooks, page_name, readme_is_current, title_cell
+from lmkkit.docs import MATHJAX_HINT, build_site, list_notebooks, page_name, readme_is_current, title_cell
 
 ROOT = Path(__file__).resolve().parents[1]
 NBS = ROOT/'nbs'
@@ -162,7 +162,7 @@ def server(site):
 def visits(site, server):
     "Every page opened in headless Chromium: {page: what was seen}; screenshots of the index and one page with formulas."
     binary = chromium_path()
-    need(binary is not None, 'chromium is not installed (apt-get install -y chromium)')
+    need(binary is not None, 'chromium is not installed (as root: make system-deps; or apt-get install -y chromium)')
     shots = [Path(tempfile.mkdtemp(prefix='lmkkit-shots-'))]
     if os.environ.get('LMKKIT_SCREENSHOT_DIR'): shots.append(Path(os.environ['LMKKIT_SCREENSHOT_DIR']))
     browser, seen, shot_math = Browser(binary), {}, False
@@ -178,8 +178,8 @@ def visits(site, server):
                 srcs: [...document.querySelectorAll('[src]')].map(e => e.src)
                       .concat([...document.querySelectorAll('link[href]')].map(l => l.href)),
                 ids: [...document.querySelectorAll('[id]')].map(e => e.id),
-                math: document.querySelectorAll('.MathJax_CHTML').length,
-                math_errors: document.querySelectorAll('.MathJax_Error, .mjx-merror, merror').length,
+                math: document.querySelectorAll('mjx-container[jax="CHTML"]').length,
+                math_errors: document.querySelectorAll('mjx-merror, merror, [data-mjx-error]').length,
                 prose: Math.max(0, ...[...document.querySelectorAll('.text_cell_render > p')].map(p => p.getBoundingClientRect().width)),
             }))()"""))
             if name == 'index.html' or (not shot_math and seen[name]['math']):
@@ -241,7 +241,7 @@ def test_no_broken_internal_links_or_images(visits, site, server):
 
 
 def test_formulas_are_typeset(visits, site):
-    need(site['mathjax'] is not None, 'no local MathJax (apt-get install -y libjs-mathjax, or pip install jupyter-server-mathjax)')
+    need(site['mathjax'] is not None, f'no local MathJax: {MATHJAX_HINT}')
     assert sum(v['math'] for n, v in visits.items() if n in site['pages']) > 0
     assert {n: v['math_errors'] for n, v in visits.items() if n in site['pages'] and v['math_errors']} == {}
 
