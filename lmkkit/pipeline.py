@@ -207,8 +207,8 @@ def _read_train(run: _Run) -> pd.DataFrame:
     return train
 
 def _load_model(run: _Run):
-    from lmkkit.model import load_checkpoint
     with run.timeline.step('load_model') as row:
+        from lmkkit.model import load_checkpoint  # timm's import (seconds) is part of the step
         model, _, extra = load_checkpoint(run.cfg.checkpoint, map_location=run.device)
         run.size = _image_size(run.cfg, extra)
         row['note'] = f'{run.cfg.checkpoint} at {run.size}px on {run.device}'
