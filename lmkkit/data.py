@@ -58,14 +58,14 @@ def csv_engine() -> str:
 
 _EXACT = dict(dtype=str, keep_default_na=False, skip_blank_lines=False)  # row i is line i + 2, every cell as written
 
-def _read_typed(path: Path) -> pd.DataFrame:
-    "The file read straight into `id` str, `landmark_id` int32 (raises on any cell that is not an int32)."
-    return pd.read_csv(path, engine=csv_engine(), dtype={'id': str, 'landmark_id': 'int32'}, keep_default_na=False,
-                       skip_blank_lines=False)
+def _read_typed(path: Path) -> pd.DataFrame | None:
+    "The file read by the fastest engine with `landmark_id`'s type inferred; None unless that type is an integer."
+    df = pd.read_csv(path, engine=csv_engine(), dtype={'id': str}, keep_default_na=False, skip_blank_lines=False)
+    return df if pd.api.types.is_integer_dtype(df.get('landmark_id')) else None  # not int32: pyarrow would wrap and truncate
 
 def _label_problems(raw: pd.Series) -> tuple[pd.Series, np.ndarray]:
     "(labels as numbers, bad mask): a label is good when it is an integer in [0, 2**31)."
-    if pd.api.types.is_integer_dtype(raw): return raw, (raw < 0).to_numpy()
+    if pd.api.types.is_integer_dtype(raw): return raw, ((raw < 0) | (raw >= 2**31)).to_numpy()
     num = pd.to_numeric(raw.str.strip(), errors='coerce')
     return num, (num.isna() | (num < 0) | (num % 1 != 0) | (num >= 2**31)).to_numpy()
 
@@ -74,8 +74,8 @@ def read_train_csv(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file() or path.stat().st_size == 0:
         raise DataError(f"{path}: the file is missing or empty; fix: write a header `id,landmark_id` and one row per image")
-    try: df = _read_typed(path)
-    except (ValueError, TypeError, OverflowError, KeyError): df = pd.read_csv(path, **_EXACT)  # a bad cell: read as written to name it
+    df = _read_typed(path)
+    if df is None: df = pd.read_csv(path, **_EXACT)  # a label that is not an integer: read as written to name its line
     missing = [c for c in ('id', 'landmark_id') if c not in df.columns]
     if missing:
         raise _bad(path, 1, f"missing column(s) {', '.join(missing)} (found: {', '.join(map(str, df.columns))})",

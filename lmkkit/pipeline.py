@@ -25,7 +25,7 @@ from .search import Candidates, search
 
 # %% auto #0
 __all__ = ['DEFAULT_STAGES', 'SEED_STAGES', 'DEFAULT_SETTINGS', 'InferenceConfig', 'kernel_config', 'InferenceResult',
-           'public_sample', 'make_holdout', 'run_recognition', 'run_retrieval', 'run_inference']
+           'public_sample', 'public_sample_size', 'make_holdout', 'run_recognition', 'run_retrieval', 'run_inference']
 
 # %% ../nbs/50_pipeline.ipynb #fd33583d
 DEFAULT_STAGES = {'recognition': ('nonlandmark_penalty', 'verify', 'lgbm'),
@@ -230,15 +230,18 @@ def _embed(run: _Run, embedder: Embedder, name: str, split: str, ids: Sequence[s
 
 # %% ../nbs/50_pipeline.ipynb #pub00002
 def public_sample(n_rows: int, n: int, seed: int = 0) -> np.ndarray:
-    "Sorted row numbers of a seeded sample of `n` of `n_rows` rows (all of them when `n >= n_rows`)."
-    return np.arange(n_rows) if n >= n_rows else np.sort(np.random.default_rng(seed).choice(n_rows, n, replace=False))
+    "Sorted row numbers of `n` of `n_rows` rows: the first `n` of a seeded permutation, so a smaller sample is part of a larger one."
+    return np.sort(np.random.default_rng(seed).permutation(n_rows)[:n])
+
+def public_sample_size(cfg: InferenceConfig, seconds_per_image: float) -> int:
+    "Images in the public run's database: `public_sample_max`, fewer if the measured rate embeds fewer in `public_budget_s`."
+    return min(cfg.public_sample_max, max(1, int(cfg.public_budget_s / seconds_per_image)))
 
 def _public_database(run: _Run, embedder: Embedder, table):
     "The public run's database: a seeded sample of `table` (DataFrame or list of ids) as large as the budget allows."
     cfg, n_rows = run.cfg, len(table)
     with run.timeline.step('public_sample') as row:
-        n = min(cfg.public_sample_max, max(1, int(cfg.public_budget_s / embedder.eta(1))))
-        rows = public_sample(n_rows, n, cfg.seed)
+        rows = public_sample(n_rows, public_sample_size(cfg, embedder.eta(1)), cfg.seed)
         row['note'] = (f'{len(rows)} of {n_rows} {run.db_split} images: min(public_sample_max {cfg.public_sample_max}, '
                        f'{1 / embedder.eta(1):.0f} images/s x {cfg.public_budget_s:.0f}s)')
     return table.iloc[rows].reset_index(drop=True) if isinstance(table, pd.DataFrame) else [table[i] for i in rows]
