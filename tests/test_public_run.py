@@ -119,4 +119,5 @@ if __name__ == '__main__':  # the measurement at the defaults: python tests/test
     import tempfile
     with tempfile.TemporaryDirectory() as d:
         got, seconds, timeline = check_public_run(Path(d), 10_000)
-        print(f"public run at the defaults: {seconds:.1f} s wall, peak RSS {got['rss'] / 2**30:.2f} GiB\n{timeline}")
+        print(f"public run at the defaults: {seconds:.1f} s wall, peak RSS {got['rss'] / 2**30:.2f} GiB")
+        print(timeline[['planned_s', 'actual_s', 'start_s', 'note']].to_string(max_colwidth=70))
