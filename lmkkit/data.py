@@ -34,8 +34,8 @@ def id_to_path(root: str | Path, split: str, image_id: str) -> Path:
     return Path(root)/split/image_id[0]/image_id[1]/image_id[2]/f'{image_id}.jpg'
 
 def paths_for(root: str | Path, split: str, ids) -> np.ndarray:
-    "`id_to_path` for many ids at once: an object array of str, one per id (no `Path` objects; 50x faster for 1.58 M ids)."
-    ids = [str(i) for i in ids]
+    "`id_to_path` for many ids (str, or a uint64 array of the 16-hex ids) at once: an object array of str (no `Path` objects)."
+    ids = [f'{i:016x}' for i in ids.tolist()] if isinstance(ids, np.ndarray) and ids.dtype.kind in 'ui' else [str(i) for i in ids]
     if short := next((i for i in ids if len(i) < 3), None): id_to_path(root, split, short)  # raises the same ValueError
     top = f'{Path(root)}/{split}'
     return np.array([f'{top}/{i[0]}/{i[1]}/{i[2]}/{i}.jpg' for i in ids], dtype=object)

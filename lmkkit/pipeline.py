@@ -177,7 +177,8 @@ def _public(cfg: InferenceConfig) -> tuple[bool, str]:
     from lmkkit.kaggle import is_public_run
     data = Path(cfg.data_dir)
     if not (data/'test').is_dir(): return False, 'no test folder'
-    rows = cfg.public_train_rows if (data/'train.csv').is_file() else None
+    rows = cfg.public_train_rows
+    if rows is not None and not (data/'train.csv').is_file(): return False, 'full run (no train.csv to count)'  # doubt: the full run
     public = is_public_run(data, cfg.track, cfg.public_max_test, rows)
     return public, ('public run: few test images' + (f', train.csv has {rows} rows' if rows else '')) if public else 'full run'
 
