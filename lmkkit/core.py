@@ -21,8 +21,9 @@ from pathlib import Path
 import numpy as np
 
 # %% auto #0
-__all__ = ['Registry', 'atomic_write', 'seed_everything', 'on_kaggle', 'default_device', 'progress', 'Deadline', 'ConfigError',
-           'check_parameters', 'make_config', 'notebook_parameters']
+__all__ = ['KERNEL_START_ENV', 'Registry', 'atomic_write', 'seed_everything', 'on_kaggle', 'default_device', 'progress',
+           'Deadline', 'ConfigError', 'check_parameters', 'make_config', 'notebook_parameters', 'process_start_time',
+           'kernel_start_time']
 
 # %% ../nbs/00_core.ipynb #b7c27d48
 class Registry:
@@ -104,6 +105,11 @@ class Deadline:
     @classmethod
     def from_hours(cls, hours: float, reserve_hours: float = 0.0, **kwargs) -> 'Deadline':
         return cls(hours * 3600, reserve_hours * 3600, **kwargs)
+
+    @classmethod
+    def since(cls, epoch: float, limit_s: float, reserve_s: float = 0.0) -> 'Deadline':
+        "A deadline (on the monotonic clock) whose time started at `epoch`, in `time.time()` seconds."
+        return cls(limit_s, reserve_s, start=time.monotonic() - (time.time() - epoch))
 
     @property
     def elapsed(self) -> float: return self.clock() - self.start
@@ -215,3 +221,28 @@ def notebook_parameters(namespace: dict) -> dict:
             and not isinstance(v, (types.ModuleType, type, types.FunctionType, types.BuiltinFunctionType))}
 
 def _type_name(tp) -> str: return getattr(tp, '__name__', None) or str(tp).replace('typing.', '')
+
+# %% ../nbs/00_core.ipynb #ks000002
+KERNEL_START_ENV = 'LMKKIT_KERNEL_START'
+_IMPORTED = time.time()
+
+def process_start_time() -> float:
+    "Epoch seconds at which this process started (Linux `/proc`); elsewhere, when `lmkkit.core` was imported."
+    try:
+        ticks = int(Path('/proc/self/stat').read_text().rpartition(')')[2].split()[19])  # field 22: starttime, in clock ticks after boot
+        boot = next(int(l.split()[1]) for l in Path('/proc/stat').read_text().splitlines() if l.startswith('btime '))
+        return boot + ticks / os.sysconf('SC_CLK_TCK')
+    except (OSError, ValueError, IndexError, StopIteration): return _IMPORTED
+
+def kernel_start_time(start: float | None = None) -> float:
+    "Epoch seconds of the kernel's first cell: `start`, else `$LMKKIT_KERNEL_START`, else `process_start_time()`."
+    if start is None and os.environ.get(KERNEL_START_ENV):
+        try: start = float(os.environ[KERNEL_START_ENV])
+        except ValueError:
+            raise ConfigError(f"${KERNEL_START_ENV}={os.environ[KERNEL_START_ENV]!r} is not a time; fix: set it to "
+                              f"str(time.time()) in the kernel's first cell, or unset it") from None
+    start = process_start_time() if start is None else float(start)
+    if start > time.time() + 1:
+        raise ConfigError(f"the kernel start time {start:.0f} is in the future (now {time.time():.0f}); fix: pass time.time() "
+                          f"taken in the kernel's first cell, or None")
+    return start

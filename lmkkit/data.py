@@ -5,8 +5,8 @@
 # %% ../nbs/01_data.ipynb #73384b58
 from __future__ import annotations
 
+import importlib.util
 import os
-import re
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -20,9 +20,10 @@ from albumentations.pytorch import ToTensorV2
 from PIL import Image, ImageFile, ImageOps
 
 # %% auto #0
-__all__ = ['SPLITS', 'SAMPLE', 'IMAGE_FAILURES', 'IMAGENET_MEAN', 'IMAGENET_STD', 'id_to_path', 'list_ids', 'DataError',
-           'read_train_csv', 'submission_ids', 'nonlandmark_ids', 'class_counts', 'split_by_class', 'load_image_reason',
-           'load_image', 'LoadStats', 'train_transforms', 'eval_transforms', 'ImageDataset']
+__all__ = ['SPLITS', 'SAMPLE', 'IMAGE_FAILURES', 'IMAGENET_MEAN', 'IMAGENET_STD', 'id_to_path', 'paths_for', 'list_ids',
+           'DataError', 'csv_engine', 'read_train_csv', 'submission_ids', 'nonlandmark_ids', 'class_counts',
+           'split_by_class', 'load_image_reason', 'load_image', 'LoadStats', 'train_transforms', 'eval_transforms',
+           'ImageDataset']
 
 # %% ../nbs/01_data.ipynb #0510a1a0
 SPLITS = ('train', 'index', 'test')
@@ -31,6 +32,13 @@ def id_to_path(root: str | Path, split: str, image_id: str) -> Path:
     "The GLDv2 path of an image: `root/split/a/b/c/<id>.jpg` with `a`, `b`, `c` the first characters of the id."
     if len(image_id) < 3: raise ValueError(f"image id {image_id!r} is too short; GLDv2 ids have 16 hex characters")
     return Path(root)/split/image_id[0]/image_id[1]/image_id[2]/f'{image_id}.jpg'
+
+def paths_for(root: str | Path, split: str, ids) -> np.ndarray:
+    "`id_to_path` for many ids (str, or a uint64 array of the 16-hex ids) at once: an object array of str (no `Path` objects)."
+    ids = [f'{i:016x}' for i in ids.tolist()] if isinstance(ids, np.ndarray) and ids.dtype.kind in 'ui' else [str(i) for i in ids]
+    if short := next((i for i in ids if len(i) < 3), None): id_to_path(root, split, short)  # raises the same ValueError
+    top = f'{Path(root)}/{split}'
+    return np.array([f'{top}/{i[0]}/{i[1]}/{i[2]}/{i}.jpg' for i in ids], dtype=object)
 
 def list_ids(root: str | Path, split: str) -> list[str]:
     "Sorted ids of the `.jpg` files under `root/split` (other files are ignored)."
@@ -42,36 +50,54 @@ def list_ids(root: str | Path, split: str) -> list[str]:
 class DataError(ValueError):
     "Malformed data file; the message names the file, the line and the fix."
 
-_INT_RE = re.compile(r'^\s*\+?\d+\s*$')
-
 def _bad(path, line, problem, fix): return DataError(f"{path}, line {line}: {problem}; fix: {fix}")
 
+def csv_engine() -> str:
+    "pandas' fastest CSV engine here: 'pyarrow' when it is importable (Kaggle's image has it), else 'c'."
+    return 'pyarrow' if importlib.util.find_spec('pyarrow') is not None else 'c'
+
+_EXACT = dict(dtype=str, keep_default_na=False, skip_blank_lines=False)  # row i is line i + 2, every cell as written
+
+def _read_typed(path: Path) -> pd.DataFrame | None:
+    "The file read by the fastest engine with `landmark_id`'s type inferred; None unless that type is an integer."
+    df = pd.read_csv(path, engine=csv_engine(), dtype={'id': str}, keep_default_na=False, skip_blank_lines=False)
+    return df if pd.api.types.is_integer_dtype(df.get('landmark_id')) else None  # not int32: pyarrow would wrap and truncate
+
+def _label_problems(raw: pd.Series) -> tuple[pd.Series, np.ndarray]:
+    "(labels as numbers, bad mask): a label is good when it is an integer in [0, 2**31)."
+    if pd.api.types.is_integer_dtype(raw): return raw, ((raw < 0) | (raw >= 2**31)).to_numpy()
+    num = pd.to_numeric(raw.str.strip(), errors='coerce')
+    return num, (num.isna() | (num < 0) | (num % 1 != 0) | (num >= 2**31)).to_numpy()
+
 def read_train_csv(path: str | Path) -> pd.DataFrame:
-    "Read a GLDv2 `train.csv`: `id` as str, `landmark_id` as int64 (extra columns kept); `DataError` on bad rows."
+    "Read a GLDv2 `train.csv`: `id` as str, `landmark_id` as int32 (extra columns kept); `DataError` on bad rows."
     path = Path(path)
     if not path.is_file() or path.stat().st_size == 0:
         raise DataError(f"{path}: the file is missing or empty; fix: write a header `id,landmark_id` and one row per image")
-    df = pd.read_csv(path, dtype=str, keep_default_na=False, skip_blank_lines=False)
+    df = _read_typed(path)
+    if df is None: df = pd.read_csv(path, **_EXACT)  # a label that is not an integer: read as written to name its line
     missing = [c for c in ('id', 'landmark_id') if c not in df.columns]
     if missing:
         raise _bad(path, 1, f"missing column(s) {', '.join(missing)} (found: {', '.join(map(str, df.columns))})",
                    "the header must name the columns `id` and `landmark_id`")
     if len(df) == 0: raise _bad(path, 2, "no data rows after the header", "add one `id,landmark_id` row per image")
-    ids, labels = df['id'].str.strip(), df['landmark_id']
-    for i, (image_id, label) in enumerate(zip(ids, labels)):
-        if not image_id and not label.strip(): raise _bad(path, i + 2, "empty row", "delete the blank line")
-        if not image_id: raise _bad(path, i + 2, "empty id", "give every row the image id (16 hex characters)")
-        if not _INT_RE.match(label):
-            raise _bad(path, i + 2, f"landmark_id {label!r} is not a non-negative integer",
-                       "write landmark ids as plain integers (no decimals, no blanks)")
-    dup = ids.duplicated(keep=False)
+    ids, raw = df['id'].fillna('').astype(str).str.strip(), df['landmark_id']
+    labels, bad = _label_problems(raw)
+    no_id = (ids.str.len() == 0).to_numpy()
+    if (no_id | bad).any():
+        i = int(np.flatnonzero(no_id | bad)[0])
+        if no_id[i] and not str(raw.iloc[i]).strip(): raise _bad(path, i + 2, "empty row", "delete the blank line")
+        if no_id[i]: raise _bad(path, i + 2, "empty id", "give every row the image id (16 hex characters)")
+        raise _bad(path, i + 2, f"landmark_id {str(raw.iloc[i])!r} is not a non-negative integer",
+                   "write landmark ids as plain integers below 2**31 (no decimals, no blanks)")
+    dup = ids.duplicated(keep=False).to_numpy()
     if dup.any():
-        rows = np.flatnonzero(dup.to_numpy())
+        rows = np.flatnonzero(dup)
         first = ids.iloc[rows[0]]
         lines = [int(r) + 2 for r in rows if ids.iloc[r] == first]
         raise _bad(path, lines[1], f"duplicate id {first!r} (lines {', '.join(map(str, lines))})",
                    "keep one row per image id")
-    return df.assign(id=ids, landmark_id=labels.astype('int64'))
+    return df.assign(id=ids, landmark_id=labels.astype('int32'))
 
 # %% ../nbs/01_data.ipynb #faddc024
 SAMPLE = {'recognition': 'recognition_sample_submission.csv', 'retrieval': 'retrieval_sample_submission.csv'}

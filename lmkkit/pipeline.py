@@ -15,8 +15,8 @@ import pandas as pd
 
 import lmkkit.lgbm  # noqa: F401  (registers the 'lgbm' stage)
 import lmkkit.verify  # noqa: F401  (registers the 'verify' stage)
-from .core import ConfigError, Deadline, atomic_write, default_device, make_config, seed_everything
-from .data import id_to_path, list_ids, nonlandmark_ids, read_train_csv, split_by_class, submission_ids
+from .core import ConfigError, Deadline, atomic_write, default_device, kernel_start_time, make_config, seed_everything
+from .data import list_ids, nonlandmark_ids, paths_for, read_train_csv, split_by_class, submission_ids
 from .embed import EmbedResult, Embedder
 from .metrics import TRACKS, load_solution, score, write_recognition_submission, write_retrieval_submission
 from .plan import Holdout, Timeline, run_stages
@@ -25,7 +25,7 @@ from .search import Candidates, search
 
 # %% auto #0
 __all__ = ['DEFAULT_STAGES', 'SEED_STAGES', 'DEFAULT_SETTINGS', 'InferenceConfig', 'kernel_config', 'InferenceResult',
-           'make_holdout', 'run_recognition', 'run_retrieval', 'run_inference']
+           'public_sample', 'public_sample_size', 'make_holdout', 'run_recognition', 'run_retrieval', 'run_inference']
 
 # %% ../nbs/50_pipeline.ipynb #fd33583d
 DEFAULT_STAGES = {'recognition': ('nonlandmark_penalty', 'verify', 'lgbm'),
@@ -42,7 +42,8 @@ class InferenceConfig:
     checkpoint: str = 'model.pt'  # lmkkit.model checkpoint
     out_dir: str = '.'  # submission.csv, timeline.csv, metrics.json go here
     track: str = 'recognition'  # 'recognition' or 'retrieval'
-    time_limit_hours: float = 12.0  # the kernel's wall-time limit
+    time_limit_hours: float = 12.0  # the kernel's wall-time limit, counted from `kernel_start`
+    kernel_start: float | None = None  # epoch seconds of the kernel's first cell; None: $LMKKIT_KERNEL_START, else the process start
     reserve_minutes: float = 20.0  # kept free at the end (writing, slack)
     image_size: int | None = None  # None: the checkpoint's last training size
     batch_size: int = 32
@@ -64,6 +65,8 @@ class InferenceConfig:
     public_run: str = 'auto'  # 'auto' (lmkkit.kaggle.is_public_run), 'yes' or 'no'; a public run writes top-1 kNN only
     public_max_test: int | None = None  # public-run test images at most (None: lmkkit.kaggle.PUBLIC_TEST_MAX[track])
     public_train_rows: int | None = 1_580_470  # and train.csv rows exactly (None: not checked)
+    public_sample_max: int = 10_000  # public run: train (recognition) or index (retrieval) images searched, at most
+    public_budget_s: float = 120.0  # public run: and no more than the measured test rate embeds in this many seconds
     seed: int = 0
     verbose: bool = True
 
@@ -71,11 +74,12 @@ class InferenceConfig:
         if self.track not in TRACKS: raise ConfigError(f"parameter 'track' must be one of {', '.join(TRACKS)}, got {self.track!r}")
         if self.public_run not in ('auto', 'yes', 'no'):
             raise ConfigError(f"parameter 'public_run' must be 'auto', 'yes' or 'no', got {self.public_run!r}")
-        for name in ('k', 'retrieval_k', 'batch_size', 'verify_top_n', 'lgbm_rounds'):
+        for name in ('k', 'retrieval_k', 'batch_size', 'verify_top_n', 'lgbm_rounds', 'public_sample_max'):
             if getattr(self, name) < 1: raise ConfigError(f"parameter {name!r} must be >= 1, got {getattr(self, name)}")
         if self.time_limit_hours <= 0 or self.reserve_minutes < 0 or self.reserve_minutes >= 60 * self.time_limit_hours:
             raise ConfigError(f"need time_limit_hours > 0 and 0 <= reserve_minutes < 60 * time_limit_hours, got "
                               f"{self.time_limit_hours} h and {self.reserve_minutes} min")
+        if self.public_budget_s <= 0: raise ConfigError(f"parameter 'public_budget_s' must be > 0 seconds, got {self.public_budget_s}")
         if self.stages is not None: object.__setattr__(self, 'stages', tuple(self.stages))
         object.__setattr__(self, 'tta', tuple(self.tta))
         for s in self.chain:
@@ -143,9 +147,14 @@ class _Run:
         self.cfg, self.out, self.ids, self.id_set, self.solution, self.timeline = cfg, Path(cfg.out_dir), ids, set(ids), solution, timeline
         self.deadline = timeline.deadline
         self.metric = 'gap' if cfg.track == 'recognition' else 'map@100'
+        self.db_split = 'train' if cfg.track == 'recognition' else 'index'  # where the candidates' images are
         self.submission = self.out/'submission.csv'
-        self.ablation, self.report, self.paths, self.predictions, self.size = [], {}, {}, {}, None
+        self.ablation, self.report, self.predictions, self.size, self.public = [], {}, {}, None, False
         self.device = default_device() if cfg.device == 'auto' else cfg.device
+
+    def image_path(self, image_id: str) -> str:
+        "The file of a test id, or of a database (train or index) id: computed, never stored per id."
+        return paths_for(self.cfg.data_dir, 'test' if image_id in self.id_set else self.db_split, [image_id])[0]
 
     def write(self, predictions: dict, stage: str | None) -> None:
         "Replace the submission atomically; score it and add an ablation row when `stage` is given."
@@ -162,12 +171,16 @@ class _Run:
         with atomic_write(self.out/'metrics.json') as f: json.dump(result.metrics(), f, indent=1, default=float)
 
 # %% ../nbs/50_pipeline.ipynb #8429b9af
-def _public(cfg: InferenceConfig) -> bool:
-    "Whether this is the public run of a code competition (cheap path)."
-    if cfg.public_run != 'auto': return cfg.public_run == 'yes'
+def _public(cfg: InferenceConfig) -> tuple[bool, str]:
+    "Whether this is the public run of a code competition (the cheap path), and why; counts files and lines, parses nothing."
+    if cfg.public_run != 'auto': return cfg.public_run == 'yes', f'public_run={cfg.public_run!r}'
     from lmkkit.kaggle import is_public_run
-    if not (Path(cfg.data_dir)/'test').is_dir(): return False
-    return is_public_run(cfg.data_dir, cfg.track, cfg.public_max_test, cfg.public_train_rows)
+    data = Path(cfg.data_dir)
+    if not (data/'test').is_dir(): return False, 'no test folder'
+    rows = cfg.public_train_rows
+    if rows is not None and not (data/'train.csv').is_file(): return False, 'full run (no train.csv to count)'  # doubt: the full run
+    public = is_public_run(data, cfg.track, cfg.public_max_test, rows)
+    return public, ('public run: few test images' + (f', train.csv has {rows} rows' if rows else '')) if public else 'full run'
 
 def _image_size(cfg: InferenceConfig, extra: dict | None) -> int:
     "The configured size, else the checkpoint's last training size, else 224."
@@ -176,18 +189,27 @@ def _image_size(cfg: InferenceConfig, extra: dict | None) -> int:
     return int(stages[-1][0]) if stages else 224
 
 def _start(cfg: InferenceConfig) -> _Run:
-    "Write the empty submission, read the folder's tables."
+    "Write the empty submission, read the folder's tables, tell the public run from the full one."
     Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
-    timeline = Timeline(cfg.out_dir, Deadline.from_hours(cfg.time_limit_hours, cfg.deadline_reserve_s / 3600), cfg.verbose)
+    deadline = Deadline.since(kernel_start_time(cfg.kernel_start), 3600 * cfg.time_limit_hours, cfg.deadline_reserve_s)
+    timeline = Timeline(cfg.out_dir, deadline, cfg.verbose)
     with timeline.step('empty_submission') as row:
         run = _Run(cfg, submission_ids(cfg.data_dir, cfg.track), load_solution(cfg.data_dir, cfg.track), timeline)
         run.write({}, None)
-        row['note'] = f'{len(run.ids)} ids'
+        row['note'] = f'{len(run.ids)} ids; {deadline.elapsed:.0f}s since the kernel started'
+    with timeline.step('public_check') as row: run.public, row['note'] = _public(cfg)
     return run
 
+def _read_train(run: _Run) -> pd.DataFrame:
+    "train.csv, read once (`lmkkit.data.read_train_csv`), as a step of the timeline."
+    with run.timeline.step('read_train') as row:
+        train = read_train_csv(Path(run.cfg.data_dir)/'train.csv')
+        row['note'] = f'{len(train)} rows'
+    return train
+
 def _load_model(run: _Run):
-    from lmkkit.model import load_checkpoint
     with run.timeline.step('load_model') as row:
+        from lmkkit.model import load_checkpoint  # timm's import (seconds) is part of the step
         model, _, extra = load_checkpoint(run.cfg.checkpoint, map_location=run.device)
         run.size = _image_size(run.cfg, extra)
         row['note'] = f'{run.cfg.checkpoint} at {run.size}px on {run.device}'
@@ -197,8 +219,7 @@ def _load_model(run: _Run):
 
 def _embed(run: _Run, embedder: Embedder, name: str, split: str, ids: Sequence[str]) -> EmbedResult:
     "Embed the images `ids` of `split` as timeline step `name`; count what could not be embedded."
-    paths = [id_to_path(run.cfg.data_dir, split, i) for i in ids]
-    run.paths.update(zip(map(str, ids), paths))
+    paths = paths_for(run.cfg.data_dir, split, ids)  # for these ids only: never for an image the run does not read
     with run.timeline.step(name, planned_s=embedder.eta(len(ids))) as row:
         res = embedder(ids, paths, run.deadline)
         row['note'] = f'{int(res.ok.sum())}/{len(ids)} images' + (f', {res.skipped} skipped (time)' if res.skipped else '') \
@@ -207,6 +228,24 @@ def _embed(run: _Run, embedder: Embedder, name: str, split: str, ids: Sequence[s
     if res.unreadable: run.report.setdefault('unreadable_examples', []).extend(res.unreadable[:3])
     if res.skipped: run.timeline.skipped.append(f'{name}: {res.skipped} images not embedded (time)')
     return res
+
+# %% ../nbs/50_pipeline.ipynb #pub00002
+def public_sample(n_rows: int, n: int, seed: int = 0) -> np.ndarray:
+    "Sorted row numbers of `n` of `n_rows` rows: the first `n` of a seeded permutation, so a smaller sample is part of a larger one."
+    return np.sort(np.random.default_rng(seed).permutation(n_rows)[:n])
+
+def public_sample_size(cfg: InferenceConfig, seconds_per_image: float) -> int:
+    "Images in the public run's database: `public_sample_max`, fewer if the measured rate embeds fewer in `public_budget_s`."
+    return min(cfg.public_sample_max, max(1, int(cfg.public_budget_s / seconds_per_image)))
+
+def _public_database(run: _Run, embedder: Embedder, table):
+    "The public run's database: a seeded sample of `table` (DataFrame or list of ids) as large as the budget allows."
+    cfg, n_rows = run.cfg, len(table)
+    with run.timeline.step('public_sample') as row:
+        rows = public_sample(n_rows, public_sample_size(cfg, embedder.eta(1)), cfg.seed)
+        row['note'] = (f'{len(rows)} of {n_rows} {run.db_split} images: min(public_sample_max {cfg.public_sample_max}, '
+                       f'{1 / embedder.eta(1):.0f} images/s x {cfg.public_budget_s:.0f}s)')
+    return table.iloc[rows].reset_index(drop=True) if isinstance(table, pd.DataFrame) else [table[i] for i in rows]
 
 # %% ../nbs/50_pipeline.ipynb #09bcd751
 def _confidences(run: _Run) -> None:
@@ -266,11 +305,11 @@ def run_recognition(cfg: InferenceConfig) -> InferenceResult:
     "Recognition: (landmark, confidence) per test id, improved stage by stage under the deadline."
     seed_everything(cfg.seed)
     run = _start(cfg)
-    train = read_train_csv(Path(cfg.data_dir)/'train.csv')
+    train = _read_train(run)
     embedder = _load_model(run)
     test = _embed(run, embedder, 'embed_test', 'test', run.ids)
-    public = _public(cfg)
-    nl = _embed(run, embedder, 'embed_nonlandmarks', 'train', [] if public else nonlandmark_ids(cfg.data_dir))
+    if run.public: train = _public_database(run, embedder, train)
+    nl = _embed(run, embedder, 'embed_nonlandmarks', 'train', [] if run.public else nonlandmark_ids(cfg.data_dir))
     db = _embed(run, embedder, 'embed_train', 'train', train['id'].tolist())
     q_ids, q_emb = test.valid()
     db_ids, db_emb = db.valid()
@@ -278,18 +317,18 @@ def run_recognition(cfg: InferenceConfig) -> InferenceResult:
     with run.timeline.step('knn') as row:
         cands = search(q_ids, q_emb, db_ids, db_emb, cfg.k, labels)
         row['note'] = f'{len(q_ids)} queries x {len(db_ids)} images, top {cfg.k}'
-    if done := _knn_answer(run, cands, recognition_predictions, 'knn_top1', public): return done
+    if done := _knn_answer(run, cands, recognition_predictions, 'knn_top1', run.public): return done
     nl_ids, nl_emb = nl.valid()
     holdout, nl_ref = None, nl_emb
     if any(stage_spec(s).wants_holdout(cfg) for s in cfg.chain):
         with run.timeline.step('holdout') as row:
             nl_ref = nl_emb[0::2]
             holdout = make_holdout(train[db.ok].reset_index(drop=True), db_emb, nl_ids[1::2], nl_emb[1::2],
-                                   nl_ref if len(nl_ref) else None, cfg.k, cfg, image_path=run.paths.get,
+                                   nl_ref if len(nl_ref) else None, cfg.k, cfg, image_path=run.image_path,
                                    deadline=run.deadline)
             row['note'] = f'{len(holdout.cands)} held-out queries for the re-ranker'
     ctx = RerankContext(index_ids=db_ids, index_emb=db_emb, index_labels=labels, query_ids=q_ids, query_emb=q_emb,
-                        nonlandmark_emb=nl_ref if len(nl_ref) else None, image_path=run.paths.get,
+                        nonlandmark_emb=nl_ref if len(nl_ref) else None, image_path=run.image_path,
                         deadline=run.deadline)
     _rerank(run, cands, ctx, recognition_predictions, holdout)
     _confidences(run)
@@ -302,11 +341,10 @@ def run_retrieval(cfg: InferenceConfig) -> InferenceResult:
     embedder = _load_model(run)
     test = _embed(run, embedder, 'embed_test', 'test', run.ids)
     index_ids = list_ids(cfg.data_dir, 'index') if (Path(cfg.data_dir)/'index').is_dir() else []
+    if run.public: index_ids = _public_database(run, embedder, index_ids)
     index = _embed(run, embedder, 'embed_index', 'index', index_ids)
-    public = _public(cfg)
-    train_path = Path(cfg.data_dir)/'train.csv'
-    needs_train = not public and _wants(cfg, 'train_emb') and train_path.is_file()
-    train = read_train_csv(train_path) if needs_train else pd.DataFrame({'id': [], 'landmark_id': []})
+    needs_train = not run.public and _wants(cfg, 'train_emb') and (Path(cfg.data_dir)/'train.csv').is_file()
+    train = _read_train(run) if needs_train else pd.DataFrame({'id': [], 'landmark_id': []})
     tr = _embed(run, embedder, 'embed_train', 'train', train['id'].tolist()) if needs_train else None
     q_ids, q_emb = test.valid()
     x_ids, x_emb = index.valid()
@@ -314,9 +352,9 @@ def run_retrieval(cfg: InferenceConfig) -> InferenceResult:
         cands = search(q_ids, q_emb, x_ids, x_emb, cfg.retrieval_k)
         row['note'] = f'{len(q_ids)} queries x {len(x_ids)} index images, top {cfg.retrieval_k}'
     predict = lambda c: retrieval_predictions(c, cfg.retrieval_k)
-    if done := _knn_answer(run, cands, predict, 'knn', public): return done
+    if done := _knn_answer(run, cands, predict, 'knn', run.public): return done
     t_ids, t_emb = tr.valid() if tr is not None else (None, None)
-    ctx = RerankContext(index_ids=x_ids, index_emb=x_emb, query_ids=q_ids, query_emb=q_emb, image_path=run.paths.get,
+    ctx = RerankContext(index_ids=x_ids, index_emb=x_emb, query_ids=q_ids, query_emb=q_emb, image_path=run.image_path,
                         deadline=run.deadline, train_ids=t_ids, train_emb=t_emb,
                         train_labels=train['landmark_id'].to_numpy()[tr.ok] if tr is not None else None)
     _rerank(run, cands, ctx, predict)
