@@ -21,7 +21,7 @@ import numpy as np
 
 # %% auto #0
 __all__ = ['Registry', 'atomic_write', 'seed_everything', 'on_kaggle', 'default_device', 'Deadline', 'ConfigError',
-           'check_parameters', 'make_config', 'notebook_parameters']
+           'TrainingDiverged', 'check_parameters', 'make_config', 'notebook_parameters']
 
 # %% ../nbs/00_core.ipynb #b7c27d48
 class Registry:
@@ -113,6 +113,9 @@ class Deadline:
 # %% ../nbs/00_core.ipynb #0fc32883
 class ConfigError(ValueError):
     "Malformed configuration; the message names the parameter and the fix."
+
+class TrainingDiverged(ConfigError):
+    "Training met a non-finite loss or weights; the message names the step, the likely cause (a setting) and the checkpoint to resume."
 
 def _arms(tp) -> tuple:
     "The members of a union type (`tp` itself otherwise)."
