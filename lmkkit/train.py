@@ -14,6 +14,7 @@ import os
 import random
 import sys
 import time
+import typing
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,12 +27,12 @@ import torch.nn.functional as F
 from fastcore.basics import patch
 from tqdm.auto import tqdm
 
-from .core import ConfigError, Deadline, TrainingDiverged, atomic_write, make_config, seed_everything
+from .core import ConfigError, Deadline, TrainingDiverged, atomic_write, check_parameters, make_config, seed_everything
 from .data import ImageDataset, eval_transforms, id_to_path, read_train_csv, split_by_class, train_transforms
 from .embed import AMP_DTYPES, AMP_MODES, extract_embeddings, resolve_amp
 from .heads import HEADS
 from .metrics import gap
-from .model import create_model, save_checkpoint
+from .model import create_model, save_checkpoint, valid_image_size
 from .search import knn
 
 # %% auto #0
@@ -39,7 +40,7 @@ __all__ = ['PRESETS', 'METRIC_COLUMNS', 'TrainConfig', 'TrainKernelParams', 'ker
            'lr_factor', 'make_scheduler', 'EpochSampler', 'AugSeeded', 'param_groups', 'make_optimizer', 'rng_state',
            'set_rng_state', 'save_state', 'load_state', 'TimeBudget', 'state_bytes', 'DistEnv', 'init_distributed',
            'all_sum', 'TrainError', 'TrainData', 'prepare_data', 'val_gap', 'MetricsLog', 'TrainResult', 'head_kwargs',
-           'Position', 'Meter', 'Trainer', 'nonfinite_tensors', 'train', 'plot_history', 'recipe_hours',
+           'Position', 'Meter', 'Trainer', 'nonfinite_tensors', 'train', 'valid_stages', 'plot_history', 'recipe_hours',
            'parse_overrides', 'main']
 
 # %% ../nbs/20_train.ipynb #d597e2c2
@@ -114,15 +115,18 @@ class TrainKernelParams:
     preset: str = 'seed'  # a name in PRESETS
     resume_from: str | None = None  # out_dir of an earlier run to continue from
     overrides: dict = field(default_factory=dict)  # any other TrainConfig field
+    lmkkit_src: str | None = None  # folder that holds the lmkkit package (an attached dataset); None: lmkkit is installed
 
-def kernel_config(overrides: dict | None = None, **params) -> TrainConfig:
-    "The `TrainConfig` of the training kernel: `TrainKernelParams` and `TrainConfig` fields in `params` (None: the preset's), then `overrides`."
-    own = {k: params.pop(k) for k in [f.name for f in dataclasses.fields(TrainKernelParams)] if k in params}
-    kp = make_config(TrainKernelParams, **own, **({} if overrides is None else {'overrides': overrides}))
+def kernel_config(**params) -> TrainConfig:
+    "The `TrainConfig` of the training kernel from its parameters (`lmkkit.core.notebook_parameters(globals())`): `TrainKernelParams` and `TrainConfig` fields (None: the preset's), names and types checked, then `overrides`."
+    preset = {k for k, v in params.items() if v is None and k in TrainConfig.__dataclass_fields__}
+    p = check_parameters(TrainConfig, {k: v for k, v in params.items() if k not in preset},
+                         extra=typing.get_type_hints(TrainKernelParams))
+    kp = TrainKernelParams(**{k: p.pop(k) for k in TrainKernelParams.__dataclass_fields__ if k in p})
     if kp.preset not in PRESETS: raise ConfigError(f"parameter 'preset' must be one of {sorted(PRESETS)}, got {kp.preset!r}")
     if not (Path(kp.data_dir)/'train.csv').is_file():
         raise ConfigError(f"parameter 'data_dir': {Path(kp.data_dir)/'train.csv'} not found; point it at a GLDv2 folder")
-    return make_config(TrainConfig, base=PRESETS[kp.preset], **{k: v for k, v in params.items() if v is not None}, **kp.overrides)
+    return make_config(TrainConfig, base=PRESETS[kp.preset], **p, **kp.overrides)
 
 # %% ../nbs/20_train.ipynb #0ea8e23d
 def stage_bounds(stages, steps_per_epoch: int) -> list[int]:
@@ -660,8 +664,9 @@ def _stopped(self: Trainer) -> TrainResult:
 def train(data_dir: str | Path, out_dir: str | Path, cfg: TrainConfig | None = None, deadline: Deadline | None = None,
           device: str | None = None, verbose: bool = True) -> TrainResult:
     "Train `cfg` on the GLDv2 folder `data_dir` into `out_dir`, resuming from `out_dir/last.pt` if present."
-    cfg = cfg or TrainConfig()
+    cfg, notes = valid_stages(cfg or TrainConfig())
     env = init_distributed(device)
+    if verbose and env.is_main: print(*notes, sep='\n')
     if cfg.deterministic:
         os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')
         torch.use_deterministic_algorithms(True)
@@ -669,6 +674,12 @@ def train(data_dir: str | Path, out_dir: str | Path, cfg: TrainConfig | None = N
     if deadline is None and cfg.time_limit_hours: deadline = Deadline.from_hours(cfg.time_limit_hours)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     return Trainer(data_dir, out_dir, cfg, env, deadline, verbose).fit()
+
+# %% ../nbs/20_train.ipynb #eb532921
+def valid_stages(cfg: TrainConfig) -> tuple[TrainConfig, list[str]]:
+    "`cfg` with each stage's image size made valid for its backbone (`lmkkit.model.valid_image_size`), and the notes."
+    out = [(valid_image_size(cfg.backbone, size), epochs) for size, epochs in cfg.stages]
+    return dataclasses.replace(cfg, stages=tuple((s, e) for (s, _), e in out)), [n for (_, n), _ in out if n]
 
 # %% ../nbs/20_train.ipynb #0b5875d2
 def plot_history(out_dir: str | Path, save: bool = True):
