@@ -452,12 +452,19 @@ class Trainer:
         self.model.load_state_dict(state['model'])
         self.opt.load_state_dict(state['optimizer'])
         self.sched.load_state_dict(state['scheduler'])
+        self._set_base_lr()
         self.scaler.load_state_dict(state['scaler'])
         self.pos, self.meter = Position(**state['position']), Meter(**state['meter'])
         self.saved_step = self.pos.step
         set_rng_state(state['rng'])
         self._say(f"resumed from {self.out/'last.pt'} at step {self.pos.step} (epoch {self.pos.epoch}, "
                   f"micro-batch {self.pos.batch})")
+
+    def _set_base_lr(self) -> None:
+        "The config's peak learning rates, not the checkpoint's: a run resumed after a divergence may lower `lr`."
+        self.sched.base_lrs = [g['lr'] for g in param_groups(self.model, self.cfg)]
+        for g, base in zip(self.opt.param_groups, self.sched.base_lrs):
+            g['initial_lr'], g['lr'] = base, base * lr_factor(self.sched.last_epoch, self.cfg, self.steps_per_epoch)
 
     def _say(self, msg: str) -> None:
         if self.env.is_main and self.verbose: print(msg, flush=True)
