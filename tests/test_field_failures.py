@@ -119,7 +119,9 @@ def test_a_foreign_folder_still_gets_a_complete_submission_with_every_problem_co
     z = {s: _neck_inputs(model, [id_to_path(data, 'test' if s == 'test' else 'train', i) for i in v]) for s, v in splits.items()}
     top = np.sort(z['test'])[::-1]
     cut = (top[1] + top[2]) / 2  # the two test images with the largest input to that channel overflow
-    with torch.no_grad(): model.neck[1].weight[0] = FLT_MAX / cut * np.sqrt(1 + model.neck[1].eps)
+    with torch.no_grad():  # the input `cut` leaves the linear layer as 1e3 and the BatchNorm as FLT_MAX
+        model.neck[0].weight[0] *= 1e3 / cut
+        model.neck[1].weight[0] = FLT_MAX / 1e3 * np.sqrt(1 + model.neck[1].eps)
     save_checkpoint(tmp_path/'model.pt', model, None)
     overflow = {s: int((v > cut).sum()) for s, v in z.items()}
     assert overflow['test'] == 2 and 0 < overflow['train'] < len(train)
