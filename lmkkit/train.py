@@ -510,10 +510,11 @@ def _check_weights(self: Trainer) -> None:
 @patch
 def _diverged(self: Trainer, step: int, problem: str, cause: str) -> TrainingDiverged:
     "The one-line error: where, what, the likely cause and fix, and the checkpoint to resume from."
-    _, size = self.stage_of(min(self.pos.epoch, self.cfg.epochs - 1))
+    epoch = self.pos.epoch + (self.pos.batch > 0)  # 1-based epoch of the step (a save at an epoch's end comes after it)
+    _, size = self.stage_of(epoch - 1)
     resume = (f"{self.out/'last.pt'} holds the finite weights of step {self.saved_step}: fix the setting and run again to resume"
               if self.saved_step is not None else "no checkpoint was written: fix the setting and run again")
-    return TrainingDiverged(f"training diverged at step {step}/{self.total_steps} (epoch {self.pos.epoch + 1}, {size}px, "
+    return TrainingDiverged(f"training diverged at step {step}/{self.total_steps} (epoch {epoch}/{self.cfg.epochs}, {size}px, "
                             f"lr {self.cfg.lr:g}): {problem}; likely cause: {cause}; {resume}")
 
 # %% ../nbs/20_train.ipynb #017bba27

@@ -34,7 +34,8 @@ def gld(tmp_path_factory):
 
 
 # ---- training that diverges -------------------------------------------------------------------------------------
-RUN = dict(stages=((32, 1), (32, 3)), batch_size=4, embedding_size=16, val_every_epochs=0, num_workers=0)
+RUN = dict(stages=((32, 1), (32, 3)), batch_size=4, embedding_size=16, val_every_epochs=0, num_workers=0, head='curricularface',
+           warmup_epochs=0.2, checkpoint_every_steps=50)
 
 def _args(**kw) -> list[str]:
     return [a for k, v in {**RUN, **kw}.items() for a in (f'--{k}', repr(v))]
