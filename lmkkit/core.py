@@ -22,8 +22,8 @@ import numpy as np
 
 # %% auto #0
 __all__ = ['KERNEL_START_ENV', 'Registry', 'atomic_write', 'seed_everything', 'on_kaggle', 'default_device', 'progress',
-           'Deadline', 'ConfigError', 'check_parameters', 'make_config', 'notebook_parameters', 'process_start_time',
-           'kernel_start_time']
+           'Deadline', 'ConfigError', 'TrainingDiverged', 'check_parameters', 'make_config', 'notebook_parameters',
+           'process_start_time', 'kernel_start_time']
 
 # %% ../nbs/00_core.ipynb #b7c27d48
 class Registry:
@@ -128,6 +128,9 @@ class Deadline:
 # %% ../nbs/00_core.ipynb #0fc32883
 class ConfigError(ValueError):
     "Malformed configuration; the message names the parameter and the fix."
+
+class TrainingDiverged(ConfigError):
+    "Training met a non-finite loss or weights; the message names the step, the likely cause (a setting) and the checkpoint to resume."
 
 def _arms(tp) -> tuple:
     "The members of a union type (`tp` itself otherwise)."

@@ -6,10 +6,12 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 import json
 import uuid
 import warnings
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -21,21 +23,29 @@ from .core import progress
 
 from .core import Deadline, atomic_write
 from .data import ImageDataset, LoadStats, eval_transforms
+from .model import valid_scale_sizes
 
 # %% auto #0
-__all__ = ['TTA_VIEWS', 'AMP_DTYPES', 'AMP_MODES', 'tta_views', 'mean_embedding', 'resolve_amp', 'extract_embeddings',
-           'file_sha1', 'EmbeddingCache', 'EmbedResult', 'Embedder', 'cached_embeddings']
+__all__ = ['TTA_VIEWS', 'AMP_DTYPES', 'AMP_MODES', 'NONFINITE', 'tta_views', 'scale_sizes', 'mean_embedding', 'resolve_amp',
+           'extract_embeddings', 'file_sha1', 'EmbeddingCache', 'EmbedResult', 'Embedder', 'cached_embeddings']
 
 # %% ../nbs/30_embed.ipynb #0dbfcc92
 TTA_VIEWS = ('none', 'flip')
 
-def tta_views(x: torch.Tensor, tta: Sequence[str] = ('none',), scales: Sequence[float] = (1.0,)):
-    "Yield the test-time views of a batch `x` (B, C, H, W): every orientation in `tta` at every factor in `scales`."
+def tta_views(x: torch.Tensor, tta: Sequence[str] = ('none',),
+              sizes: Sequence[int] | None = None):  # the side of each scale's view (None: x's own size only)
+    "Yield the test-time views of a batch `x` (B, C, H, W): every orientation in `tta` at every side in `sizes`."
     for name in tta:
         if name not in TTA_VIEWS: raise ValueError(f"unknown tta view {name!r}; choose from {TTA_VIEWS}")
-    for s in scales:
-        xs = x if s == 1 else F.interpolate(x, scale_factor=s, mode='bilinear', align_corners=False, antialias=s < 1)
+    for s in sizes or (None,):
+        xs = x if s is None or (s, s) == tuple(x.shape[-2:]) else \
+            F.interpolate(x, size=(s, s), mode='bilinear', align_corners=False, antialias=s < max(x.shape[-2:]))
         for name in tta: yield xs.flip(3) if name == 'flip' else xs
+
+def scale_sizes(model: torch.nn.Module, size: int, scales: Sequence[float]) -> tuple[tuple[int, ...], list[str]]:
+    "The side of each scale's view and notes: `lmkkit.model.valid_scale_sizes` for a timm/lmkkit model, floor(size * s) for any other module."
+    try: return valid_scale_sizes(model, size, scales)
+    except TypeError: return tuple(math.floor(size * s) for s in scales), []
 
 def mean_embedding(views: Sequence[torch.Tensor]) -> torch.Tensor:
     "L2-normalised mean of the L2-normalised `views` (each (B, D))."
@@ -60,29 +70,35 @@ def _embeddings(out) -> torch.Tensor:
     "The embeddings from a model output: the 'embeddings' entry of a dict, or the tensor itself."
     return out['embeddings'] if isinstance(out, dict) else out
 
+NONFINITE = 'non-finite embedding'  # the reason counted for a vector with a NaN or an infinity
+
 def extract_embeddings(model: torch.nn.Module, paths: Sequence[str | Path], size: int, batch_size: int = 32,
                        num_workers: int = 0, device: str = 'cpu',
                        tta: Sequence[str] = ('none',),  # orientations: 'none', 'flip'
-                       scales: Sequence[float] = (1.0,),  # multi-scale resize factors of `size`
+                       scales: Sequence[float] = (1.0,),  # multi-scale resize factors of `size` (made valid: `scale_sizes`)
                        amp: str | None = None,  # None: fp16 on CUDA, off on CPU
-                       channels_last: bool = False, verbose: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    "Embed the images at `paths`: (emb float32 (N, D) L2-normalised, ok bool (N,)); unreadable images are zeros."
-    amp = resolve_amp(amp, device)
+                       channels_last: bool = False, verbose: bool = True,
+                       stats: LoadStats | None = None,  # filled with the counts by reason when given
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    "Embed the images at `paths`: (emb float32 (N, D) L2-normalised, ok bool (N,)); unreadable images and non-finite vectors are zeros."
+    amp, sizes = resolve_amp(amp, device), scale_sizes(model, size, scales)[0]
     ds = ImageDataset(paths, transform=eval_transforms(size), load_size=size)
     dl = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=num_workers,
                                      pin_memory=str(device).startswith('cuda'))
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     was_training = model.training
     model.eval().to(device, memory_format=fmt)
-    embs, oks, stats = [], [], LoadStats()
+    embs, oks, stats = [], [], LoadStats() if stats is None else stats
     try:
         with torch.inference_mode(), torch.autocast(str(device).split(':')[0], dtype=AMP_DTYPES.get(amp), enabled=amp != 'off'):
             for batch in progress(dl, verbose, desc='embed'):
                 x = batch['image'].to(device, non_blocking=True).contiguous(memory_format=fmt)
-                e = mean_embedding([_embeddings(model(v)) for v in tta_views(x, tta, scales)]).cpu()
-                ok = batch['ok'].bool()
-                embs.append(e * ok[:, None]); oks.append(ok)
-                stats.add_batch(ok, [ds.paths[i] for i in batch['index']])
+                e = mean_embedding([_embeddings(model(v)) for v in tta_views(x, tta, sizes)]).cpu()
+                finite = torch.isfinite(e).all(1)
+                ok = batch['ok'].bool() & finite
+                embs.append(torch.where(ok[:, None], e, 0.0)); oks.append(ok)
+                reasons = [r or ('' if f else NONFINITE) for r, f in zip(batch['reason'], finite.tolist())]
+                stats.add_batch(ok, [ds.paths[i] for i in batch['index']], reasons)
     finally:
         model.train(was_training)
     if stats.failed or verbose: print(f"embed: {stats.summary()}")
@@ -104,16 +120,23 @@ class EmbeddingCache:
             raise FileNotFoundError(f"checkpoint {str(checkpoint_path)!r} not found; the embedding cache is keyed by its content")
         self.settings = dict(checkpoint_sha1=file_sha1(checkpoint_path), **settings)
         self.key = hashlib.sha1(json.dumps(self.settings, sort_keys=True).encode()).hexdigest()[:16]
-        self.dir = Path(cache_dir)/self.key
+        self.dir, self.dropped = Path(cache_dir)/self.key, []
 
     def load(self) -> dict[str, np.ndarray]:
-        "All cached embeddings by id (damaged chunk files are skipped with a warning)."
-        found = {}
+        "All cached finite embeddings by id (damaged chunk files and non-finite vectors are skipped with a warning)."
+        found, bad = {}, set()
         for part in sorted(self.dir.glob('part-*.npz')):
             try:
-                with np.load(part, allow_pickle=False) as z: found.update(zip(z['ids'].tolist(), z['emb']))
+                with np.load(part, allow_pickle=False) as z: ids, emb = z['ids'].tolist(), z['emb']
             except (OSError, ValueError, KeyError) as e:
                 warnings.warn(f"embedding cache chunk {str(part)!r} is unreadable ({e!r}); its images are extracted again")
+                continue
+            finite = np.isfinite(emb).all(1)
+            found.update((i, e) for i, e, f in zip(ids, emb, finite) if f)
+            bad.update(i for i, f in zip(ids, finite) if not f)
+        self.dropped = sorted(bad - set(found))
+        if self.dropped: warnings.warn(f"embedding cache {self.dir}: {len(self.dropped)} non-finite vectors "
+                                       f"(e.g. {self.dropped[0]!r}); their images are extracted again")
         return found
 
     def write(self, ids: Sequence[str], emb: np.ndarray) -> None:
@@ -133,8 +156,9 @@ class EmbedResult:
     ids: np.ndarray
     emb: np.ndarray
     ok: np.ndarray
-    unreadable: list = field(default_factory=list)  # ids whose image is missing or undecodable
+    unreadable: list = field(default_factory=list)  # ids whose image is missing or undecodable, or whose vector is not finite
     skipped: int = 0  # images left out for lack of time
+    reasons: dict = field(default_factory=dict)  # reason (`lmkkit.data.IMAGE_FAILURES`, `NONFINITE`) -> count of `unreadable`
 
     def valid(self) -> tuple[np.ndarray, np.ndarray]:
         "(ids, emb) of the rows that were embedded."
@@ -153,7 +177,7 @@ class Embedder:
         self.cache = EmbeddingCache(cache_dir, checkpoint, size=size, tta=list(tta), scales=[float(s) for s in scales],
                                     amp=resolve_amp(amp, device))
         self.found = self.cache.load()
-        self.images, self.seconds, self.failed = 0, 0.0, set()
+        self.images, self.seconds, self.failed, self.reasons = 0, 0.0, set(), Counter()
 
     @property
     def images_per_s(self) -> float | None:
@@ -176,7 +200,9 @@ class Embedder:
             from lmkkit.model import load_checkpoint
             self.model = load_checkpoint(self.checkpoint, map_location=self.device)[0]
         t0 = time.perf_counter()
-        emb, ok = extract_embeddings(self.model, paths, self.size, **self.extract_kwargs)
+        stats = LoadStats()
+        emb, ok = extract_embeddings(self.model, paths, self.size, **self.extract_kwargs, stats=stats)
+        self.reasons.update(stats.reasons)
         self.seconds += time.perf_counter() - t0
         self.images += len(ids)
         good = [i for i, o in zip(ids, ok) if o]
@@ -191,7 +217,7 @@ class Embedder:
         if len(ids) != len(paths): raise ValueError(f"Embedder: {len(ids)} ids but {len(paths)} paths")
         todo = [i for i, k in enumerate(ids) if k not in self.found]
         if self.verbose: print(f"embed cache {self.cache.key}: {len(ids) - len(todo)} cached, {len(todo)} to extract")
-        self.failed, skipped, start = set(), 0, 0
+        self.failed, self.reasons, skipped, start = set(), Counter(), 0, 0
         for n in [probe or 2 * self.batch_size] + [chunk] * len(todo):
             rows = todo[start:start + n]
             if not rows: break
@@ -203,7 +229,7 @@ class Embedder:
         zero = np.zeros(self.dim, np.float32)
         emb = np.stack([self.found.get(k, zero) for k in ids]).astype(np.float32) if ids else np.zeros((0, self.dim), np.float32)
         ok = np.array([k in self.found for k in ids], bool)
-        return EmbedResult(np.array(ids, dtype=str), emb, ok, sorted(self.failed), skipped)
+        return EmbedResult(np.array(ids, dtype=str), emb, ok, sorted(self.failed), skipped, dict(self.reasons))
 
 def cached_embeddings(cache_dir: str | Path, checkpoint_path: str | Path, ids: Sequence[str], paths: Sequence[str | Path],
                       size: int, model: torch.nn.Module | None = None,  # None: lmkkit.model.load_checkpoint(checkpoint_path)

@@ -167,14 +167,18 @@ _SECRET_PATTERNS = [
 ]
 
 def find_credentials(folder: str | Path, max_bytes: int = 20_000_000) -> list[str]:
-    "Problems naming each file of `folder` that is, or contains, a Kaggle credential."
+    "Problems naming each file of `folder` that is, or contains, a Kaggle credential, or that cannot be read to check."
     found = []
     for path in sorted(p for p in Path(folder).rglob('*') if p.is_file()):
         rel = path.relative_to(folder)
         if path.name in _SECRET_FILES:
             found.append(f"{rel}: credential file; delete it, credentials live in ~/.kaggle or the environment")
             continue
-        data = path.read_bytes()[:max_bytes]
+        try:
+            with path.open('rb') as f: data = f.read(max_bytes)
+        except OSError as e:  # unreadable (permissions, a file gone meanwhile): it cannot be vouched for
+            found.append(f"{rel}: cannot be read to check it for credentials ({e.strerror or e}); fix its permissions or remove it")
+            continue
         if b'\0' in data[:4096]: continue  # binary (a wheel, a checkpoint)
         text = data.decode('utf-8', errors='ignore')
         for pattern, what in _SECRET_PATTERNS:
@@ -426,22 +430,22 @@ def build_wheelhouse(out: str | Path, python_version: str = '3.11', platform: st
     return _write_dataset_metadata(out, dataset_metadata(owner), require_wheel=True)
 
 def install_cell_source(dataset_slug: str = WHEELHOUSE_SLUG) -> str:
-    "The first cell of a kernel: install lmkkit from the attached wheelhouse with pip's index off; loud when it cannot."
+    "The first cell of a kernel: install lmkkit from the attached wheelhouse with pip's index off; loud when it cannot. Its names start with `_`, so `lmkkit.core.notebook_parameters` skips them."
     name = dataset_slug.split('/')[-1]
     return f"""# Install lmkkit from the attached wheelhouse dataset '{name}' (pip --no-index: never the network).
 import importlib.util, os, subprocess, sys, time
 os.environ.setdefault('LMKKIT_KERNEL_START', str(time.time()))  # the deadline counts from the kernel's first cell
-wheelhouse = next((d for d in ('../input/{name}', '/kaggle/input/{name}') if os.path.isdir(d)), None)
-if wheelhouse is not None:
-    pip = subprocess.run([sys.executable, '-m', 'pip', 'install', '--no-index', '--find-links', wheelhouse, 'lmkkit'],
+_wheelhouse = next((d for d in ('../input/{name}', '/kaggle/input/{name}') if os.path.isdir(d)), None)
+if _wheelhouse is not None:
+    _pip = subprocess.run([sys.executable, '-m', 'pip', 'install', '--no-index', '--find-links', _wheelhouse, 'lmkkit'],
                          capture_output=True, text=True)
-    if pip.returncode: raise RuntimeError(f"pip could not install lmkkit from {{wheelhouse}}:\\n{{pip.stdout[-1500:]}}{{pip.stderr[-3000:]}}")
-    print(pip.stdout.strip().rpartition('\\n')[2])
+    if _pip.returncode: raise RuntimeError(f"pip could not install lmkkit from {{_wheelhouse}}:\\n{{_pip.stdout[-1500:]}}{{_pip.stderr[-3000:]}}")
+    print(_pip.stdout.strip().rpartition('\\n')[2])
     importlib.invalidate_caches()
 elif importlib.util.find_spec('lmkkit') is None:
-    inputs = sorted(os.listdir('../input')) if os.path.isdir('../input') else 'nothing (no ../input folder)'
+    _inputs = sorted(os.listdir('../input')) if os.path.isdir('../input') else 'nothing (no ../input folder)'
     raise RuntimeError(f"lmkkit is not installed and no wheelhouse '{name}' is attached: ../input (from {{os.getcwd()}}) holds "
-                       f"{{inputs}}; attach <owner>/{name} (dataset_sources) or build it with `lmkkit kernels wheelhouse`")
+                       f"{{_inputs}}; attach <owner>/{name} (dataset_sources) or build it with `lmkkit kernels wheelhouse`")
 """
 
 # %% ../nbs/60_kaggle.ipynb #own00002

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -15,9 +16,10 @@ import pandas as pd
 
 import lmkkit.lgbm  # noqa: F401  (registers the 'lgbm' stage)
 import lmkkit.verify  # noqa: F401  (registers the 'verify' stage)
-from .core import ConfigError, Deadline, atomic_write, default_device, kernel_start_time, make_config, seed_everything
-from .data import list_ids, nonlandmark_ids, paths_for, read_train_csv, split_by_class, submission_ids
-from .embed import EmbedResult, Embedder
+from .core import ConfigError, Deadline, atomic_write, check_parameters, default_device, kernel_start_time, make_config, seed_everything
+from .data import IMAGE_FAILURES, list_ids, nonlandmark_ids, paths_for, read_train_csv, split_by_class, submission_ids
+from .embed import NONFINITE, EmbedResult, Embedder
+from .model import valid_image_size, valid_scale_sizes
 from .metrics import TRACKS, load_solution, score, write_recognition_submission, write_retrieval_submission
 from .plan import Holdout, Timeline, run_stages
 from .rerank import STAGES, RerankContext, check_settings, recognition_predictions, retrieval_predictions, stage_spec
@@ -49,6 +51,7 @@ class InferenceConfig:
     batch_size: int = 32
     num_workers: int = 0
     tta: tuple[str, ...] = ('none',)  # lmkkit.embed views: 'none', 'flip'
+    scales: tuple[float, ...] = (1.0,)  # multi-scale TTA: factors of image_size (each rounded to a side the backbone takes, with a note)
     k: int = 10  # recognition: candidates recalled per query (the seed's top 10)
     retrieval_k: int = 100  # retrieval: index ids per query
     stages: tuple[str, ...] | None = None  # names from lmkkit.rerank.STAGES; None: DEFAULT_STAGES[track]
@@ -82,6 +85,8 @@ class InferenceConfig:
         if self.public_budget_s <= 0: raise ConfigError(f"parameter 'public_budget_s' must be > 0 seconds, got {self.public_budget_s}")
         if self.stages is not None: object.__setattr__(self, 'stages', tuple(self.stages))
         object.__setattr__(self, 'tta', tuple(self.tta))
+        object.__setattr__(self, 'scales', tuple(self.scales))
+        if not self.scales or min(self.scales) <= 0: raise ConfigError(f"parameter 'scales' must be positive factors, got {self.scales!r}")
         for s in self.chain:
             if s not in STAGES: raise ConfigError(f"parameter 'stages': unknown stage {s!r}; choose from {', '.join(STAGES.names)}")
         for s, kw in self.stage_settings.items():
@@ -110,10 +115,12 @@ def kernel_config(track: str,
                   verifier_weights: dict | None = None,  # weight files of the verifier, e.g. {'weights': path}
                   overrides: dict | None = None,  # any other InferenceConfig setting
                   **params) -> InferenceConfig:
-    "The `InferenceConfig` of an inference kernel: its `params` (config fields), the verifier, then `overrides`."
-    if not isinstance(overrides or {}, dict):
-        raise ConfigError(f"parameter 'overrides' must be a dict of InferenceConfig settings, got {overrides!r}")
-    kw = {**(overrides or {}), **params, 'track': track}
+    "The `InferenceConfig` of an inference kernel from its parameters (`lmkkit.core.notebook_parameters(globals())`): names and types checked, the verifier, then `overrides`."
+    own = dict(verifier=verifier, verifier_weights=verifier_weights, overrides=overrides)
+    hints = typing.get_type_hints(kernel_config)
+    p = check_parameters(InferenceConfig, {**own, **params}, extra={k: hints[k] for k in own})
+    verifier, verifier_weights, overrides = (p.pop(k) for k in own)
+    kw = {**(overrides or {}), **p, 'track': track}
     settings = kw.get('stage_settings') or {}
     verify = {'verifier': verifier, 'verifier_kwargs': verifier_weights or {}, **settings.get('verify', {})}
     return make_config(InferenceConfig, **{**kw, 'stage_settings': {**settings, 'verify': verify}})
@@ -182,11 +189,11 @@ def _public(cfg: InferenceConfig) -> tuple[bool, str]:
     public = is_public_run(data, cfg.track, cfg.public_max_test, rows)
     return public, ('public run: few test images' + (f', train.csv has {rows} rows' if rows else '')) if public else 'full run'
 
-def _image_size(cfg: InferenceConfig, extra: dict | None) -> int:
-    "The configured size, else the checkpoint's last training size, else 224."
-    if cfg.image_size: return cfg.image_size
+def _image_size(cfg: InferenceConfig, extra: dict | None, model) -> tuple[int, list[str]]:
+    "The configured size (else the checkpoint's last training size, else 224) made valid for `model`'s backbone; the notes on it and on the TTA scales."
     stages = ((extra or {}).get('train_config') or {}).get('stages')
-    return int(stages[-1][0]) if stages else 224
+    size, note = valid_image_size(model, cfg.image_size or (int(stages[-1][0]) if stages else 224))
+    return size, [n for n in [note, *valid_scale_sizes(model, size, cfg.scales)[1]] if n]
 
 def _start(cfg: InferenceConfig) -> _Run:
     "Write the empty submission, read the folder's tables, tell the public run from the full one."
@@ -211,20 +218,24 @@ def _load_model(run: _Run):
     with run.timeline.step('load_model') as row:
         from lmkkit.model import load_checkpoint  # timm's import (seconds) is part of the step
         model, _, extra = load_checkpoint(run.cfg.checkpoint, map_location=run.device)
-        run.size = _image_size(run.cfg, extra)
-        row['note'] = f'{run.cfg.checkpoint} at {run.size}px on {run.device}'
+        run.size, notes = _image_size(run.cfg, extra, model)
+        row['note'] = '; '.join([f'{run.cfg.checkpoint} at {run.size}px on {run.device}', *notes])
+    if notes: run.report['size_notes'] = notes
     cache_dir = run.cfg.cache_dir or run.out/'cache'
     return Embedder(model, run.cfg.checkpoint, cache_dir, run.size, run.device, batch_size=run.cfg.batch_size,
-                    num_workers=run.cfg.num_workers, tta=run.cfg.tta)
+                    num_workers=run.cfg.num_workers, tta=run.cfg.tta, scales=run.cfg.scales)
 
 def _embed(run: _Run, embedder: Embedder, name: str, split: str, ids: Sequence[str]) -> EmbedResult:
     "Embed the images `ids` of `split` as timeline step `name`; count what could not be embedded."
     paths = paths_for(run.cfg.data_dir, split, ids)  # for these ids only: never for an image the run does not read
     with run.timeline.step(name, planned_s=embedder.eta(len(ids))) as row:
         res = embedder(ids, paths, run.deadline)
+        reasons = {r: res.reasons.get(r, 0) for r in (*IMAGE_FAILURES, NONFINITE)}  # every reason, zeros included
         row['note'] = f'{int(res.ok.sum())}/{len(ids)} images' + (f', {res.skipped} skipped (time)' if res.skipped else '') \
-            + (f', {len(res.unreadable)} unreadable' if res.unreadable else '')
+            + (f", {len(res.unreadable)} unreadable ({', '.join(f'{r}: {n}' for r, n in reasons.items() if n)})" if res.unreadable else '')
     run.report[f'{name}_unreadable'] = len(res.unreadable)
+    run.report[f'{name}_failures'] = reasons
+    if embedder.cache.dropped: run.report['embed_cache_nonfinite'] = len(embedder.cache.dropped)
     if res.unreadable: run.report.setdefault('unreadable_examples', []).extend(res.unreadable[:3])
     if res.skipped: run.timeline.skipped.append(f'{name}: {res.skipped} images not embedded (time)')
     return res

@@ -9,6 +9,7 @@ import os
 import shutil
 import string
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import pandas as pd
 from .core import progress
 
 from .core import ConfigError, atomic_write, make_config
-from .data import SPLITS, id_to_path, load_image, read_train_csv
+from .data import SPLITS, LoadStats, id_to_path, load_image, load_image_reason, read_train_csv
 
 # %% auto #0
 __all__ = ['STREAM_IDS', 'STREAM_FAMILY', 'STREAM_LANDMARK', 'STREAM_IMAGE', 'STREAM_PLAN', 'MOTIFS', 'BACKGROUNDS', 'TEXTURES',
@@ -451,13 +452,27 @@ def tiny_pixels(img: np.ndarray, side: int = 12) -> np.ndarray:
     t -= t.mean()
     return t / (np.linalg.norm(t) + 1e-12)
 
+def _embed_split(root: Path, split: str, ids, embed, stats: LoadStats) -> tuple[np.ndarray, np.ndarray]:
+    "(`embed` of each readable image, ok mask); every load is counted in `stats` with its reason."
+    vecs, ok = [], []
+    for i in ids:
+        img, reason = load_image_reason(id_to_path(root, split, i))
+        stats.add(reason is None, id_to_path(root, split, i), reason)
+        ok.append(reason is None)
+        if reason is None: vecs.append(embed(img))
+    return np.array(vecs), np.array(ok, bool)
+
 def knn_top1_accuracy(root: str | Path, embed=colour_histogram) -> float:
-    "Top-1 kNN accuracy of `embed` on the test images of train landmarks, with train images as the database."
-    root = Path(root)
+    "Top-1 kNN accuracy of `embed` on the test images of train landmarks, with train images as the database; unreadable images are counted (a warning), left out of the database, and wrong as queries."
+    root, stats = Path(root), LoadStats()
     train = read_train_csv(root/'train.csv')
     sol = pd.read_csv(root/'recognition_solution.csv', dtype=str, keep_default_na=False)
     sol = sol[sol.landmarks != '']
-    emb = lambda split, ids: np.stack([embed(load_image(id_to_path(root, split, i))) for i in ids])
-    sims = emb('test', sol.id) @ emb('train', train.id).T
-    pred = train['landmark_id'].to_numpy()[sims.argmax(1)]
-    return float((pred == sol['landmarks'].astype(np.int64).to_numpy()).mean())
+    q, q_ok = _embed_split(root, 'test', sol.id, embed, stats)
+    x, x_ok = _embed_split(root, 'train', train.id, embed, stats)
+    if stats.failed: warnings.warn(f"knn_top1_accuracy: {stats.summary()}; unreadable queries count as wrong")
+    hit = np.zeros(len(sol), bool)
+    if len(q) and len(x):
+        pred = train['landmark_id'].to_numpy()[x_ok][(q @ x.T).argmax(1)]
+        hit[q_ok] = pred == sol['landmarks'].astype(np.int64).to_numpy()[q_ok]
+    return float(hit.mean())

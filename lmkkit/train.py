@@ -13,6 +13,7 @@ import os
 import random
 import sys
 import time
+import typing
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,12 +26,12 @@ import torch.nn.functional as F
 from fastcore.basics import patch
 from .core import progress
 
-from .core import ConfigError, Deadline, atomic_write, make_config, seed_everything
+from .core import ConfigError, Deadline, TrainingDiverged, atomic_write, check_parameters, make_config, seed_everything
 from .data import ImageDataset, eval_transforms, id_to_path, read_train_csv, split_by_class, train_transforms
 from .embed import AMP_DTYPES, AMP_MODES, extract_embeddings, resolve_amp
 from .heads import HEADS
 from .metrics import gap
-from .model import create_model, save_checkpoint
+from .model import create_model, save_checkpoint, valid_image_size
 from .search import knn
 
 # %% auto #0
@@ -38,7 +39,8 @@ __all__ = ['PRESETS', 'METRIC_COLUMNS', 'TrainConfig', 'TrainKernelParams', 'ker
            'lr_factor', 'make_scheduler', 'EpochSampler', 'AugSeeded', 'param_groups', 'make_optimizer', 'rng_state',
            'set_rng_state', 'save_state', 'load_state', 'TimeBudget', 'state_bytes', 'DistEnv', 'init_distributed',
            'all_sum', 'TrainError', 'TrainData', 'prepare_data', 'val_gap', 'MetricsLog', 'TrainResult', 'head_kwargs',
-           'Position', 'Meter', 'Trainer', 'train', 'plot_history', 'recipe_hours', 'parse_overrides', 'main']
+           'Position', 'Meter', 'Trainer', 'nonfinite_tensors', 'train', 'valid_stages', 'plot_history', 'recipe_hours',
+           'parse_overrides', 'main']
 
 # %% ../nbs/20_train.ipynb #d597e2c2
 @dataclass(frozen=True)
@@ -76,6 +78,7 @@ class TrainConfig:
     val_every_epochs: int = 1  # 0 turns validation off
     val_max_index: int = 20000  # train images embedded as the kNN index of the validation pass
     max_images: int | None = None  # use only this many train.csv rows (quick trials)
+    max_skipped_steps: int = 20  # fp16 GradScaler: optimiser steps in a row skipped for inf/NaN gradients before the run stops as diverged
 
     def __post_init__(self):
         stages = tuple(tuple(s) for s in self.stages)
@@ -85,7 +88,7 @@ class TrainConfig:
         object.__setattr__(self, 'stages', stages)
         if self.amp not in AMP_MODES:
             raise ConfigError(f"parameter 'amp' must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")
-        for name in ('batch_size', 'grad_accum', 'checkpoint_every_steps', 'log_every_steps'):
+        for name in ('batch_size', 'grad_accum', 'checkpoint_every_steps', 'log_every_steps', 'max_skipped_steps'):
             if getattr(self, name) < 1: raise ConfigError(f"parameter {name!r} must be >= 1, got {getattr(self, name)}")
         if self.time_limit_hours is not None and self.time_limit_hours <= 0:
             raise ConfigError(f"parameter 'time_limit_hours' must be positive or None, got {self.time_limit_hours}")
@@ -111,15 +114,18 @@ class TrainKernelParams:
     preset: str = 'seed'  # a name in PRESETS
     resume_from: str | None = None  # out_dir of an earlier run to continue from
     overrides: dict = field(default_factory=dict)  # any other TrainConfig field
+    lmkkit_src: str | None = None  # folder that holds the lmkkit package (an attached dataset); None: lmkkit is installed
 
-def kernel_config(overrides: dict | None = None, **params) -> TrainConfig:
-    "The `TrainConfig` of the training kernel: `TrainKernelParams` and `TrainConfig` fields in `params` (None: the preset's), then `overrides`."
-    own = {k: params.pop(k) for k in [f.name for f in dataclasses.fields(TrainKernelParams)] if k in params}
-    kp = make_config(TrainKernelParams, **own, **({} if overrides is None else {'overrides': overrides}))
+def kernel_config(**params) -> TrainConfig:
+    "The `TrainConfig` of the training kernel from its parameters (`lmkkit.core.notebook_parameters(globals())`): `TrainKernelParams` and `TrainConfig` fields (None: the preset's), names and types checked, then `overrides`."
+    preset = {k for k, v in params.items() if v is None and k in TrainConfig.__dataclass_fields__}
+    p = check_parameters(TrainConfig, {k: v for k, v in params.items() if k not in preset},
+                         extra=typing.get_type_hints(TrainKernelParams))
+    kp = TrainKernelParams(**{k: p.pop(k) for k in TrainKernelParams.__dataclass_fields__ if k in p})
     if kp.preset not in PRESETS: raise ConfigError(f"parameter 'preset' must be one of {sorted(PRESETS)}, got {kp.preset!r}")
     if not (Path(kp.data_dir)/'train.csv').is_file():
         raise ConfigError(f"parameter 'data_dir': {Path(kp.data_dir)/'train.csv'} not found; point it at a GLDv2 folder")
-    return make_config(TrainConfig, base=PRESETS[kp.preset], **{k: v for k, v in params.items() if v is not None}, **kp.overrides)
+    return make_config(TrainConfig, base=PRESETS[kp.preset], **p, **kp.overrides)
 
 # %% ../nbs/20_train.ipynb #0ea8e23d
 def stage_bounds(stages, steps_per_epoch: int) -> list[int]:
@@ -428,6 +434,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler('cuda', enabled=self.dtype == torch.float16)
         self.pos = Position()
         self.meter = Meter()
+        self.skipped, self.saved_step = 0, None  # fp16 steps skipped in a row; the step last.pt holds
         if state is not None: self._load(state)
         self.net = self._wrap(self.model)
         self.log = MetricsLog(self.out/'metrics.csv', None if state is None else self.pos.step, write=env.is_main)
@@ -444,11 +451,19 @@ class Trainer:
         self.model.load_state_dict(state['model'])
         self.opt.load_state_dict(state['optimizer'])
         self.sched.load_state_dict(state['scheduler'])
+        self._set_base_lr()
         self.scaler.load_state_dict(state['scaler'])
         self.pos, self.meter = Position(**state['position']), Meter(**state['meter'])
+        self.saved_step = self.pos.step
         set_rng_state(state['rng'])
         self._say(f"resumed from {self.out/'last.pt'} at step {self.pos.step} (epoch {self.pos.epoch}, "
                   f"micro-batch {self.pos.batch})")
+
+    def _set_base_lr(self) -> None:
+        "The config's peak learning rates, not the checkpoint's: a run resumed after a divergence may lower `lr`."
+        self.sched.base_lrs = [g['lr'] for g in param_groups(self.model, self.cfg)]
+        for g, base in zip(self.opt.param_groups, self.sched.base_lrs):
+            g['initial_lr'], g['lr'] = base, base * lr_factor(self.sched.last_epoch, self.cfg, self.steps_per_epoch)
 
     def _say(self, msg: str) -> None:
         if self.env.is_main and self.verbose: print(msg, flush=True)
@@ -459,10 +474,53 @@ class Trainer:
         i = int(np.searchsorted(ends, epoch, side='right'))
         return i, self.cfg.stages[i][0]
 
+# %% ../nbs/20_train.ipynb #c6fbab54
+_LR_CAUSE = "the learning rate is too high: lower lr (e.g. by 10x), or warm up longer (warmup_epochs)"
+_FP16_CAUSE = "float16 overflow or a learning rate too high: train with amp='bf16' (or 'off'), or lower lr"
+
+def nonfinite_tensors(tensors: dict) -> list[str]:
+    "Names of the floating-point tensors in `tensors` (name -> tensor) that hold a NaN or an infinity."
+    return [k for k, v in tensors.items() if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
+
+@patch
+def _guard(self: Trainer, losses: list[float]) -> float | None:
+    "Before the optimiser step: raise on a non-finite loss unless float16 scaling handles it; the scale before the step (None: no scaler)."
+    bad = all_sum([float(not all(map(math.isfinite, losses)))], self.env)[0] > 0
+    if not self.scaler.is_enabled():
+        if bad: raise self._diverged(self.pos.step + 1, f"the loss is {next(l for l in losses if not math.isfinite(l))}",
+                                     _LR_CAUSE if self.dtype is None else f"{_LR_CAUSE}; or train with amp='off'")
+        return None
+    return self.scaler.get_scale()
+
+@patch
+def _skip_problem(self: Trainer) -> str:
+    return (f"the fp16 gradient scaler skipped {self.skipped} steps in a row for inf/NaN gradients "
+            f"(scale now {self.scaler.get_scale():g})")
+
+@patch
+def _check_weights(self: Trainer) -> None:
+    "Raise `TrainingDiverged` (nothing written) when a weight or optimiser tensor is not finite."
+    opt = {f"optimizer.{i}.{k}": v for i, st in enumerate(self.opt.state.values()) for k, v in st.items()}
+    tensors = {**self.model.state_dict(), **opt}
+    bad = nonfinite_tensors(tensors)
+    if bad: raise self._diverged(self.pos.step, f"{len(bad)} of {len(tensors)} weight and optimiser tensors are not finite "
+                                 f"(e.g. {bad[0]}), so nothing was saved", _FP16_CAUSE if self.scaler.is_enabled() else _LR_CAUSE)
+
+@patch
+def _diverged(self: Trainer, step: int, problem: str, cause: str) -> TrainingDiverged:
+    "The one-line error: where, what, the likely cause and fix, and the checkpoint to resume from."
+    epoch = self.pos.epoch + (self.pos.batch > 0)  # 1-based epoch of the step (a save at an epoch's end comes after it)
+    _, size = self.stage_of(epoch - 1)
+    resume = (f"{self.out/'last.pt'} holds the finite weights of step {self.saved_step}: fix the setting and run again to resume"
+              if self.saved_step is not None else "no checkpoint was written: fix the setting and run again")
+    return TrainingDiverged(f"training diverged at step {step}/{self.total_steps} (epoch {epoch}/{self.cfg.epochs}, {size}px, "
+                            f"lr {self.cfg.lr:g}): {problem}; likely cause: {cause}; {resume}")
+
 # %% ../nbs/20_train.ipynb #017bba27
 @patch
 def save(self: Trainer, stage_end: int | None = None) -> None:
-    "Write `last.pt` and `model.pt` (and `model_<size>px.pt` at a stage end) from rank 0; all ranks wait."
+    "Write `last.pt` and `model.pt` (and `model_<size>px.pt` at a stage end) from rank 0; all ranks wait. Non-finite weights are never written."
+    self._check_weights()
     if self.env.is_main:
         state = dict(model=self.model.state_dict(), optimizer=self.opt.state_dict(), scheduler=self.sched.state_dict(),
                      scaler=self.scaler.state_dict(), position=dataclasses.asdict(self.pos), meter=dataclasses.asdict(self.meter),
@@ -470,6 +528,7 @@ def save(self: Trainer, stage_end: int | None = None) -> None:
                      config=self.cfg.to_dict(), class_ids=torch.from_numpy(self.data.class_ids))
         t0 = time.perf_counter()
         save_state(self.out/'last.pt', state)
+        self.saved_step = self.pos.step
         self._save_model(self.out/'model.pt')
         if stage_end is not None: self._save_model(self.out/f'model_{stage_end}px.pt')
         self.budget.saved(time.perf_counter() - t0)
@@ -499,8 +558,8 @@ def _loader(self: Trainer, epoch: int, size: int):
 
 @patch
 def _step(self: Trainer, it) -> None:
-    "`grad_accum` micro-batches, one optimiser step."
-    cfg, env = self.cfg, self.env
+    "`grad_accum` micro-batches, one optimiser step; `TrainingDiverged` instead of a step on a non-finite loss (see `_guard`)."
+    cfg, env, losses = self.cfg, self.env, []
     for k in range(cfg.grad_accum):
         t0 = time.perf_counter()
         b = next(it)
@@ -515,12 +574,16 @@ def _step(self: Trainer, it) -> None:
             okf = ok.float()
             loss = (ce * okf).sum() / okf.sum().clamp(min=1)
             self.scaler.scale(loss / cfg.grad_accum).backward()
-        self.meter.loss += float(loss.detach()) / cfg.grad_accum
+        losses.append(float(loss.detach()))
+        self.meter.loss += losses[-1] / cfg.grad_accum
         self.meter.images += float(okf.sum())
         self.meter.bad += float(len(ok) - okf.sum())
         self.pos.batch += 1
+    scale = self._guard(losses)
     self.scaler.step(self.opt)
     self.scaler.update()
+    self.skipped = self.skipped + 1 if scale is not None and self.scaler.get_scale() < scale else 0
+    if self.skipped >= cfg.max_skipped_steps: raise self._diverged(self.pos.step + 1, self._skip_problem(), _FP16_CAUSE)
     self.opt.zero_grad(set_to_none=True)
     self.sched.step()
     self.meter.n += 1
@@ -608,8 +671,9 @@ def _stopped(self: Trainer) -> TrainResult:
 def train(data_dir: str | Path, out_dir: str | Path, cfg: TrainConfig | None = None, deadline: Deadline | None = None,
           device: str | None = None, verbose: bool = True) -> TrainResult:
     "Train `cfg` on the GLDv2 folder `data_dir` into `out_dir`, resuming from `out_dir/last.pt` if present."
-    cfg = cfg or TrainConfig()
+    cfg, notes = valid_stages(cfg or TrainConfig())
     env = init_distributed(device)
+    if verbose and env.is_main: print(*notes, sep='\n')
     if cfg.deterministic:
         os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')
         torch.use_deterministic_algorithms(True)
@@ -617,6 +681,12 @@ def train(data_dir: str | Path, out_dir: str | Path, cfg: TrainConfig | None = N
     if deadline is None and cfg.time_limit_hours: deadline = Deadline.from_hours(cfg.time_limit_hours)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     return Trainer(data_dir, out_dir, cfg, env, deadline, verbose).fit()
+
+# %% ../nbs/20_train.ipynb #eb532921
+def valid_stages(cfg: TrainConfig) -> tuple[TrainConfig, list[str]]:
+    "`cfg` with each stage's image size made valid for its backbone (`lmkkit.model.valid_image_size`), and the notes."
+    out = [(valid_image_size(cfg.backbone, size), epochs) for size, epochs in cfg.stages]
+    return dataclasses.replace(cfg, stages=tuple((s, e) for (s, _), e in out)), [n for (_, n), _ in out if n]
 
 # %% ../nbs/20_train.ipynb #0b5875d2
 def plot_history(out_dir: str | Path, save: bool = True):

@@ -148,7 +148,7 @@ def test_install_cell():
     "The cell the kernels run; its behaviour on a simulated image is in test_kaggle_sim.py."
     cell = lk.install_cell_source('someone/lmkkit-wheelhouse')
     assert "('../input/lmkkit-wheelhouse', '/kaggle/input/lmkkit-wheelhouse')" in cell
-    assert "'install', '--no-index', '--find-links', wheelhouse, 'lmkkit'" in cell
+    assert "'install', '--no-index', '--find-links', _wheelhouse, 'lmkkit'" in cell
     compile(cell, 'cell', 'exec')
 
 

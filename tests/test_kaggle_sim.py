@@ -239,7 +239,7 @@ def kaggle_data(tmp_path_factory):
 
 
 KERNEL_RUNS = {  # kernel: (parameters, files it must write in working/)
-    'lmkkit-recognition': (dict(image_size=32, batch_size=16, verify_top_n=2, device='cpu', verbose=False, lgbm=False),
+    'lmkkit-recognition': (dict(image_size=32, batch_size=16, verify_top_n=2, device='cpu', verbose=False),
                            ['submission.csv', 'metrics.json']),
     'lmkkit-retrieval': (dict(image_size=32, batch_size=16, verify_top_n=2, device='cpu', verbose=False),
                          ['submission.csv', 'metrics.json']),
