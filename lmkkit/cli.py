@@ -92,4 +92,5 @@ COMMANDS.register('kernels')(delegate('kaggle', "Check, build and push the Kaggl
 COMMANDS.register('sweep')(delegate('sweep', "Run a notebook over a grid of papermill parameters; resumable (see `lmkkit sweep -h`)."))
 
 # %% ../nbs/80_cli.ipynb #1589708d
+COMMANDS.register('rehearse')(delegate('rehearse', "The recognition run after embedding at real sizes on synthetic embeddings: time and peak memory per step, the projected full run (see `lmkkit rehearse -h`)."))
 COMMANDS.register('benchmark')(delegate('revisited', "ROxford5k/RParis6k mAP and mP@k (Easy/Medium/Hard) of a checkpoint under the revisited protocol (see `lmkkit benchmark -h`)."))
