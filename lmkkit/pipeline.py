@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -15,7 +16,7 @@ import pandas as pd
 
 import lmkkit.lgbm  # noqa: F401  (registers the 'lgbm' stage)
 import lmkkit.verify  # noqa: F401  (registers the 'verify' stage)
-from .core import ConfigError, Deadline, atomic_write, default_device, make_config, seed_everything
+from .core import ConfigError, Deadline, atomic_write, deadline_reserve, default_device, make_config, seed_everything
 from .data import id_to_path, list_ids, nonlandmark_ids, read_train_csv, split_by_class, submission_ids
 from .embed import EmbedResult, Embedder
 from .metrics import TRACKS, load_solution, score, write_recognition_submission, write_retrieval_submission
@@ -43,7 +44,7 @@ class InferenceConfig:
     out_dir: str = '.'  # submission.csv, timeline.csv, metrics.json go here
     track: str = 'recognition'  # 'recognition' or 'retrieval'
     time_limit_hours: float = 12.0  # the kernel's wall-time limit
-    reserve_minutes: float = 20.0  # kept free at the end (writing, slack)
+    reserve_minutes: float = 20.0  # kept free at the end (writing, slack); shrunk for short limits (core.deadline_reserve)
     image_size: int | None = None  # None: the checkpoint's last training size
     batch_size: int = 32
     num_workers: int = 0
@@ -73,8 +74,8 @@ class InferenceConfig:
             raise ConfigError(f"parameter 'public_run' must be 'auto', 'yes' or 'no', got {self.public_run!r}")
         for name in ('k', 'retrieval_k', 'batch_size', 'verify_top_n', 'lgbm_rounds'):
             if getattr(self, name) < 1: raise ConfigError(f"parameter {name!r} must be >= 1, got {getattr(self, name)}")
-        if self.time_limit_hours <= 0 or self.reserve_minutes < 0 or self.reserve_minutes >= 60 * self.time_limit_hours:
-            raise ConfigError(f"need time_limit_hours > 0 and 0 <= reserve_minutes < 60 * time_limit_hours, got "
+        if self.time_limit_hours <= 0 or self.reserve_minutes < 0:  # a reserve too large for the limit shrinks (core.deadline_reserve)
+            raise ConfigError(f"need time_limit_hours > 0 and reserve_minutes >= 0, got "
                               f"{self.time_limit_hours} h and {self.reserve_minutes} min")
         if self.stages is not None: object.__setattr__(self, 'stages', tuple(self.stages))
         object.__setattr__(self, 'tta', tuple(self.tta))
@@ -181,8 +182,10 @@ def _start(cfg: InferenceConfig) -> _Run:
     timeline = Timeline(cfg.out_dir, Deadline.from_hours(cfg.time_limit_hours, cfg.deadline_reserve_s / 3600), cfg.verbose)
     with timeline.step('empty_submission') as row:
         run = _Run(cfg, submission_ids(cfg.data_dir, cfg.track), load_solution(cfg.data_dir, cfg.track), timeline)
+        t0 = time.perf_counter()
         run.write({}, None)
-        row['note'] = f'{len(run.ids)} ids'
+        timeline.deadline.reserve_s, why = deadline_reserve(timeline.deadline.limit_s, cfg.deadline_reserve_s, time.perf_counter() - t0)
+        row['note'] = f'{len(run.ids)} ids; {why}'
     return run
 
 def _load_model(run: _Run):
