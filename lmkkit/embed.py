@@ -307,7 +307,7 @@ class Embedder:
             if len(ids) != len(paths): raise ValueError(f"Embedder: {len(ids)} ids but {len(paths)} paths")
             path_of_row = paths.__getitem__
         self.failed = []
-        if not len(ids): return EmbedResult(ids, np.zeros((0, 0), np.float32), np.zeros(0, bool))
+        if not len(ids): return EmbedResult(ids, np.zeros((0, self._dim(split, ids)), np.float32), np.zeros(0, bool))
         sc = self.cache.split(split, ids, self._dim(split, ids))
         todo = np.flatnonzero(~sc.ok)
         if self.verbose: print(f"embed cache {self.cache.key}/{split}: {len(ids) - len(todo)} cached, {len(todo)} to extract")

@@ -18,7 +18,7 @@ import lmkkit.lgbm  # noqa: F401  (registers the 'lgbm' stage)
 import lmkkit.verify  # noqa: F401  (registers the 'verify' stage)
 from .core import ConfigError, Deadline, atomic_write, deadline_reserve, default_device, make_config, seed_everything
 from .data import id_to_path, list_ids, nonlandmark_ids, read_train_csv, split_by_class, submission_ids
-from .embed import EmbedResult, Embedder
+from .embed import EmbedResult, Embedder, compact_ids, id_strings
 from .metrics import TRACKS, load_solution, score, write_recognition_submission, write_retrieval_submission
 from .plan import Holdout, Timeline, run_stages
 from .rerank import STAGES, RerankContext, check_settings, recognition_predictions, retrieval_predictions, stage_spec
@@ -47,7 +47,7 @@ class InferenceConfig:
     reserve_minutes: float = 20.0  # kept free at the end (writing, slack); shrunk for short limits (core.deadline_reserve)
     image_size: int | None = None  # None: the checkpoint's last training size
     batch_size: int = 32
-    num_workers: int = 0
+    num_workers: int | None = None  # JPEG-decoding DataLoader workers; None: lmkkit.embed.default_workers() (the usable cores, at most 8)
     tta: tuple[str, ...] = ('none',)  # lmkkit.embed views: 'none', 'flip'
     k: int = 10  # recognition: candidates recalled per query (the seed's top 10)
     retrieval_k: int = 100  # retrieval: index ids per query
@@ -145,8 +145,14 @@ class _Run:
         self.deadline = timeline.deadline
         self.metric = 'gap' if cfg.track == 'recognition' else 'map@100'
         self.submission = self.out/'submission.csv'
-        self.ablation, self.report, self.paths, self.predictions, self.size = [], {}, {}, {}, None
+        self.ablation, self.report, self.splits, self.predictions, self.size = [], {}, [], {}, None
         self.device = default_device() if cfg.device == 'auto' else cfg.device
+
+    def image_path(self, image_id: str) -> Path:
+        "The file of image `image_id` in the first split this run embedded that has it (made from the id, none kept per id)."
+        for split in self.splits:
+            if (p := id_to_path(self.cfg.data_dir, split, image_id)).exists(): return p
+        return p
 
     def write(self, predictions: dict, stage: str | None) -> None:
         "Replace the submission atomically; score it and add an ablation row when `stage` is given."
@@ -200,10 +206,9 @@ def _load_model(run: _Run):
 
 def _embed(run: _Run, embedder: Embedder, name: str, split: str, ids: Sequence[str]) -> EmbedResult:
     "Embed the images `ids` of `split` as timeline step `name`; count what could not be embedded."
-    paths = [id_to_path(run.cfg.data_dir, split, i) for i in ids]
-    run.paths.update(zip(map(str, ids), paths))
+    if split not in run.splits: run.splits.append(split)
     with run.timeline.step(name, planned_s=embedder.eta(len(ids))) as row:
-        res = embedder(ids, paths, run.deadline)
+        res = embedder(ids, lambda i: id_to_path(run.cfg.data_dir, split, i), run.deadline, split=name)
         row['note'] = f'{int(res.ok.sum())}/{len(ids)} images' + (f', {res.skipped} skipped (time)' if res.skipped else '') \
             + (f', {len(res.unreadable)} unreadable' if res.unreadable else '')
     run.report[f'{name}_unreadable'] = len(res.unreadable)
@@ -237,20 +242,24 @@ def _finish(run: _Run) -> InferenceResult:
     return res
 
 # %% ../nbs/50_pipeline.ipynb #563ed03f
-def make_holdout(train: pd.DataFrame,  # id, landmark_id of the embedded train images
-                 emb: np.ndarray,  # (len(train), D) their embeddings
+def make_holdout(train: pd.DataFrame,  # id, landmark_id of the train images, row by row with `emb`
+                 emb: np.ndarray,  # (len(train), D) their embeddings (NaN rows: not embedded)
                  nl_ids: np.ndarray, nl_emb: np.ndarray,  # non-landmark queries and their embeddings
-                 nl_ref_emb: np.ndarray | None, k: int, cfg: InferenceConfig, **ctx_kwargs) -> Holdout:
-    "Held-out queries (images of seen classes, whole unseen classes, non-landmarks) searched against the rest of train."
-    rest, held = split_by_class(train.assign(row=np.arange(len(train))), cfg.holdout_frac, cfg.holdout_unseen_frac, seed=cfg.seed)
+                 nl_ref_emb: np.ndarray | None, k: int, cfg: InferenceConfig,
+                 ok: np.ndarray | None = None,  # (len(train),) bool: rows that were embedded (None: all)
+                 **ctx_kwargs) -> Holdout:
+    "Held-out queries (images of seen classes, whole unseen classes, non-landmarks) searched against the rest of train: `emb` itself with the held-out rows excluded, no copy."
+    rows = train.assign(row=np.arange(len(train)))
+    rest, held = split_by_class(rows if ok is None else rows[ok], cfg.holdout_frac, cfg.holdout_unseen_frac, seed=cfg.seed)
     if len(held) > cfg.max_holdout: held = held.sample(cfg.max_holdout, random_state=cfg.seed)
-    q_ids = np.concatenate([held['id'].to_numpy(str), np.asarray(nl_ids, str)])
-    q_emb = np.concatenate([emb[held['row'].to_numpy()], nl_emb]).astype(np.float32)
-    ctx = RerankContext(index_ids=rest['id'].to_numpy(str), index_emb=emb[rest['row'].to_numpy()],
-                        index_labels=rest['landmark_id'].to_numpy(), query_ids=q_ids, query_emb=q_emb,
-                        nonlandmark_emb=nl_ref_emb, **ctx_kwargs)
-    cands = search(q_ids, q_emb, ctx.index_ids, ctx.index_emb, k, ctx.index_labels)
-    truth = {**{i: [int(l)] for i, l in zip(held['id'], held['landmark_id'])}, **{str(i): [] for i in nl_ids}}
+    nl_str = id_strings(compact_ids(nl_ids))
+    q_ids = np.concatenate([held['id'].to_numpy(str), nl_str])
+    q_emb = np.concatenate([emb[held['row'].to_numpy()], np.asarray(nl_emb).reshape(-1, emb.shape[1])]).astype(np.float32)
+    exclude = np.ones(len(train), bool); exclude[rest['row'].to_numpy()] = False
+    ctx = RerankContext(index_ids=compact_ids(train['id'].to_numpy()), index_emb=emb, index_labels=train['landmark_id'].to_numpy(),
+                        index_exclude=exclude, query_ids=q_ids, query_emb=q_emb, nonlandmark_emb=nl_ref_emb, **ctx_kwargs)
+    cands = search(q_ids, q_emb, ctx.index_ids, ctx.index_emb, k, ctx.index_labels, exclude=exclude, deadline=ctx.deadline)
+    truth = {**{i: [int(l)] for i, l in zip(held['id'], held['landmark_id'])}, **{i: [] for i in nl_str}}
     return Holdout(ctx, cands, truth)
 
 # %% ../nbs/50_pipeline.ipynb #5d1a4229
@@ -275,24 +284,22 @@ def run_recognition(cfg: InferenceConfig) -> InferenceResult:
     public = _public(cfg)
     nl = _embed(run, embedder, 'embed_nonlandmarks', 'train', [] if public else nonlandmark_ids(cfg.data_dir))
     db = _embed(run, embedder, 'embed_train', 'train', train['id'].tolist())
-    q_ids, q_emb = test.valid()
-    db_ids, db_emb = db.valid()
-    labels = train['landmark_id'].to_numpy()[db.ok]
+    q_ids, q_emb, db_ids, db_emb = test.ids, test.emb, db.ids, db.emb  # memory-mapped; rows not embedded are NaN, which search skips
+    labels = train['landmark_id'].to_numpy()
     with run.timeline.step('knn') as row:
-        cands = search(q_ids, q_emb, db_ids, db_emb, cfg.k, labels)
-        row['note'] = f'{len(q_ids)} queries x {len(db_ids)} images, top {cfg.k}'
+        cands = search(q_ids, q_emb, db_ids, db_emb, cfg.k, labels, deadline=run.deadline)
+        row['note'] = f'{int(test.ok.sum())} queries x {int(db.ok.sum())} images, top {cfg.k}' + ''.join(f', {r} {n}' for r, n in cands.skipped.items())
     if done := _knn_answer(run, cands, recognition_predictions, 'knn_top1', public): return done
-    nl_ids, nl_emb = nl.valid()
+    nl_ids, nl_emb = nl.ids[nl.ok], nl.emb[nl.ok]  # the non-landmarks are few: a compact copy
     holdout, nl_ref = None, nl_emb
     if any(stage_spec(s).wants_holdout(cfg) for s in cfg.chain):
         with run.timeline.step('holdout') as row:
             nl_ref = nl_emb[0::2]
-            holdout = make_holdout(train[db.ok].reset_index(drop=True), db_emb, nl_ids[1::2], nl_emb[1::2],
-                                   nl_ref if len(nl_ref) else None, cfg.k, cfg, image_path=run.paths.get,
-                                   deadline=run.deadline)
+            holdout = make_holdout(train, db_emb, nl_ids[1::2], nl_emb[1::2], nl_ref if len(nl_ref) else None, cfg.k, cfg,
+                                   ok=db.ok, image_path=run.image_path, deadline=run.deadline)
             row['note'] = f'{len(holdout.cands)} held-out queries for the re-ranker'
     ctx = RerankContext(index_ids=db_ids, index_emb=db_emb, index_labels=labels, query_ids=q_ids, query_emb=q_emb,
-                        nonlandmark_emb=nl_ref if len(nl_ref) else None, image_path=run.paths.get,
+                        nonlandmark_emb=nl_ref if len(nl_ref) else None, image_path=run.image_path,
                         deadline=run.deadline)
     _rerank(run, cands, ctx, recognition_predictions, holdout)
     _confidences(run)
@@ -311,17 +318,15 @@ def run_retrieval(cfg: InferenceConfig) -> InferenceResult:
     needs_train = not public and _wants(cfg, 'train_emb') and train_path.is_file()
     train = read_train_csv(train_path) if needs_train else pd.DataFrame({'id': [], 'landmark_id': []})
     tr = _embed(run, embedder, 'embed_train', 'train', train['id'].tolist()) if needs_train else None
-    q_ids, q_emb = test.valid()
-    x_ids, x_emb = index.valid()
+    q_ids, q_emb, x_ids, x_emb = test.ids, test.emb, index.ids, index.emb  # rows not embedded are NaN, which search skips
     with run.timeline.step('knn') as row:
-        cands = search(q_ids, q_emb, x_ids, x_emb, cfg.retrieval_k)
-        row['note'] = f'{len(q_ids)} queries x {len(x_ids)} index images, top {cfg.retrieval_k}'
+        cands = search(q_ids, q_emb, x_ids, x_emb, cfg.retrieval_k, deadline=run.deadline)
+        row['note'] = f'{int(test.ok.sum())} queries x {int(index.ok.sum())} index images, top {cfg.retrieval_k}'
     predict = lambda c: retrieval_predictions(c, cfg.retrieval_k)
     if done := _knn_answer(run, cands, predict, 'knn', public): return done
-    t_ids, t_emb = tr.valid() if tr is not None else (None, None)
-    ctx = RerankContext(index_ids=x_ids, index_emb=x_emb, query_ids=q_ids, query_emb=q_emb, image_path=run.paths.get,
-                        deadline=run.deadline, train_ids=t_ids, train_emb=t_emb,
-                        train_labels=train['landmark_id'].to_numpy()[tr.ok] if tr is not None else None)
+    ctx = RerankContext(index_ids=x_ids, index_emb=x_emb, query_ids=q_ids, query_emb=q_emb, image_path=run.image_path,
+                        deadline=run.deadline, train_ids=tr.ids if tr is not None else None, train_emb=tr.emb if tr is not None else None,
+                        train_labels=train['landmark_id'].to_numpy() if tr is not None else None)
     _rerank(run, cands, ctx, predict)
     return _finish(run)
 

@@ -30,6 +30,7 @@ class RerankContext:
     index_ids: np.ndarray | None = None  # (N,) ids of the searched set (train for recognition, index for retrieval)
     index_emb: np.ndarray | None = None  # (N, D) their L2-normalised embeddings
     index_labels: np.ndarray | None = None  # (N,) their landmark ids (-1 unknown)
+    index_exclude: np.ndarray | None = None  # (N,) bool: rows no search returns (held-out rows), instead of a copy of the index
     query_ids: np.ndarray | None = None  # (Q,) query ids
     query_emb: np.ndarray | None = None  # (Q, D) query embeddings
     nonlandmark_emb: np.ndarray | None = field(default=None, metadata=dict(missing='no non-landmark images (nonlandmarks.csv)'))  # (M, D) known non-landmark images
@@ -89,7 +90,7 @@ class RerankContext:
         "Search the index again with new embeddings (Q, D) of `cands`' queries; queries the deadline leaves unsearched keep `cands`."
         self.need('re-search', 'index_ids', 'index_emb')
         new = search(cands.query_ids, emb, self.index_ids, self.index_emb, cands.k, self.index_labels, deadline=self.deadline,
-                     exclude_self=self.exclude_self, backend=self.knn_backend, device=self.device)
+                     exclude=self.index_exclude, exclude_self=self.exclude_self, backend=self.knn_backend, device=self.device)
         if len(new) == len(cands) or not new.skipped.get('unsearched'): return new
         old = cands.select(~np.isin(cands.query_ids, new.query_ids))
         return Candidates.concat([new, old.replace(features={}, skipped={}, rows=old.rows if new.rows is not None else None)])
@@ -192,7 +193,7 @@ def dba(cands: Candidates, ctx: RerankContext,
         ) -> Candidates:
     "Database-side augmentation: replace `ctx.index_emb` (for this and later stages) by its DBA version; search again."
     ctx.need('dba', 'index_ids', 'index_emb', 'query_ids', 'query_emb')
-    ctx.index_emb = database_augment(ctx.index_emb, k, alpha, backend=ctx.knn_backend, device=ctx.device)
+    ctx.index_emb = database_augment(ctx.index_emb, k, alpha, backend=ctx.knn_backend, device=ctx.device, exclude=ctx.index_exclude)
     return ctx.research(cands, ctx.query_emb_of(cands.query_ids))
 
 # %% ../nbs/40_rerank.ipynb #7eea68a9

@@ -305,14 +305,16 @@ def knn(queries: np.ndarray, index: np.ndarray, k: int, backend: str = 'auto', d
         max_index_rows: int | None = None,  # faiss: search the index in shards of this many rows
         chunk_size: int = CHUNK_QUERIES,  # queries per chunk; the deadline is checked before each
         deadline=None,  # anything with `.remaining` seconds (a `Deadline`); None: search every query
+        exclude: np.ndarray | None = None,  # (N,) bool: index rows never returned (e.g. held-out rows), without a copy of the index
         ) -> Neighbours:
     "Top-`k` inner products of each query against `index`, chunked over queries: `Neighbours` (sims, idx), best first."
     q, x = _check_knn_inputs(queries, index, k)
-    bad_q, good_x = ~finite_rows(q), finite_rows(x)
+    bad_q, finite_x = ~finite_rows(q), finite_rows(x)
+    good_x = finite_x if exclude is None else finite_x & ~np.asarray(exclude, bool)
     n_good = int(good_x.sum())
     w = min(k, n_good)
     sims, idx = np.full((len(q), w), -np.inf, np.float32), np.full((len(q), w), -1, np.int64)
-    out = Neighbours(sims, idx, 0, bad_q, len(x) - n_good)
+    out = Neighbours(sims, idx, 0, bad_q, len(x) - int(finite_x.sum()))
     if w == 0 or len(q) == 0:
         out.n_searched = len(q)
         return out
