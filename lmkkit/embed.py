@@ -265,16 +265,15 @@ class Embedder:
             self.model = load_checkpoint(self.checkpoint, map_location=self.device)[0]
         return self.model
 
-    def _dim(self, split: str, ids: np.ndarray) -> int:
-        "Embedding size: of the split's cached file for these ids, else of the model's config, else of one forward pass."
+    def _dim(self, split: str, ids: np.ndarray) -> int | None:
+        "Embedding size: of the split's cached file for these ids, else of the model's config, else None (known after the first batch)."
         now = SplitCache.existing(self.cache.dir/split)
         emb = None if now is None else _read(now.dir/'emb.npy', mmap=True)
         if emb is not None and emb.ndim == 2 and now.holds(ids, emb.shape[1]): return emb.shape[1]
         d = getattr(getattr(self._model(), 'config', None), 'embedding_size', None)
-        if d: return int(d)
-        with torch.inference_mode(): return int(_embeddings(self.model.eval()(torch.zeros(1, 3, self.size, self.size, device=self.device))).shape[1])
+        return int(d) if d else None
 
-    def _extract(self, sc: SplitCache, todo: np.ndarray, path_of_row, deadline, chunk: int, first: int) -> int:
+    def _extract(self, split: str, ids: np.ndarray, todo: np.ndarray, path_of_row, deadline, chunk: int, first: int) -> int:
         "Extract rows `todo` through one DataLoader, writing every `chunk` rows (the first write after `first`); rows left for lack of time."
         ds = ImageDataset([], transform=eval_transforms(self.size), load_size=self.size)
         ds.paths = _RowPaths(path_of_row, todo)
@@ -285,6 +284,8 @@ class Embedder:
                 buf.append((todo[idx], e, _status_codes(ok, reasons, e)))
                 if sum(len(b[0]) for b in buf) < want and done + sum(len(b[0]) for b in buf) < len(todo): continue
                 rows, emb, status = (np.concatenate(x) for x in zip(*buf))
+                if self.sc is None: self.sc = self.cache.split(split, ids, emb.shape[1])
+                sc = self.sc
                 sc.write(rows, emb, status)
                 self.failed.extend(id_strings(sc.ids[rows[(status != STATUS.index('ok'))]]).tolist())
                 now = time.perf_counter()
@@ -306,15 +307,15 @@ class Embedder:
             paths = list(paths)
             if len(ids) != len(paths): raise ValueError(f"Embedder: {len(ids)} ids but {len(paths)} paths")
             path_of_row = paths.__getitem__
-        self.failed = []
-        if not len(ids): return EmbedResult(ids, np.zeros((0, self._dim(split, ids)), np.float32), np.zeros(0, bool))
-        sc = self.cache.split(split, ids, self._dim(split, ids))
-        todo = np.flatnonzero(~sc.ok)
+        self.failed, dim = [], self._dim(split, ids)
+        self.sc = None if dim is None else self.cache.split(split, ids, dim)  # else made at the first write, when the model has said
+        todo = np.flatnonzero(~self.sc.ok) if self.sc is not None else np.arange(len(ids))
         if self.verbose: print(f"embed cache {self.cache.key}/{split}: {len(ids) - len(todo)} cached, {len(todo)} to extract")
         first = probe or 2 * self.batch_size
         fits = deadline is None or deadline.fits(self.eta(min(first, len(todo))))
-        skipped = (self._extract(sc, todo, path_of_row, deadline, chunk, first) if fits else len(todo)) if len(todo) else 0
-        return EmbedResult(sc.ids, sc.load(), sc.ok.copy(), self.failed, skipped)
+        skipped = (self._extract(split, ids, todo, path_of_row, deadline, chunk, first) if fits else len(todo)) if len(todo) else 0
+        if self.sc is None: return EmbedResult(ids, np.full((len(ids), 0), np.nan, np.float32), np.zeros(len(ids), bool), self.failed, skipped)
+        return EmbedResult(self.sc.ids, self.sc.load(), self.sc.ok.copy(), self.failed, skipped)
 
 def cached_embeddings(cache_dir: str | Path, checkpoint_path: str | Path, ids: Sequence[str], paths: Sequence[str | Path],
                       size: int, model: torch.nn.Module | None = None,  # None: lmkkit.model.load_checkpoint(checkpoint_path)

@@ -267,7 +267,8 @@ def _rerank(run: _Run, cands: Candidates, ctx: RerankContext, predict, holdout: 
     "Plan, run and write each stage of the chain in turn; skipped and failing stages are logged in the timeline."
     settings = {s: run.cfg.settings_of(s) for s in run.cfg.chain}
     return run_stages(cands, ctx, run.cfg.chain, settings, run.timeline, holdout, lambda c, s: run.write(predict(c), s),
-                      cfg=run.cfg, device=run.device, out_dir=run.out, report=run.report)[0]
+                      cfg=run.cfg, device=run.device, out_dir=run.out, report=run.report,
+                      s_per_mac=run.report.get('knn_s_per_mac'))[0]
 
 def _wants(cfg: InferenceConfig, field: str) -> bool:
     "Whether a stage of the chain reads context `field` (so that the run prepares it)."
@@ -287,7 +288,9 @@ def run_recognition(cfg: InferenceConfig) -> InferenceResult:
     q_ids, q_emb, db_ids, db_emb = test.ids, test.emb, db.ids, db.emb  # memory-mapped; rows not embedded are NaN, which search skips
     labels = train['landmark_id'].to_numpy()
     with run.timeline.step('knn') as row:
+        t0 = time.perf_counter()
         cands = search(q_ids, q_emb, db_ids, db_emb, cfg.k, labels, deadline=run.deadline)
+        run.report['knn_s_per_mac'] = (time.perf_counter() - t0) / max(len(cands) * int(db.ok.sum()) * db_emb.shape[1], 1)  # calibrates the planner
         row['note'] = f'{int(test.ok.sum())} queries x {int(db.ok.sum())} images, top {cfg.k}' + ''.join(f', {r} {n}' for r, n in cands.skipped.items())
     if done := _knn_answer(run, cands, recognition_predictions, 'knn_top1', public): return done
     nl_ids, nl_emb = nl.ids[nl.ok], nl.emb[nl.ok]  # the non-landmarks are few: a compact copy

@@ -18,7 +18,7 @@ from .core import ConfigError, Deadline, Registry
 from .search import CHUNK_QUERIES, Candidates, _str_ids, knn, search
 
 # %% auto #0
-__all__ = ['STAGES', 'COST_UNITS', 'RerankContext', 'StageSpec', 'register_stage', 'stage_spec', 'stage_settings',
+__all__ = ['STAGES', 'COST_UNITS', 'S_PER_MAC', 'RerankContext', 'StageSpec', 'register_stage', 'stage_spec', 'stage_settings',
            'check_settings', 'expand', 'query_expansion', 'database_augment', 'dba', 'class_votes', 'vote_share',
            'soft_vote', 'per_candidate', 'nonlandmark_similarity', 'nonlandmark_penalty', 'recognition_predictions',
            'retrieval_predictions', 'assign_labels', 'boost_agreeing', 'label_boost']
@@ -97,14 +97,16 @@ class RerankContext:
 
 # %% ../nbs/40_rerank.ipynb #08f55a9c
 STAGES = Registry('re-ranking stage')
-COST_UNITS = ('query', 'index_row', 'pair')  # what a stage's `cost_s` is counted per
+COST_UNITS = ('query', 'index_row', 'pair',  # what a stage's `cost_s` is counted per
+              'query_x_index', 'index_x_index', 'query_x_nonlandmark')  # multiply-adds of a search: Q·N·D, N²·D, Q·M·D
+S_PER_MAC = 2.5e-10  # seconds per multiply-add of an exact kNN on one CPU core (4 GFLOP/s measured in issue 16); calibrated per run
 
 @dataclass(frozen=True)
 class StageSpec:
     "What the planner and the runner know about a stage, declared where it is registered."
     name: str
     cost_s: float  # estimated seconds per unit of `per` (one CPU core, order of magnitude)
-    per: str = 'query'  # 'query'; 'index_row' (grows with the searched set); 'pair' (verified pairs: the planner may lower `top_n`)
+    per: str = 'query'  # 'query'; 'index_row' (grows with the searched set); 'pair' (verified pairs: the planner may lower `top_n`); or a search's multiply-adds
     needs: tuple[str, ...] = ()  # RerankContext fields it reads; without them the runner skips it and says why
     learns: bool = False  # trains or re-weights on held-out queries, so it must prove itself there
     check: Callable | None = None  # check(settings): raise ConfigError on a bad setting, when the config is made
@@ -164,7 +166,7 @@ def _expand_rows(query: np.ndarray, index: np.ndarray, rows: np.ndarray, sims: n
         out[s:s + chunk] = expand(query[s:s + chunk], index[np.maximum(r, 0)], np.where(r >= 0, w, -np.inf), alpha)
     return out
 
-@register_stage('qe', cost_s=1e-3, needs=('index_ids', 'index_emb', 'query_ids', 'query_emb'))
+@register_stage('qe', cost_s=S_PER_MAC, per='query_x_index', needs=('index_ids', 'index_emb', 'query_ids', 'query_emb'))
 def query_expansion(cands: Candidates, ctx: RerankContext,
                     k: int = 3,  # neighbours averaged with the query
                     alpha: float = 0.0,  # α-QE exponent on the similarity weights (0: average QE)
@@ -186,7 +188,7 @@ def database_augment(emb: np.ndarray, k: int = 2, alpha: float = 0.0, **knn_kwar
     return _expand_rows(emb, emb, rows, np.take_along_axis(sims, keep, 1), alpha)
 
 # %% ../nbs/40_rerank.ipynb #2ec37df3
-@register_stage('dba', cost_s=1e-3, per='index_row', needs=('index_ids', 'index_emb', 'query_ids', 'query_emb'))
+@register_stage('dba', cost_s=S_PER_MAC, per='index_x_index', needs=('index_ids', 'index_emb', 'query_ids', 'query_emb'))
 def dba(cands: Candidates, ctx: RerankContext,
         k: int = 2,  # index neighbours added to each index vector
         alpha: float = 0.0,  # α-weighting of the neighbours (0: plain sum)
@@ -249,7 +251,7 @@ def _candidate_nl_sim(cands: Candidates, ctx: RerankContext, k: int, chunk: int 
                         for s in range(0, len(uniq), chunk)] or [np.zeros(0, np.float32)])
     return n[inv.reshape(cands.ids.shape)]
 
-@register_stage('nonlandmark_penalty', cost_s=1e-4, needs=('nonlandmark_emb', 'index_ids', 'index_emb', 'query_ids', 'query_emb'))
+@register_stage('nonlandmark_penalty', cost_s=S_PER_MAC, per='query_x_nonlandmark', needs=('nonlandmark_emb', 'index_ids', 'index_emb', 'query_ids', 'query_emb'))
 def nonlandmark_penalty(cands: Candidates, ctx: RerankContext,
                         k: int = 5,  # non-landmark neighbours averaged
                         w_candidate: float = 1.0,  # weight of the candidate's non-landmark similarity
