@@ -140,7 +140,6 @@ class SplitCache:
     def __init__(self, folder: str | Path, ids, status: np.ndarray | None = None):
         self.dir, self.ids = Path(folder), compact_ids(ids)
         self.status = np.zeros(len(self.ids), np.int8) if status is None else status
-        self._writer = None
 
     @classmethod
     def existing(cls, folder: str | Path) -> SplitCache | None:
@@ -160,7 +159,7 @@ class SplitCache:
         "Write new files of NaN rows, then copy the rows `previous` embedded (other ids, same `dim`) by id, chunk by chunk."
         self.dir.mkdir(parents=True, exist_ok=True)
         emb = np.lib.format.open_memmap(self.dir/'emb.npy', 'w+', np.float32, (len(self.ids), dim))
-        for s in range(0, len(emb), 65536): emb[s:s + 65536] = np.nan
+        self._write_rows(np.arange(len(self.ids)), np.full((0, dim), np.nan, np.float32))  # NaN rows, by file writes
         pe = None if previous is None else _read(previous.dir/'emb.npy', mmap=True)
         if pe is not None and pe.shape[1:] == (dim,) and previous.ids.dtype.kind == self.ids.dtype.kind:
             import pandas as pd
@@ -173,17 +172,26 @@ class SplitCache:
         emb.flush(); del emb
         _save(self.dir/'ids.npy', self.ids); _save(self.dir/'status.npy', self.status)
 
+    def _write_rows(self, rows: np.ndarray, vectors: np.ndarray, block: int = 65536) -> None:
+        "Write `vectors` (one per row; an empty array: NaN rows) at `rows` of emb.npy with file writes, one per run of consecutive rows."
+        if not len(rows): return
+        head = np.load(self.dir/'emb.npy', mmap_mode='r')
+        offset, width = head.offset, head.shape[1] * 4
+        nan = np.full((min(block, len(rows)), head.shape[1]), np.nan, np.float32) if not len(vectors) else None
+        cuts = np.flatnonzero(np.diff(rows) != 1) + 1
+        with open(self.dir/'emb.npy', 'r+b') as f:  # not a writable map: written pages are not held in this process
+            for s, e in zip(np.r_[0, cuts], np.r_[cuts, len(rows)]):
+                f.seek(offset + int(rows[s]) * width)
+                for b in range(s, e, block): f.write((nan[:min(block, e - b)] if nan is not None else vectors[b:min(b + block, e)]).tobytes())
+
     def write(self, rows: np.ndarray, emb: np.ndarray, status: np.ndarray) -> None:
-        "Store embedded `rows`: vectors first (flushed), then the status file, atomically; a crash between loses only this chunk."
-        if self._writer is None: self._writer = np.load(self.dir/'emb.npy', mmap_mode='r+')
-        self._writer[rows] = np.where((status == STATUS.index('ok'))[:, None], emb, np.nan)
-        self._writer.flush()
+        "Store embedded `rows`: vectors first, then the status file, atomically; a crash between loses only this chunk."
+        self._write_rows(rows, np.ascontiguousarray(np.where((status == STATUS.index('ok'))[:, None], emb, np.nan), np.float32))
         self.status[rows] = status
         _save(self.dir/'status.npy', self.status)
 
     def load(self) -> np.ndarray:
-        "(N, D) float32 embeddings, memory-mapped read-only (no copy in RAM); the writer's map is released."
-        self._writer = None
+        "(N, D) float32 embeddings, memory-mapped read-only: no copy in RAM."
         return np.load(self.dir/'emb.npy', mmap_mode='r')
 
 class EmbeddingCache:
