@@ -182,4 +182,5 @@ COMMANDS.register('demo')(delegate('demo', "The main job: synthetic data → tra
 COMMANDS.register('docs')(delegate('docs', "Build the documentation site from the notebooks, offline (see `lmkkit docs -h`)."))
 COMMANDS.register('kernels')(delegate('kaggle', "Check, build and push the Kaggle kernels and the offline wheelhouse (see `lmkkit kernels -h`)."))
 COMMANDS.register('sweep')(delegate('sweep', "Run a notebook over a grid of papermill parameters; resumable (see `lmkkit sweep -h`)."))
+COMMANDS.register('rehearse')(delegate('rehearse', "The recognition run after embedding at real sizes on synthetic embeddings: time and peak memory per step, the projected full run (see `lmkkit rehearse -h`)."))
 COMMANDS.register('benchmark')(delegate('revisited', "ROxford5k/RParis6k mAP and mP@k (Easy/Medium/Hard) of a checkpoint under the revisited protocol (see `lmkkit benchmark -h`)."))

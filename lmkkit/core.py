@@ -22,8 +22,8 @@ import numpy as np
 
 # %% auto #0
 __all__ = ['KERNEL_START_ENV', 'Registry', 'atomic_write', 'seed_everything', 'on_kaggle', 'default_device', 'progress',
-           'Deadline', 'ConfigError', 'TrainingDiverged', 'check_parameters', 'make_config', 'notebook_parameters',
-           'process_start_time', 'kernel_start_time']
+           'Deadline', 'deadline_reserve', 'ConfigError', 'TrainingDiverged', 'check_parameters', 'make_config',
+           'notebook_parameters', 'process_start_time', 'kernel_start_time']
 
 # %% ../nbs/00_core.ipynb #b7c27d48
 class Registry:
@@ -124,6 +124,14 @@ class Deadline:
         return seconds <= self.remaining
     def __repr__(self):
         return f"Deadline(limit={self.limit_s:.0f}s, reserve={self.reserve_s:.0f}s, remaining={self.remaining:.0f}s)"
+
+# %% ../nbs/00_core.ipynb #574132f9
+def deadline_reserve(limit_s: float, reserve_s: float, write_s: float = 0.0) -> tuple[float, str]:
+    "Seconds to keep for writing: `min(reserve_s, max(0.1·limit_s, 3·write_s, 2 s))`, and a sentence saying how it was chosen."
+    shares = {'10% of the limit': 0.1 * limit_s, '3x the measured write': 3 * write_s, 'the 2 s floor': 2.0}
+    why, floor = max(shares.items(), key=lambda kv: kv[1])
+    if reserve_s <= floor: return float(reserve_s), f"reserve {reserve_s:.1f} s as configured"
+    return floor, f"reserve {floor:.1f} s ({why}; the configured {reserve_s:.0f} s does not fit a {limit_s:.0f} s limit)"
 
 # %% ../nbs/00_core.ipynb #0fc32883
 class ConfigError(ValueError):

@@ -6,28 +6,30 @@
 from __future__ import annotations
 
 import hashlib
-import math
-import time
 import json
-import uuid
+import math
+import os
+import shutil
+import time
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from .core import progress
 
-from .core import Deadline, atomic_write
-from .data import ImageDataset, LoadStats, eval_transforms
+from .core import Deadline, atomic_write, progress
+from .data import IMAGE_FAILURES, ImageDataset, LoadStats, eval_transforms
 from .model import valid_scale_sizes
+from .search import hex_ids_to_uint64, uint64_to_hex_ids
 
 # %% auto #0
-__all__ = ['TTA_VIEWS', 'AMP_DTYPES', 'AMP_MODES', 'NONFINITE', 'tta_views', 'scale_sizes', 'mean_embedding', 'resolve_amp',
-           'extract_embeddings', 'file_sha1', 'EmbeddingCache', 'EmbedResult', 'Embedder', 'cached_embeddings']
+__all__ = ['TTA_VIEWS', 'AMP_DTYPES', 'AMP_MODES', 'NONFINITE', 'STATUS', 'tta_views', 'scale_sizes', 'mean_embedding',
+           'resolve_amp', 'default_workers', 'embed_batches', 'extract_embeddings', 'file_sha1', 'compact_ids',
+           'id_strings', 'SplitCache', 'EmbeddingCache', 'EmbedResult', 'Embedder', 'cached_embeddings']
 
 # %% ../nbs/30_embed.ipynb #0dbfcc92
 TTA_VIEWS = ('none', 'flip')
@@ -72,8 +74,40 @@ def _embeddings(out) -> torch.Tensor:
 
 NONFINITE = 'non-finite embedding'  # the reason counted for a vector with a NaN or an infinity
 
+def default_workers() -> int:
+    "DataLoader workers for JPEG decoding: the CPU cores this process may use, at most 8 (0 where the count is unknown)."
+    try: return min(8, len(os.sched_getaffinity(0)))
+    except AttributeError: return min(8, os.cpu_count() or 0)  # not Linux
+
+def embed_batches(model: torch.nn.Module, ds: ImageDataset, batch_size: int = 32, num_workers: int | None = None,
+                  device: str = 'cpu', tta: Sequence[str] = ('none',),
+                  scales: Sequence[float] = (1.0,),  # multi-scale resize factors of the input side (made valid: `scale_sizes`)
+                  amp: str | None = None, channels_last: bool = False, verbose: bool = True, stats: LoadStats | None = None):
+    "Yield (index (B,) int64, emb (B, D) float32 L2-normalised, ok (B,) bool, reasons) per batch of `ds`, through one DataLoader; unreadable images and non-finite vectors are zero rows, not ok."
+    amp, num_workers = resolve_amp(amp, device), default_workers() if num_workers is None else num_workers
+    cuda = str(device).startswith('cuda')
+    dl = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=num_workers, pin_memory=cuda,
+                                     prefetch_factor=4 if num_workers else None, persistent_workers=num_workers > 0)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    was_training, sizes = model.training, None  # sizes: the side of each scale's view, from the first batch
+    model.eval().to(device, memory_format=fmt)
+    try:
+        with torch.inference_mode(), torch.autocast(str(device).split(':')[0], dtype=AMP_DTYPES.get(amp), enabled=amp != 'off'):
+            for batch in progress(dl, verbose, desc='embed'):
+                x = batch['image'].to(device, non_blocking=True).contiguous(memory_format=fmt)
+                if sizes is None: sizes = scale_sizes(model, x.shape[-1], scales)[0]
+                e = mean_embedding([_embeddings(model(v)) for v in tta_views(x, tta, sizes)]).cpu()
+                finite = torch.isfinite(e).all(1)
+                ok = batch['ok'].bool() & finite
+                reasons = [r or ('' if f else NONFINITE) for r, f in zip(batch['reason'], finite.tolist())]
+                if stats is not None: stats.add_batch(ok, [ds.paths[i] for i in batch['index']], reasons)
+                yield batch['index'].numpy(), torch.where(ok[:, None], e, 0.0).numpy().astype(np.float32), ok.numpy(), reasons
+    finally:
+        model.train(was_training)
+
 def extract_embeddings(model: torch.nn.Module, paths: Sequence[str | Path], size: int, batch_size: int = 32,
-                       num_workers: int = 0, device: str = 'cpu',
+                       num_workers: int | None = None,  # None: `default_workers()`
+                       device: str = 'cpu',
                        tta: Sequence[str] = ('none',),  # orientations: 'none', 'flip'
                        scales: Sequence[float] = (1.0,),  # multi-scale resize factors of `size` (made valid: `scale_sizes`)
                        amp: str | None = None,  # None: fp16 on CUDA, off on CPU
@@ -81,29 +115,11 @@ def extract_embeddings(model: torch.nn.Module, paths: Sequence[str | Path], size
                        stats: LoadStats | None = None,  # filled with the counts by reason when given
                        ) -> tuple[np.ndarray, np.ndarray]:
     "Embed the images at `paths`: (emb float32 (N, D) L2-normalised, ok bool (N,)); unreadable images and non-finite vectors are zeros."
-    amp, sizes = resolve_amp(amp, device), scale_sizes(model, size, scales)[0]
-    ds = ImageDataset(paths, transform=eval_transforms(size), load_size=size)
-    dl = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=num_workers,
-                                     pin_memory=str(device).startswith('cuda'))
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    was_training = model.training
-    model.eval().to(device, memory_format=fmt)
-    embs, oks, stats = [], [], LoadStats() if stats is None else stats
-    try:
-        with torch.inference_mode(), torch.autocast(str(device).split(':')[0], dtype=AMP_DTYPES.get(amp), enabled=amp != 'off'):
-            for batch in progress(dl, verbose, desc='embed'):
-                x = batch['image'].to(device, non_blocking=True).contiguous(memory_format=fmt)
-                e = mean_embedding([_embeddings(model(v)) for v in tta_views(x, tta, sizes)]).cpu()
-                finite = torch.isfinite(e).all(1)
-                ok = batch['ok'].bool() & finite
-                embs.append(torch.where(ok[:, None], e, 0.0)); oks.append(ok)
-                reasons = [r or ('' if f else NONFINITE) for r, f in zip(batch['reason'], finite.tolist())]
-                stats.add_batch(ok, [ds.paths[i] for i in batch['index']], reasons)
-    finally:
-        model.train(was_training)
+    ds, stats = ImageDataset(paths, transform=eval_transforms(size), load_size=size), LoadStats() if stats is None else stats
+    parts = list(embed_batches(model, ds, batch_size, num_workers, device, tta, scales, amp, channels_last, verbose, stats))
     if stats.failed or verbose: print(f"embed: {stats.summary()}")
-    if not embs: return np.zeros((0, 0), np.float32), np.zeros(0, bool)
-    return torch.cat(embs).numpy().astype(np.float32), torch.cat(oks).numpy()
+    if not parts: return np.zeros((0, 0), np.float32), np.zeros(0, bool)
+    return np.concatenate([p[1] for p in parts]), np.concatenate([p[2] for p in parts])
 
 # %% ../nbs/30_embed.ipynb #53e6d85e
 def file_sha1(path: str | Path, block: int = 1 << 20) -> str:
@@ -113,62 +129,156 @@ def file_sha1(path: str | Path, block: int = 1 << 20) -> str:
         while chunk := f.read(block): h.update(chunk)
     return h.hexdigest()
 
+STATUS = ('todo', 'ok', *IMAGE_FAILURES, 'nonfinite')  # int8 code of a row in a split's status.npy
+
+def compact_ids(ids) -> np.ndarray:
+    "Ids as 8-byte uint64 when they are all 16-hex GLDv2 ids (or already uint64), else a str array."
+    a = np.asarray(ids)
+    if a.dtype == np.uint64: return a
+    try: return hex_ids_to_uint64(a)
+    except ValueError: return a.astype(str)
+
+def id_strings(ids: np.ndarray) -> np.ndarray:
+    "The str form of ids from `compact_ids` (uint64: their 16 hex digits)."
+    return uint64_to_hex_ids(ids) if ids.dtype == np.uint64 else ids
+
+def _save(path: Path, a: np.ndarray) -> None:
+    with atomic_write(path, 'wb') as f: np.save(f, a, allow_pickle=False)
+
+def _read(path: Path, mmap: bool = False) -> np.ndarray | None:
+    "An array file of the cache, or None when it is missing or damaged (then its rows are extracted again, with a warning)."
+    try: return np.load(path, mmap_mode='r' if mmap else None, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        if path.exists(): warnings.warn(f"embedding cache file {str(path)!r} is unreadable ({e!r}); its images are extracted again")
+        return None
+
+class SplitCache:
+    "One split's embeddings on disk: `emb.npy` (N, D) float32 (NaN rows: not embedded), `ids.npy`, `status.npy` (int8 `STATUS`)."
+    def __init__(self, folder: str | Path, ids, status: np.ndarray | None = None):
+        self.dir, self.ids = Path(folder), compact_ids(ids)
+        self.status = np.zeros(len(self.ids), np.int8) if status is None else status
+
+    @classmethod
+    def existing(cls, folder: str | Path) -> SplitCache | None:
+        "What `folder` holds now (its ids and status), or None."
+        ids, status = _read(Path(folder)/'ids.npy'), _read(Path(folder)/'status.npy')
+        return None if ids is None or status is None or len(ids) != len(status) else cls(folder, ids, status)
+
+    @property
+    def ok(self) -> np.ndarray: return self.status == STATUS.index('ok')
+
+    def holds(self, ids: np.ndarray, dim: int) -> bool:
+        "Whether these files are for exactly `ids` with `dim`-wide rows."
+        emb = _read(self.dir/'emb.npy', mmap=True)
+        return (self.ids.dtype.kind == ids.dtype.kind and np.array_equal(self.ids, ids) and emb is not None and emb.shape == (len(ids), dim))
+
+    def create(self, dim: int, previous: SplitCache | None = None) -> None:
+        "Write new files of NaN rows, then copy the rows `previous` embedded (other ids, same `dim`) by id, chunk by chunk."
+        self.dir.mkdir(parents=True, exist_ok=True)
+        emb = np.lib.format.open_memmap(self.dir/'emb.npy', 'w+', np.float32, (len(self.ids), dim))
+        self._write_rows(np.arange(len(self.ids)), np.full((0, dim), np.nan, np.float32))  # NaN rows, by file writes
+        pe = None if previous is None else _read(previous.dir/'emb.npy', mmap=True)
+        if pe is not None and pe.shape[1:] == (dim,) and previous.ids.dtype.kind == self.ids.dtype.kind:
+            import pandas as pd
+            src = pd.Index(previous.ids).get_indexer(self.ids)
+            src[src >= 0] = np.where(previous.ok[src[src >= 0]], src[src >= 0], -1)
+            have = np.flatnonzero(src >= 0)
+            for s in range(0, len(have), 65536):
+                emb[have[s:s + 65536]] = pe[src[have[s:s + 65536]]]
+            self.status[have] = STATUS.index('ok')
+        emb.flush(); del emb
+        _save(self.dir/'ids.npy', self.ids); _save(self.dir/'status.npy', self.status)
+
+    def _write_rows(self, rows: np.ndarray, vectors: np.ndarray, block: int = 65536) -> None:
+        "Write `vectors` (one per row; an empty array: NaN rows) at `rows` of emb.npy with file writes, one per run of consecutive rows."
+        if not len(rows): return
+        head = np.load(self.dir/'emb.npy', mmap_mode='r')
+        offset, width = head.offset, head.shape[1] * 4
+        nan = np.full((min(block, len(rows)), head.shape[1]), np.nan, np.float32) if not len(vectors) else None
+        cuts = np.flatnonzero(np.diff(rows) != 1) + 1
+        with open(self.dir/'emb.npy', 'r+b') as f:  # not a writable map: written pages are not held in this process
+            for s, e in zip(np.r_[0, cuts], np.r_[cuts, len(rows)]):
+                f.seek(offset + int(rows[s]) * width)
+                for b in range(s, e, block): f.write((nan[:min(block, e - b)] if nan is not None else vectors[b:min(b + block, e)]).tobytes())
+
+    def write(self, rows: np.ndarray, emb: np.ndarray, status: np.ndarray) -> None:
+        "Store embedded `rows`: vectors first, then the status file, atomically; a crash between loses only this chunk."
+        self._write_rows(rows, np.ascontiguousarray(np.where((status == STATUS.index('ok'))[:, None], emb, np.nan), np.float32))
+        self.status[rows] = status
+        _save(self.dir/'status.npy', self.status)
+
+    def load(self) -> np.ndarray:
+        "(N, D) float32 embeddings, memory-mapped read-only: no copy in RAM."
+        return np.load(self.dir/'emb.npy', mmap_mode='r')
+
 class EmbeddingCache:
-    "Embeddings on disk under `cache_dir/<key>/`, keyed by the checkpoint's SHA-1 and the extraction settings."
+    "Embeddings on disk under `cache_dir/<key>/<split>/`, keyed by the checkpoint's SHA-1 and the extraction settings."
     def __init__(self, cache_dir: str | Path, checkpoint_path: str | Path, **settings):
         if not Path(checkpoint_path).is_file():
             raise FileNotFoundError(f"checkpoint {str(checkpoint_path)!r} not found; the embedding cache is keyed by its content")
         self.settings = dict(checkpoint_sha1=file_sha1(checkpoint_path), **settings)
         self.key = hashlib.sha1(json.dumps(self.settings, sort_keys=True).encode()).hexdigest()[:16]
-        self.dir, self.dropped = Path(cache_dir)/self.key, []
+        self.dir, self.dropped = Path(cache_dir)/self.key, []  # dropped: ids of cached non-finite vectors
 
-    def load(self) -> dict[str, np.ndarray]:
-        "All cached finite embeddings by id (damaged chunk files and non-finite vectors are skipped with a warning)."
-        found, bad = {}, set()
-        for part in sorted(self.dir.glob('part-*.npz')):
-            try:
-                with np.load(part, allow_pickle=False) as z: ids, emb = z['ids'].tolist(), z['emb']
-            except (OSError, ValueError, KeyError) as e:
-                warnings.warn(f"embedding cache chunk {str(part)!r} is unreadable ({e!r}); its images are extracted again")
-                continue
-            finite = np.isfinite(emb).all(1)
-            found.update((i, e) for i, e, f in zip(ids, emb, finite) if f)
-            bad.update(i for i, f in zip(ids, finite) if not f)
-        self.dropped = sorted(bad - set(found))
-        if self.dropped: warnings.warn(f"embedding cache {self.dir}: {len(self.dropped)} non-finite vectors "
-                                       f"(e.g. {self.dropped[0]!r}); their images are extracted again")
-        return found
+    def _drop_nonfinite(self, sc: SplitCache) -> SplitCache:
+        "Mark the cached rows whose vector is not finite (e.g. a float16 overflow written by an older run) for extraction again, with a warning."
+        emb, ok = sc.load(), np.flatnonzero(sc.ok)
+        bad = np.concatenate([ok[s:s + 65536][~np.isfinite(emb[ok[s:s + 65536]]).all(1)] for s in range(0, len(ok), 65536)] or [np.zeros(0, int)])
+        if not len(bad): return sc
+        sc.status[bad] = STATUS.index('nonfinite')
+        _save(sc.dir/'status.npy', sc.status)
+        dropped = id_strings(sc.ids[bad]).tolist()
+        self.dropped += dropped
+        warnings.warn(f"embedding cache {sc.dir}: {len(bad)} non-finite vectors (e.g. {dropped[0]!r}); their images are extracted again")
+        return sc
 
-    def write(self, ids: Sequence[str], emb: np.ndarray) -> None:
-        "Store one chunk atomically."
-        if not len(ids): return
+    def split(self, name: str, ids, dim: int) -> SplitCache:
+        "The cache of split `name` for exactly `ids` (in order) and `dim`: resumed when the files match, else new (rows cached under other ids carried over)."
+        folder, ids = self.dir/name, compact_ids(ids)
+        now = SplitCache.existing(folder)
+        if now is not None and now.holds(ids, dim): return self._drop_nonfinite(now)
+        self.dir.mkdir(parents=True, exist_ok=True)
         if not (self.dir/'settings.json').exists():
             with atomic_write(self.dir/'settings.json') as f: json.dump(self.settings, f, indent=1)
-        with atomic_write(self.dir/f'part-{uuid.uuid4().hex[:12]}.npz', 'wb') as f:
-            np.savez(f, ids=np.asarray(ids, dtype=str), emb=np.asarray(emb, np.float32))
+        if now is not None:  # other ids: the old files stay aside until the new ones hold their rows
+            old = self.dir/f'{name}.old'
+            shutil.rmtree(old, ignore_errors=True); os.replace(folder, old); now.dir = old
+        elif folder.exists(): shutil.rmtree(folder)  # damaged: start again
+        sc = SplitCache(folder, ids)
+        sc.create(dim, now)
+        if now is not None: shutil.rmtree(now.dir, ignore_errors=True)
+        return sc
 
     def __repr__(self): return f"EmbeddingCache({self.dir})"
 
 # %% ../nbs/30_embed.ipynb #4a6cdca4
 @dataclass
 class EmbedResult:
-    "Embeddings of a list of ids: rows of unreadable or skipped images are zeros and `ok` is False."
-    ids: np.ndarray
-    emb: np.ndarray
-    ok: np.ndarray
-    unreadable: list = field(default_factory=list)  # ids whose image is missing or undecodable, or whose vector is not finite
+    "Embeddings of a list of ids, one row each: rows of unreadable or skipped images are NaN (every search skips them) and `ok` is False."
+    ids: np.ndarray  # (N,) uint64 (16-hex ids) or str, as `compact_ids` makes them
+    emb: np.ndarray  # (N, D) float32, memory-mapped read-only from the cache
+    ok: np.ndarray  # (N,) bool
+    unreadable: list = field(default_factory=list)  # ids whose image is missing or undecodable, or whose vector is not finite (this call)
     skipped: int = 0  # images left out for lack of time
     reasons: dict = field(default_factory=dict)  # reason (`lmkkit.data.IMAGE_FAILURES`, `NONFINITE`) -> count of `unreadable`
 
-    def valid(self) -> tuple[np.ndarray, np.ndarray]:
-        "(ids, emb) of the rows that were embedded."
-        return self.ids[self.ok], self.emb[self.ok]
+class _RowPaths:
+    "The paths of rows `rows`, made when read: `paths[i]` is the image of row `rows[i]` (no list of N paths held)."
+    def __init__(self, path_of_row: Callable[[int], Path], rows: np.ndarray): self.path_of_row, self.rows = path_of_row, rows
+    def __len__(self): return len(self.rows)
+    def __getitem__(self, i): return Path(self.path_of_row(int(self.rows[i])))
+
+def _status_codes(ok: np.ndarray, reasons: list[str], emb: np.ndarray) -> np.ndarray:
+    "int8 `STATUS` code of each row of a batch: ok, the image failure's reason, or nonfinite (a vector with NaN or inf)."
+    fail = [STATUS.index('nonfinite') if r == NONFINITE else STATUS.index(r) if r in STATUS else STATUS.index('corrupt') for r in reasons]
+    return np.where(ok, np.where(np.isfinite(emb).all(1), STATUS.index('ok'), STATUS.index('nonfinite')), fail).astype(np.int8)
 
 class Embedder:
-    "Embeds images through the on-disk cache, chunk by chunk, measuring throughput and minding the deadline."
+    "Embeds images through the on-disk array cache in one pass over the missing rows, measuring throughput and minding the deadline."
     def __init__(self, model: torch.nn.Module | None,  # None: lmkkit.model.load_checkpoint(checkpoint), when first needed
                  checkpoint: str | Path, cache_dir: str | Path, size: int, device: str = 'cpu',
-                 batch_size: int = 32, num_workers: int = 0, tta: Sequence[str] = ('none',), scales: Sequence[float] = (1.0,),
+                 batch_size: int = 32, num_workers: int | None = None,  # None: `default_workers()`
+                 tta: Sequence[str] = ('none',), scales: Sequence[float] = (1.0,),
                  amp: str | None = None, channels_last: bool = False, verbose: bool = False):
         self.model, self.checkpoint, self.size, self.device = model, checkpoint, size, device
         self.extract_kwargs = dict(batch_size=batch_size, num_workers=num_workers, device=device, tta=tuple(tta),
@@ -176,8 +286,7 @@ class Embedder:
         self.batch_size, self.verbose = batch_size, verbose
         self.cache = EmbeddingCache(cache_dir, checkpoint, size=size, tta=list(tta), scales=[float(s) for s in scales],
                                     amp=resolve_amp(amp, device))
-        self.found = self.cache.load()
-        self.images, self.seconds, self.failed, self.reasons = 0, 0.0, set(), Counter()
+        self.images, self.seconds = 0, 0.0
 
     @property
     def images_per_s(self) -> float | None:
@@ -188,55 +297,70 @@ class Embedder:
         "Estimated seconds to extract `n` more images (a guess of 10 images/s before any measurement)."
         return n / (self.images_per_s or 10.0)
 
-    @property
-    def dim(self) -> int:
-        "Embedding size: of the cached vectors, else of the model, else 0."
-        if self.found: return len(next(iter(self.found.values())))
-        return self.model.config.embedding_size if hasattr(self.model, 'config') else 0
-
-    def extract(self, ids: list[str], paths: list[Path]) -> None:
-        "Extract, cache and keep the embeddings of one chunk; time it."
+    def _model(self) -> torch.nn.Module:
         if self.model is None:
             from lmkkit.model import load_checkpoint
             self.model = load_checkpoint(self.checkpoint, map_location=self.device)[0]
-        t0 = time.perf_counter()
-        stats = LoadStats()
-        emb, ok = extract_embeddings(self.model, paths, self.size, **self.extract_kwargs, stats=stats)
-        self.reasons.update(stats.reasons)
-        self.seconds += time.perf_counter() - t0
-        self.images += len(ids)
-        good = [i for i, o in zip(ids, ok) if o]
-        self.cache.write(good, emb[ok])
-        self.found.update(zip(good, emb[ok]))
-        self.failed.update(i for i, o in zip(ids, ok) if not o)
+        return self.model
 
-    def __call__(self, ids: Sequence[str], paths: Sequence[str | Path], deadline: Deadline | None = None,
-                 chunk: int = 2048, probe: int | None = None) -> EmbedResult:
-        "Embed `ids`; the first chunk has `probe` images (default: two batches) so that the rate is known early."
-        ids, paths = [str(i) for i in ids], list(paths)
-        if len(ids) != len(paths): raise ValueError(f"Embedder: {len(ids)} ids but {len(paths)} paths")
-        todo = [i for i, k in enumerate(ids) if k not in self.found]
-        if self.verbose: print(f"embed cache {self.cache.key}: {len(ids) - len(todo)} cached, {len(todo)} to extract")
-        self.failed, self.reasons, skipped, start = set(), Counter(), 0, 0
-        for n in [probe or 2 * self.batch_size] + [chunk] * len(todo):
-            rows = todo[start:start + n]
-            if not rows: break
-            if deadline is not None and not deadline.fits(self.eta(len(rows))):
-                skipped = len(todo) - start
-                break
-            self.extract([ids[i] for i in rows], [paths[i] for i in rows])
-            start += n
-        zero = np.zeros(self.dim, np.float32)
-        emb = np.stack([self.found.get(k, zero) for k in ids]).astype(np.float32) if ids else np.zeros((0, self.dim), np.float32)
-        ok = np.array([k in self.found for k in ids], bool)
-        return EmbedResult(np.array(ids, dtype=str), emb, ok, sorted(self.failed), skipped, dict(self.reasons))
+    def _dim(self, split: str, ids: np.ndarray) -> int | None:
+        "Embedding size: of the split's cached file for these ids, else of the model's config, else None (known after the first batch)."
+        now = SplitCache.existing(self.cache.dir/split)
+        emb = None if now is None else _read(now.dir/'emb.npy', mmap=True)
+        if emb is not None and emb.ndim == 2 and now.holds(ids, emb.shape[1]): return emb.shape[1]
+        d = getattr(getattr(self._model(), 'config', None), 'embedding_size', None)
+        return int(d) if d else None
+
+    def _extract(self, split: str, ids: np.ndarray, todo: np.ndarray, path_of_row, deadline, chunk: int, first: int) -> int:
+        "Extract rows `todo` through one DataLoader, writing every `chunk` rows (the first write after `first`); rows left for lack of time."
+        ds = ImageDataset([], transform=eval_transforms(self.size), load_size=self.size)
+        ds.paths = _RowPaths(path_of_row, todo)
+        done, buf, want, t0 = 0, [], first, time.perf_counter()
+        batches = embed_batches(self._model(), ds, **self.extract_kwargs, stats=self.stats)
+        try:
+            for idx, e, ok, reasons in batches:
+                buf.append((todo[idx], e, _status_codes(ok, reasons, e)))
+                if sum(len(b[0]) for b in buf) < want and done + sum(len(b[0]) for b in buf) < len(todo): continue
+                rows, emb, status = (np.concatenate(x) for x in zip(*buf))
+                if self.sc is None: self.sc = self.cache.split(split, ids, emb.shape[1])
+                sc = self.sc
+                sc.write(rows, emb, status)
+                self.failed.extend(id_strings(sc.ids[rows[(status != STATUS.index('ok'))]]).tolist())
+                now = time.perf_counter()
+                self.seconds, self.images, t0 = self.seconds + now - t0, self.images + len(rows), now
+                done, buf, want = done + len(rows), [], chunk
+                if deadline is not None and done < len(todo) and not deadline.fits(self.eta(min(chunk, len(todo) - done))): break
+        finally:
+            batches.close()
+        return len(todo) - done
+
+    def __call__(self, ids, paths: Sequence[str | Path] | Callable[[str], Path], deadline: Deadline | None = None,
+                 chunk: int = 4096, probe: int | None = None,
+                 split: str = 'default',  # the cache folder of this list of ids (one per split of a run)
+                 ) -> EmbedResult:
+        "Embed `ids` (images at `paths`, or `paths(id)`); the first write comes after `probe` images (default: two batches) so that the rate is known early."
+        ids = compact_ids(ids)
+        if callable(paths): path_of_row = lambda r: paths(str(id_strings(ids[r:r + 1])[0]))
+        else:
+            paths = list(paths)
+            if len(ids) != len(paths): raise ValueError(f"Embedder: {len(ids)} ids but {len(paths)} paths")
+            path_of_row = paths.__getitem__
+        self.failed, self.stats, dim = [], LoadStats(), self._dim(split, ids)
+        self.sc = None if dim is None else self.cache.split(split, ids, dim)  # else made at the first write, when the model has said
+        todo = np.flatnonzero(~self.sc.ok) if self.sc is not None else np.arange(len(ids))
+        if self.verbose: print(f"embed cache {self.cache.key}/{split}: {len(ids) - len(todo)} cached, {len(todo)} to extract")
+        first = probe or 2 * self.batch_size
+        fits = deadline is None or deadline.fits(self.eta(min(first, len(todo))))
+        skipped = (self._extract(split, ids, todo, path_of_row, deadline, chunk, first) if fits else len(todo)) if len(todo) else 0
+        if self.sc is None: return EmbedResult(ids, np.full((len(ids), 0), np.nan, np.float32), np.zeros(len(ids), bool), self.failed, skipped, dict(self.stats.reasons))
+        return EmbedResult(self.sc.ids, self.sc.load(), self.sc.ok.copy(), self.failed, skipped, dict(self.stats.reasons))
 
 def cached_embeddings(cache_dir: str | Path, checkpoint_path: str | Path, ids: Sequence[str], paths: Sequence[str | Path],
                       size: int, model: torch.nn.Module | None = None,  # None: lmkkit.model.load_checkpoint(checkpoint_path)
                       tta: Sequence[str] = ('none',), scales: Sequence[float] = (1.0,), amp: str | None = None,
-                      device: str = 'cpu', chunk_size: int = 4096, verbose: bool = True,
+                      device: str = 'cpu', chunk_size: int = 4096, verbose: bool = True, split: str = 'default',
                       **extract_kwargs) -> tuple[np.ndarray, np.ndarray]:
-    "Embeddings of `ids` (images at `paths`) from the cache, extracting and caching the missing ones in chunks of `chunk_size`."
+    "Embeddings of `ids` (images at `paths`) from the cache, extracting the missing ones and writing every `chunk_size`: (emb (N, D) memory-mapped, NaN where not ok; ok (N,))."
     res = Embedder(model, checkpoint_path, cache_dir, size, device, tta=tta, scales=scales, amp=amp, verbose=verbose,
-                   **extract_kwargs)(ids, paths, chunk=chunk_size, probe=chunk_size)
+                   **extract_kwargs)(ids, paths, chunk=chunk_size, probe=chunk_size, split=split)
     return res.emb, res.ok

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import time
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,9 +17,9 @@ import pandas as pd
 
 import lmkkit.lgbm  # noqa: F401  (registers the 'lgbm' stage)
 import lmkkit.verify  # noqa: F401  (registers the 'verify' stage)
-from .core import ConfigError, Deadline, atomic_write, check_parameters, default_device, kernel_start_time, make_config, seed_everything
+from .core import ConfigError, Deadline, atomic_write, check_parameters, deadline_reserve, default_device, kernel_start_time, make_config, seed_everything
 from .data import IMAGE_FAILURES, list_ids, nonlandmark_ids, paths_for, read_train_csv, split_by_class, submission_ids
-from .embed import NONFINITE, EmbedResult, Embedder
+from .embed import NONFINITE, EmbedResult, Embedder, compact_ids, id_strings
 from .model import valid_image_size, valid_scale_sizes
 from .metrics import TRACKS, load_solution, score, write_recognition_submission, write_retrieval_submission
 from .plan import Holdout, Timeline, run_stages
@@ -46,10 +47,10 @@ class InferenceConfig:
     track: str = 'recognition'  # 'recognition' or 'retrieval'
     time_limit_hours: float = 12.0  # the kernel's wall-time limit, counted from `kernel_start`
     kernel_start: float | None = None  # epoch seconds of the kernel's first cell; None: $LMKKIT_KERNEL_START, else the process start
-    reserve_minutes: float = 20.0  # kept free at the end (writing, slack)
+    reserve_minutes: float = 20.0  # kept free at the end (writing, slack); shrunk for short limits (core.deadline_reserve)
     image_size: int | None = None  # None: the checkpoint's last training size
     batch_size: int = 32
-    num_workers: int = 0
+    num_workers: int | None = None  # JPEG-decoding DataLoader workers; None: lmkkit.embed.default_workers() (the usable cores, at most 8)
     tta: tuple[str, ...] = ('none',)  # lmkkit.embed views: 'none', 'flip'
     scales: tuple[float, ...] = (1.0,)  # multi-scale TTA: factors of image_size (each rounded to a side the backbone takes, with a note)
     k: int = 10  # recognition: candidates recalled per query (the seed's top 10)
@@ -79,8 +80,8 @@ class InferenceConfig:
             raise ConfigError(f"parameter 'public_run' must be 'auto', 'yes' or 'no', got {self.public_run!r}")
         for name in ('k', 'retrieval_k', 'batch_size', 'verify_top_n', 'lgbm_rounds', 'public_sample_max'):
             if getattr(self, name) < 1: raise ConfigError(f"parameter {name!r} must be >= 1, got {getattr(self, name)}")
-        if self.time_limit_hours <= 0 or self.reserve_minutes < 0 or self.reserve_minutes >= 60 * self.time_limit_hours:
-            raise ConfigError(f"need time_limit_hours > 0 and 0 <= reserve_minutes < 60 * time_limit_hours, got "
+        if self.time_limit_hours <= 0 or self.reserve_minutes < 0:  # a reserve too large for the limit shrinks (core.deadline_reserve)
+            raise ConfigError(f"need time_limit_hours > 0 and reserve_minutes >= 0, got "
                               f"{self.time_limit_hours} h and {self.reserve_minutes} min")
         if self.public_budget_s <= 0: raise ConfigError(f"parameter 'public_budget_s' must be > 0 seconds, got {self.public_budget_s}")
         if self.stages is not None: object.__setattr__(self, 'stages', tuple(self.stages))
@@ -202,8 +203,10 @@ def _start(cfg: InferenceConfig) -> _Run:
     timeline = Timeline(cfg.out_dir, deadline, cfg.verbose)
     with timeline.step('empty_submission') as row:
         run = _Run(cfg, submission_ids(cfg.data_dir, cfg.track), load_solution(cfg.data_dir, cfg.track), timeline)
+        t0 = time.perf_counter()
         run.write({}, None)
-        row['note'] = f'{len(run.ids)} ids; {deadline.elapsed:.0f}s since the kernel started'
+        timeline.deadline.reserve_s, why = deadline_reserve(timeline.deadline.limit_s, cfg.deadline_reserve_s, time.perf_counter() - t0)
+        row['note'] = f'{len(run.ids)} ids; {deadline.elapsed:.0f}s since the kernel started; {why}'
     with timeline.step('public_check') as row: run.public, row['note'] = _public(cfg)
     return run
 
@@ -227,9 +230,8 @@ def _load_model(run: _Run):
 
 def _embed(run: _Run, embedder: Embedder, name: str, split: str, ids: Sequence[str]) -> EmbedResult:
     "Embed the images `ids` of `split` as timeline step `name`; count what could not be embedded."
-    paths = paths_for(run.cfg.data_dir, split, ids)  # for these ids only: never for an image the run does not read
     with run.timeline.step(name, planned_s=embedder.eta(len(ids))) as row:
-        res = embedder(ids, paths, run.deadline)
+        res = embedder(ids, lambda i: paths_for(run.cfg.data_dir, split, [i])[0], run.deadline, split=name)  # a path only for an image it reads
         reasons = {r: res.reasons.get(r, 0) for r in (*IMAGE_FAILURES, NONFINITE)}  # every reason, zeros included
         row['note'] = f'{int(res.ok.sum())}/{len(ids)} images' + (f', {res.skipped} skipped (time)' if res.skipped else '') \
             + (f", {len(res.unreadable)} unreadable ({', '.join(f'{r}: {n}' for r, n in reasons.items() if n)})" if res.unreadable else '')
@@ -284,20 +286,24 @@ def _finish(run: _Run) -> InferenceResult:
     return res
 
 # %% ../nbs/50_pipeline.ipynb #563ed03f
-def make_holdout(train: pd.DataFrame,  # id, landmark_id of the embedded train images
-                 emb: np.ndarray,  # (len(train), D) their embeddings
+def make_holdout(train: pd.DataFrame,  # id, landmark_id of the train images, row by row with `emb`
+                 emb: np.ndarray,  # (len(train), D) their embeddings (NaN rows: not embedded)
                  nl_ids: np.ndarray, nl_emb: np.ndarray,  # non-landmark queries and their embeddings
-                 nl_ref_emb: np.ndarray | None, k: int, cfg: InferenceConfig, **ctx_kwargs) -> Holdout:
-    "Held-out queries (images of seen classes, whole unseen classes, non-landmarks) searched against the rest of train."
-    rest, held = split_by_class(train.assign(row=np.arange(len(train))), cfg.holdout_frac, cfg.holdout_unseen_frac, seed=cfg.seed)
+                 nl_ref_emb: np.ndarray | None, k: int, cfg: InferenceConfig,
+                 ok: np.ndarray | None = None,  # (len(train),) bool: rows that were embedded (None: all)
+                 **ctx_kwargs) -> Holdout:
+    "Held-out queries (images of seen classes, whole unseen classes, non-landmarks) searched against the rest of train: `emb` itself with the held-out rows excluded, no copy."
+    rows = train.assign(row=np.arange(len(train)))
+    rest, held = split_by_class(rows if ok is None else rows[ok], cfg.holdout_frac, cfg.holdout_unseen_frac, seed=cfg.seed)
     if len(held) > cfg.max_holdout: held = held.sample(cfg.max_holdout, random_state=cfg.seed)
-    q_ids = np.concatenate([held['id'].to_numpy(str), np.asarray(nl_ids, str)])
-    q_emb = np.concatenate([emb[held['row'].to_numpy()], nl_emb]).astype(np.float32)
-    ctx = RerankContext(index_ids=rest['id'].to_numpy(str), index_emb=emb[rest['row'].to_numpy()],
-                        index_labels=rest['landmark_id'].to_numpy(), query_ids=q_ids, query_emb=q_emb,
-                        nonlandmark_emb=nl_ref_emb, **ctx_kwargs)
-    cands = search(q_ids, q_emb, ctx.index_ids, ctx.index_emb, k, ctx.index_labels)
-    truth = {**{i: [int(l)] for i, l in zip(held['id'], held['landmark_id'])}, **{str(i): [] for i in nl_ids}}
+    nl_str = id_strings(compact_ids(nl_ids))
+    q_ids = np.concatenate([held['id'].to_numpy(str), nl_str])
+    q_emb = np.concatenate([emb[held['row'].to_numpy()], np.asarray(nl_emb).reshape(-1, emb.shape[1])]).astype(np.float32)
+    exclude = np.ones(len(train), bool); exclude[rest['row'].to_numpy()] = False
+    ctx = RerankContext(index_ids=compact_ids(train['id'].to_numpy()), index_emb=emb, index_labels=train['landmark_id'].to_numpy(),
+                        index_exclude=exclude, query_ids=q_ids, query_emb=q_emb, nonlandmark_emb=nl_ref_emb, **ctx_kwargs)
+    cands = search(q_ids, q_emb, ctx.index_ids, ctx.index_emb, k, ctx.index_labels, exclude=exclude, deadline=ctx.deadline)
+    truth = {**{i: [int(l)] for i, l in zip(held['id'], held['landmark_id'])}, **{i: [] for i in nl_str}}
     return Holdout(ctx, cands, truth)
 
 # %% ../nbs/50_pipeline.ipynb #5d1a4229
@@ -305,7 +311,8 @@ def _rerank(run: _Run, cands: Candidates, ctx: RerankContext, predict, holdout: 
     "Plan, run and write each stage of the chain in turn; skipped and failing stages are logged in the timeline."
     settings = {s: run.cfg.settings_of(s) for s in run.cfg.chain}
     return run_stages(cands, ctx, run.cfg.chain, settings, run.timeline, holdout, lambda c, s: run.write(predict(c), s),
-                      cfg=run.cfg, device=run.device, out_dir=run.out, report=run.report)[0]
+                      cfg=run.cfg, device=run.device, out_dir=run.out, report=run.report,
+                      s_per_mac=run.report.get('knn_s_per_mac'))[0]
 
 def _wants(cfg: InferenceConfig, field: str) -> bool:
     "Whether a stage of the chain reads context `field` (so that the run prepares it)."
@@ -322,21 +329,21 @@ def run_recognition(cfg: InferenceConfig) -> InferenceResult:
     if run.public: train = _public_database(run, embedder, train)
     nl = _embed(run, embedder, 'embed_nonlandmarks', 'train', [] if run.public else nonlandmark_ids(cfg.data_dir))
     db = _embed(run, embedder, 'embed_train', 'train', train['id'].tolist())
-    q_ids, q_emb = test.valid()
-    db_ids, db_emb = db.valid()
-    labels = train['landmark_id'].to_numpy()[db.ok]
+    q_ids, q_emb, db_ids, db_emb = test.ids, test.emb, db.ids, db.emb  # memory-mapped; rows not embedded are NaN, which search skips
+    labels = train['landmark_id'].to_numpy()
     with run.timeline.step('knn') as row:
-        cands = search(q_ids, q_emb, db_ids, db_emb, cfg.k, labels)
-        row['note'] = f'{len(q_ids)} queries x {len(db_ids)} images, top {cfg.k}'
+        t0 = time.perf_counter()
+        cands = search(q_ids, q_emb, db_ids, db_emb, cfg.k, labels, deadline=run.deadline)
+        run.report['knn_s_per_mac'] = (time.perf_counter() - t0) / max(len(cands) * int(db.ok.sum()) * db_emb.shape[1], 1)  # calibrates the planner
+        row['note'] = f'{int(test.ok.sum())} queries x {int(db.ok.sum())} images, top {cfg.k}' + ''.join(f', {r} {n}' for r, n in cands.skipped.items())
     if done := _knn_answer(run, cands, recognition_predictions, 'knn_top1', run.public): return done
-    nl_ids, nl_emb = nl.valid()
+    nl_ids, nl_emb = nl.ids[nl.ok], nl.emb[nl.ok]  # the non-landmarks are few: a compact copy
     holdout, nl_ref = None, nl_emb
     if any(stage_spec(s).wants_holdout(cfg) for s in cfg.chain):
         with run.timeline.step('holdout') as row:
             nl_ref = nl_emb[0::2]
-            holdout = make_holdout(train[db.ok].reset_index(drop=True), db_emb, nl_ids[1::2], nl_emb[1::2],
-                                   nl_ref if len(nl_ref) else None, cfg.k, cfg, image_path=run.image_path,
-                                   deadline=run.deadline)
+            holdout = make_holdout(train, db_emb, nl_ids[1::2], nl_emb[1::2], nl_ref if len(nl_ref) else None, cfg.k, cfg,
+                                   ok=db.ok, image_path=run.image_path, deadline=run.deadline)
             row['note'] = f'{len(holdout.cands)} held-out queries for the re-ranker'
     ctx = RerankContext(index_ids=db_ids, index_emb=db_emb, index_labels=labels, query_ids=q_ids, query_emb=q_emb,
                         nonlandmark_emb=nl_ref if len(nl_ref) else None, image_path=run.image_path,
@@ -357,17 +364,15 @@ def run_retrieval(cfg: InferenceConfig) -> InferenceResult:
     needs_train = not run.public and _wants(cfg, 'train_emb') and (Path(cfg.data_dir)/'train.csv').is_file()
     train = _read_train(run) if needs_train else pd.DataFrame({'id': [], 'landmark_id': []})
     tr = _embed(run, embedder, 'embed_train', 'train', train['id'].tolist()) if needs_train else None
-    q_ids, q_emb = test.valid()
-    x_ids, x_emb = index.valid()
+    q_ids, q_emb, x_ids, x_emb = test.ids, test.emb, index.ids, index.emb  # rows not embedded are NaN, which search skips
     with run.timeline.step('knn') as row:
-        cands = search(q_ids, q_emb, x_ids, x_emb, cfg.retrieval_k)
-        row['note'] = f'{len(q_ids)} queries x {len(x_ids)} index images, top {cfg.retrieval_k}'
+        cands = search(q_ids, q_emb, x_ids, x_emb, cfg.retrieval_k, deadline=run.deadline)
+        row['note'] = f'{int(test.ok.sum())} queries x {int(index.ok.sum())} index images, top {cfg.retrieval_k}'
     predict = lambda c: retrieval_predictions(c, cfg.retrieval_k)
     if done := _knn_answer(run, cands, predict, 'knn', run.public): return done
-    t_ids, t_emb = tr.valid() if tr is not None else (None, None)
     ctx = RerankContext(index_ids=x_ids, index_emb=x_emb, query_ids=q_ids, query_emb=q_emb, image_path=run.image_path,
-                        deadline=run.deadline, train_ids=t_ids, train_emb=t_emb,
-                        train_labels=train['landmark_id'].to_numpy()[tr.ok] if tr is not None else None)
+                        deadline=run.deadline, train_ids=tr.ids if tr is not None else None, train_emb=tr.emb if tr is not None else None,
+                        train_labels=train['landmark_id'].to_numpy() if tr is not None else None)
     _rerank(run, cands, ctx, predict)
     return _finish(run)
 

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from .core import Deadline, atomic_write
-from .rerank import STAGES, RerankContext, check_settings, stage_settings, stage_spec
+from .rerank import COST_UNITS, STAGES, RerankContext, check_settings, stage_settings, stage_spec
 from .search import Candidates
 
 # %% auto #0
@@ -90,7 +90,7 @@ def plot_timeline(out_dir: str | Path, save: bool = True):
 
 # %% ../nbs/51_plan.ipynb #4dacefd0
 def plan_stages(stages: Sequence[str], remaining_s: float,
-                units: dict[str, int],  # unit counts: {'query': Q, 'index_row': N}
+                units: dict[str, int],  # unit counts: {'query': Q, 'index_row': N, 'query_x_index': Q·N·D, ...} (`_units`)
                 rates: dict[str, float] | None = None,  # measured seconds per unit (else the registered cost_s)
                 top_n: dict[str, int] | None = None,  # pairs per query wanted by the pair stages (else their default)
                 n_holdout: int = 0,  # held-out queries that the fitted stages train on
@@ -109,7 +109,8 @@ def plan_stages(stages: Sequence[str], remaining_s: float,
     for s in stages:
         if specs[s].per != 'pair' and s not in fit_s: book(s, cost(s) * units[specs[s].per])
     for f in (s for s in stages if s in fit_s):
-        book(f, cost(f) * units['query'] + fit_s[f] + sum(cost(s) * n_holdout for s in list(plan) if plan[s]['run'] and before(s, f)))
+        book(f, cost(f) * units['query'] + fit_s[f] + sum(cost(s) * units[specs[s].per] / max(units['query'], 1) * n_holdout  # per query, again on the held-out ones
+                                                         for s in list(plan) if plan[s]['run'] and before(s, f)))
     for s in (s for s in stages if specs[s].per == 'pair'):
         fitted = [f for f in fit_s if plan[f]['run'] and before(s, f)]  # their held-out queries are verified too
         n, want = units['query'] + (n_holdout if fitted else 0), (top_n or {}).get(s, stage_settings(s).get('top_n', 1))
@@ -130,7 +131,11 @@ class Holdout:
     truth: dict
 
 def _units(cands: Candidates, ctx: RerankContext) -> dict[str, int]:
-    return dict(query=len(cands), index_row=0 if ctx.index_ids is None else len(ctx.index_ids))
+    "The size of every cost variable (`COST_UNITS`) for `cands` in `ctx`: queries, index rows and the multiply-adds of a search."
+    q, n = len(cands), 0 if ctx.index_ids is None else len(ctx.index_ids)
+    d = 0 if ctx.index_emb is None else int(np.shape(ctx.index_emb)[1])
+    m = 0 if ctx.nonlandmark_emb is None else len(ctx.nonlandmark_emb)
+    return dict(query=q, index_row=n, query_x_index=q * n * d, index_x_index=n * n * d, query_x_nonlandmark=q * m * d)
 
 def _spent_units(name: str, cands: Candidates, ctx: RerankContext, kw: dict) -> int:
     "How many units of its cost model stage `name` just processed."
@@ -160,6 +165,7 @@ def run_stages(cands: Candidates, ctx: RerankContext, stages: Sequence[str],
                adopt: Callable | None = None,  # adopt(name, before, after, holdout) -> bool, for stages with proof_needed
                cfg=None, device: str | None = None, out_dir: str | Path | None = None,  # passed to the stages' hooks
                report: dict | None = None,  # measured rates and held-out sizes are added here
+               s_per_mac: float | None = None,  # this run's measured seconds per kNN multiply-add: calibrates the stages costed per multiply-add
                ) -> tuple[Candidates, pd.DataFrame]:
     "Plan and apply `stages` in order: the final candidates and one timeline row per stage (stage, planned_s, actual_s, start_s, ran, note)."
     settings = {s: dict((ctx.settings if settings is None else settings).get(s, {})) for s in stages}
@@ -173,14 +179,15 @@ def run_stages(cands: Candidates, ctx: RerankContext, stages: Sequence[str],
     for s in todo:
         if stage_spec(s).prepare is not None: settings[s] = stage_spec(s).prepare(settings[s], device or ctx.device)
     n_hold = 0 if holdout is None else len(holdout.cands)
-    rates, ran = {}, []
+    macs = {u for u in COST_UNITS if u.startswith(('query_x', 'index_x'))}
+    rates, ran = {s: s_per_mac for s in todo if s_per_mac and stage_spec(s).per in macs}, []
     for i, name in enumerate(todo):
         spec, remaining = stage_spec(name), math.inf if ctx.deadline is None else ctx.deadline.remaining
         if spec.per == 'pair' and name not in rates and ctx.deadline is not None and len(cands) and cands.k and remaining > 0:
             rates[name] = probe_seconds_per_pair(name, cands, ctx, settings[name])
             report[f'{name}_pairs_per_s'] = round(1 / rates[name], 2)
-        held_s = sum(rates.get(s, stage_spec(s).cost_s) * n_hold * (settings[s].get('top_n', 1) if stage_spec(s).per == 'pair' else 1)
-                     for s in ran)  # the stages that ran, again on the held-out queries
+        per_q = lambda s: settings[s].get('top_n', 1) if stage_spec(s).per == 'pair' else _units(cands, ctx)[stage_spec(s).per] / max(len(cands), 1)
+        held_s = sum(rates.get(s, stage_spec(s).cost_s) * n_hold * per_q(s) for s in ran)  # the stages that ran, again on the held-out queries
         fit_s = {s: stage_spec(s).fit_s(n_hold, cfg) + held_s for s in todo[i:]
                  if holdout is not None and stage_spec(s).fit_s is not None and stage_spec(s).wants_holdout(cfg)}
         top_n = {s: settings[s]['top_n'] for s in todo[i:] if 'top_n' in settings[s]}

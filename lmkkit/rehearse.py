@@ -5,7 +5,9 @@
 # %% ../nbs/56_rehearse.ipynb #51f210a5
 from __future__ import annotations
 
+import argparse
 import resource
+import tempfile
 import sys
 import time
 from contextlib import contextmanager
@@ -20,14 +22,14 @@ import pandas as pd
 from .core import Registry
 from .lgbm import synthetic_candidates, train_reranker
 from .metrics import write_recognition_submission
-from .rerank import RerankContext, query_expansion, recognition_predictions, soft_vote
+from .rerank import RerankContext, nonlandmark_penalty, query_expansion, recognition_predictions, soft_vote
 from .search import Candidates, search, uint64_to_hex_ids
 
 # %% auto #0
 __all__ = ['GLDV2_TRAIN', 'GLDV2_CLASSES', 'GLDV2_TEST', 'REHEARSAL_STEPS', 'GROWTH', 'DEFAULT_REHEARSAL', 'GPUS',
            'synthetic_ids', 'long_tail_pmf', 'class_centres', 'write_clustered', 'SyntheticSplit', 'make_embeddings',
            'memory_mib', 'reset_peak', 'StepRecorder', 'rehearsal_step', 'Rehearsal', 'rehearse', 'RunAssumptions',
-           'extraction_rate', 'project_run', 'plot_projection']
+           'extraction_rate', 'project_run', 'plot_projection', 'main']
 
 # %% ../nbs/56_rehearse.ipynb #33b246ae
 GLDV2_TRAIN, GLDV2_CLASSES, GLDV2_TEST = 1_580_470, 81_313, 117_577  # recognition 2021 train (clean) and test sizes
@@ -143,6 +145,7 @@ class StepRecorder:
 REHEARSAL_STEPS = Registry('rehearsal step')
 GROWTH = {  # what a step's work grows with, as a function of the run's sizes
     'queries': lambda s: s['test'],
+    'queries*nonlandmarks': lambda s: s['test'] * s['nonlandmarks'],
     'queries*index': lambda s: s['test'] * s['train'],
     'lgbm_queries': lambda s: s['lgbm_queries'],
 }
@@ -166,15 +169,23 @@ class Rehearsal:
     backend: str = 'auto'  # lmkkit.search.knn backend
     lgbm_queries: int = 20_000  # held-out queries the re-ranker trains on (the kit's max_holdout)
     seed: int = 0
+    nonlandmarks: int = 10_000  # non-landmark reference vectors of the penalty (random directions, in RAM)
     results: dict = field(default_factory=dict)  # e.g. 'cands': the current Candidates
 
     @cached_property
     def train_emb(self) -> np.ndarray: return self.train.load()
     @cached_property
     def test_emb(self) -> np.ndarray: return self.test.load()
+    @cached_property
+    def context(self) -> RerankContext:
+        "The re-ranking context of the run: uint64 ids, the memory-mapped embeddings, random non-landmark vectors."
+        nl = np.random.default_rng([self.seed, 3]).standard_normal((self.nonlandmarks, self.train_emb.shape[1]), dtype=np.float32)
+        return RerankContext(index_ids=self.train.ids, index_emb=self.train_emb, index_labels=self.train.labels,
+                             query_ids=self.test.ids, query_emb=self.test_emb, knn_backend=self.backend, device=self.device,
+                             nonlandmark_emb=nl / np.linalg.norm(nl, axis=1, keepdims=True))
     @property
     def sizes(self) -> dict[str, int]:
-        return dict(train=len(self.train.ids), test=len(self.test.ids), lgbm_queries=self.lgbm_queries)
+        return dict(train=len(self.train.ids), test=len(self.test.ids), lgbm_queries=self.lgbm_queries, nonlandmarks=self.nonlandmarks)
 
 # %% ../nbs/56_rehearse.ipynb #ec948766
 def _shape(c: Candidates) -> dict: return dict(shape=f"{len(c)}x{c.k}", skipped=' '.join(f'{r}={n}' for r, n in c.skipped.items()))
@@ -188,10 +199,14 @@ def _knn_step(r: Rehearsal):
 
 @rehearsal_step('qe', grows_with='queries*index')
 def _qe_step(r: Rehearsal):
-    "The kit's query-expansion stage as it is (a context with str ids, a second full kNN)."
-    ctx = RerankContext(index_ids=uint64_to_hex_ids(r.train.ids), index_emb=r.train_emb, index_labels=r.train.labels,
-                        query_ids=uint64_to_hex_ids(r.test.ids), query_emb=r.test_emb, knn_backend=r.backend, device=r.device)
-    r.results['cands'] = query_expansion(r.results['cands'], ctx)
+    "The kit's query-expansion stage (float32, by chunks of queries, gathered by candidate row; a second full kNN)."
+    r.results['cands'] = query_expansion(r.results['cands'], r.context)
+    return _shape(r.results['cands'])
+
+@rehearsal_step('nonlandmark_penalty', grows_with='queries*nonlandmarks')
+def _penalty_step(r: Rehearsal):
+    "The non-landmark penalty as the default chain sets it (w_candidate=0: the query side only) against `nonlandmarks` vectors."
+    r.results['cands'] = nonlandmark_penalty(r.results['cands'], r.context, w_candidate=0.0)
     return _shape(r.results['cands'])
 
 @rehearsal_step('soft_vote', grows_with='queries')
@@ -214,12 +229,12 @@ def _write_step(r: Rehearsal):
     write_recognition_submission(r.out_dir / 'submission.csv', preds, uint64_to_hex_ids(r.test.ids))
     return dict(shape=f"{len(r.test.ids)} rows, {len(preds)} predicted")
 
-DEFAULT_REHEARSAL = ('knn', 'qe', 'soft_vote', 'lgbm_fit', 'write')
+DEFAULT_REHEARSAL = ('knn', 'qe', 'nonlandmark_penalty', 'soft_vote', 'lgbm_fit', 'write')
 
 # %% ../nbs/56_rehearse.ipynb #0fe5e7dc
 def rehearse(out_dir: str | Path, train: int, test: int, dim: int = 512, k: int = 10,
              steps: Sequence[str] = DEFAULT_REHEARSAL, device: str = 'cpu', backend: str = 'auto',
-             lgbm_queries: int = 20_000, seed: int = 0, p_nonlandmark: float = 0.5,
+             lgbm_queries: int = 20_000, seed: int = 0, p_nonlandmark: float = 0.5, nonlandmarks: int = 10_000,
              keep_embeddings: bool = False,  # keep train.npy / test.npy in out_dir afterwards
              verbose: bool = False) -> pd.DataFrame:
     "Run `steps` on synthetic embeddings of the given sizes; one row per step (time, memory, shapes), saved as steps.csv."
@@ -232,7 +247,7 @@ def rehearse(out_dir: str | Path, train: int, test: int, dim: int = 512, k: int 
     with rec.step('warm-up', real_run=False):  # imports and thread pools, so that each step measures its own work
         import faiss, lightgbm, torch  # noqa: F401
         search(tr.ids[:8], tr.load()[:8], tr.ids[:64], tr.load()[:64], 2, backend=backend, device=device)
-    r = Rehearsal(out_dir, tr, te, k, device, backend, lgbm_queries, seed)
+    r = Rehearsal(out_dir, tr, te, k, device, backend, lgbm_queries, seed, nonlandmarks)
     try:
         for name in steps:
             fn = REHEARSAL_STEPS.get(name)
@@ -243,7 +258,7 @@ def rehearse(out_dir: str | Path, train: int, test: int, dim: int = 512, k: int 
         del r
         if not keep_embeddings:
             for s in (tr, te): s.path.unlink(missing_ok=True)
-    df = rec.frame().assign(train=train, test=test, dim=dim, k=k, lgbm_queries=lgbm_queries)
+    df = rec.frame().assign(train=train, test=test, dim=dim, k=k, lgbm_queries=lgbm_queries, nonlandmarks=nonlandmarks)
     df.to_csv(out_dir / 'steps.csv', index=False)
     return df
 
@@ -260,6 +275,7 @@ class RunAssumptions:
     train_images: int = GLDV2_TRAIN
     test_images: int = GLDV2_TEST
     lgbm_queries: int = 20_000
+    nonlandmarks: int = 10_000  # non-landmark reference images of the penalty
     dim: int = 512
     gflops_per_image: float = 79.0  # SE-ResNet-101 forward at 512 px (20_train, FlopCounterMode)
     views: int = 1  # TTA views per image
@@ -281,7 +297,7 @@ def extraction_rate(a: RunAssumptions) -> tuple[float, str]:
 
 def _scaled(row, a: RunAssumptions) -> tuple[float, str]:
     "Seconds of a measured step at full size: the GPU's fp32 rate for index-sized work on the GPU, else linear growth."
-    full = dict(train=a.train_images, test=a.test_images, lgbm_queries=a.lgbm_queries)
+    full = dict(train=a.train_images, test=a.test_images, lgbm_queries=a.lgbm_queries, nonlandmarks=a.nonlandmarks)
     if row.grows_with == 'queries*index' and a.knn_on == 'gpu':
         flops = 2.0 * a.test_images * a.train_images * a.dim
         return flops / (a.knn_efficiency * GPUS[a.gpu]['fp32_tflops'] * 1e12), f"{flops / 1e12:.0f} TFLOP at {a.knn_efficiency:.0%} of the fp32 peak"
@@ -316,3 +332,35 @@ def plot_projection(proj: pd.DataFrame, path: str | Path, a: RunAssumptions = Ru
     ax.set_title(f"projected recognition kernel on a {a.gpu}: {proj.end_h.iloc[-1]:.1f} h")
     fig.tight_layout(); fig.savefig(path, dpi=100); plt.close(fig)
     return Path(path)
+
+def main(argv: Sequence[str] | None = None) -> int:
+    "`lmkkit rehearse`: the recognition run after embedding at the given sizes; prints each step and the projected full run."
+    ap = argparse.ArgumentParser(prog='lmkkit rehearse', description=main.__doc__.split(': ', 1)[1])
+    ap.add_argument('--train', type=int, required=True, help='train (index) embeddings, e.g. 1580470')
+    ap.add_argument('--test', type=int, required=True, help='test queries, e.g. 117577')
+    ap.add_argument('--dim', type=int, default=512, help='embedding size')
+    ap.add_argument('--k', type=int, default=10, help='candidates per query')
+    ap.add_argument('--device', default='cpu', help="'cpu' or 'cuda[:N]' for the kNN")
+    ap.add_argument('--backend', default='auto', choices=('auto', 'faiss', 'torch', 'numpy'), help='kNN backend')
+    ap.add_argument('--lgbm-queries', type=int, default=20_000, help='held-out queries the LightGBM re-ranker trains on')
+    ap.add_argument('--nonlandmarks', type=int, default=10_000, help='non-landmark reference vectors of the penalty')
+    ap.add_argument('--steps', nargs='+', default=list(DEFAULT_REHEARSAL), help=f"steps to run, from: {', '.join(REHEARSAL_STEPS.names)}")
+    ap.add_argument('--gpu', default='P100', choices=tuple(GPUS), help='the GPU of the projected full run')
+    ap.add_argument('--out', default=None, help='folder for steps.csv, submission.csv and projection.png (default: a new temporary folder)')
+    args = ap.parse_args(argv)
+    for n, v in [('train', args.train), ('test', args.test), ('dim', args.dim), ('k', args.k)]:
+        if v < 1: ap.error(f"--{n} must be at least 1, got {v}")
+    out = Path(args.out or tempfile.mkdtemp(prefix='rehearse-'))
+    steps = rehearse(out, args.train, args.test, args.dim, args.k, args.steps, args.device, args.backend,
+                     args.lgbm_queries, nonlandmarks=args.nonlandmarks, verbose=True)
+    cols = ['step', 'seconds', 'peak_mib', 'peak_rise_mib', 'rss_end_mib', 'shape']
+    print(steps[[c for c in cols if c in steps]].to_string(index=False, float_format=lambda v: f'{v:,.2f}'))
+    a = RunAssumptions(gpu=args.gpu, dim=args.dim, lgbm_queries=args.lgbm_queries, nonlandmarks=args.nonlandmarks)
+    proj = project_run(steps, a)
+    print(f"\nprojected full recognition run on a {a.gpu} ({a.train_images:,} train x {a.test_images:,} test):")
+    print(proj.to_string(index=False, float_format=lambda v: f'{v:,.2f}'))
+    png = plot_projection(proj, out / 'projection.png', a)
+    end = proj.end_h.iloc[-1]
+    print(f"total {end:.1f} h: {'inside' if end <= a.budget_share * a.limit_h else 'OVER'} {a.budget_share:g} x {a.limit_h:g} h; "
+          f"peak RSS {steps.peak_mib.max():,.0f} MiB; plot {png}")
+    return 0

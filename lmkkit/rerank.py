@@ -15,10 +15,10 @@ import numpy as np
 import pandas as pd
 
 from .core import ConfigError, Deadline, Registry
-from .search import Candidates, knn, search
+from .search import CHUNK_QUERIES, Candidates, _str_ids, knn, search
 
 # %% auto #0
-__all__ = ['STAGES', 'COST_UNITS', 'RerankContext', 'StageSpec', 'register_stage', 'stage_spec', 'stage_settings',
+__all__ = ['STAGES', 'COST_UNITS', 'S_PER_MAC', 'RerankContext', 'StageSpec', 'register_stage', 'stage_spec', 'stage_settings',
            'check_settings', 'expand', 'query_expansion', 'database_augment', 'dba', 'class_votes', 'vote_share',
            'soft_vote', 'per_candidate', 'nonlandmark_similarity', 'nonlandmark_penalty', 'recognition_predictions',
            'retrieval_predictions', 'assign_labels', 'boost_agreeing', 'label_boost']
@@ -30,6 +30,7 @@ class RerankContext:
     index_ids: np.ndarray | None = None  # (N,) ids of the searched set (train for recognition, index for retrieval)
     index_emb: np.ndarray | None = None  # (N, D) their L2-normalised embeddings
     index_labels: np.ndarray | None = None  # (N,) their landmark ids (-1 unknown)
+    index_exclude: np.ndarray | None = None  # (N,) bool: rows no search returns (held-out rows), instead of a copy of the index
     query_ids: np.ndarray | None = None  # (Q,) query ids
     query_emb: np.ndarray | None = None  # (Q, D) query embeddings
     nonlandmark_emb: np.ndarray | None = field(default=None, metadata=dict(missing='no non-landmark images (nonlandmarks.csv)'))  # (M, D) known non-landmark images
@@ -72,26 +73,40 @@ class RerankContext:
         return self._lookup(self._index_pos, self.index_emb, ids, 'index')
 
     def query_emb_of(self, ids) -> np.ndarray:
-        "Embeddings of query `ids` (any shape) -> (*ids.shape, D)."
+        "Embeddings of query `ids` (any shape) -> (*ids.shape, D); all the queries in context order: `query_emb` itself, no copy."
         self.need('query_emb_of', 'query_ids', 'query_emb')
+        ids = np.asarray(ids)
+        if ids.shape == np.shape(self.query_ids) and np.array_equal(_str_ids(ids), _str_ids(self.query_ids)):
+            return np.asarray(self.query_emb, np.float32)
         return self._lookup(self._query_pos, self.query_emb, ids, 'query')
 
-    def research(self, query_ids, emb: np.ndarray, k: int) -> Candidates:
-        "Search the context's index again with new query embeddings."
+    def cand_emb(self, cands: Candidates) -> np.ndarray:
+        "Index embeddings of every candidate, (Q, K, D) float32: gathered by `cands.rows` when the search set them, else by id."
+        self.need('cand_emb', 'index_ids', 'index_emb')
+        if cands.rows is not None and (cands.rows >= 0).all(): return np.asarray(self.index_emb[cands.rows], np.float32)
+        return self.emb_of(cands.ids)
+
+    def research(self, cands: Candidates, emb: np.ndarray) -> Candidates:
+        "Search the index again with new embeddings (Q, D) of `cands`' queries; queries the deadline leaves unsearched keep `cands`."
         self.need('re-search', 'index_ids', 'index_emb')
-        return search(query_ids, emb, self.index_ids, self.index_emb, k, self.index_labels,
-                      exclude_self=self.exclude_self, backend=self.knn_backend, device=self.device)
+        new = search(cands.query_ids, emb, self.index_ids, self.index_emb, cands.k, self.index_labels, deadline=self.deadline,
+                     exclude=self.index_exclude, exclude_self=self.exclude_self, backend=self.knn_backend, device=self.device)
+        if len(new) == len(cands) or not new.skipped.get('unsearched'): return new
+        old = cands.select(~np.isin(cands.query_ids, new.query_ids))
+        return Candidates.concat([new, old.replace(features={}, skipped={}, rows=old.rows if new.rows is not None else None)])
 
 # %% ../nbs/40_rerank.ipynb #08f55a9c
 STAGES = Registry('re-ranking stage')
-COST_UNITS = ('query', 'index_row', 'pair')  # what a stage's `cost_s` is counted per
+COST_UNITS = ('query', 'index_row', 'pair',  # what a stage's `cost_s` is counted per
+              'query_x_index', 'index_x_index', 'query_x_nonlandmark')  # multiply-adds of a search: Q·N·D, N²·D, Q·M·D
+S_PER_MAC = 2.5e-10  # seconds per multiply-add of an exact kNN on one CPU core (4 GFLOP/s measured in issue 16); calibrated per run
 
 @dataclass(frozen=True)
 class StageSpec:
     "What the planner and the runner know about a stage, declared where it is registered."
     name: str
     cost_s: float  # estimated seconds per unit of `per` (one CPU core, order of magnitude)
-    per: str = 'query'  # 'query'; 'index_row' (grows with the searched set); 'pair' (verified pairs: the planner may lower `top_n`)
+    per: str = 'query'  # 'query'; 'index_row' (grows with the searched set); 'pair' (verified pairs: the planner may lower `top_n`); or a search's multiply-adds
     needs: tuple[str, ...] = ()  # RerankContext fields it reads; without them the runner skips it and says why
     learns: bool = False  # trains or re-weights on held-out queries, so it must prove itself there
     check: Callable | None = None  # check(settings): raise ConfigError on a bad setting, when the config is made
@@ -135,54 +150,75 @@ def check_settings(name: str, settings: dict) -> None:
 
 # %% ../nbs/40_rerank.ipynb #c98ccc55
 def expand(query: np.ndarray, neighbours: np.ndarray, sims: np.ndarray, alpha: float = 0.0) -> np.ndarray:
-    "α-QE: L2-normalised `query + Σ max(sim,0)^α · neighbour` per row; `alpha=0` is average QE."
-    w = np.maximum(np.asarray(sims, np.float64), 0) ** alpha
-    out = np.asarray(query, np.float64) + (w[..., None] * np.asarray(neighbours, np.float64)).sum(-2)
-    return (out / np.maximum(np.linalg.norm(out, axis=-1, keepdims=True), 1e-12)).astype(np.float32)
+    "α-QE in float32: L2-normalised `query + Σ max(sim,0)^α · neighbour` per row; `alpha=0` is average QE; a -inf sim (no neighbour) adds nothing."
+    s = np.asarray(sims, np.float32)
+    w = np.where(np.isfinite(s), np.maximum(s, 0) ** np.float32(alpha), 0).astype(np.float32)
+    out = np.asarray(query, np.float32) + np.einsum('...k,...kd->...d', w, np.asarray(neighbours, np.float32))
+    out /= np.maximum(np.linalg.norm(out, axis=-1, keepdims=True), 1e-12)
+    return out
 
-@register_stage('qe', cost_s=1e-3, needs=('index_ids', 'index_emb', 'query_ids', 'query_emb'))
+def _expand_rows(query: np.ndarray, index: np.ndarray, rows: np.ndarray, sims: np.ndarray, alpha: float,
+                 chunk: int = CHUNK_QUERIES) -> np.ndarray:
+    "`expand(query[i], index[rows[i]], sims[i])` for every row, gathering `chunk` rows at a time (row -1: no neighbour); (Q, D) float32."
+    out = np.empty((len(query), index.shape[1]), np.float32)
+    for s in range(0, len(query), chunk):
+        r, w = rows[s:s + chunk], np.asarray(sims[s:s + chunk], np.float32)
+        out[s:s + chunk] = expand(query[s:s + chunk], index[np.maximum(r, 0)], np.where(r >= 0, w, -np.inf), alpha)
+    return out
+
+@register_stage('qe', cost_s=S_PER_MAC, per='query_x_index', needs=('index_ids', 'index_emb', 'query_ids', 'query_emb'))
 def query_expansion(cands: Candidates, ctx: RerankContext,
                     k: int = 3,  # neighbours averaged with the query
                     alpha: float = 0.0,  # α-QE exponent on the similarity weights (0: average QE)
                     ) -> Candidates:
-    "Expand each query with its top `k` candidates (α-QE) and search the index again."
+    "Expand each query with its top `k` candidates (α-QE, gathered in chunks) and search the index again under the deadline."
     ctx.need('qe', 'index_ids', 'index_emb', 'query_ids', 'query_emb')
     top = cands.topk(k)
-    q = expand(ctx.query_emb_of(cands.query_ids), ctx.emb_of(top.ids), top.sims, alpha)
-    return ctx.research(cands.query_ids, q, cands.k)
+    if top.rows is None or (top.rows < 0).any(): top = top.replace(rows=ctx._index_pos.get_indexer(top.ids.ravel()).reshape(top.ids.shape))
+    return ctx.research(cands, _expand_rows(ctx.query_emb_of(cands.query_ids), ctx.index_emb, top.rows, top.sims, alpha))
 
 # %% ../nbs/40_rerank.ipynb #7d501eb2
 def database_augment(emb: np.ndarray, k: int = 2, alpha: float = 0.0, **knn_kwargs) -> np.ndarray:
-    "DBA: each row expanded with its top `k` other rows (α-weighted) and L2-normalised."
+    "DBA: each row expanded with its top `k` other rows (α-weighted) and L2-normalised; one new (N, D) float32 array, gathered in chunks."
     sims, idx = knn(emb, emb, k + 1, **knn_kwargs)
     emb = np.asarray(emb, np.float32)
-    not_self = idx != np.arange(len(emb))[:, None]
+    not_self = (idx != np.arange(len(emb))[:, None]) & (idx >= 0)  # -1: a row with no such neighbour (non-finite rows, tiny index)
     keep = np.argsort(~not_self, axis=1, kind='stable')[:, :k]  # drop each row's own hit, keep k others
-    return expand(emb, emb[np.take_along_axis(idx, keep, 1)], np.take_along_axis(sims, keep, 1), alpha)
+    rows = np.where(np.take_along_axis(not_self, keep, 1), np.take_along_axis(idx, keep, 1), -1)
+    return _expand_rows(emb, emb, rows, np.take_along_axis(sims, keep, 1), alpha)
 
 # %% ../nbs/40_rerank.ipynb #2ec37df3
-@register_stage('dba', cost_s=1e-3, per='index_row', needs=('index_ids', 'index_emb', 'query_ids', 'query_emb'))
+@register_stage('dba', cost_s=S_PER_MAC, per='index_x_index', needs=('index_ids', 'index_emb', 'query_ids', 'query_emb'))
 def dba(cands: Candidates, ctx: RerankContext,
         k: int = 2,  # index neighbours added to each index vector
         alpha: float = 0.0,  # α-weighting of the neighbours (0: plain sum)
         ) -> Candidates:
     "Database-side augmentation: replace `ctx.index_emb` (for this and later stages) by its DBA version; search again."
     ctx.need('dba', 'index_ids', 'index_emb', 'query_ids', 'query_emb')
-    ctx.index_emb = database_augment(ctx.index_emb, k, alpha, backend=ctx.knn_backend, device=ctx.device)
-    return ctx.research(cands.query_ids, ctx.query_emb_of(cands.query_ids), cands.k)
+    ctx.index_emb = database_augment(ctx.index_emb, k, alpha, backend=ctx.knn_backend, device=ctx.device, exclude=ctx.index_exclude)
+    return ctx.research(cands, ctx.query_emb_of(cands.query_ids))
 
 # %% ../nbs/40_rerank.ipynb #7eea68a9
 def class_votes(sims: np.ndarray, labels: np.ndarray, k: int = 5, p: float = 8.0) -> np.ndarray:
-    "Per candidate, the soft vote of its class: Σ over same-label candidates in the top `k` of max(sim,0)^p."
-    sims, labels = np.asarray(sims, np.float64), np.asarray(labels)
-    pos = np.arange(labels.shape[1])
-    same = (labels[:, :, None] == labels[:, None, :]) & (labels[:, :, None] >= 0) | (pos[:, None] == pos[None, :])
-    w = np.maximum(sims, 0) ** p * (pos < k)
-    return (same * w[:, None, :]).sum(-1)
+    "Per candidate, the soft vote of its class: Σ over same-label candidates in the top `k` of max(sim,0)^p; (Q, K) float64."
+    labels = np.asarray(labels)
+    w = np.maximum(np.asarray(sims, np.float64)[:, :k], 0) ** p
+    votes = np.zeros(labels.shape, np.float64)
+    for j in range(w.shape[1]):  # voter j adds its weight to every candidate of its class: only (Q, K) arrays
+        lj = labels[:, j:j + 1]
+        same = (labels == lj) & (lj >= 0)
+        same[:, j] = True  # an unlabelled candidate votes for itself
+        votes += same * w[:, j:j + 1]
+    return votes
 
 def vote_share(votes: np.ndarray, labels: np.ndarray, k: int = 5) -> np.ndarray:
     "Each candidate's class vote over the sum of the votes of the distinct classes in the top `k`."
-    first = np.array([[l < 0 or l not in row[:i] for i, l in enumerate(row[:k])] for row in labels]).reshape(len(labels), -1)
+    l = np.asarray(labels)[:, :k]
+    order = np.argsort(l, axis=1, kind='stable')  # equal labels side by side, earliest first: (Q, k) memory at any k
+    ls = np.take_along_axis(l, order, 1)
+    first = np.empty(l.shape, bool)
+    np.put_along_axis(first, order, np.concatenate([np.ones((len(l), min(1, l.shape[1])), bool), ls[:, 1:] != ls[:, :-1]], 1), 1)
+    first |= l < 0  # every unlabelled candidate is its own class
     return votes / np.maximum((votes[:, :first.shape[1]] * first).sum(1), 1e-30)[:, None]
 
 @register_stage('soft_vote', cost_s=1e-5)
@@ -207,22 +243,32 @@ def nonlandmark_similarity(emb: np.ndarray, nonlandmark_emb: np.ndarray, k: int 
     sims, _ = knn(emb, nonlandmark_emb, k, **knn_kwargs)
     return sims.mean(1), sims[:, 0]
 
-@register_stage('nonlandmark_penalty', cost_s=1e-4, needs=('nonlandmark_emb', 'index_ids', 'index_emb', 'query_ids', 'query_emb'))
+def _candidate_nl_sim(cands: Candidates, ctx: RerankContext, k: int, chunk: int = 65536, **kw) -> np.ndarray:
+    "(Q, K) mean non-landmark similarity of each candidate, computed once per distinct index row, `chunk` rows gathered at a time."
+    rows = cands.rows if cands.rows is not None and (cands.rows >= 0).all() else ctx._index_pos.get_indexer(cands.ids.ravel())
+    uniq, inv = np.unique(rows, return_inverse=True)
+    n = np.concatenate([nonlandmark_similarity(ctx.index_emb[uniq[s:s + chunk]], ctx.nonlandmark_emb, k, **kw)[0]
+                        for s in range(0, len(uniq), chunk)] or [np.zeros(0, np.float32)])
+    return n[inv.reshape(cands.ids.shape)]
+
+@register_stage('nonlandmark_penalty', cost_s=S_PER_MAC, per='query_x_nonlandmark', needs=('nonlandmark_emb', 'index_ids', 'index_emb', 'query_ids', 'query_emb'))
 def nonlandmark_penalty(cands: Candidates, ctx: RerankContext,
                         k: int = 5,  # non-landmark neighbours averaged
                         w_candidate: float = 1.0,  # weight of the candidate's non-landmark similarity
                         w_query: float = 1.0,  # weight of the query's non-landmark similarity
+                        nl_sim: bool = False,  # compute the candidates' side (feature 'nl_sim') even when w_candidate is 0
                         ) -> Candidates:
     "Subtract weighted non-landmark similarities of candidate and query from each similarity; re-sort."
     ctx.need('nonlandmark_penalty', 'nonlandmark_emb', 'index_ids', 'index_emb', 'query_ids', 'query_emb')
     kw = dict(backend=ctx.knn_backend, device=ctx.device)
-    uniq, inv = np.unique(cands.ids, return_inverse=True)
-    n_c = nonlandmark_similarity(ctx.emb_of(uniq), ctx.nonlandmark_emb, k, **kw)[0][inv.reshape(cands.ids.shape)]
     n_q, max_q = nonlandmark_similarity(ctx.query_emb_of(cands.query_ids), ctx.nonlandmark_emb, k, **kw)
     full = lambda a: per_candidate(a, cands).astype(np.float32)
-    out = cands.replace(sims=cands.sims - w_candidate * n_c - w_query * n_q[:, None])
-    raw = {} if 'sim_raw' in cands.features else dict(sim_raw=cands.sims)
-    return out.with_features(**raw, nl_sim=n_c.astype(np.float32), query_nl_sim=full(n_q), query_nl_max=full(max_q)).sort()
+    feats = {} if 'sim_raw' in cands.features else dict(sim_raw=cands.sims)
+    sims = cands.sims - w_query * n_q[:, None]
+    if w_candidate != 0 or nl_sim:  # the candidate side is a kNN per distinct candidate: most of the stage's time
+        n_c = _candidate_nl_sim(cands, ctx, k, **kw)
+        sims, feats['nl_sim'] = sims - w_candidate * n_c, n_c.astype(np.float32)
+    return cands.replace(sims=sims).with_features(**feats, query_nl_sim=full(n_q), query_nl_max=full(max_q)).sort()
 
 # %% ../nbs/40_rerank.ipynb #75482237
 def recognition_predictions(cands: Candidates) -> dict[str, tuple[int, float]]:
@@ -261,6 +307,7 @@ def label_boost(cands: Candidates, ctx: RerankContext,
     ctx.need('label_boost', 'train_ids', 'train_emb', 'train_labels', 'index_ids', 'index_emb', 'query_ids', 'query_emb')
     kw = dict(backend=ctx.knn_backend, device=ctx.device)
     lab = lambda ids, emb: assign_labels(ids, emb, ctx.train_ids, ctx.train_emb, ctx.train_labels, k, p, **kw)[0]
-    uniq, inv = np.unique(cands.ids, return_inverse=True)
-    labels = lab(uniq, ctx.emb_of(uniq))[inv.reshape(cands.ids.shape)]
+    rows = cands.rows if cands.rows is not None and (cands.rows >= 0).all() else ctx._index_pos.get_indexer(cands.ids.ravel())
+    uniq, inv = np.unique(rows, return_inverse=True)  # each distinct candidate labelled once
+    labels = lab(np.asarray(ctx.index_ids)[uniq], np.asarray(ctx.index_emb[uniq], np.float32))[inv.reshape(cands.ids.shape)]
     return boost_agreeing(cands.replace(labels=labels), lab(cands.query_ids, ctx.query_emb_of(cands.query_ids)), bonus)

@@ -70,6 +70,7 @@ class Candidates:
     labels: np.ndarray | None = None  # (Q, K) int64 landmark ids, -1 when unknown (default: all -1)
     features: dict[str, np.ndarray] = field(default_factory=dict)  # name -> (Q, K) extra columns
     skipped: dict[str, int] = field(default_factory=dict)  # what the search left out, by reason (see `search`)
+    rows: np.ndarray | None = None  # (Q, K) int64 index row of each candidate (set by `search`; -1 unknown), so stages gather embeddings by row
 
     def __post_init__(self):
         self.query_ids = _str_ids(self.query_ids)
@@ -82,6 +83,7 @@ class Candidates:
         self.labels = (np.full(shape, -1, np.int64) if self.labels is None
                        else _as_2d('labels', self.labels, np.int64, shape))
         self.features = {k: _as_2d(f"features[{k!r}]", v, None, shape) for k, v in self.features.items()}
+        if self.rows is not None: self.rows = _as_2d('rows', self.rows, np.int64, shape)
 
     def __len__(self) -> int: return len(self.query_ids)
     @property
@@ -97,9 +99,9 @@ class Candidates:
 
     def take(self, order: np.ndarray) -> Candidates:
         "Reorder (or subset) the candidates of every row by a (Q, K') index array."
-        g = lambda a: np.take_along_axis(a, order, axis=1)
+        g = lambda a: None if a is None else np.take_along_axis(a, order, axis=1)
         return self.replace(ids=g(self.ids), sims=g(self.sims), labels=g(self.labels),
-                            features={k: g(v) for k, v in self.features.items()})
+                            features={k: g(v) for k, v in self.features.items()}, rows=g(self.rows))
 
     def topk(self, k: int) -> Candidates:
         "The first `k` candidates of every query (all of them when `k` >= K)."
@@ -113,7 +115,8 @@ class Candidates:
     def select(self, rows) -> Candidates:
         "The queries at `rows` (indices or a boolean mask)."
         return self.replace(query_ids=self.query_ids[rows], ids=self.ids[rows], sims=self.sims[rows],
-                            labels=self.labels[rows], features={k: v[rows] for k, v in self.features.items()})
+                            labels=self.labels[rows], features={k: v[rows] for k, v in self.features.items()},
+                            rows=None if self.rows is None else self.rows[rows])
 
     @classmethod
     def concat(cls, parts: list[Candidates]) -> Candidates:
@@ -122,8 +125,9 @@ class Candidates:
         if any(n != names[0] for n in names): raise ValueError(f"Candidates.concat: feature names differ: {names}")
         cat = lambda get: np.concatenate([get(p) for p in parts])
         skipped = {r: sum(p.skipped.get(r, 0) for p in parts) for r in dict.fromkeys(r for p in parts for r in p.skipped)}
+        rows = cat(lambda p: p.rows) if all(p.rows is not None for p in parts) else None  # rows of the same index only
         return cls(cat(lambda p: p.query_ids), cat(lambda p: p.ids), cat(lambda p: p.sims), cat(lambda p: p.labels),
-                   {k: cat(lambda p: p.features[k]) for k in names[0]}, skipped)
+                   {k: cat(lambda p: p.features[k]) for k in names[0]}, skipped, rows)
 
     def to_frame(self) -> pd.DataFrame:
         "A long table (query, rank, id, sim, label, features...) for inspection; rank counts from 0."
@@ -301,14 +305,16 @@ def knn(queries: np.ndarray, index: np.ndarray, k: int, backend: str = 'auto', d
         max_index_rows: int | None = None,  # faiss: search the index in shards of this many rows
         chunk_size: int = CHUNK_QUERIES,  # queries per chunk; the deadline is checked before each
         deadline=None,  # anything with `.remaining` seconds (a `Deadline`); None: search every query
+        exclude: np.ndarray | None = None,  # (N,) bool: index rows never returned (e.g. held-out rows), without a copy of the index
         ) -> Neighbours:
     "Top-`k` inner products of each query against `index`, chunked over queries: `Neighbours` (sims, idx), best first."
     q, x = _check_knn_inputs(queries, index, k)
-    bad_q, good_x = ~finite_rows(q), finite_rows(x)
+    bad_q, finite_x = ~finite_rows(q), finite_rows(x)
+    good_x = finite_x if exclude is None else finite_x & ~np.asarray(exclude, bool)
     n_good = int(good_x.sum())
     w = min(k, n_good)
     sims, idx = np.full((len(q), w), -np.inf, np.float32), np.full((len(q), w), -1, np.int64)
-    out = Neighbours(sims, idx, 0, bad_q, len(x) - n_good)
+    out = Neighbours(sims, idx, 0, bad_q, len(x) - int(finite_x.sum()))
     if w == 0 or len(q) == 0:
         out.n_searched = len(q)
         return out
@@ -329,7 +335,7 @@ def search(query_ids, query_emb: np.ndarray, index_ids, index_emb: np.ndarray, k
            exclude_self: bool = False,  # drop a candidate whose id equals its query's id
            deadline=None,  # checked before each chunk of queries (see `knn`)
            **knn_kwargs) -> Candidates:
-    "kNN of each query embedding in the index, as `Candidates` of the answered queries; `skipped` counts the rest."
+    "kNN of each query embedding in the index, as `Candidates` of the answered queries (with their index `rows`); `skipped` counts the rest."
     query_ids, index_ids = np.asarray(query_ids), np.asarray(index_ids)  # str or uint64; never copied whole
     if len(query_ids) != len(query_emb): raise ValueError(f"search: {len(query_ids)} query ids but {len(query_emb)} query embeddings")
     if len(index_ids) != len(index_emb): raise ValueError(f"search: {len(index_ids)} index ids but {len(index_emb)} index embeddings")
@@ -339,7 +345,7 @@ def search(query_ids, query_emb: np.ndarray, index_ids, index_emb: np.ndarray, k
     rows = np.flatnonzero(nb.answered)
     idx = nb.idx[rows]
     labels = None if index_labels is None else np.asarray(index_labels)[idx].astype(np.int64)
-    cands = Candidates(_str_ids(query_ids[rows]), _str_ids(index_ids[idx]), nb.sims[rows], labels, skipped=nb.counts())
+    cands = Candidates(_str_ids(query_ids[rows]), _str_ids(index_ids[idx]), nb.sims[rows], labels, skipped=nb.counts(), rows=idx)
     if not exclude_self: return cands
     is_self = cands.ids == cands.query_ids[:, None]
     return cands.take(np.argsort(is_self, axis=1, kind='stable')[:, :min(k, max(cands.k - 1, 0))])

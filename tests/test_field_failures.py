@@ -13,7 +13,7 @@ from PIL import Image
 import lmkkit.cli
 from lmkkit.core import ConfigError, TrainingDiverged, make_config
 from lmkkit.data import ImageDataset, eval_transforms, id_to_path, nonlandmark_ids, read_train_csv, submission_ids
-from lmkkit.embed import NONFINITE
+from lmkkit.embed import NONFINITE, STATUS
 from lmkkit.metrics import validate_submission
 from lmkkit.model import create_model, save_checkpoint
 from lmkkit.pipeline import run_inference
@@ -130,10 +130,9 @@ def test_a_foreign_folder_still_gets_a_complete_submission_with_every_problem_co
     kw = dict(data_dir=str(data), checkpoint=str(tmp_path/'model.pt'), cache_dir=str(tmp_path/'cache'), **FAST)
     first = run_inference(out_dir=str(tmp_path/'first'), **kw)
     # one NaN row in the cache (e.g. written before extraction checked its vectors): the second run loads it from there
-    part = next(p for p in sorted((tmp_path/'cache').glob('*/part-*.npz')))
-    with np.load(part) as f: chunk = dict(f)
-    chunk['emb'][0] = np.nan
-    np.savez(part, **chunk)
+    split_dir = sorted((tmp_path/'cache').glob('*/*/emb.npy'))[0].parent  # a split's array cache (lmkkit.embed.SplitCache)
+    row = int(np.flatnonzero(np.load(split_dir/'status.npy') == STATUS.index('ok'))[0])
+    cached = np.load(split_dir/'emb.npy', mmap_mode='r+'); cached[row] = np.nan; cached.flush(); del cached
     res = run_inference(out_dir=str(tmp_path/'second'), **kw)
 
     assert validate_submission(res.submission, ids)[0] == 'recognition'  # complete and valid

@@ -203,3 +203,12 @@ def test_a_stage_added_in_one_decorated_function_is_planned_run_and_ablated(worl
     row = res.timeline.set_index('step').loc['_reverse_ties']
     n_queries = int(res.timeline.set_index('step').loc['embed_test', 'note'].split('/')[0])
     assert row.ran and row.planned_s == pytest.approx(1e-5 * n_queries)  # its registered cost x the queries
+
+
+def test_short_limit_default_reserve(world, tmp_path):
+    "`time_limit_hours=0.01` (36 s) with the default 20-minute reserve runs: the reserve shrinks and the timeline says how."
+    res = run_inference(data_dir=str(world/'data'), checkpoint=str(world/'model.pt'), out_dir=str(tmp_path),
+                        cache_dir=str(tmp_path/'cache'), time_limit_hours=0.01, **FAST)
+    _check_submission(res, world/'data', 'recognition')
+    note = pd.read_csv(tmp_path/'timeline.csv').set_index('step').loc['empty_submission', 'note']
+    assert 'reserve 3.6 s (10% of the limit' in note, note

@@ -59,13 +59,14 @@ def public_folder(root: Path, n_real: int, seed: int = 0) -> Path:
 RUN = """
 import json, resource, sys
 import lmkkit.data
-opened, load = [], lmkkit.data.load_image_reason
-def spy(path, size=None):
-    opened.append(str(path))
+log, load = sys.argv[2], lmkkit.data.load_image_reason
+def spy(path, size=None):  # appended to a file: the DataLoader's workers are forked processes
+    with open(log, 'a') as f: f.write(f'{path}\\n')
     return load(path, size)
 lmkkit.data.load_image_reason = spy  # ImageDataset reads every image through it
 from lmkkit.pipeline import run_inference
 res = run_inference(**json.loads(sys.argv[1]))
+opened = open(log).read().splitlines()
 print(json.dumps(dict(opened=opened, report=res.report, skipped=res.skipped, rss=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)))
 """
 
@@ -75,7 +76,7 @@ def run_public(data: Path, checkpoint: Path, out: Path, **cfg) -> tuple[dict, fl
     cfg = dict(data_dir=str(data), checkpoint=str(checkpoint), out_dir=str(out), cache_dir=str(out/'cache'), public_run='auto',
                verbose=False, **cfg)
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, '-c', RUN, json.dumps(cfg)], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, '-c', RUN, json.dumps(cfg), str(out) + '.opened'], capture_output=True, text=True)
     seconds = time.perf_counter() - t0
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1]), seconds

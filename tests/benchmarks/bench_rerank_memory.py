@@ -8,6 +8,10 @@ On synthetic clustered embeddings (lmkkit.rehearse.make_embeddings) searched at 
 3. the non-landmark penalty with w_candidate = 0: the stage as it is vs the query side alone.
 Each row: wall time and the step's own peak RSS rise (VmHWM reset per step). The lean forms are checked equal to
 the kit's results. Not part of the test suite.
+
+Round two of issue 16 made the lean forms the kit's own (`expand` in float32, `class_votes` over the k voters,
+the penalty without its candidate side at w_candidate = 0): the "kit" rows now measure those, so both columns
+should agree; the round-one figures are in nbs/56_rehearse.ipynb.
 """
 import argparse
 import sys
