@@ -54,7 +54,7 @@ def collect_metrics(recognition_dir: str | Path, retrieval_dir: str | Path) -> d
     out = {}
     for track, d in (('recognition', recognition_dir), ('retrieval', retrieval_dir)):
         m = json.loads((Path(d)/'metrics.json').read_text())
-        out[track] = {'stages': [{'stage': r['stage'], METRIC[track]: r[METRIC[track]]} for r in m['stages']]}
+        out[track] = {'stages': [{'stage': r['stage'], METRIC[track]: r[METRIC[track]], 'holdout': r.get('holdout'), 'adopted': r.get('adopted', True)} for r in m['stages']]}
     return out
 
 def ablation_table(metrics: dict, track: str) -> pd.DataFrame:
