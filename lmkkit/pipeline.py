@@ -54,7 +54,7 @@ class InferenceConfig:
     stage_settings: dict = field(default_factory=dict)  # stage name -> keyword settings (over DEFAULT_SETTINGS)
     verify_top_n: int = 10  # candidates verified per query by stages costed per pair (the planner may lower it)
     reranker: str | None = None  # folder of a saved LightGBM re-ranker; None: train one on held-out train images
-    holdout_frac: float = 0.2  # share of seen-class train images held out as re-ranker training queries
+    holdout_frac: float = 0.25  # share of seen-class train images held out (the standard synthetic set: 154 landmark queries, above min_holdout_landmarks)
     holdout_unseen_frac: float = 0.1  # share of classes held out entirely (landmarks not in the database)
     max_holdout: int = 20000  # cap on held-out landmark queries
     min_holdout_landmarks: int = MIN_HOLDOUT_LANDMARKS  # below it a stage that learns is skipped (lmkkit.plan.min_holdout_landmarks)
