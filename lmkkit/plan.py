@@ -21,8 +21,8 @@ from .rerank import STAGES, RerankContext, check_settings, stage_settings, stage
 from .search import Candidates
 
 # %% auto #0
-__all__ = ['TIMELINE', 'MIN_HOLDOUT_LANDMARKS', 'Timeline', 'plot_timeline', 'plan_stages', 'Holdout', 'min_holdout_landmarks',
-           'probe_seconds_per_pair', 'held_out_answer', 'verdict', 'run_stages', 'ablate']
+__all__ = ['TIMELINE', 'MIN_HOLDOUT_LANDMARKS', 'Timeline', 'plot_timeline', 'is_time_cut', 'plan_stages', 'Holdout',
+           'min_holdout_landmarks', 'probe_seconds_per_pair', 'held_out_answer', 'verdict', 'run_stages', 'ablate']
 
 # %% ../nbs/51_plan.ipynb #d1c81d89
 TIMELINE = 'timeline.csv'
@@ -95,6 +95,10 @@ def plot_timeline(out_dir: str | Path, save: bool = True):
     fig.tight_layout()
     if save: fig.savefig(Path(out_dir)/'timeline.png', dpi=80)
     return fig
+
+def is_time_cut(note: str) -> bool:
+    "Whether a skip note says the deadline dropped or cut a step (the planner's and the embed steps' wording)."
+    return note.endswith((' left', '(time)'))
 
 # %% ../nbs/51_plan.ipynb #4dacefd0
 def plan_stages(stages: Sequence[str], remaining_s: float,
