@@ -60,8 +60,10 @@ def cut_steps(train_dir: str | Path | None, recognition_dir: str | Path, retriev
         t = json.loads((Path(train_dir)/'metrics.json').read_text())
         if not t['finished']:
             cut.append(f"training: stopped by its time limit at step {t['step']} of {t['total_steps']} (the model is the last checkpoint)")
+    from lmkkit.plan import is_time_cut  # other skips (e.g. too few held-out queries) are not cuts
     for track, d in (('recognition', recognition_dir), ('retrieval', retrieval_dir)):
-        cut += [f"{track}: {note}" for note in json.loads((Path(d)/'metrics.json').read_text()).get('skipped', [])]
+        skipped = json.loads((Path(d)/'metrics.json').read_text()).get('skipped', [])
+        cut += [f"{track}: {note}" for note in skipped if is_time_cut(note)]
     return cut
 
 def collect_metrics(recognition_dir: str | Path, retrieval_dir: str | Path, train_dir: str | Path | None = None) -> dict:
@@ -69,7 +71,7 @@ def collect_metrics(recognition_dir: str | Path, retrieval_dir: str | Path, trai
     out = {}
     for track, d in (('recognition', recognition_dir), ('retrieval', retrieval_dir)):
         m = json.loads((Path(d)/'metrics.json').read_text())
-        out[track] = {'stages': [{'stage': r['stage'], METRIC[track]: r[METRIC[track]]} for r in m['stages']]}
+        out[track] = {'stages': [{'stage': r['stage'], METRIC[track]: r[METRIC[track]], 'holdout': r.get('holdout'), 'adopted': r.get('adopted', True)} for r in m['stages']]}
     return out | {'cut': cut_steps(train_dir, recognition_dir, retrieval_dir)}
 
 def ablation_table(metrics: dict, track: str) -> pd.DataFrame:

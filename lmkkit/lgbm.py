@@ -21,7 +21,8 @@ from .search import Candidates
 # %% auto #0
 __all__ = ['TOP_N', 'NONLANDMARK', 'NOT_IN_TOP', 'DEFAULT_PARAMS', 'reranker_features', 'reranker_targets',
            'synthetic_candidates', 'group_folds', 'Reranker', 'train_reranker', 'label_scores', 'predict_reranked',
-           'save_reranker', 'load_reranker', 'reranker_fit_seconds', 'fit_reranker', 'lgbm_rerank']
+           'save_reranker', 'load_reranker', 'reranker_fit_seconds', 'fit_reranker', 'rerank_by_probs', 'reranker_oof',
+           'lgbm_rerank']
 
 # %% ../nbs/42_lgbm.ipynb #8bbb9179
 TOP_N = 5  # candidates the re-ranker looks at (the seed's top 5)
@@ -212,7 +213,25 @@ def fit_reranker(settings: dict, cands: Candidates | None, truth: dict | None, c
     return {**settings, 'model': model}
 
 # %% ../nbs/42_lgbm.ipynb #93f4e9f7
-@register_stage('lgbm', cost_s=2e-5, learns=True, fit=fit_reranker, fit_s=reranker_fit_seconds,
+def rerank_by_probs(cands: Candidates, probs: np.ndarray, top_n: int = TOP_N) -> Candidates:
+    "Re-order the first `top_n` candidates by the label probabilities from `probs` (Q, top_n + 2): feature 'score'."
+    n = min(top_n, cands.k)
+    score = np.zeros(cands.ids.shape)
+    score[:, :n] = label_scores(probs, cands.labels[:, :n])[:, :n]
+    order = np.concatenate([np.argsort(-score[:, :n], axis=1, kind='stable'),
+                            np.broadcast_to(np.arange(n, cands.k), (len(cands), cands.k - n))], axis=1)
+    out = cands.with_features(score=np.where(np.isfinite(score), score, 0.0).astype(np.float32),
+                              p_nonlandmark=per_candidate(probs[:, top_n], cands),
+                              p_not_in_top=per_candidate(probs[:, top_n + 1], cands))
+    return out.take(order)
+
+def reranker_oof(settings: dict, cands: Candidates) -> Candidates | None:
+    "The held-out `cands` that the model was trained on, re-ranked by its out-of-fold probabilities (None: it has none)."
+    model = settings.get('model')
+    if not isinstance(model, Reranker) or model.oof is None or len(model.oof) != len(cands): return None
+    return rerank_by_probs(cands, model.oof, model.top_n)
+
+@register_stage('lgbm', cost_s=2e-5, learns=True, fit=fit_reranker, fit_s=reranker_fit_seconds, oof=reranker_oof,
                 holdout=lambda cfg: cfg.reranker is None)
 def lgbm_rerank(cands: Candidates, ctx: RerankContext | None = None,
                 model: Reranker | str | None = None,  # a trained Reranker, or the folder it was saved in
@@ -220,13 +239,4 @@ def lgbm_rerank(cands: Candidates, ctx: RerankContext | None = None,
     "Re-order the top candidates by the re-ranker's label probabilities (feature 'score')."
     if model is None: raise ConfigError("stage 'lgbm' needs the setting model=<Reranker or folder from save_reranker>")
     if not isinstance(model, Reranker): model = load_reranker(model)
-    probs = model.predict_proba(cands)
-    n = min(model.top_n, cands.k)
-    score = np.zeros(cands.ids.shape)
-    score[:, :n] = label_scores(probs, cands.labels[:, :n])[:, :n]
-    order = np.concatenate([np.argsort(-score[:, :n], axis=1, kind='stable'),
-                            np.broadcast_to(np.arange(n, cands.k), (len(cands), cands.k - n))], axis=1)
-    out = cands.with_features(score=np.where(np.isfinite(score), score, 0.0).astype(np.float32),
-                              p_nonlandmark=per_candidate(probs[:, model.top_n], cands),
-                              p_not_in_top=per_candidate(probs[:, model.top_n + 1], cands))
-    return out.take(order)
+    return rerank_by_probs(cands, model.predict_proba(cands), model.top_n)

@@ -22,7 +22,7 @@ from .data import IMAGE_FAILURES, list_ids, nonlandmark_ids, paths_for, read_tra
 from .embed import NONFINITE, EmbedResult, Embedder, compact_ids, id_strings
 from .model import valid_image_size, valid_scale_sizes
 from .metrics import TRACKS, load_solution, score, write_recognition_submission, write_retrieval_submission
-from .plan import Holdout, Timeline, run_stages
+from .plan import MIN_HOLDOUT_LANDMARKS, Holdout, Timeline, run_stages
 from .rerank import STAGES, RerankContext, check_settings, recognition_predictions, retrieval_predictions, stage_spec
 from .search import Candidates, search
 
@@ -59,9 +59,10 @@ class InferenceConfig:
     stage_settings: dict = field(default_factory=dict)  # stage name -> keyword settings (over DEFAULT_SETTINGS)
     verify_top_n: int = 10  # candidates verified per query by stages costed per pair (the planner may lower it)
     reranker: str | None = None  # folder of a saved LightGBM re-ranker; None: train one on held-out train images
-    holdout_frac: float = 0.2  # share of seen-class train images held out as re-ranker training queries
+    holdout_frac: float = 0.25  # share of seen-class train images held out (the standard synthetic set: 154 landmark queries, above min_holdout_landmarks)
     holdout_unseen_frac: float = 0.1  # share of classes held out entirely (landmarks not in the database)
     max_holdout: int = 20000  # cap on held-out landmark queries
+    min_holdout_landmarks: int = MIN_HOLDOUT_LANDMARKS  # below it a stage that learns is skipped (lmkkit.plan.min_holdout_landmarks)
     lgbm_folds: int = 5
     lgbm_rounds: int = 100
     device: str = 'auto'  # 'auto', 'cpu', 'cuda', 'cuda:1', ...
@@ -133,21 +134,22 @@ class InferenceResult:
     track: str
     submission: Path
     metric: str  # 'gap' or 'map@100'
-    ablation: list  # [{'stage': name, metric: score or None}, ...] in the order the stages ran, ending with 'final'
+    ablation: list  # [{'stage', metric: test score or None, 'holdout': held-out estimate or None, 'adopted': bool}, ...] in run order, then 'final'
     timeline: pd.DataFrame
     skipped: list  # notes of the steps that did not run
     report: dict  # counts of unreadable / missing images, mean confidences, ...
 
     def metrics(self) -> dict:
         "The content of metrics.json: the ablation stages, the final score and the report."
-        final = self.ablation[-1][self.metric] if self.ablation else None
+        final = self.ablation[-1][self.metric] if self.ablation else None  # the 'final' row: the last adopted answer
         return {'track': self.track, 'metric': self.metric, self.metric: final, 'stages': self.ablation,
                 'seconds': float(self.timeline['actual_s'].sum()), 'skipped': self.skipped, **self.report}
 
     def table(self) -> pd.DataFrame:
-        "The ablation as a table (stage, score, change against the previous row)."
-        df = pd.DataFrame(self.ablation, columns=['stage', self.metric])
-        return df.assign(delta=df[self.metric].astype(float).diff())
+        "The ablation as a table: stage, test score, held-out estimate, adopted, test change against the answer before it."
+        df = pd.DataFrame(self.ablation, columns=['stage', self.metric, 'holdout', 'adopted'])
+        kept = df[self.metric].astype(float).where(df.adopted.astype(bool)).ffill().shift()  # the answer each row competed with
+        return df.assign(delta=df[self.metric].astype(float) - kept)
 
 class _Run:
     "State of one inference run: config, deadline, timeline, ids, solution, ablation."
@@ -164,16 +166,25 @@ class _Run:
         "The file of a test id, or of a database (train or index) id: computed, never stored per id."
         return paths_for(self.cfg.data_dir, 'test' if image_id in self.id_set else self.db_split, [image_id])[0]
 
-    def write(self, predictions: dict, stage: str | None) -> None:
+    def write(self, predictions: dict, stage: str | None, holdout: float | None = None) -> None:
         "Replace the submission atomically; score it and add an ablation row when `stage` is given."
         preds = {q: p for q, p in predictions.items() if q in self.id_set}
         writer = write_recognition_submission if self.cfg.track == 'recognition' else write_retrieval_submission
         writer(self.submission, preds, self.ids)
         self.predictions = preds
-        if stage is not None:
-            self.ablation.append({'stage': stage, self.metric: score(preds, self.solution, self.cfg.track)})
-            s = self.ablation[-1][self.metric]
-            self.timeline.say(f"submission after {stage}" + ('' if s is None else f": {self.metric} {s:.4f}"))
+        if stage is not None: self.record(preds, stage, holdout, True)
+
+    def record(self, predictions: dict, stage: str, holdout: float | None, adopted: bool) -> None:
+        "Add an ablation row: the test score of `predictions` (when the folder has a solution), the held-out estimate, the verdict."
+        s = score({q: p for q, p in predictions.items() if q in self.id_set}, self.solution, self.cfg.track)
+        self.ablation.append({'stage': stage, self.metric: s, 'holdout': holdout, 'adopted': adopted})
+        self.timeline.say(f"{'submission after' if adopted else 'not adopted:'} {stage}" + ('' if s is None else f": {self.metric} {s:.4f}")
+                          + ('' if holdout is None else f" (held-out {holdout:.4f})"))
+
+    def answer(self, predictions: dict, stage: str, verdict: dict) -> None:
+        "A stage's answer and its verdict: written when adopted, else only scored for the ablation."
+        if verdict['adopted']: self.write(predictions, stage, verdict['holdout'])
+        else: self.record(predictions, stage, verdict['holdout'], False)
 
     def save_metrics(self, result: InferenceResult) -> None:
         with atomic_write(self.out/'metrics.json') as f: json.dump(result.metrics(), f, indent=1, default=float)
@@ -280,7 +291,8 @@ def _knn_answer(run: _Run, cands: Candidates, predict, stage: str, public: bool)
     return _finish(run)
 
 def _finish(run: _Run) -> InferenceResult:
-    if run.ablation: run.ablation.append({'stage': 'final', run.metric: run.ablation[-1][run.metric]})
+    kept = [r for r in run.ablation if r['adopted']]
+    if kept: run.ablation.append({**kept[-1], 'stage': 'final'})
     res = InferenceResult(run.cfg.track, run.submission, run.metric, run.ablation, run.timeline.frame(), run.timeline.skipped, run.report)
     run.save_metrics(res)
     return res
@@ -308,11 +320,15 @@ def make_holdout(train: pd.DataFrame,  # id, landmark_id of the train images, ro
 
 # %% ../nbs/50_pipeline.ipynb #5d1a4229
 def _rerank(run: _Run, cands: Candidates, ctx: RerankContext, predict, holdout: Holdout | None = None) -> Candidates:
-    "Plan, run and write each stage of the chain in turn; skipped and failing stages are logged in the timeline."
+    "Plan, run, judge and (when adopted) write each stage of the chain in turn; skipped, failing and rejected stages are logged."
     settings = {s: run.cfg.settings_of(s) for s in run.cfg.chain}
-    return run_stages(cands, ctx, run.cfg.chain, settings, run.timeline, holdout, lambda c, s: run.write(predict(c), s),
-                      cfg=run.cfg, device=run.device, out_dir=run.out, report=run.report,
-                      s_per_mac=run.report.get('knn_s_per_mac'))[0]
+    judge = lambda c, truth: score(predict(c), truth, run.cfg.track) or 0.0
+    out = run_stages(cands, ctx, run.cfg.chain, settings, run.timeline, holdout,
+                     lambda c, s, v: run.answer(predict(c), s, v), judge, run.cfg.min_holdout_landmarks,
+                     cfg=run.cfg, device=run.device, out_dir=run.out, report=run.report,
+                     s_per_mac=run.report.get('knn_s_per_mac'))[0]
+    if run.ablation and run.report.get('holdout_start') is not None: run.ablation[0]['holdout'] = run.report['holdout_start']
+    return out
 
 def _wants(cfg: InferenceConfig, field: str) -> bool:
     "Whether a stage of the chain reads context `field` (so that the run prepares it)."
@@ -339,12 +355,12 @@ def run_recognition(cfg: InferenceConfig) -> InferenceResult:
     if done := _knn_answer(run, cands, recognition_predictions, 'knn_top1', run.public): return done
     nl_ids, nl_emb = nl.ids[nl.ok], nl.emb[nl.ok]  # the non-landmarks are few: a compact copy
     holdout, nl_ref = None, nl_emb
-    if any(stage_spec(s).wants_holdout(cfg) for s in cfg.chain):
+    if cfg.chain:  # held-out queries: every stage is judged on them, and the learning stages fit on them
         with run.timeline.step('holdout') as row:
             nl_ref = nl_emb[0::2]
             holdout = make_holdout(train, db_emb, nl_ids[1::2], nl_emb[1::2], nl_ref if len(nl_ref) else None, cfg.k, cfg,
                                    ok=db.ok, image_path=run.image_path, deadline=run.deadline)
-            row['note'] = f'{len(holdout.cands)} held-out queries for the re-ranker'
+            row['note'] = f'{len(holdout.cands)} held-out queries ({holdout.n_landmarks} landmarks) to fit and judge the stages on'
     ctx = RerankContext(index_ids=db_ids, index_emb=db_emb, index_labels=labels, query_ids=q_ids, query_emb=q_emb,
                         nonlandmark_emb=nl_ref if len(nl_ref) else None, image_path=run.image_path,
                         deadline=run.deadline)

@@ -5,6 +5,7 @@
 # %% ../nbs/51_plan.ipynb #73a742ca
 from __future__ import annotations
 
+import copy
 import math
 import time
 from contextlib import contextmanager
@@ -20,8 +21,8 @@ from .rerank import COST_UNITS, STAGES, RerankContext, check_settings, stage_set
 from .search import Candidates
 
 # %% auto #0
-__all__ = ['TIMELINE', 'Timeline', 'plot_timeline', 'plan_stages', 'Holdout', 'probe_seconds_per_pair', 'held_out', 'run_stages',
-           'ablate']
+__all__ = ['TIMELINE', 'MIN_HOLDOUT_LANDMARKS', 'Timeline', 'plot_timeline', 'is_time_cut', 'plan_stages', 'Holdout',
+           'min_holdout_landmarks', 'probe_seconds_per_pair', 'held_out_answer', 'verdict', 'run_stages', 'ablate']
 
 # %% ../nbs/51_plan.ipynb #d1c81d89
 TIMELINE = 'timeline.csv'
@@ -56,6 +57,13 @@ class Timeline:
         self.say(f"{row['step']} {note}")
         self._save()
 
+    def annotate(self, note: str) -> None:
+        "Add `note` to the last step's note (and say it)."
+        row = self.rows[-1]
+        row['note'] = '; '.join(filter(None, [row['note'], note]))
+        self.say(f"{row['step']}: {note}")
+        self._save()
+
     def say(self, msg: str) -> None:
         if self.verbose: print(msg)
 
@@ -88,18 +96,20 @@ def plot_timeline(out_dir: str | Path, save: bool = True):
     if save: fig.savefig(Path(out_dir)/'timeline.png', dpi=80)
     return fig
 
+def is_time_cut(note: str) -> bool:
+    "Whether a skip note says the deadline dropped or cut a step (the planner's and the embed steps' wording)."
+    return note.endswith((' left', '(time)'))
+
 # %% ../nbs/51_plan.ipynb #4dacefd0
 def plan_stages(stages: Sequence[str], remaining_s: float,
-                units: dict[str, int],  # unit counts: {'query': Q, 'index_row': N, 'query_x_index': Q·N·D, ...} (`_units`)
+                units: dict[str, int],  # unit counts, held-out queries included: {'query': Q + H, 'index_row': N + N_H, 'query_x_index': Q·N·D + H·N_H·D, ...} (`_units`)
                 rates: dict[str, float] | None = None,  # measured seconds per unit (else the registered cost_s)
                 top_n: dict[str, int] | None = None,  # pairs per query wanted by the pair stages (else their default)
-                n_holdout: int = 0,  # held-out queries that the fitted stages train on
                 fit_s: dict[str, float] | None = None,  # fitted stage -> seconds of its fit (only these are planned as fits)
                 ) -> list[dict]:
     "Which of `stages` fit into `remaining_s`: one dict per stage (stage, run, planned_s, top_n, note)."
     stages, fit_s, specs = list(stages), fit_s or {}, {s: stage_spec(s) for s in stages}
     cost = lambda s: (rates or {}).get(s, specs[s].cost_s)
-    before = lambda s, f: stages.index(s) < stages.index(f)
     plan, left = {}, float(remaining_s)
     def book(s, need):
         nonlocal left
@@ -108,15 +118,11 @@ def plan_stages(stages: Sequence[str], remaining_s: float,
         left -= need if need <= left else 0
     for s in stages:
         if specs[s].per != 'pair' and s not in fit_s: book(s, cost(s) * units[specs[s].per])
-    for f in (s for s in stages if s in fit_s):
-        book(f, cost(f) * units['query'] + fit_s[f] + sum(cost(s) * units[specs[s].per] / max(units['query'], 1) * n_holdout  # per query, again on the held-out ones
-                                                         for s in list(plan) if plan[s]['run'] and before(s, f)))
+    for f in (s for s in stages if s in fit_s): book(f, cost(f) * units[specs[f].per] + fit_s[f])
     for s in (s for s in stages if specs[s].per == 'pair'):
-        fitted = [f for f in fit_s if plan[f]['run'] and before(s, f)]  # their held-out queries are verified too
-        n, want = units['query'] + (n_holdout if fitted else 0), (top_n or {}).get(s, stage_settings(s).get('top_n', 1))
+        n, want = units['query'], (top_n or {}).get(s, stage_settings(s).get('top_n', 1))
         top = min(want, int(max(left, 0) / cost(s) // max(n, 1))) if math.isfinite(left) else want
-        if fitted and top >= 1: plan[fitted[0]]['planned_s'] += n_holdout * top * cost(s)
-        plan[s] = dict(stage=s, run=top >= 1, planned_s=units['query'] * max(top, 1) * cost(s), top_n=max(top, 0),
+        plan[s] = dict(stage=s, run=top >= 1, planned_s=n * max(top, 1) * cost(s), top_n=max(top, 0),
                        note=('' if top == want else f'shortened to top {top} (time)') if top >= 1
                        else f'skipped: one pair per query needs {n * cost(s):.1f}s, {max(left, 0):.1f}s left')
         left -= n * top * cost(s) if top >= 1 else 0
@@ -125,46 +131,88 @@ def plan_stages(stages: Sequence[str], remaining_s: float,
 # %% ../nbs/51_plan.ipynb #8d1ae4cb
 @dataclass
 class Holdout:
-    "Held-out train queries for the stages that fit on them: their context, kNN candidates and ground truth."
+    "Held-out train queries, run through every stage beside the test queries: their context, kNN candidates and ground truth."
     ctx: RerankContext
     cands: Candidates
     truth: dict
 
-def _units(cands: Candidates, ctx: RerankContext) -> dict[str, int]:
-    "The size of every cost variable (`COST_UNITS`) for `cands` in `ctx`: queries, index rows and the multiply-adds of a search."
+    @property
+    def n_landmarks(self) -> int: return sum(1 for t in self.truth.values() if len(t))
+
+def min_holdout_landmarks(delta: float = 0.1,  # the smallest difference of scores worth resolving
+                          z: float = 1.645,  # one-sided 95%
+                          sd: float = 0.5,  # bound on the SD of one query's share of the score (in [0, 1]: Popoviciu)
+                          ) -> int:
+    "Held-out landmark queries needed before a difference `delta` of two held-out scores stands out of their noise: ceil(2 (z sd / delta)^2)."
+    return math.ceil(2 * (z * sd / delta) ** 2)
+
+MIN_HOLDOUT_LANDMARKS = min_holdout_landmarks()  # 136
+
+def _side_units(cands: Candidates, ctx: RerankContext) -> dict[str, int]:
+    "Queries, index rows and the multiply-adds of a search for `cands` in `ctx`."
     q, n = len(cands), 0 if ctx.index_ids is None else len(ctx.index_ids)
     d = 0 if ctx.index_emb is None else int(np.shape(ctx.index_emb)[1])
     m = 0 if ctx.nonlandmark_emb is None else len(ctx.nonlandmark_emb)
     return dict(query=q, index_row=n, query_x_index=q * n * d, index_x_index=n * n * d, query_x_nonlandmark=q * m * d)
 
+def _units(cands: Candidates, ctx: RerankContext, holdout: Holdout | None = None) -> dict[str, int]:
+    "Unit counts of every cost variable (`COST_UNITS` but pairs) for the test queries plus the held-out ones, which go through every stage too."
+    sides = [_side_units(cands, ctx)] + ([] if holdout is None else [_side_units(holdout.cands, holdout.ctx)])
+    return {u: sum(s[u] for s in sides) for u in sides[0]}
+
 def _spent_units(name: str, cands: Candidates, ctx: RerankContext, kw: dict) -> int:
-    "How many units of its cost model stage `name` just processed."
+    "How many units of its cost model stage `name` just processed (test queries only)."
     per = stage_spec(name).per
     return len(cands) * min(kw.get('top_n', 1), cands.k) if per == 'pair' else _units(cands, ctx)[per]
 
-def probe_seconds_per_pair(name: str, cands: Candidates, ctx: RerankContext, settings: dict, n: int = 4) -> float:
-    "Seconds per pair of pair stage `name`, timed on the first two candidates of `n` queries."
-    probe = cands.select(np.arange(min(n, len(cands))))
+def probe_seconds_per_pair(name: str, cands: Candidates, ctx: RerankContext, settings: dict, n: int = 2) -> float:
+    "Seconds per pair of pair stage `name` once warm: a call on `n` queries fills what the stage keeps between calls, a call on the next `n` is timed (both at the stage's `top_n`)."
+    top = max(1, min(settings.get('top_n', stage_settings(name).get('top_n', 1)), cands.k))
+    call = lambda rows: STAGES.get(name)(cands.select(rows), ctx, **{**settings, 'top_n': top})
+    warm, timed = np.arange(min(n, len(cands))), np.arange(n, min(2 * n, len(cands)))
+    if len(timed): call(warm)
+    else: timed = warm  # too few queries to warm up first: timed cold
     t0 = time.perf_counter()
-    STAGES.get(name)(probe, ctx, **{**settings, 'top_n': min(2, cands.k)})
-    return max(time.perf_counter() - t0, 1e-6) / (len(probe) * min(2, cands.k))
+    call(timed)
+    return max(time.perf_counter() - t0, 1e-6) / (len(timed) * top)
 
-def held_out(holdout: Holdout | None, ran: Sequence[str], settings: dict) -> tuple[Candidates | None, dict | None]:
-    "The held-out candidates after the stages that ran (with the settings they ran with), and their truth."
-    if holdout is None: return None, None
-    hc = holdout.cands
-    for s in ran: hc = STAGES.get(s)(hc, holdout.ctx, **settings[s])
-    return hc, holdout.truth
+def held_out_answer(name: str, settings: dict, cands: Candidates, ctx: RerankContext) -> Candidates:
+    "Stage `name`'s answer on the held-out `cands`: out of fold when its `fit` trained on them (`oof` hook), else the stage applied to them."
+    spec = stage_spec(name)
+    out = spec.oof(settings, cands) if spec.oof is not None else None
+    return STAGES.get(name)(cands, ctx, **settings) if out is None else out
+
+def verdict(estimate: float | None, best: float | None, proof_needed: bool) -> tuple[bool, str]:
+    "Whether a stage's answer replaces the current one, by held-out score, and the note: a stage with `proof_needed` must beat `best`, any other must not fall below it."
+    if estimate is None or best is None:
+        return (False, 'not adopted: no held-out estimate') if proof_needed else (True, '')
+    ok = estimate > best if proof_needed else estimate >= best
+    return ok, f"held-out {estimate:.4f} vs {best:.4f} without it: {'adopted' if ok else 'not adopted'}"
+
+def _snapshot(*ctxs) -> list:
+    "Shallow copies of the contexts (a stage such as DBA or whitening replaces their arrays), to restore a rejected stage."
+    return [(c, copy.copy(c)) for c in ctxs if c is not None]
+
+def _restore(saved: list) -> None:
+    for c, old in saved: c.__dict__.update(old.__dict__)
 
 # %% ../nbs/51_plan.ipynb #ac77b681
+def _proof_missing(holdout: Holdout | None, min_landmarks: int) -> str | None:
+    "Why a stage with `proof_needed` cannot be judged on these held-out queries (None: it can)."
+    if holdout is None: return 'no held-out queries to prove it on'
+    if holdout.n_landmarks < min_landmarks:
+        return (f'{holdout.n_landmarks} held-out landmark queries, fewer than the {min_landmarks} needed to resolve '
+                f'a score difference of 0.1 (lmkkit.plan.min_holdout_landmarks)')
+
 def run_stages(cands: Candidates, ctx: RerankContext, stages: Sequence[str],
                settings: dict[str, dict] | None = None,  # stage -> settings (None: ctx.settings)
                timeline: Timeline | None = None,  # where the steps go (None: a fresh one on ctx.deadline)
-               holdout: Holdout | None = None,  # held-out queries for stages with a `fit`
-               on_answer: Callable[[Candidates, str], None] | None = None,  # called after each adopted stage
-               adopt: Callable | None = None,  # adopt(name, before, after, holdout) -> bool, for stages with proof_needed
+               holdout: Holdout | None = None,  # held-out queries: run through every stage, fitted on, judged on
+               on_answer: Callable[[Candidates, str, dict], None] | None = None,  # on_answer(cands, name, verdict) after each stage that ran
+               score: Callable[[Candidates, dict], float] | None = None,  # score(held-out cands, truth); given: stages are judged
+               min_landmarks: int = MIN_HOLDOUT_LANDMARKS,  # held-out landmark queries a stage with proof_needed needs
                cfg=None, device: str | None = None, out_dir: str | Path | None = None,  # passed to the stages' hooks
-               report: dict | None = None,  # measured rates and held-out sizes are added here
+               report: dict | None = None,  # measured rates and held-out sizes and scores are added here
                s_per_mac: float | None = None,  # this run's measured seconds per kNN multiply-add: calibrates the stages costed per multiply-add
                ) -> tuple[Candidates, pd.DataFrame]:
     "Plan and apply `stages` in order: the final candidates and one timeline row per stage (stage, planned_s, actual_s, start_s, ran, note)."
@@ -178,42 +226,51 @@ def run_stages(cands: Candidates, ctx: RerankContext, stages: Sequence[str],
         else: todo.append(s)
     for s in todo:
         if stage_spec(s).prepare is not None: settings[s] = stage_spec(s).prepare(settings[s], device or ctx.device)
-    n_hold = 0 if holdout is None else len(holdout.cands)
+    n_hold, hc = (0, None) if holdout is None else (len(holdout.cands), holdout.cands)
+    best = None if holdout is None or score is None else float(score(hc, holdout.truth))
+    if holdout is not None: report.update(holdout_queries=n_hold, holdout_landmarks=holdout.n_landmarks, holdout_start=best)
     macs = {u for u in COST_UNITS if u.startswith(('query_x', 'index_x'))}
-    rates, ran = {s: s_per_mac for s in todo if s_per_mac and stage_spec(s).per in macs}, []
+    rates = {s: s_per_mac for s in todo if s_per_mac and stage_spec(s).per in macs}
     for i, name in enumerate(todo):
         spec, remaining = stage_spec(name), math.inf if ctx.deadline is None else ctx.deadline.remaining
+        if score is not None and spec.proof_needed and (why := _proof_missing(holdout, min_landmarks)):
+            tl.skip(name, None, f'skipped: {why}')
+            continue
         if spec.per == 'pair' and name not in rates and ctx.deadline is not None and len(cands) and cands.k and remaining > 0:
             rates[name] = probe_seconds_per_pair(name, cands, ctx, settings[name])
             report[f'{name}_pairs_per_s'] = round(1 / rates[name], 2)
-        per_q = lambda s: settings[s].get('top_n', 1) if stage_spec(s).per == 'pair' else _units(cands, ctx)[stage_spec(s).per] / max(len(cands), 1)
-        held_s = sum(rates.get(s, stage_spec(s).cost_s) * n_hold * per_q(s) for s in ran)  # the stages that ran, again on the held-out queries
-        fit_s = {s: stage_spec(s).fit_s(n_hold, cfg) + held_s for s in todo[i:]
+        fit_s = {s: stage_spec(s).fit_s(n_hold, cfg) for s in todo[i:]
                  if holdout is not None and stage_spec(s).fit_s is not None and stage_spec(s).wants_holdout(cfg)}
         top_n = {s: settings[s]['top_n'] for s in todo[i:] if 'top_n' in settings[s]}
-        plan = plan_stages(todo[i:], remaining, _units(cands, ctx), rates, top_n, n_hold, fit_s)[0]
+        plan = plan_stages(todo[i:], remaining, _units(cands, ctx, holdout), rates, top_n, fit_s)[0]
         if not plan['run']:
             tl.skip(name, plan['planned_s'], plan['note'])
             continue
         kw = dict(settings[name], **({'top_n': plan['top_n']} if spec.per == 'pair' else {}))
+        saved = _snapshot(ctx, None if holdout is None else holdout.ctx)
         try:
             with tl.step(name, plan['planned_s'], plan['note']):
                 if spec.fit is not None:
-                    hc, truth = held_out(holdout if holdout is not None and spec.wants_holdout(cfg) else None, ran, settings)
-                    if hc is not None: report[f'{name}_holdout_queries'] = len(hc)
-                    kw = spec.fit(kw, hc, truth, cfg, out_dir)
+                    fits = holdout is not None and spec.wants_holdout(cfg)
+                    if fits: report[f'{name}_holdout_queries'] = n_hold
+                    kw = spec.fit(kw, hc if fits else None, holdout.truth if fits else None, cfg, out_dir)
                 t0 = time.perf_counter()
                 out = STAGES.get(name)(cands, ctx, **kw)
                 rates[name] = (time.perf_counter() - t0) / max(_spent_units(name, cands, ctx, kw), 1)
+                h_out = None if holdout is None else held_out_answer(name, kw, hc, holdout.ctx)
         except Exception as e:  # a failing stage keeps the previous answer: log it and go on
+            _restore(saved)
             tl.fail(f'failed: {type(e).__name__}: {e}')
             continue
-        if spec.proof_needed and adopt is not None and not adopt(name, cands, out, holdout):
-            tl.rows[-1]['note'] = 'not adopted: no better than the chain without it on held-out queries'
+        estimate = None if h_out is None or score is None else float(score(h_out, holdout.truth))
+        adopted, note = verdict(estimate, best, spec.proof_needed) if score is not None else (True, '')
+        if note: tl.annotate(note)
+        if on_answer is not None: on_answer(out, name, dict(holdout=estimate, adopted=adopted, note=note))
+        if not adopted:
+            _restore(saved)
             continue
         cands, settings[name] = out, kw
-        ran.append(name)
-        if on_answer is not None: on_answer(cands, name)
+        if h_out is not None: hc, best = h_out, best if estimate is None else estimate
     return cands, tl.frame().iloc[first:].rename(columns={'step': 'stage'}).reset_index(drop=True)
 
 # %% ../nbs/51_plan.ipynb #dc6dd4d3

@@ -16,12 +16,13 @@ import pandas as pd
 
 from .core import ConfigError, Deadline, Registry
 from .search import CHUNK_QUERIES, Candidates, _str_ids, knn, search
+from .whiten import Whitening, learn_whitening
 
 # %% auto #0
 __all__ = ['STAGES', 'COST_UNITS', 'S_PER_MAC', 'RerankContext', 'StageSpec', 'register_stage', 'stage_spec', 'stage_settings',
-           'check_settings', 'expand', 'query_expansion', 'database_augment', 'dba', 'class_votes', 'vote_share',
-           'soft_vote', 'per_candidate', 'nonlandmark_similarity', 'nonlandmark_penalty', 'recognition_predictions',
-           'retrieval_predictions', 'assign_labels', 'boost_agreeing', 'label_boost']
+           'check_settings', 'expand', 'query_expansion', 'database_augment', 'dba', 'whiten', 'class_votes',
+           'vote_share', 'soft_vote', 'per_candidate', 'nonlandmark_similarity', 'nonlandmark_penalty',
+           'recognition_predictions', 'retrieval_predictions', 'assign_labels', 'boost_agreeing', 'label_boost']
 
 # %% ../nbs/40_rerank.ipynb #768ebd7a
 @dataclass
@@ -114,13 +115,14 @@ class StageSpec:
     fit: Callable | None = None  # fit(settings, held-out Candidates | None, truth | None, cfg, out_dir) -> settings
     fit_s: Callable | None = None  # fit_s(n_holdout, cfg) -> planned seconds of `fit`
     holdout: Callable | None = None  # holdout(cfg) -> whether `fit` wants held-out queries (None: always)
+    oof: Callable | None = None  # oof(settings, held-out Candidates) -> their answer out of fold (None: apply the stage), for a `fit` on them
 
     def __post_init__(self):
         if self.per not in COST_UNITS: raise ValueError(f"stage {self.name!r}: per must be one of {COST_UNITS}, got {self.per!r}")
 
     @property
     def proof_needed(self) -> bool:
-        "Whether the stage may replace the submission only after beating the chain without it on held-out queries."
+        "Whether the stage must beat the chain without it on enough held-out queries (`lmkkit.plan.MIN_HOLDOUT_LANDMARKS`) to replace the answer."
         return self.learns
 
     def wants_holdout(self, cfg) -> bool:
@@ -196,6 +198,36 @@ def dba(cands: Candidates, ctx: RerankContext,
     "Database-side augmentation: replace `ctx.index_emb` (for this and later stages) by its DBA version; search again."
     ctx.need('dba', 'index_ids', 'index_emb', 'query_ids', 'query_emb')
     ctx.index_emb = database_augment(ctx.index_emb, k, alpha, backend=ctx.knn_backend, device=ctx.device, exclude=ctx.index_exclude)
+    return ctx.research(cands, ctx.query_emb_of(cands.query_ids))
+
+# %% ../nbs/40_rerank.ipynb #a0a70d5d
+def _whitening_of(ctx: RerankContext, whitening, dim: int | None, power: float, shrinkage: float) -> Whitening:
+    "A given `Whitening` (or file), else one learned on the context's train embeddings (else its index) with at most n/8 directions."
+    if isinstance(whitening, Whitening): return whitening
+    if whitening is not None: return Whitening.load(whitening)
+    x = _learning_rows(ctx.train_emb if ctx.train_emb is not None and len(ctx.train_emb) else ctx.index_emb)
+    return learn_whitening(x, dim or max(1, min(x.shape[1], len(x) // 8)), power, shrinkage)
+
+def _learning_rows(emb: np.ndarray, most: int = 200_000, block: int = 65_536, seed: int = 0) -> np.ndarray:
+    "The finite rows of `emb` (memory-mapped, NaN where not embedded), a seeded sample of at most `most`, as float32."
+    ok = np.concatenate([np.isfinite(emb[i:i + block]).all(1) for i in range(0, len(emb), block)] or [np.zeros(0, bool)])
+    rows = np.flatnonzero(ok)
+    if len(rows) > most: rows = np.sort(np.random.default_rng(seed).choice(rows, most, replace=False))
+    return np.asarray(emb[rows], np.float32)
+
+@register_stage('whiten', cost_s=2e-5, per='index_row', learns=True, needs=('index_ids', 'index_emb', 'query_ids', 'query_emb'))
+def whiten(cands: Candidates, ctx: RerankContext,
+           whitening: str | Path | Whitening | None = None,  # a learned Whitening or its file; None: learn it here
+           dim: int | None = None,  # directions kept when learning (None: n_train // 8, at most D)
+           power: float = 0.5,  # eigenvalue power (lmkkit.whiten.learn_whitening)
+           shrinkage: float = 0.0,
+           ) -> Candidates:
+    "Learned PCA whitening of every embedding of the context (index, queries, non-landmarks, train), then search again."
+    ctx.need('whiten', 'index_ids', 'index_emb', 'query_ids', 'query_emb')
+    w = _whitening_of(ctx, whitening, dim, power, shrinkage)
+    for name in ('index_emb', 'query_emb', 'nonlandmark_emb', 'train_emb'):
+        x = getattr(ctx, name)
+        if x is not None and len(x): setattr(ctx, name, w.apply(x))
     return ctx.research(cands, ctx.query_emb_of(cands.query_ids))
 
 # %% ../nbs/40_rerank.ipynb #7eea68a9

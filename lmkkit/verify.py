@@ -26,8 +26,8 @@ from .rerank import RerankContext, register_stage
 # %% auto #0
 __all__ = ['MIN_POINTS', 'VERIFIERS', 'PairResult', 'prepare_image', 'distinct_points', 'degenerate_model', 'check_model',
            'count_inliers', 'Verifier', 'mutual_matches', 'SiftMagsac', 'load_weights', 'Loftr', 'LightGlueVerifier',
-           'DiskLightGlue', 'AlikedLightGlue', 'PairCache', 'VerifyReport', 'verify_candidates', 'check_verifier',
-           'verify_settings', 'verify']
+           'DiskLightGlue', 'AlikedLightGlue', 'PairCache', 'VerifyReport', 'FeatureCache', 'verify_candidates',
+           'check_verifier', 'verify_settings', 'verify']
 
 # %% ../nbs/41_verify.ipynb #3d542c54
 @dataclasses.dataclass(frozen=True)
@@ -360,13 +360,20 @@ def _lru_get(cache: OrderedDict, key, make, size: int):
     if len(cache) > size: cache.popitem(last=False)
     return value
 
+class FeatureCache:
+    "Local features of the `size` most recently used images, by (verifier cache key, image id); kept across calls (warm)."
+    def __init__(self, size: int = 32): self.size, self._items = size, OrderedDict()
+    def get(self, key, make): return _lru_get(self._items, key, make, self.size)
+    def __len__(self) -> int: return len(self._items)
+    def __repr__(self): return f"FeatureCache({len(self)}/{self.size} images)"
+
 # %% ../nbs/41_verify.ipynb #f8c70b5a
 def verify_candidates(cands, image_path: Callable[[str], str | Path | None], verifier: Verifier | None = None,
                       top_n: int = 10, max_pairs: int | None = None, deadline: Deadline | None = None,
                       cache: PairCache | None = None,
                       rescore_weight: float = 0.0,  # w in s' = s + w * min(inliers, cap) / cap; 0 keeps the order
                       inlier_cap: int = 50,
-                      feature_cache: int = 32,  # images whose features are kept (LRU)
+                      feature_cache: int | FeatureCache = 32,  # images whose features are kept (LRU); a FeatureCache stays warm across calls
                       verbose: bool = False):
     "Add 'inliers' and 'inlier_ratio' for the first `top_n` candidates of each query: (Candidates, VerifyReport)."
     from lmkkit.core import progress
@@ -374,7 +381,8 @@ def verify_candidates(cands, image_path: Callable[[str], str | Path | None], ver
     verifier = verifier or SiftMagsac()
     n = min(top_n, cands.k, max_pairs if max_pairs is not None else top_n)
     inliers, matches = np.zeros(cands.ids.shape, np.int64), np.zeros(cands.ids.shape, np.int64)
-    report, feats, key, start = VerifyReport(), OrderedDict(), verifier.cache_key, time.perf_counter()
+    report, key, start = VerifyReport(), verifier.cache_key, time.perf_counter()
+    feats = feature_cache if isinstance(feature_cache, FeatureCache) else FeatureCache(feature_cache)
 
     def extract(image_id: str):
         path = image_path(image_id)
@@ -385,11 +393,11 @@ def verify_candidates(cands, image_path: Callable[[str], str | Path | None], ver
     def run(qid: str, cid: str) -> PairResult | str:
         "The pair's result, or why it failed (an unreadable image, an exception of the verifier)."
         try:
-            fq = _lru_get(feats, qid, lambda: extract(qid), feature_cache)
-            fc = _lru_get(feats, cid, lambda: extract(cid), feature_cache)
+            fq = feats.get((key, qid), lambda: extract(qid))
+            fc = feats.get((key, cid), lambda: extract(cid))
             return 'unreadable image' if fq is None or fc is None else verifier.match(fq, fc)
         except cv2.error as e: return _cv2_reason(e)
-        except RuntimeError as e: return f'RuntimeError: {str(e)[:80]}'  # e.g. a torch kernel on an odd image
+        except Exception as e: return f'{type(e).__name__}: {str(e)[:80]}'  # third-party code (torch, kornia, a plug-in) on an odd image
 
     spent = 0.0
     for qi in progress(range(len(cands)), verbose, desc='verify'):
@@ -432,8 +440,9 @@ def check_verifier(settings: dict) -> None:
                               f"and give its path (weights are never downloaded)")
 
 def verify_settings(settings: dict, device: str) -> dict:
-    "The `verify` stage's settings for one run: a fresh pair cache (unless one is given), and the run's device for a GPU verifier."
+    "The `verify` stage's settings for one run: a fresh pair cache (unless one is given), a feature cache kept warm between calls, and the run's device for a GPU verifier."
     kw = {'cache': PairCache(), **settings}
+    if not isinstance(kw.get('feature_cache'), FeatureCache): kw['feature_cache'] = FeatureCache(kw.get('feature_cache', 32))
     if 'device' in inspect.signature(VERIFIERS.get(kw.get('verifier', 'sift_magsac'))).parameters:
         kw['verifier_kwargs'] = {'device': device, **(kw.get('verifier_kwargs') or {})}
     return kw
@@ -445,7 +454,8 @@ def verify(cands, ctx: RerankContext,
            verifier_kwargs: dict | None = None,  # e.g. {'max_side': 512} or {'weights': '/kaggle/input/.../loftr_outdoor.ckpt'}
            top_n: int = 10, max_pairs: int | None = None,
            cache: str | PairCache | None = None,  # JSON pair-cache path, or a PairCache
-           rescore_weight: float = 0.0, inlier_cap: int = 50, feature_cache: int = 32):
+           rescore_weight: float = 0.0, inlier_cap: int = 50,
+           feature_cache: int | FeatureCache = 32):  # a FeatureCache (from `verify_settings`) stays warm between calls
     "Stage: RANSAC inliers of the top `top_n` candidates as features 'inliers' and 'inlier_ratio'."
     ctx.need('verify', 'image_path')
     pairs = PairCache(cache) if isinstance(cache, (str, Path)) else cache

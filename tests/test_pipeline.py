@@ -41,7 +41,7 @@ def _check_submission(res, data_dir, track):
 
 def test_recognition_full_chain(world, tmp_path):
     res = run_inference(data_dir=str(world/'data'), checkpoint=str(world/'model.pt'), out_dir=str(tmp_path),
-                        cache_dir=str(world/'cache'), stages=list(SEED_STAGES['recognition']), **FAST)
+                        cache_dir=str(world/'cache'), stages=list(SEED_STAGES['recognition']), min_holdout_landmarks=1, **FAST)
     _check_submission(res, world/'data', 'recognition')
     stages = [r['stage'] for r in res.ablation]
     assert stages[0] == 'knn_top1' and stages[-1] == 'final'
@@ -202,7 +202,7 @@ def test_a_stage_added_in_one_decorated_function_is_planned_run_and_ablated(worl
     assert [r['stage'] for r in res.ablation] == ['knn_top1', '_reverse_ties', 'soft_vote', 'final']
     row = res.timeline.set_index('step').loc['_reverse_ties']
     n_queries = int(res.timeline.set_index('step').loc['embed_test', 'note'].split('/')[0])
-    assert row.ran and row.planned_s == pytest.approx(1e-5 * n_queries)  # its registered cost x the queries
+    assert row.ran and row.planned_s == pytest.approx(1e-5 * (n_queries + res.report['holdout_queries']))  # its registered cost x the test and held-out queries
 
 
 def test_short_limit_default_reserve(world, tmp_path):
