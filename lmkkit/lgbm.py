@@ -14,15 +14,15 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
-from .core import ConfigError, atomic_write
+from .core import ConfigError, Deadline, atomic_write
 from .rerank import RerankContext, class_votes, per_candidate, register_stage, vote_share
 from .search import Candidates
 
 # %% auto #0
 __all__ = ['TOP_N', 'NONLANDMARK', 'NOT_IN_TOP', 'DEFAULT_PARAMS', 'reranker_features', 'reranker_targets',
-           'synthetic_candidates', 'group_folds', 'Reranker', 'train_reranker', 'label_scores', 'predict_reranked',
-           'save_reranker', 'load_reranker', 'reranker_fit_seconds', 'fit_reranker', 'rerank_by_probs', 'reranker_oof',
-           'lgbm_rerank']
+           'synthetic_candidates', 'group_folds', 'Reranker', 'stop_at', 'train_reranker', 'label_scores',
+           'predict_reranked', 'save_reranker', 'load_reranker', 'reranker_fit_seconds', 'fit_reranker',
+           'rerank_by_probs', 'reranker_oof', 'lgbm_rerank']
 
 # %% ../nbs/42_lgbm.ipynb #8bbb9179
 TOP_N = 5  # candidates the re-ranker looks at (the seed's top 5)
@@ -143,15 +143,23 @@ class Reranker:
 
     def __repr__(self): return f"Reranker(boosters={len(self.boosters)}, features={len(self.feature_names)}, top_n={self.top_n})"
 
+def stop_at(deadline: Deadline):
+    "LightGBM callback: end boosting, keeping the rounds so far, once `deadline` has expired (lightgbm's own early-stop path)."
+    def callback(env):
+        if deadline.expired: raise lgb.callback.EarlyStopException(env.iteration, env.evaluation_result_list)
+    return callback
+
 def train_reranker(cands: Candidates, truth: Mapping[str, Sequence[int]], params: dict | None = None,
                    n_folds: int = 5, seed: int = 0,
                    groups='landmark',  # 'landmark', 'query', or one group key per query
-                   num_boost_round: int = 100, top_n: int = TOP_N) -> Reranker:
-    "Train the 7-class LightGBM re-ranker with group-aware folds."
+                   num_boost_round: int = 100, top_n: int = TOP_N,
+                   deadline: Deadline | None = None,  # once expired, each booster stops after its current round
+                   ) -> Reranker:
+    "Train the 7-class LightGBM re-ranker with group-aware folds; a `deadline` cuts boosting short (the held-out check then judges it)."
     X, y = reranker_features(cands, top_n), reranker_targets(cands, truth, top_n)
     p = {**DEFAULT_PARAMS, 'num_class': top_n + 2, 'seed': seed, **(params or {})}
     fit = lambda rows: lgb.train(p, lgb.Dataset(X.to_numpy(np.float64)[rows], y[rows], feature_name=list(X.columns)),
-                                 num_boost_round=num_boost_round)
+                                 num_boost_round=num_boost_round, callbacks=[stop_at(deadline)] if deadline else None)
     if n_folds <= 1: return Reranker([fit(np.arange(len(y)))], list(X.columns), top_n, p)
     folds = group_folds(_groups(cands, truth, groups), n_folds, seed)
     boosters, oof = [], np.zeros((len(y), top_n + 2))
@@ -204,11 +212,12 @@ def reranker_fit_seconds(n_queries: int, cfg) -> float:
     "Rough LightGBM training time: FACTS' 2.5 s for 40k rows x 100 rounds on 2 cores, per fold, plus 0.5 s."
     return 0.5 + max(cfg.lgbm_folds, 1) * 2.5 * (max(n_queries, 1000) / 40_000) * (cfg.lgbm_rounds / 100)
 
-def fit_reranker(settings: dict, cands: Candidates | None, truth: dict | None, cfg=None, out_dir=None) -> dict:
+def fit_reranker(settings: dict, cands: Candidates | None, truth: dict | None, cfg=None, out_dir=None, deadline: Deadline | None = None) -> dict:
     "The stage's settings with `model`: trained on held-out `cands` (saved to `out_dir/reranker`), else `cfg.reranker` loaded."
     if cands is None:
         return settings if cfg is None or cfg.reranker is None else {**settings, 'model': load_reranker(cfg.reranker)}
-    model = train_reranker(cands, truth, n_folds=cfg.lgbm_folds, seed=cfg.seed, num_boost_round=cfg.lgbm_rounds)
+    model = train_reranker(cands, truth, n_folds=cfg.lgbm_folds, seed=cfg.seed, num_boost_round=cfg.lgbm_rounds,
+                           deadline=deadline)
     if out_dir is not None: save_reranker(model, Path(out_dir)/'reranker')
     return {**settings, 'model': model}
 

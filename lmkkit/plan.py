@@ -253,7 +253,7 @@ def run_stages(cands: Candidates, ctx: RerankContext, stages: Sequence[str],
                 if spec.fit is not None:
                     fits = holdout is not None and spec.wants_holdout(cfg)
                     if fits: report[f'{name}_holdout_queries'] = n_hold
-                    kw = spec.fit(kw, hc if fits else None, holdout.truth if fits else None, cfg, out_dir)
+                    kw = spec.fit(kw, hc if fits else None, holdout.truth if fits else None, cfg, out_dir, ctx.deadline)
                 t0 = time.perf_counter()
                 out = STAGES.get(name)(cands, ctx, **kw)
                 rates[name] = (time.perf_counter() - t0) / max(_spent_units(name, cands, ctx, kw), 1)

@@ -112,7 +112,7 @@ class StageSpec:
     learns: bool = False  # trains or re-weights on held-out queries, so it must prove itself there
     check: Callable | None = None  # check(settings): raise ConfigError on a bad setting, when the config is made
     prepare: Callable | None = None  # prepare(settings, device) -> settings for one run (before it is planned)
-    fit: Callable | None = None  # fit(settings, held-out Candidates | None, truth | None, cfg, out_dir) -> settings
+    fit: Callable | None = None  # fit(settings, held-out Candidates | None, truth | None, cfg, out_dir, deadline) -> settings
     fit_s: Callable | None = None  # fit_s(n_holdout, cfg) -> planned seconds of `fit`
     holdout: Callable | None = None  # holdout(cfg) -> whether `fit` wants held-out queries (None: always)
     oof: Callable | None = None  # oof(settings, held-out Candidates) -> their answer out of fold (None: apply the stage), for a `fit` on them
