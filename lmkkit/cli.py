@@ -152,6 +152,7 @@ LITERALS = "values are Python literals, e.g. --lr 3e-4 --stages '[(64, 1), (96, 
 def need_dataset(data_dir: str) -> Path:
     "`data_dir` when it holds a `train.csv`; else a `ConfigError` with the fix."
     p = Path(data_dir)
+    if p.is_file(): raise ConfigError(f"DATA_DIR {p} is a file; pass the folder that holds train.csv and train/ ({p.parent})")
     if not (p/'train.csv').is_file():
         raise ConfigError(f"{p/'train.csv'} not found; DATA_DIR must be a GLDv2 folder (train.csv, train/), e.g. from `lmkkit synth {p}`")
     return p
@@ -161,7 +162,9 @@ def _train(parser):
     "Train a model on a GLDv2-layout folder; resumes from OUT_DIR. Exit code 3: stopped by the time budget."
     parser.add_argument('data_dir', help='GLDv2 folder with train.csv and train/')
     parser.add_argument('out_dir', help='checkpoints and metrics.csv go here; a run found here is resumed')
-    parser.add_argument('--preset', default='seed', choices=source_names('train', 'PRESETS'))
+    parser.add_argument('--preset', default='seed', choices=source_names('train', 'PRESETS'),
+                        help="'seed' (default): the write-up's recipe, Swin-B at 448-736 px for 28 epochs, GPU-days (give --pretrained a local weights file); "
+                             "'demo': timm's tiny test_resnet at 64-128 px, a minute on a CPU")
     parser.add_argument('--device', default=None, help="e.g. cpu or cuda:0 (default: the local GPU if any)")
     parser.add_argument('--quiet', action='store_true')
     parser.epilog = f"other options, as --name value: {', '.join(source_names('train', 'TrainConfig'))}; {LITERALS}"

@@ -467,7 +467,7 @@ def build_weights_dataset(out: str | Path, checkpoint: str | Path,
     out.mkdir(parents=True, exist_ok=True)
     for target, path in targets.items(): shutil.copyfile(path, out/target)
     meta = dataset_metadata(owner, WEIGHTS_SLUG, 'lmkkit weights', 'lmkkit checkpoint and verifier weights for the kernels',
-                            f"Checkpoint {name} (lmkkit.model.load_checkpoint) and verifier weights: " + ', '.join(sorted(targets)))
+                            f"Checkpoint {name} (lmkkit.model.load_checkpoint)" + (f" and verifier weights: {', '.join(sorted(t for t in targets if t != name))}" if len(targets) > 1 else ''))
     return _write_dataset_metadata(out, meta, require_wheel=False)
 
 def with_owner(meta: dict, owner: str) -> dict:

@@ -72,6 +72,9 @@ def distractor_paths(folder: str | Path) -> list[Path]:
     "Images of a distractor set: those listed in `folder/revisitop1m.txt` (under `folder/jpg/`), else every .jpg under `folder`."
     folder = Path(folder)
     if not folder.is_dir(): raise FileNotFoundError(f"distractor folder {folder} not found; pass the revisitop1m folder (with revisitop1m.txt and jpg/)")
+    if gnd := next(folder.glob('gnd_*.pkl'), None) or next(folder.glob('*/gnd_*.pkl'), None):
+        raise FileNotFoundError(f"distractor folder {folder} holds a benchmark set ({gnd.relative_to(folder)}), whose images would count as "
+                                f"distractors; pass the revisitop1m folder (with revisitop1m.txt and jpg/)")
     listing = folder/f'{DISTRACTORS}.txt'
     if listing.is_file(): paths = [folder/'jpg'/line for line in listing.read_text().split()]
     else: paths = sorted(folder.rglob('*.jpg'))

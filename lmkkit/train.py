@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import timm
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -30,6 +31,7 @@ from .core import ConfigError, Deadline, TrainingDiverged, atomic_write, check_p
 from .data import ImageDataset, eval_transforms, id_to_path, read_train_csv, split_by_class, train_transforms
 from .embed import AMP_DTYPES, AMP_MODES, extract_embeddings, resolve_amp
 from .heads import HEADS
+from .pooling import POOLS
 from .metrics import gap
 from .model import create_model, save_checkpoint, valid_image_size
 from .search import knn
@@ -90,6 +92,13 @@ class TrainConfig:
             raise ConfigError(f"parameter 'amp' must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")
         for name in ('batch_size', 'grad_accum', 'checkpoint_every_steps', 'log_every_steps', 'max_skipped_steps'):
             if getattr(self, name) < 1: raise ConfigError(f"parameter {name!r} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0: raise ConfigError(f"parameter 'lr' must be positive, got {self.lr}; e.g. --lr 3e-4")
+        if self.embedding_size < 1: raise ConfigError(f"parameter 'embedding_size' must be >= 1, got {self.embedding_size}")
+        for name, registry in (('head', HEADS), ('pool', POOLS)):
+            if getattr(self, name) not in registry:
+                raise ConfigError(f"unknown {name} {getattr(self, name)!r}; choose one of: {', '.join(registry.names)}")
+        if not timm.is_model(self.backbone):
+            raise ConfigError(f"unknown timm backbone {self.backbone!r}; see timm.list_models(), e.g. 'legacy_seresnet101' or 'test_resnet'")
         if self.time_limit_hours is not None and self.time_limit_hours <= 0:
             raise ConfigError(f"parameter 'time_limit_hours' must be positive or None, got {self.time_limit_hours}")
 
@@ -270,6 +279,7 @@ def init_distributed(device: str | None = None) -> DistEnv:
     "Read torchrun's environment; under it, join the process group (NCCL on GPUs, gloo on CPUs)."
     rank, world, local = (int(os.environ.get(k, d)) for k, d in (('RANK', 0), ('WORLD_SIZE', 1), ('LOCAL_RANK', 0)))
     device = device or ('cuda' if torch.cuda.is_available() else 'cpu')
+    if device.startswith('cuda') and not torch.cuda.is_available(): raise ConfigError(f"device {device!r}: no CUDA GPU is visible here; use --device cpu (or leave it out)")
     if device == 'cuda': device = f'cuda:{local}'  # each torchrun process on its own GPU
     if device.startswith('cuda'): torch.cuda.set_device(torch.device(device))
     if world > 1 and not dist.is_initialized():

@@ -124,6 +124,25 @@ def test_train_stages_shows_the_syntax(synth, tmp_path):
     assert "--stages '[(64, 1), (96, 2)]'" in line
 
 
+@pytest.mark.parametrize('option,value,says', [
+    ('--backbone', 'resnet9999', "unknown timm backbone 'resnet9999'"),
+    ('--head', 'foo', "unknown head 'foo'; choose one of:"),
+    ('--pool', 'foo', "unknown pool 'foo'; choose one of:"),
+    ('--lr', -1, "parameter 'lr' must be positive, got -1"),
+    ('--embedding_size', 0, "parameter 'embedding_size' must be >= 1, got 0"),
+    ('--device', 'cuda', "no CUDA GPU is visible here; use --device cpu"),
+])
+def test_train_impossible_settings(synth, tmp_path, option, value, says):
+    "Settings that timm or torch would reject deep inside a traceback stop at once, in one line."
+    import torch
+    if option == '--device' and torch.cuda.is_available(): pytest.skip('a GPU is visible: cuda is a valid device here')
+    _mistake('train', synth, tmp_path/'run', '--preset', 'demo', option, value, says=says)
+
+
+def test_train_on_the_csv_instead_of_its_folder(synth, tmp_path):
+    _mistake('train', synth/'train.csv', tmp_path/'run', says=f'is a file; pass the folder that holds train.csv and train/ ({synth})')
+
+
 def test_evaluate_two_folders(tmp_path):
     _mistake('evaluate', tmp_path, tmp_path, says='is a folder; pass the CSV file inside it')
 
