@@ -320,6 +320,15 @@ def format_benchmark(table: pd.DataFrame) -> str:
     return '\n'.join(lines)
 
 # %% ../nbs/33_revisited.ipynb #9a96bf51
+def _check_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
+    "Refuse impossible values before any image is read: argparse's one-line error, exit code 2."
+    if a.size is not None and a.size < 8: p.error(f"--size must be at least 8 pixels, got {a.size}")
+    if any(s <= 0 for s in a.scales): p.error(f"--scales must be positive factors, got {' '.join(map(str, a.scales))}")
+    for name in ('qe', 'dba'):
+        if getattr(a, name) < 0: p.error(f"--{name} must be 0 (off) or a number of neighbours, got {getattr(a, name)}")
+    if a.batch_size < 1: p.error(f"--batch-size must be at least 1, got {a.batch_size}")
+    if a.out and Path(a.out).is_dir(): p.error(f"--out {a.out} is a folder; give the path of the CSV file to write")
+
 def main(argv: list[str] | None = None) -> int:
     "`lmkkit benchmark roxford5k|rparis6k DATA --checkpoint CKPT`: the revisited Easy/Medium/Hard table, printed and optionally saved."
     p = argparse.ArgumentParser(prog='lmkkit benchmark', description=main.__doc__)
@@ -341,6 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('--num-workers', type=int, default=0)
     p.add_argument('--quiet', action='store_true')
     a = p.parse_args(sys.argv[1:] if argv is None else argv)
+    _check_args(p, a)
     from lmkkit.core import default_device
     try:
         table = run_benchmark(a.dataset, a.data, a.checkpoint, size=a.size, scales=a.scales, scale_p=a.scale_p,
