@@ -60,10 +60,8 @@ def cut_steps(train_dir: str | Path | None, recognition_dir: str | Path, retriev
         t = json.loads((Path(train_dir)/'metrics.json').read_text())
         if not t['finished']:
             cut.append(f"training: stopped by its time limit at step {t['step']} of {t['total_steps']} (the model is the last checkpoint)")
-    from lmkkit.plan import is_time_cut  # other skips (e.g. too few held-out queries) are not cuts
-    for track, d in (('recognition', recognition_dir), ('retrieval', retrieval_dir)):
-        skipped = json.loads((Path(d)/'metrics.json').read_text()).get('skipped', [])
-        cut += [f"{track}: {note}" for note in skipped if is_time_cut(note)]
+    for track, d in (('recognition', recognition_dir), ('retrieval', retrieval_dir)):  # only the deadline's cuts: other skips are verdicts
+        cut += [f"{track}: {note}" for note in json.loads((Path(d)/'metrics.json').read_text()).get('cut', [])]
     return cut
 
 def collect_metrics(recognition_dir: str | Path, retrieval_dir: str | Path, train_dir: str | Path | None = None) -> dict:

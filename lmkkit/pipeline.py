@@ -137,13 +137,14 @@ class InferenceResult:
     ablation: list  # [{'stage', metric: test score or None, 'holdout': held-out estimate or None, 'adopted': bool}, ...] in run order, then 'final'
     timeline: pd.DataFrame
     skipped: list  # notes of the steps that did not run
+    cut: list  # the part of `skipped` that the deadline dropped or cut short
     report: dict  # counts of unreadable / missing images, mean confidences, ...
 
     def metrics(self) -> dict:
         "The content of metrics.json: the ablation stages, the final score and the report."
         final = self.ablation[-1][self.metric] if self.ablation else None  # the 'final' row: the last adopted answer
         return {'track': self.track, 'metric': self.metric, self.metric: final, 'stages': self.ablation,
-                'seconds': float(self.timeline['actual_s'].sum()), 'skipped': self.skipped, **self.report}
+                'seconds': float(self.timeline['actual_s'].sum()), 'skipped': self.skipped, 'cut': self.cut, **self.report}
 
     def table(self) -> pd.DataFrame:
         "The ablation as a table: stage, test score, held-out estimate, adopted, test change against the answer before it."
@@ -250,7 +251,7 @@ def _embed(run: _Run, embedder: Embedder, name: str, split: str, ids: Sequence[s
     run.report[f'{name}_failures'] = reasons
     if embedder.cache.dropped: run.report['embed_cache_nonfinite'] = len(embedder.cache.dropped)
     if res.unreadable: run.report.setdefault('unreadable_examples', []).extend(res.unreadable[:3])
-    if res.skipped: run.timeline.skipped.append(f'{name}: {res.skipped} images not embedded (time)')
+    if res.skipped: run.timeline.cut_short(name, f'{res.skipped} images not embedded (time)')
     return res
 
 # %% ../nbs/50_pipeline.ipynb #pub00002
@@ -293,7 +294,7 @@ def _knn_answer(run: _Run, cands: Candidates, predict, stage: str, public: bool)
 def _finish(run: _Run) -> InferenceResult:
     kept = [r for r in run.ablation if r['adopted']]
     if kept: run.ablation.append({**kept[-1], 'stage': 'final'})
-    res = InferenceResult(run.cfg.track, run.submission, run.metric, run.ablation, run.timeline.frame(), run.timeline.skipped, run.report)
+    res = InferenceResult(run.cfg.track, run.submission, run.metric, run.ablation, run.timeline.frame(), run.timeline.skipped, run.timeline.cut, run.report)
     run.save_metrics(res)
     return res
 

@@ -21,8 +21,8 @@ from .rerank import COST_UNITS, STAGES, RerankContext, check_settings, stage_set
 from .search import Candidates
 
 # %% auto #0
-__all__ = ['TIMELINE', 'MIN_HOLDOUT_LANDMARKS', 'Timeline', 'plot_timeline', 'is_time_cut', 'plan_stages', 'Holdout',
-           'min_holdout_landmarks', 'probe_seconds_per_pair', 'held_out_answer', 'verdict', 'run_stages', 'ablate']
+__all__ = ['TIMELINE', 'MIN_HOLDOUT_LANDMARKS', 'Timeline', 'plot_timeline', 'plan_stages', 'Holdout', 'min_holdout_landmarks',
+           'probe_seconds_per_pair', 'held_out_answer', 'verdict', 'run_stages', 'ablate']
 
 # %% ../nbs/51_plan.ipynb #d1c81d89
 TIMELINE = 'timeline.csv'
@@ -33,6 +33,7 @@ class Timeline:
         self.path = None if out_dir is None else Path(out_dir)/TIMELINE
         self.deadline, self.verbose = deadline or Deadline(math.inf), verbose
         self.rows, self.skipped = [], []  # skipped: 'step: why' for every step that did not run (or only in part)
+        self.cut = []  # the part of `skipped` that the deadline dropped or cut short
 
     @contextmanager
     def step(self, name: str, planned_s: float | None = None, note: str = ''):
@@ -44,10 +45,16 @@ class Timeline:
             row['actual_s'] = round(time.perf_counter() - t0, 4)
             self._add(row)
 
-    def skip(self, name: str, planned_s: float | None, note: str) -> None:
-        "Record a step that did not run and why."
+    def skip(self, name: str, planned_s: float | None, note: str, time: bool = False) -> None:
+        "Record a step that did not run and why; `time`: because the deadline could not afford it."
         self._add(dict(step=name, planned_s=planned_s, actual_s=0.0, start_s=round(self.deadline.elapsed, 3), ran=False, note=note))
         self.skipped.append(f"{name}: {note}")
+        if time: self.cut.append(self.skipped[-1])
+
+    def cut_short(self, name: str, note: str) -> None:
+        "Record that the deadline cut step `name` short (it ran in part) and how."
+        self.skipped.append(f"{name}: {note}")
+        self.cut.append(self.skipped[-1])
 
     def fail(self, note: str) -> None:
         "Mark the last step as failed (it keeps its time) with `note`."
@@ -95,10 +102,6 @@ def plot_timeline(out_dir: str | Path, save: bool = True):
     fig.tight_layout()
     if save: fig.savefig(Path(out_dir)/'timeline.png', dpi=80)
     return fig
-
-def is_time_cut(note: str) -> bool:
-    "Whether a skip note says the deadline dropped or cut a step (the planner's and the embed steps' wording)."
-    return note.endswith((' left', '(time)'))
 
 # %% ../nbs/51_plan.ipynb #4dacefd0
 def plan_stages(stages: Sequence[str], remaining_s: float,
@@ -244,7 +247,7 @@ def run_stages(cands: Candidates, ctx: RerankContext, stages: Sequence[str],
         top_n = {s: settings[s]['top_n'] for s in todo[i:] if 'top_n' in settings[s]}
         plan = plan_stages(todo[i:], remaining, _units(cands, ctx, holdout), rates, top_n, fit_s)[0]
         if not plan['run']:
-            tl.skip(name, plan['planned_s'], plan['note'])
+            tl.skip(name, plan['planned_s'], plan['note'], time=True)
             continue
         kw = dict(settings[name], **({'top_n': plan['top_n']} if spec.per == 'pair' else {}))
         saved = _snapshot(ctx, None if holdout is None else holdout.ctx)
