@@ -23,7 +23,7 @@ from .pooling import create_pool
 # %% auto #0
 __all__ = ['CHECKPOINT_FORMAT', 'CHECKPOINT_VERSION', 'create_backbone', 'feature_format', 'tokens_to_map', 'ModelConfig',
            'LandmarkModel', 'create_model', 'SizeRule', 'size_rule', 'valid_image_size', 'valid_scale_sizes',
-           'CheckpointError', 'unwrap_model', 'save_checkpoint', 'load_checkpoint']
+           'CheckpointError', 'unwrap_model', 'save_checkpoint', 'load_checkpoint', 'trained_size']
 
 # %% ../nbs/12_model.ipynb #c62dd329
 def create_backbone(name: str, pretrained: str | Path | None = None, **kwargs) -> nn.Module:
@@ -267,3 +267,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = 'cpu') 
     except (KeyError, TypeError, RuntimeError) as e:
         raise CheckpointError(f"{path}: the weights do not fit the stored model config: {type(e).__name__}: {e}") from e
     return model.to(map_location).eval(), obj.get('class_ids'), obj.get('extra')
+
+def trained_size(extra: dict | None, default: int = 224) -> int:
+    "The last training image size recorded in a checkpoint's `extra` (its `train_config` stages), else `default`."
+    stages = ((extra or {}).get('train_config') or {}).get('stages')
+    return int(stages[-1][0]) if stages else default

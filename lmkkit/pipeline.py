@@ -20,7 +20,7 @@ import lmkkit.verify  # noqa: F401  (registers the 'verify' stage)
 from .core import ConfigError, Deadline, atomic_write, check_parameters, deadline_reserve, default_device, kernel_start_time, make_config, seed_everything
 from .data import IMAGE_FAILURES, list_ids, nonlandmark_ids, paths_for, read_train_csv, split_by_class, submission_ids
 from .embed import NONFINITE, EmbedResult, Embedder, compact_ids, id_strings
-from .model import valid_image_size, valid_scale_sizes
+from .model import trained_size, valid_image_size, valid_scale_sizes
 from .metrics import TRACKS, load_solution, score, write_recognition_submission, write_retrieval_submission
 from .plan import MIN_HOLDOUT_LANDMARKS, Holdout, Timeline, run_stages
 from .rerank import STAGES, RerankContext, check_settings, recognition_predictions, retrieval_predictions, stage_spec
@@ -204,8 +204,7 @@ def _public(cfg: InferenceConfig) -> tuple[bool, str]:
 
 def _image_size(cfg: InferenceConfig, extra: dict | None, model) -> tuple[int, list[str]]:
     "The configured size (else the checkpoint's last training size, else 224) made valid for `model`'s backbone; the notes on it and on the TTA scales."
-    stages = ((extra or {}).get('train_config') or {}).get('stages')
-    size, note = valid_image_size(model, cfg.image_size or (int(stages[-1][0]) if stages else 224))
+    size, note = valid_image_size(model, cfg.image_size or trained_size(extra))
     return size, [n for n in [note, *valid_scale_sizes(model, size, cfg.scales)[1]] if n]
 
 def _start(cfg: InferenceConfig) -> _Run:

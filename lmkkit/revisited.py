@@ -22,7 +22,7 @@ from .core import atomic_write
 from .data import load_image
 from .embed import extract_embeddings
 from .metrics import REVISITED_SETUPS, revisited_map
-from .model import load_checkpoint
+from .model import load_checkpoint, trained_size
 from .rerank import database_augment, expand
 from .search import knn
 from .synth import draw_nonlandmark, draw_scene, encode_jpeg, family_style, render_view
@@ -246,11 +246,6 @@ def expand_queries(queries: np.ndarray, database: np.ndarray, k: int, alpha: flo
     sims, idx = knn(queries, database, k, **knn_kwargs)
     return expand(queries, np.asarray(database)[idx], sims, alpha)
 
-def _checkpoint_size(extra: dict | None, default: int = 224) -> int:
-    "The last training size recorded in a checkpoint's `extra` (as the inference pipeline reads it), else `default`."
-    stages = ((extra or {}).get('train_config') or {}).get('stages')
-    return int(stages[-1][0]) if stages else default
-
 def _table(scores: dict, n_scored: dict, settings: dict) -> pd.DataFrame:
     "One row per setup: mAP, mP@k (fractions), scored queries, and the run's settings."
     rows = [dict(setup=s, **v, queries=n_scored[s]) for s, v in scores.items()]
@@ -278,7 +273,7 @@ def run_benchmark(dataset: str, data: str | Path, checkpoint: str | Path,
         whitening = Whitening.load(whiten)
     extra = None
     if model is None: model, _, extra = load_checkpoint(checkpoint, map_location=device)
-    size = size or _checkpoint_size(extra)
+    size = size or trained_size(extra)
     kw = dict(batch_size=batch_size, num_workers=num_workers, device=device, amp=amp, verbose=verbose)
     with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
         query_paths, problems = crop_queries(ds, tmp)
