@@ -23,7 +23,7 @@ import numpy as np
 # %% auto #0
 __all__ = ['KERNEL_START_ENV', 'Registry', 'atomic_write', 'seed_everything', 'on_kaggle', 'default_device', 'progress',
            'Deadline', 'deadline_reserve', 'ConfigError', 'TrainingDiverged', 'check_parameters', 'make_config',
-           'notebook_parameters', 'process_start_time', 'kernel_start_time']
+           'notebook_parameters', 'require_at_least_one', 'process_start_time', 'kernel_start_time']
 
 # %% ../nbs/00_core.ipynb #b7c27d48
 class Registry:
@@ -232,6 +232,11 @@ def notebook_parameters(namespace: dict) -> dict:
             and not isinstance(v, (types.ModuleType, type, types.FunctionType, types.BuiltinFunctionType))}
 
 def _type_name(tp) -> str: return getattr(tp, '__name__', None) or str(tp).replace('typing.', '')
+
+def require_at_least_one(cfg, names) -> None:
+    "Raise a `ConfigError` naming the first of the int fields `names` of `cfg` that is below 1."
+    for name in names:
+        if getattr(cfg, name) < 1: raise ConfigError(f"parameter {name!r} must be >= 1, got {getattr(cfg, name)}")
 
 # %% ../nbs/00_core.ipynb #ks000002
 KERNEL_START_ENV = 'LMKKIT_KERNEL_START'

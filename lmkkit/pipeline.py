@@ -17,7 +17,7 @@ import pandas as pd
 
 import lmkkit.lgbm  # noqa: F401  (registers the 'lgbm' stage)
 import lmkkit.verify  # noqa: F401  (registers the 'verify' stage)
-from .core import ConfigError, Deadline, atomic_write, check_parameters, deadline_reserve, default_device, kernel_start_time, make_config, seed_everything
+from .core import ConfigError, Deadline, atomic_write, check_parameters, deadline_reserve, default_device, kernel_start_time, make_config, require_at_least_one, seed_everything
 from .data import IMAGE_FAILURES, list_ids, nonlandmark_ids, paths_for, read_train_csv, split_by_class, submission_ids
 from .embed import NONFINITE, EmbedResult, Embedder, compact_ids, id_strings
 from .model import trained_size, valid_image_size, valid_scale_sizes
@@ -79,8 +79,7 @@ class InferenceConfig:
         if self.track not in TRACKS: raise ConfigError(f"parameter 'track' must be one of {', '.join(TRACKS)}, got {self.track!r}")
         if self.public_run not in ('auto', 'yes', 'no'):
             raise ConfigError(f"parameter 'public_run' must be 'auto', 'yes' or 'no', got {self.public_run!r}")
-        for name in ('k', 'retrieval_k', 'batch_size', 'verify_top_n', 'lgbm_rounds', 'public_sample_max'):
-            if getattr(self, name) < 1: raise ConfigError(f"parameter {name!r} must be >= 1, got {getattr(self, name)}")
+        require_at_least_one(self, ('k', 'retrieval_k', 'batch_size', 'verify_top_n', 'lgbm_rounds', 'public_sample_max'))
         if self.time_limit_hours <= 0 or self.reserve_minutes < 0:  # a reserve too large for the limit shrinks (core.deadline_reserve)
             raise ConfigError(f"need time_limit_hours > 0 and reserve_minutes >= 0, got "
                               f"{self.time_limit_hours} h and {self.reserve_minutes} min")

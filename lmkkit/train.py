@@ -25,9 +25,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from fastcore.basics import patch
-from .core import progress
 
-from .core import ConfigError, Deadline, TrainingDiverged, atomic_write, check_parameters, make_config, seed_everything
+from .core import ConfigError, Deadline, TrainingDiverged, atomic_write, check_parameters, make_config, progress, require_at_least_one, seed_everything
 from .data import ImageDataset, eval_transforms, id_to_path, read_train_csv, split_by_class, train_transforms
 from .embed import AMP_DTYPES, AMP_MODES, extract_embeddings, resolve_amp
 from .heads import HEADS
@@ -90,10 +89,8 @@ class TrainConfig:
         object.__setattr__(self, 'stages', stages)
         if self.amp not in AMP_MODES:
             raise ConfigError(f"parameter 'amp' must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")
-        for name in ('batch_size', 'grad_accum', 'checkpoint_every_steps', 'log_every_steps', 'max_skipped_steps'):
-            if getattr(self, name) < 1: raise ConfigError(f"parameter {name!r} must be >= 1, got {getattr(self, name)}")
+        require_at_least_one(self, ('batch_size', 'grad_accum', 'checkpoint_every_steps', 'log_every_steps', 'max_skipped_steps', 'embedding_size'))
         if self.lr <= 0: raise ConfigError(f"parameter 'lr' must be positive, got {self.lr}; e.g. --lr 3e-4")
-        if self.embedding_size < 1: raise ConfigError(f"parameter 'embedding_size' must be >= 1, got {self.embedding_size}")
         for name, registry in (('head', HEADS), ('pool', POOLS)):
             if getattr(self, name) not in registry:
                 raise ConfigError(f"unknown {name} {getattr(self, name)!r}; choose one of: {', '.join(registry.names)}")
