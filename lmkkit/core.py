@@ -8,8 +8,10 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import os
 import random
+import sys
 import tempfile
 import time
 import types
@@ -22,8 +24,9 @@ import numpy as np
 
 # %% auto #0
 __all__ = ['KERNEL_START_ENV', 'Registry', 'atomic_write', 'seed_everything', 'on_kaggle', 'default_device', 'progress',
-           'Deadline', 'deadline_reserve', 'ConfigError', 'TrainingDiverged', 'check_parameters', 'make_config',
-           'notebook_parameters', 'require_at_least_one', 'process_start_time', 'kernel_start_time']
+           'Deadline', 'deadline_reserve', 'memory_mib', 'reset_peak', 'ConfigError', 'TrainingDiverged',
+           'check_parameters', 'make_config', 'notebook_parameters', 'require_at_least_one', 'process_start_time',
+           'kernel_start_time']
 
 # %% ../nbs/00_core.ipynb #b7c27d48
 class Registry:
@@ -132,6 +135,32 @@ def deadline_reserve(limit_s: float, reserve_s: float, write_s: float = 0.0) -> 
     why, floor = max(shares.items(), key=lambda kv: kv[1])
     if reserve_s <= floor: return float(reserve_s), f"reserve {reserve_s:.1f} s as configured"
     return floor, f"reserve {floor:.1f} s ({why}; the configured {reserve_s:.0f} s does not fit a {limit_s:.0f} s limit)"
+
+# %% ../nbs/00_core.ipynb #d1bc97ad
+def _proc_status_mib() -> dict[str, float]:
+    "VmRSS, VmHWM (peak), RssAnon and RssFile of this process in MiB, from /proc/self/status (Linux)."
+    keys = ('VmRSS', 'VmHWM', 'RssAnon', 'RssFile')
+    with open('/proc/self/status') as f:
+        return {k: int(v.split()[0]) / 1024 for k, _, v in (l.partition(':') for l in f) if k in keys}
+
+def memory_mib() -> dict[str, float]:
+    "This process's resident memory now (`rss`), its peak (`peak`) and the anonymous share (`anon`, NaN if unknown), MiB."
+    try:
+        s = _proc_status_mib()
+        return dict(rss=s['VmRSS'], peak=s['VmHWM'], anon=s.get('RssAnon', math.nan))
+    except (OSError, KeyError):  # not Linux: getrusage's peak (KiB on Linux, bytes on macOS), psutil's rss when present
+        import resource
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == 'darwin' else 2**10)
+        try: import psutil; rss = psutil.Process().memory_info().rss / 2**20
+        except ImportError: rss = math.nan
+        return dict(rss=rss, peak=peak, anon=math.nan)
+
+def reset_peak() -> bool:
+    "Reset this process's peak RSS (VmHWM) to the current RSS (Linux >= 4.0); whether it could."
+    try:
+        with open('/proc/self/clear_refs', 'w') as f: f.write('5')
+        return True
+    except OSError: return False
 
 # %% ../nbs/00_core.ipynb #0fc32883
 class ConfigError(ValueError):

@@ -10,7 +10,7 @@ import time
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -28,7 +28,8 @@ from .search import Candidates, search
 
 # %% auto #0
 __all__ = ['DEFAULT_STAGES', 'SEED_STAGES', 'DEFAULT_SETTINGS', 'InferenceConfig', 'kernel_config', 'InferenceResult',
-           'public_sample', 'public_sample_size', 'make_holdout', 'run_recognition', 'run_retrieval', 'run_inference']
+           'run_embedder', 'public_sample', 'public_sample_size', 'make_holdout', 'run_recognition', 'run_retrieval',
+           'run_inference']
 
 # %% ../nbs/50_pipeline.ipynb #fd33583d
 DEFAULT_STAGES = {'recognition': ('nonlandmark_penalty', 'verify', 'lgbm'),
@@ -153,8 +154,10 @@ class InferenceResult:
 
 class _Run:
     "State of one inference run: config, deadline, timeline, ids, solution, ablation."
-    def __init__(self, cfg: InferenceConfig, ids: list[str], solution: dict | None, timeline: Timeline):
+    def __init__(self, cfg: InferenceConfig, ids: list[str], solution: dict | None, timeline: Timeline,
+                 locate: Callable[[str, str], str] | None = None):  # locate(split, image_id) -> path; None: the GLDv2 layout under data_dir
         self.cfg, self.out, self.ids, self.id_set, self.solution, self.timeline = cfg, Path(cfg.out_dir), ids, set(ids), solution, timeline
+        self.locate = locate or (lambda split, image_id: paths_for(cfg.data_dir, split, [image_id])[0])
         self.deadline = timeline.deadline
         self.metric = 'gap' if cfg.track == 'recognition' else 'map@100'
         self.db_split = 'train' if cfg.track == 'recognition' else 'index'  # where the candidates' images are
@@ -164,7 +167,7 @@ class _Run:
 
     def image_path(self, image_id: str) -> str:
         "The file of a test id, or of a database (train or index) id: computed, never stored per id."
-        return paths_for(self.cfg.data_dir, 'test' if image_id in self.id_set else self.db_split, [image_id])[0]
+        return self.locate('test' if image_id in self.id_set else self.db_split, image_id)
 
     def write(self, predictions: dict, stage: str | None, holdout: float | None = None) -> None:
         "Replace the submission atomically; score it and add an ablation row when `stage` is given."
@@ -206,13 +209,13 @@ def _image_size(cfg: InferenceConfig, extra: dict | None, model) -> tuple[int, l
     size, note = valid_image_size(model, cfg.image_size or trained_size(extra))
     return size, [n for n in [note, *valid_scale_sizes(model, size, cfg.scales)[1]] if n]
 
-def _start(cfg: InferenceConfig) -> _Run:
+def _start(cfg: InferenceConfig, locate: Callable[[str, str], str] | None = None) -> _Run:
     "Write the empty submission, read the folder's tables, tell the public run from the full one."
     Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
     deadline = Deadline.since(kernel_start_time(cfg.kernel_start), 3600 * cfg.time_limit_hours, cfg.deadline_reserve_s)
     timeline = Timeline(cfg.out_dir, deadline, cfg.verbose)
     with timeline.step('empty_submission') as row:
-        run = _Run(cfg, submission_ids(cfg.data_dir, cfg.track), load_solution(cfg.data_dir, cfg.track), timeline)
+        run = _Run(cfg, submission_ids(cfg.data_dir, cfg.track), load_solution(cfg.data_dir, cfg.track), timeline, locate)
         t0 = time.perf_counter()
         run.write({}, None)
         timeline.deadline.reserve_s, why = deadline_reserve(timeline.deadline.limit_s, cfg.deadline_reserve_s, time.perf_counter() - t0)
@@ -234,14 +237,17 @@ def _load_model(run: _Run):
         run.size, notes = _image_size(run.cfg, extra, model)
         row['note'] = '; '.join([f'{run.cfg.checkpoint} at {run.size}px on {run.device}', *notes])
     if notes: run.report['size_notes'] = notes
-    cache_dir = run.cfg.cache_dir or run.out/'cache'
-    return Embedder(model, run.cfg.checkpoint, cache_dir, run.size, run.device, batch_size=run.cfg.batch_size,
-                    num_workers=run.cfg.num_workers, tta=run.cfg.tta, scales=run.cfg.scales)
+    return run_embedder(run.cfg, model, run.size, run.device)
+
+def run_embedder(cfg: InferenceConfig, model, size: int, device: str) -> Embedder:
+    "The `Embedder` of a run of `cfg` (its cache folder and key) at `size` on `device`; `model` None: loaded when first needed."
+    return Embedder(model, cfg.checkpoint, cfg.cache_dir or Path(cfg.out_dir)/'cache', size, device, batch_size=cfg.batch_size,
+                    num_workers=cfg.num_workers, tta=cfg.tta, scales=cfg.scales)
 
 def _embed(run: _Run, embedder: Embedder, name: str, split: str, ids: Sequence[str]) -> EmbedResult:
     "Embed the images `ids` of `split` as timeline step `name`; count what could not be embedded."
     with run.timeline.step(name, planned_s=embedder.eta(len(ids))) as row:
-        res = embedder(ids, lambda i: paths_for(run.cfg.data_dir, split, [i])[0], run.deadline, split=name)  # a path only for an image it reads
+        res = embedder(ids, lambda i: run.locate(split, i), run.deadline, split=name)  # a path only for an image it reads
         reasons = {r: res.reasons.get(r, 0) for r in (*IMAGE_FAILURES, NONFINITE)}  # every reason, zeros included
         row['note'] = f'{int(res.ok.sum())}/{len(ids)} images' + (f', {res.skipped} skipped (time)' if res.skipped else '') \
             + (f", {len(res.unreadable)} unreadable ({', '.join(f'{r}: {n}' for r, n in reasons.items() if n)})" if res.unreadable else '')
@@ -313,7 +319,7 @@ def make_holdout(train: pd.DataFrame,  # id, landmark_id of the train images, ro
     exclude = np.ones(len(train), bool); exclude[rest['row'].to_numpy()] = False
     ctx = RerankContext(index_ids=compact_ids(train['id'].to_numpy()), index_emb=emb, index_labels=train['landmark_id'].to_numpy(),
                         index_exclude=exclude, query_ids=q_ids, query_emb=q_emb, nonlandmark_emb=nl_ref_emb, **ctx_kwargs)
-    cands = search(q_ids, q_emb, ctx.index_ids, ctx.index_emb, k, ctx.index_labels, exclude=exclude, deadline=ctx.deadline)
+    cands = search(q_ids, q_emb, ctx.index_ids, ctx.index_emb, k, ctx.index_labels, exclude=exclude, deadline=ctx.deadline, device=ctx.device)
     truth = {**{i: [int(l)] for i, l in zip(held['id'], held['landmark_id'])}, **{i: [] for i in nl_str}}
     return Holdout(ctx, cands, truth)
 
@@ -334,10 +340,10 @@ def _wants(cfg: InferenceConfig, field: str) -> bool:
     return any(field in stage_spec(s).needs for s in cfg.chain)
 
 # %% ../nbs/50_pipeline.ipynb #ae8b74b3
-def run_recognition(cfg: InferenceConfig) -> InferenceResult:
-    "Recognition: (landmark, confidence) per test id, improved stage by stage under the deadline."
+def run_recognition(cfg: InferenceConfig, locate: Callable[[str, str], str] | None = None) -> InferenceResult:
+    "Recognition: (landmark, confidence) per test id, improved stage by stage under the deadline; `locate(split, id)` finds an image (default: GLDv2's layout)."
     seed_everything(cfg.seed)
-    run = _start(cfg)
+    run = _start(cfg, locate)
     train = _read_train(run)
     embedder = _load_model(run)
     test = _embed(run, embedder, 'embed_test', 'test', run.ids)
@@ -348,7 +354,7 @@ def run_recognition(cfg: InferenceConfig) -> InferenceResult:
     labels = train['landmark_id'].to_numpy()
     with run.timeline.step('knn') as row:
         t0 = time.perf_counter()
-        cands = search(q_ids, q_emb, db_ids, db_emb, cfg.k, labels, deadline=run.deadline)
+        cands = search(q_ids, q_emb, db_ids, db_emb, cfg.k, labels, deadline=run.deadline, device=run.device)
         run.report['knn_s_per_mac'] = (time.perf_counter() - t0) / max(len(cands) * int(db.ok.sum()) * db_emb.shape[1], 1)  # calibrates the planner
         row['note'] = f'{int(test.ok.sum())} queries x {int(db.ok.sum())} images, top {cfg.k}' + ''.join(f', {r} {n}' for r, n in cands.skipped.items())
     if done := _knn_answer(run, cands, recognition_predictions, 'knn_top1', run.public): return done
@@ -358,19 +364,19 @@ def run_recognition(cfg: InferenceConfig) -> InferenceResult:
         with run.timeline.step('holdout') as row:
             nl_ref = nl_emb[0::2]
             holdout = make_holdout(train, db_emb, nl_ids[1::2], nl_emb[1::2], nl_ref if len(nl_ref) else None, cfg.k, cfg,
-                                   ok=db.ok, image_path=run.image_path, deadline=run.deadline)
+                                   ok=db.ok, image_path=run.image_path, deadline=run.deadline, device=run.device)
             row['note'] = f'{len(holdout.cands)} held-out queries ({holdout.n_landmarks} landmarks) to fit and judge the stages on'
     ctx = RerankContext(index_ids=db_ids, index_emb=db_emb, index_labels=labels, query_ids=q_ids, query_emb=q_emb,
                         nonlandmark_emb=nl_ref if len(nl_ref) else None, image_path=run.image_path,
-                        deadline=run.deadline)
+                        deadline=run.deadline, device=run.device)
     _rerank(run, cands, ctx, recognition_predictions, holdout)
     _confidences(run)
     return _finish(run)
 
-def run_retrieval(cfg: InferenceConfig) -> InferenceResult:
-    "Retrieval: 100 index ids per test query, improved stage by stage under the deadline."
+def run_retrieval(cfg: InferenceConfig, locate: Callable[[str, str], str] | None = None) -> InferenceResult:
+    "Retrieval: 100 index ids per test query, improved stage by stage under the deadline; `locate(split, id)` finds an image (default: GLDv2's layout)."
     seed_everything(cfg.seed)
-    run = _start(cfg)
+    run = _start(cfg, locate)
     embedder = _load_model(run)
     test = _embed(run, embedder, 'embed_test', 'test', run.ids)
     index_ids = list_ids(cfg.data_dir, 'index') if (Path(cfg.data_dir)/'index').is_dir() else []
@@ -381,17 +387,17 @@ def run_retrieval(cfg: InferenceConfig) -> InferenceResult:
     tr = _embed(run, embedder, 'embed_train', 'train', train['id'].tolist()) if needs_train else None
     q_ids, q_emb, x_ids, x_emb = test.ids, test.emb, index.ids, index.emb  # rows not embedded are NaN, which search skips
     with run.timeline.step('knn') as row:
-        cands = search(q_ids, q_emb, x_ids, x_emb, cfg.retrieval_k, deadline=run.deadline)
+        cands = search(q_ids, q_emb, x_ids, x_emb, cfg.retrieval_k, deadline=run.deadline, device=run.device)
         row['note'] = f'{int(test.ok.sum())} queries x {int(index.ok.sum())} index images, top {cfg.retrieval_k}'
     predict = lambda c: retrieval_predictions(c, cfg.retrieval_k)
     if done := _knn_answer(run, cands, predict, 'knn', run.public): return done
     ctx = RerankContext(index_ids=x_ids, index_emb=x_emb, query_ids=q_ids, query_emb=q_emb, image_path=run.image_path,
-                        deadline=run.deadline, train_ids=tr.ids if tr is not None else None, train_emb=tr.emb if tr is not None else None,
+                        deadline=run.deadline, device=run.device, train_ids=tr.ids if tr is not None else None, train_emb=tr.emb if tr is not None else None,
                         train_labels=train['landmark_id'].to_numpy() if tr is not None else None)
     _rerank(run, cands, ctx, predict)
     return _finish(run)
 
-def run_inference(cfg: InferenceConfig | None = None, **overrides) -> InferenceResult:
-    "Run the track of `cfg` (with papermill-style `overrides`, checked by `make_config`)."
+def run_inference(cfg: InferenceConfig | None = None, locate: Callable[[str, str], str] | None = None, **overrides) -> InferenceResult:
+    "Run the track of `cfg` (with papermill-style `overrides`, checked by `make_config`); `locate(split, id)`: where an image is, when not in GLDv2's layout under `data_dir`."
     cfg = make_config(InferenceConfig, base=cfg, **overrides)
-    return (run_recognition if cfg.track == 'recognition' else run_retrieval)(cfg)
+    return (run_recognition if cfg.track == 'recognition' else run_retrieval)(cfg, locate)

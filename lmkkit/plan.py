@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from .core import Deadline, atomic_write
+from .core import Deadline, atomic_write, memory_mib, reset_peak
 from .rerank import COST_UNITS, STAGES, RerankContext, check_settings, stage_settings, stage_spec
 from .search import Candidates
 
@@ -39,10 +39,13 @@ class Timeline:
     def step(self, name: str, planned_s: float | None = None, note: str = ''):
         "Time the block as step `name`; yields its row (a dict the block may annotate, e.g. `row['note']`)."
         row = dict(step=name, planned_s=planned_s, actual_s=None, start_s=round(self.deadline.elapsed, 3), ran=True, note=note)
+        reset_peak()  # so that peak_mib is this step's own peak (else the process's, an upper bound)
         t0 = time.perf_counter()
         try: yield row
         finally:
             row['actual_s'] = round(time.perf_counter() - t0, 4)
+            m = memory_mib()
+            row.update(rss_mib=round(m['rss']), peak_mib=round(m['peak']))
             self._add(row)
 
     def skip(self, name: str, planned_s: float | None, note: str, time: bool = False) -> None:
@@ -85,7 +88,7 @@ class Timeline:
         if self.path is not None:
             with atomic_write(self.path) as f: self.frame().to_csv(f, index=False)
 
-    def frame(self) -> pd.DataFrame: return pd.DataFrame(self.rows, columns=['step', 'planned_s', 'actual_s', 'start_s', 'ran', 'note'])
+    def frame(self) -> pd.DataFrame: return pd.DataFrame(self.rows, columns=['step', 'planned_s', 'actual_s', 'start_s', 'ran', 'note', 'rss_mib', 'peak_mib'])
 
 def plot_timeline(out_dir: str | Path, save: bool = True):
     "Planned vs actual seconds per step from `out_dir/timeline.csv` (saved as timeline.png)."
@@ -164,8 +167,9 @@ def _units(cands: Candidates, ctx: RerankContext, holdout: Holdout | None = None
     return {u: sum(s[u] for s in sides) for u in sides[0]}
 
 def _spent_units(name: str, cands: Candidates, ctx: RerankContext, kw: dict) -> int:
-    "How many units of its cost model stage `name` just processed (test queries only)."
+    "How many units of its cost model stage `name` just processed (test queries only): what it reported in `ctx.work`, else what it was given."
     per = stage_spec(name).per
+    if name in ctx.work: return ctx.work[name]
     return len(cands) * min(kw.get('top_n', 1), cands.k) if per == 'pair' else _units(cands, ctx)[per]
 
 def probe_seconds_per_pair(name: str, cands: Candidates, ctx: RerankContext, settings: dict, n: int = 2) -> float:
@@ -200,6 +204,16 @@ def _restore(saved: list) -> None:
     for c, old in saved: c.__dict__.update(old.__dict__)
 
 # %% ../nbs/51_plan.ipynb #ac77b681
+@contextmanager
+def _stage_deadline(ctxs: Sequence[RerankContext], booked_s: float):
+    "For the block, the contexts' deadline comes `booked_s` earlier: a stage cannot spend the time the plan promised to the stages after it."
+    old = [c.deadline for c in ctxs]
+    for c, d in zip(ctxs, old):
+        if d is not None and booked_s > 0: c.deadline = Deadline(d.limit_s, d.reserve_s + booked_s, d.start, d.clock)
+    try: yield
+    finally:
+        for c, d in zip(ctxs, old): c.deadline = d
+
 def _proof_missing(holdout: Holdout | None, min_landmarks: int) -> str | None:
     "Why a stage with `proof_needed` cannot be judged on these held-out queries (None: it can)."
     if holdout is None: return 'no held-out queries to prove it on'
@@ -245,14 +259,17 @@ def run_stages(cands: Candidates, ctx: RerankContext, stages: Sequence[str],
         fit_s = {s: stage_spec(s).fit_s(n_hold, cfg) for s in todo[i:]
                  if holdout is not None and stage_spec(s).fit_s is not None and stage_spec(s).wants_holdout(cfg)}
         top_n = {s: settings[s]['top_n'] for s in todo[i:] if 'top_n' in settings[s]}
-        plan = plan_stages(todo[i:], remaining, _units(cands, ctx, holdout), rates, top_n, fit_s)[0]
+        plans = plan_stages(todo[i:], remaining, _units(cands, ctx, holdout), rates, top_n, fit_s)
+        plan, booked = plans[0], sum(p['planned_s'] for p in plans[1:] if p['run'])  # what the later stages were promised
         if not plan['run']:
             tl.skip(name, plan['planned_s'], plan['note'], time=True)
             continue
         kw = dict(settings[name], **({'top_n': plan['top_n']} if spec.per == 'pair' else {}))
         saved = _snapshot(ctx, None if holdout is None else holdout.ctx)
+        sides = [c for c in (ctx, None if holdout is None else holdout.ctx) if c is not None]
+        for c in sides: c.work.pop(name, None)
         try:
-            with tl.step(name, plan['planned_s'], plan['note']):
+            with tl.step(name, plan['planned_s'], plan['note']), _stage_deadline(sides, booked):
                 if spec.fit is not None:
                     fits = holdout is not None and spec.wants_holdout(cfg)
                     if fits: report[f'{name}_holdout_queries'] = n_hold
@@ -261,6 +278,8 @@ def run_stages(cands: Candidates, ctx: RerankContext, stages: Sequence[str],
                 out = STAGES.get(name)(cands, ctx, **kw)
                 rates[name] = (time.perf_counter() - t0) / max(_spent_units(name, cands, ctx, kw), 1)
                 h_out = None if holdout is None else held_out_answer(name, kw, hc, holdout.ctx)
+            if spec.per == 'pair': report[f'{name}_top_n'] = kw['top_n']
+            if works := [w[name] for w in {id(c.work): c.work for c in sides}.values() if name in w]: report[f'{name}_work'] = sum(works)
         except Exception as e:  # a failing stage keeps the previous answer: log it and go on
             _restore(saved)
             tl.fail(f'failed: {type(e).__name__}: {e}')

@@ -45,6 +45,7 @@ class RerankContext:
     knn_backend: str = 'auto'
     device: str = 'cpu'
     verbose: bool = False
+    work: dict[str, int] = field(default_factory=dict)  # stage name -> units it did (e.g. pairs verified before the deadline), for the planner's rates
 
     def need(self, stage: str, *names: str) -> None:
         "Raise a `ConfigError` naming the stage if any of the context fields `names` is missing."

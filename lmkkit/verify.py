@@ -463,4 +463,5 @@ def verify(cands, ctx: RerankContext,
                                     top_n, max_pairs, ctx.deadline, pairs, rescore_weight, inlier_cap,
                                     feature_cache, ctx.verbose)
     if ctx.verbose or report.skipped or report.failed_pairs: print(report.summary())
+    ctx.work['verify'] = ctx.work.get('verify', 0) + report.pairs + report.failed_pairs  # the pairs that cost time
     return out

@@ -1,43 +1,84 @@
-"""`lmkkit.rehearse` end to end at tiny sizes: the step table, the submission it writes, the projection and its plot."""
+"""`lmkkit rehearse` end to end at tiny sizes: the kernel's own run on cached synthetic embeddings, its timeline, the projection."""
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
+import pandas as pd
+import pytest
 
-from lmkkit.metrics import gap, read_submission, validate_submission
-from lmkkit.rehearse import (DEFAULT_REHEARSAL, GLDV2_TEST, GLDV2_TRAIN, RunAssumptions, make_embeddings,
-                             plot_projection, project_run, rehearse)
-from lmkkit.search import uint64_to_hex_ids
+from lmkkit.metrics import validate_submission
+from lmkkit.rehearse import GLDV2_TEST, GLDV2_TRAIN, RunAssumptions, main, project_run, run_units
+from test_verify import REAL
 
-SIZES = dict(train=3000, test=400, dim=32)
+RUN_STEPS = ['empty_submission', 'public_check', 'read_train', 'load_model', 'embed_test', 'embed_nonlandmarks',
+             'embed_train', 'knn', 'holdout', 'nonlandmark_penalty', 'verify', 'lgbm']
 
 
-def test_rehearse_tiny(tmp_path):
-    steps = rehearse(tmp_path / 'run', **SIZES, lgbm_queries=600, seed=1)
-    assert steps.step.tolist() == ['generate', 'warm-up', *DEFAULT_REHEARSAL]
-    # every step has a time and its memory; the real steps have a work size in their declared unit
-    assert (steps.seconds > 0).all()
-    assert steps[['rss_start_mib', 'rss_end_mib', 'peak_mib', 'peak_rise_mib']].notna().all().all()
-    assert (steps.peak_mib >= steps.rss_end_mib - 1e-6).all() and (steps.rss_end_mib > 0).all()
+def test_rehearse_command(tmp_path, capsys):
+    args = ['--train', '3k', '--test', '200', '--dim', '32', '--nonlandmarks', '100', '--max-holdout', '150',
+            '--hours', '0.02', '--out', tmp_path]
+    assert main([*map(str, args), *(['--images', str(REAL)] if REAL else [])]) == 0
+    printed = capsys.readouterr().out
+    steps = pd.read_csv(tmp_path / 'steps.csv')
+    assert steps.step.tolist() == ['generate', *RUN_STEPS]
     by = steps.set_index('step')
-    assert by.loc['knn', 'work'] == 400 * 3000 and by.loc['qe', 'work'] == 400 * 3000
-    assert by.loc['soft_vote', 'work'] == 400 and by.loc['lgbm_fit', 'work'] == 600
-    assert by.loc[['knn', 'qe', 'soft_vote'], 'shape'].tolist() == ['400x10'] * 3
-    assert by.loc['lgbm_fit', 'shape'].startswith('600x') and by.loc['lgbm_fit', 'shape'].endswith('5 folds')
-    assert (tmp_path / 'run' / 'steps.csv').exists() and not (tmp_path / 'run' / 'train.npy').exists()
+    # every step that ran has its time and its own peak memory; the searches' work is Q·N·D multiply-adds
+    ran = steps[steps.ran.astype(bool)]
+    assert ran.actual_s.notna().all() and (ran.peak_mib > 0).all()
+    assert by.loc['knn', 'work'] == 200 * 3000 * 32 and by.loc['read_train', 'work'] == 3000
+    h = int(by.loc['knn', 'holdout_queries'])
+    assert h == 150 + 50  # the held-out landmarks (max_holdout) and half the non-landmarks
+    assert by.loc['holdout', 'work'] == h * 3000 * 32
+    # the embeddings came from the cache: nothing was extracted
+    assert by.loc['embed_train', 'note'] == '3000/3000 images'
+    # a 72 s limit: the planner shortened verification to what fits, and the run ended in time
+    assert by.loc['verify', 'ran'] and 0 < by.loc['verify', 'work'] <= (200 + h) * 10
+    assert steps.start_s.max() + by.actual_s.fillna(0).iloc[-1] < 72
+    # the run's submission is valid and scores on the synthetic solution
+    run = tmp_path / 'run'
+    validate_submission(run / 'submission.csv')
+    assert by.gap.iloc[0] > 0.3
+    assert not (tmp_path / 'data').exists() and not (tmp_path / 'cache').exists()  # removed unless --keep
+    assert (tmp_path / 'projection.png').stat().st_size > 10_000
+    assert 'projected full recognition kernel on a P100' in printed and 'peak RSS of the run' in printed
 
-    # the submission covers every test id; landmark queries get their own class (clusters are well apart at dim 32)
-    _, test = make_embeddings(tmp_path / 'again', **SIZES, seed=1)  # deterministic: the same labels
-    ids = uint64_to_hex_ids(test.ids)
-    track, preds = validate_submission(tmp_path / 'run' / 'submission.csv', ids)
-    assert track == 'recognition' and len(read_submission(tmp_path / 'run' / 'submission.csv')[1]) == 400
-    landmark = test.labels >= 0
-    right = np.array([preds[q][0] == l for q, l in zip(ids[landmark], test.labels[landmark])])
-    assert right.mean() > 0.95
-    truth = {q: ([int(l)] if l >= 0 else []) for q, l in zip(ids, test.labels)}
-    assert 0.3 < gap(preds, truth) < 1.0  # non-landmark queries are answered too (no non-landmark rule yet)
 
-    proj = project_run(steps, RunAssumptions(extract_rate=100.0, decode_rate_per_core=1000.0))
-    assert proj.step.tolist() == ['overhead', 'extract train', 'extract test', *DEFAULT_REHEARSAL]
-    assert np.isclose(proj.set_index('step').loc['extract train', 'seconds'], GLDV2_TRAIN / 100.0)
-    soft = by.loc['soft_vote']
-    assert np.isclose(proj.set_index('step').loc['soft_vote', 'seconds'], soft.seconds * GLDV2_TEST / 400)
-    assert np.isclose(proj.end_h.iloc[-1], proj.seconds.sum() / 3600)
-    assert plot_projection(proj, tmp_path / 'timeline.png').stat().st_size > 10_000
+def _steps(**rows) -> pd.DataFrame:
+    "A made-up rehearsal timeline: step -> (actual_s, work)."
+    return pd.DataFrame([dict(step=s, actual_s=t, work=w, ran=True) for s, (t, w) in rows.items()])
+
+
+def test_projection_by_hand():
+    a = RunAssumptions(extract_rate=100.0, decode_rate_per_core=1000.0, nonlandmarks=10_000, holdout_landmarks=20_000)
+    full = run_units(GLDV2_TRAIN, GLDV2_TEST, 25_000, 10_000, 512)
+    steps = _steps(load_model=(3.0, np.nan), read_train=(2.0, 100_000), embed_train=(0.5, np.nan), knn=(10.0, 1e12),
+                   lgbm=(100.0, 25_000), verify=(50.0, 1000))
+    p = project_run(steps, a).set_index('step')
+    assert p.loc['load_model', 'seconds'] == 3.0  # a fixed cost, as measured
+    assert np.isclose(p.loc['read_train', 'seconds'], 2.0 / 100_000 * GLDV2_TRAIN)
+    assert np.isclose(p.loc['embed_train', 'seconds'], GLDV2_TRAIN / 100.0)
+    assert np.isclose(p.loc['knn', 'seconds'], 2 * GLDV2_TEST * GLDV2_TRAIN * 512 / (0.5 * 9.3e12))
+    assert np.isclose(p.loc['lgbm', 'seconds'], 100.0)  # 25,000 held-out queries in both
+    # verification gets what is left of 0.8 x 12 h: at 50 ms a pair over 142,577 queries, floor(left / 7,128.85 s) pairs each
+    left = 0.8 * 12 * 3600 - p.seconds.drop('verify').sum()
+    top = min(10, int(left / (0.05 * full['query'])))
+    assert np.isclose(p.loc['verify', 'seconds'], top * 0.05 * full['query'])
+    assert f'top {top} of 10' in p.loc['verify', 'basis']
+    cpu = project_run(steps, RunAssumptions(search_on='cpu')).set_index('step')
+    assert np.isclose(cpu.loc['knn', 'seconds'], 10.0 / 1e12 * GLDV2_TEST * GLDV2_TRAIN * 512)  # scaled from the rehearsal
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--train', '0', '--test', '5'], "'0' is not a positive whole count"),
+    (['--train', 'abc', '--test', '5'], "is not a positive whole count"),
+    (['--train', '1000', '--test', '5', '--device', 'cuda'], "torch sees no GPU here; use --device cpu"),
+    (['--train', '1000', '--test', '5', '--images', '/nonexistent'], "no such folder"),
+])
+def test_rehearse_mistakes_are_one_line(args, message):
+    import torch
+    if 'cuda' in args and torch.cuda.is_available(): pytest.skip('a GPU is here')
+    exe = Path(sys.executable).parent / 'lmkkit'
+    res = subprocess.run([str(exe), 'rehearse', *args], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and message in res.stderr, res.stderr
+    assert 'Traceback' not in res.stderr and message in res.stderr.strip().splitlines()[-1]
