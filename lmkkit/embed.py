@@ -145,7 +145,7 @@ def _draft_scale(w: int, h: int, size: int) -> int:
 def eval_on_device(img: torch.Tensor,  # RGB uint8 (3, H, W), on any device
                    size: int, load_size: int | None = None) -> torch.Tensor:
     "What `eval_transforms(size)` makes of `load_image_reason(path, load_size)`, on `img`'s device: float32 (3, size, size), ImageNet-normalised."
-    x = img[None].float()
+    x = img[None].to(torch.float32, memory_format=torch.contiguous_format)  # torchvision's CPU decoder gives HWC strides: 5x slower ops
     if load_size is not None:
         s = _draft_scale(x.shape[-1], x.shape[-2], load_size)
         if s > 1: x = F.avg_pool2d(x, s, ceil_mode=True)  # JPEG draft mode
