@@ -99,7 +99,7 @@ def gpu_decoder_problem(device: str) -> str | None:
         from torchvision.io import encode_jpeg
         with _quiet_torchvision_io(): jpeg = encode_jpeg(torch.zeros(3, 8, 8, dtype=torch.uint8))
         return None if _decode_jpeg([jpeg], torch.device(device))[0].shape == (3, 8, 8) else "torchvision decoded an 8x8 JPEG to a wrong shape"
-    except Exception as e: return f"torchvision's decode_jpeg fails there ({type(e).__name__}: {str(e).splitlines()[0][:120]})"
+    except Exception as e: return f"torchvision's decode_jpeg fails there ({type(e).__name__}: {' '.join(str(e).split())[:120]})"
 
 def resolve_decode(decode: str, device: str) -> str:
     "The decoder (`DECODERS`) that runs for `decode` (`DECODE_MODES`, or a decoder named directly) on `device`; `ConfigError` for 'gpu' where the GPU decoder does not work."
@@ -113,15 +113,15 @@ def resolve_decode(decode: str, device: str) -> str:
 
 
 # %% ../nbs/30_embed.ipynb #gpudec04
-def plain_jpeg_bytes(path: str | Path) -> torch.Tensor | None:
-    "The file's bytes as uint8 (n,) when decoding them on a device reproduces `load_image_reason`: a 3-channel JPEG, upright, within Pillow's pixel limit; else None."
+def plain_jpeg_bytes(path: str | Path) -> bytes | None:
+    "The file's bytes when decoding them on a device reproduces `load_image_reason`: a 3-channel JPEG, upright, within Pillow's pixel limit; else None."
     try:
         data = Path(path).read_bytes()
         with _no_pixel_limit() as limit, Image.open(io.BytesIO(data)) as img:  # the header only
             plain = (img.format == 'JPEG' and img.mode == 'RGB' and img.getexif().get(0x0112, 1) == 1
                      and (limit is None or img.size[0] * img.size[1] <= limit))
     except Exception: return None  # the CPU loader finds the reason
-    return torch.frombuffer(bytearray(data), dtype=torch.uint8) if plain else None
+    return data if plain else None  # bytes, not a tensor: a batch of tensors from a worker would hold one shared-memory file each
 
 class EncodedImages(torch.utils.data.Dataset):
     "The images of `ds` for a decoder on the device: dict(index, data=`plain_jpeg_bytes` or None, image, ok, reason), where a None `data` comes with the CPU loader's item `ds[i]`."
@@ -159,9 +159,9 @@ def _decode_one(data: torch.Tensor, device: torch.device) -> torch.Tensor | None
     try: return _decode_jpeg(data, device)
     except Exception: return None
 
-def decode_jpegs(data: list[torch.Tensor], device: str | torch.device) -> list[torch.Tensor | None]:
-    "RGB uint8 (3, H, W) on `device` per JPEG's bytes: one batched call (nvJPEG on CUDA), image by image when it fails; None where an image does not decode."
-    device = torch.device(device)
+def decode_jpegs(files: list[bytes], device: str | torch.device) -> list[torch.Tensor | None]:
+    "RGB uint8 (3, H, W) on `device` per JPEG file's bytes: one batched call (nvJPEG on CUDA), image by image when it fails; None where an image does not decode."
+    device, data = torch.device(device), [torch.frombuffer(bytearray(f), dtype=torch.uint8) for f in files]
     if device.type == 'cuda': torch.cuda.current_stream(device).synchronize()  # pytorch/vision#9606
     try: return list(_decode_jpeg(data, device))
     except Exception: return [_decode_one(d, device) for d in data]  # one bad file fails the whole call

@@ -11,7 +11,8 @@ from PIL import Image
 
 from lmkkit.core import ConfigError
 from lmkkit.data import IMAGENET_STD, ImageDataset, LoadStats, eval_transforms
-from lmkkit.embed import Embedder, decode_jpegs, eval_on_device, extract_embeddings, plain_jpeg_bytes
+from lmkkit.embed import (Embedder, decode_jpegs, eval_on_device, extract_embeddings, gpu_decoder_problem, plain_jpeg_bytes,
+                          resolve_decode)
 from lmkkit.model import create_model, save_checkpoint
 from lmkkit.pipeline import run_inference
 from lmkkit.synth import make_synthetic
@@ -39,7 +40,7 @@ def _grey_levels(paths, size) -> np.ndarray:
     "Mean |device path - CPU path| of each image's model input, in grey levels of 255."
     ds = ImageDataset(paths, transform=eval_transforms(size), load_size=size)
     std = torch.tensor(IMAGENET_STD).view(3, 1, 1) * 255
-    imgs = decode_jpegs([plain_jpeg_bytes(p) for p in paths], 'cpu')
+    imgs = decode_jpegs([p.read_bytes() for p in paths], 'cpu')
     return np.array([((eval_on_device(img, size, size) - ds[i]['image']) * std).abs().mean().item() for i, img in enumerate(imgs)])
 
 
@@ -135,6 +136,20 @@ def test_gpu_without_cuda_stops_in_one_line(mixed, tmp_path):
         msg = str(e.value)
         assert '\n' not in msg and msg.startswith("decode='gpu' needs torchvision's JPEG decoder on a CUDA device")
         assert "fix: run on a GPU" in msg and "decode='auto' or 'cpu'" in msg
+
+
+@no_cuda
+def test_a_gpu_decoder_that_fails_is_named_in_one_line(monkeypatch):
+    "CUDA claimed but no driver (as with a broken install): the probe's failure becomes the reason; 'auto' falls back."
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    gpu_decoder_problem.cache_clear()
+    try:
+        problem = gpu_decoder_problem('cuda:0')
+        assert problem.startswith("torchvision's decode_jpeg fails there (") and '\n' not in problem, problem
+        assert resolve_decode('auto', 'cuda:0') == 'pil'
+        with pytest.raises(ConfigError, match="but torchvision's decode_jpeg fails there"): resolve_decode('gpu', 'cuda:0')
+    finally:
+        gpu_decoder_problem.cache_clear()
 
 
 @no_cuda
