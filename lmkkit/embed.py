@@ -5,7 +5,9 @@
 # %% ../nbs/30_embed.ipynb #8470524e
 from __future__ import annotations
 
+import functools
 import hashlib
+import io
 import json
 import math
 import os
@@ -13,6 +15,7 @@ import shutil
 import time
 import warnings
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -20,16 +23,20 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
-from .core import Deadline, atomic_write, progress
-from .data import IMAGE_FAILURES, ImageDataset, LoadStats, eval_transforms
+from .core import ConfigError, Deadline, atomic_write, progress
+from .data import (IMAGE_FAILURES, IMAGENET_MEAN, IMAGENET_STD, ImageDataset, LoadStats, _no_pixel_limit, _target_size,
+                         eval_transforms)
 from .model import valid_scale_sizes
 from .search import hex_ids_to_uint64, uint64_to_hex_ids
 
 # %% auto #0
-__all__ = ['TTA_VIEWS', 'AMP_DTYPES', 'AMP_MODES', 'NONFINITE', 'STATUS', 'tta_views', 'scale_sizes', 'mean_embedding',
-           'resolve_amp', 'default_workers', 'embed_batches', 'extract_embeddings', 'file_sha1', 'compact_ids',
-           'id_strings', 'SplitCache', 'EmbeddingCache', 'EmbedResult', 'Embedder', 'cached_embeddings']
+__all__ = ['TTA_VIEWS', 'AMP_DTYPES', 'AMP_MODES', 'DECODE_MODES', 'DECODERS', 'NONFINITE', 'STATUS', 'tta_views', 'scale_sizes',
+           'mean_embedding', 'resolve_amp', 'gpu_decoder_problem', 'resolve_decode', 'plain_jpeg_bytes',
+           'EncodedImages', 'collate_lists', 'eval_on_device', 'decode_jpegs', 'decode_batch', 'default_workers',
+           'embed_batches', 'extract_embeddings', 'file_sha1', 'compact_ids', 'id_strings', 'SplitCache',
+           'EmbeddingCache', 'EmbedResult', 'Embedder', 'cached_embeddings']
 
 # %% ../nbs/30_embed.ipynb #0dbfcc92
 TTA_VIEWS = ('none', 'flip')
@@ -67,6 +74,110 @@ def resolve_amp(amp: str | None, device: str, training: bool = False) -> str:
     if not cuda: return 'off'
     return 'bf16' if training and torch.cuda.is_bf16_supported() else 'fp16'
 
+# %% ../nbs/30_embed.ipynb #gpudec01
+DECODE_MODES = ('cpu', 'gpu', 'auto')  # where JPEGs are decoded: the DataLoader workers, the GPU, the GPU where its decoder works
+DECODERS = ('pil', 'torchvision')  # the decoder that runs: PIL in the workers, or torchvision on the run's device
+
+@contextmanager
+def _quiet_torchvision_io():
+    "torchvision.io without the DeprecationWarning it gives on every call since 0.29 (TorchCodec takes over; the calls still work)."
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', DeprecationWarning)
+        yield
+
+def _decode_jpeg(data, device: torch.device):
+    "`torchvision.io.decode_jpeg` of one or a list of byte tensors to RGB uint8 (3, H, W) on `device`."
+    from torchvision.io import ImageReadMode, decode_jpeg
+    with _quiet_torchvision_io(): return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+
+@functools.cache
+def gpu_decoder_problem(device: str) -> str | None:
+    "Why torchvision cannot decode JPEGs on `device`, or None when it can (an 8x8 JPEG decoded there comes back)."
+    if not device.startswith('cuda'): return f"device {device!r} is not a CUDA device"
+    if not torch.cuda.is_available(): return "CUDA is not available (a CPU-only torch, or no GPU)"
+    try:
+        from torchvision.io import encode_jpeg
+        with _quiet_torchvision_io(): jpeg = encode_jpeg(torch.zeros(3, 8, 8, dtype=torch.uint8))
+        return None if _decode_jpeg([jpeg], torch.device(device))[0].shape == (3, 8, 8) else "torchvision decoded an 8x8 JPEG to a wrong shape"
+    except Exception as e: return f"torchvision's decode_jpeg fails there ({type(e).__name__}: {' '.join(str(e).split())[:120]})"
+
+def resolve_decode(decode: str, device: str) -> str:
+    "The decoder (`DECODERS`) that runs for `decode` (`DECODE_MODES`, or a decoder named directly) on `device`; `ConfigError` for 'gpu' where the GPU decoder does not work."
+    if decode in DECODERS: return decode
+    if decode not in DECODE_MODES: raise ConfigError(f"decode must be one of {', '.join(DECODE_MODES)}, got {decode!r}")
+    problem = None if decode == 'cpu' else gpu_decoder_problem(str(device))
+    if decode == 'gpu' and problem:
+        raise ConfigError(f"decode='gpu' needs torchvision's JPEG decoder on a CUDA device, but {problem}; "
+                          f"fix: run on a GPU with CUDA builds of torch and torchvision, or set decode='auto' or 'cpu'")
+    return 'pil' if decode == 'cpu' or problem else 'torchvision'
+
+
+# %% ../nbs/30_embed.ipynb #gpudec04
+def plain_jpeg_bytes(path: str | Path) -> bytes | None:
+    "The file's bytes when decoding them on a device reproduces `load_image_reason`: a 3-channel JPEG, upright, within Pillow's pixel limit; else None."
+    try:
+        data = Path(path).read_bytes()
+        with _no_pixel_limit() as limit, Image.open(io.BytesIO(data)) as img:  # the header only
+            plain = (img.format == 'JPEG' and img.mode == 'RGB' and img.getexif().get(0x0112, 1) == 1
+                     and (limit is None or img.size[0] * img.size[1] <= limit))
+    except Exception: return None  # the CPU loader finds the reason
+    return data if plain else None  # bytes, not a tensor: a batch of tensors from a worker would hold one shared-memory file each
+
+class EncodedImages(torch.utils.data.Dataset):
+    "The images of `ds` for a decoder on the device: dict(index, data=`plain_jpeg_bytes` or None, image, ok, reason), where a None `data` comes with the CPU loader's item `ds[i]`."
+    def __init__(self, ds: ImageDataset): self.ds = ds
+    def __len__(self): return len(self.ds)
+    def __getitem__(self, i: int) -> dict:
+        data = plain_jpeg_bytes(self.ds.paths[i])
+        item = dict(image=None, ok=True, reason='') if data is not None else self.ds[i]
+        return dict(index=i, data=data, image=item['image'], ok=item['ok'], reason=item['reason'])
+
+def collate_lists(items: list[dict]) -> dict:
+    "A batch of dicts as one dict of lists (file bytes differ in length), `index` as an int64 tensor."
+    batch = {k: [it[k] for it in items] for k in items[0]}
+    return dict(batch, index=torch.tensor(batch['index']))
+
+def _draft_scale(w: int, h: int, size: int) -> int:
+    "The 1/s DCT scaling `Image.draft` picks for a longer side of `size`: the largest s of 8, 4, 2, 1 at most min(w // tw, h // th)."
+    tw, th = _target_size(w, h, size)
+    return next(s for s in (8, 4, 2, 1) if min(w // tw, h // th) >= s)
+
+def eval_on_device(img: torch.Tensor,  # RGB uint8 (3, H, W), on any device
+                   size: int, load_size: int | None = None) -> torch.Tensor:
+    "What `eval_transforms(size)` makes of `load_image_reason(path, load_size)`, on `img`'s device: float32 (3, size, size), ImageNet-normalised."
+    x = img[None].to(torch.float32, memory_format=torch.contiguous_format)  # torchvision's CPU decoder gives HWC strides: 5x slower ops
+    if load_size is not None:
+        s = _draft_scale(x.shape[-1], x.shape[-2], load_size)
+        if s > 1: x = F.avg_pool2d(x, s, ceil_mode=True)  # JPEG draft mode
+        w, h = _target_size(x.shape[-1], x.shape[-2], load_size)
+        x = F.interpolate(x, size=(h, w), mode='bilinear', align_corners=False, antialias=True).round().clamp(0, 255)  # Pillow's BILINEAR
+    x = F.interpolate(x, size=(size, size), mode='bilinear', align_corners=False).round().clamp(0, 255)  # A.Resize (cv2 INTER_LINEAR)
+    mean, std = (torch.tensor(v, device=x.device).view(3, 1, 1) * 255 for v in (IMAGENET_MEAN, IMAGENET_STD))
+    return (x[0] - mean) / std
+
+def _decode_one(data: torch.Tensor, device: torch.device) -> torch.Tensor | None:
+    try: return _decode_jpeg(data, device)
+    except Exception: return None
+
+def decode_jpegs(files: list[bytes], device: str | torch.device) -> list[torch.Tensor | None]:
+    "RGB uint8 (3, H, W) on `device` per JPEG file's bytes: one batched call (nvJPEG on CUDA), image by image when it fails; None where an image does not decode."
+    device, data = torch.device(device), [torch.frombuffer(bytearray(f), dtype=torch.uint8) for f in files]
+    if device.type == 'cuda': torch.cuda.current_stream(device).synchronize()  # pytorch/vision#9606
+    try: return list(_decode_jpeg(data, device))
+    except Exception: return [_decode_one(d, device) for d in data]  # one bad file fails the whole call
+
+def decode_batch(batch: dict, ds: ImageDataset, device: str | torch.device) -> dict:
+    "A collated `EncodedImages(ds)` batch as `ds` (with `eval_transforms`) would give it: dict(index, image float32 (B, 3, S, S) on `device`, ok (B,) bool, reason)."
+    size, todo = ds.blank().shape[-1], [j for j, d in enumerate(batch['data']) if d is not None]
+    images, ok, reason = list(batch['image']), list(batch['ok']), list(batch['reason'])
+    for j, img in zip(todo, decode_jpegs([batch['data'][j] for j in todo], device) if todo else []):
+        if img is not None: images[j] = eval_on_device(img, size, ds.load_size)
+        else:  # e.g. a truncated JPEG: Pillow decodes what is there, as on the CPU path
+            item = ds[int(batch['index'][j])]
+            images[j], ok[j], reason[j] = item['image'], item['ok'], item['reason']
+    return dict(index=batch['index'], image=torch.stack([im.to(device) for im in images]), ok=torch.tensor(ok), reason=reason)
+
+
 # %% ../nbs/30_embed.ipynb #cb77d7b8
 def _embeddings(out) -> torch.Tensor:
     "The embeddings from a model output: the 'embeddings' entry of a dict, or the tensor itself."
@@ -82,11 +193,13 @@ def default_workers() -> int:
 def embed_batches(model: torch.nn.Module, ds: ImageDataset, batch_size: int = 32, num_workers: int | None = None,
                   device: str = 'cpu', tta: Sequence[str] = ('none',),
                   scales: Sequence[float] = (1.0,),  # multi-scale resize factors of the input side (made valid: `scale_sizes`)
-                  amp: str | None = None, channels_last: bool = False, verbose: bool = True, stats: LoadStats | None = None):
+                  amp: str | None = None, channels_last: bool = False, verbose: bool = True, stats: LoadStats | None = None,
+                  decode: str = 'cpu'):  # `DECODE_MODES` or a decoder (`resolve_decode`)
     "Yield (index (B,) int64, emb (B, D) float32 L2-normalised, ok (B,) bool, reasons) per batch of `ds`, through one DataLoader; unreadable images and non-finite vectors are zero rows, not ok."
     amp, num_workers = resolve_amp(amp, device), default_workers() if num_workers is None else num_workers
-    cuda = str(device).startswith('cuda')
-    dl = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=num_workers, pin_memory=cuda,
+    cuda, on_device = str(device).startswith('cuda'), resolve_decode(decode, device) == 'torchvision'
+    dl = torch.utils.data.DataLoader(EncodedImages(ds) if on_device else ds, batch_size=batch_size, num_workers=num_workers,
+                                     pin_memory=cuda, collate_fn=collate_lists if on_device else None,
                                      prefetch_factor=4 if num_workers else None, persistent_workers=num_workers > 0)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     was_training, sizes = model.training, None  # sizes: the side of each scale's view, from the first batch
@@ -94,6 +207,7 @@ def embed_batches(model: torch.nn.Module, ds: ImageDataset, batch_size: int = 32
     try:
         with torch.inference_mode(), torch.autocast(str(device).split(':')[0], dtype=AMP_DTYPES.get(amp), enabled=amp != 'off'):
             for batch in progress(dl, verbose, desc='embed'):
+                if on_device: batch = decode_batch(batch, ds, device)
                 x = batch['image'].to(device, non_blocking=True).contiguous(memory_format=fmt)
                 if sizes is None: sizes = scale_sizes(model, x.shape[-1], scales)[0]
                 e = mean_embedding([_embeddings(model(v)) for v in tta_views(x, tta, sizes)]).cpu()
@@ -113,10 +227,11 @@ def extract_embeddings(model: torch.nn.Module, paths: Sequence[str | Path], size
                        amp: str | None = None,  # None: fp16 on CUDA, off on CPU
                        channels_last: bool = False, verbose: bool = True,
                        stats: LoadStats | None = None,  # filled with the counts by reason when given
+                       decode: str = 'cpu',  # JPEG decoding: 'cpu', 'gpu', 'auto' (`resolve_decode`)
                        ) -> tuple[np.ndarray, np.ndarray]:
     "Embed the images at `paths`: (emb float32 (N, D) L2-normalised, ok bool (N,)); unreadable images and non-finite vectors are zeros."
     ds, stats = ImageDataset(paths, transform=eval_transforms(size), load_size=size), LoadStats() if stats is None else stats
-    parts = list(embed_batches(model, ds, batch_size, num_workers, device, tta, scales, amp, channels_last, verbose, stats))
+    parts = list(embed_batches(model, ds, batch_size, num_workers, device, tta, scales, amp, channels_last, verbose, stats, decode))
     if stats.failed or verbose: print(f"embed: {stats.summary()}")
     if not parts: return np.zeros((0, 0), np.float32), np.zeros(0, bool)
     return np.concatenate([p[1] for p in parts]), np.concatenate([p[2] for p in parts])
@@ -279,14 +394,21 @@ class Embedder:
                  checkpoint: str | Path, cache_dir: str | Path, size: int, device: str = 'cpu',
                  batch_size: int = 32, num_workers: int | None = None,  # None: `default_workers()`
                  tta: Sequence[str] = ('none',), scales: Sequence[float] = (1.0,),
-                 amp: str | None = None, channels_last: bool = False, verbose: bool = False):
+                 amp: str | None = None, channels_last: bool = False, verbose: bool = False,
+                 decode: str = 'cpu'):  # JPEG decoding: 'cpu', 'gpu', 'auto'; `decoder` says which runs
         self.model, self.checkpoint, self.size, self.device = model, checkpoint, size, device
+        self.decoder = resolve_decode(decode, device)
         self.extract_kwargs = dict(batch_size=batch_size, num_workers=num_workers, device=device, tta=tuple(tta),
-                                   scales=tuple(scales), amp=amp, channels_last=channels_last, verbose=verbose)
+                                   scales=tuple(scales), amp=amp, channels_last=channels_last, verbose=verbose, decode=self.decoder)
         self.batch_size, self.verbose = batch_size, verbose
         self.cache = EmbeddingCache(cache_dir, checkpoint, size=size, tta=list(tta), scales=[float(s) for s in scales],
-                                    amp=resolve_amp(amp, device))
+                                    amp=resolve_amp(amp, device), **({} if self.decoder == 'pil' else {'decoder': self.decoder}))
         self.images, self.seconds = 0, 0.0
+
+    @property
+    def decoding(self) -> str:
+        "Which decoder runs where, in words (for a run's notes)."
+        return f"torchvision on {self.device}" if self.decoder == 'torchvision' else 'PIL in the DataLoader workers'
 
     @property
     def images_per_s(self) -> float | None:

@@ -19,7 +19,7 @@ import lmkkit.lgbm  # noqa: F401  (registers the 'lgbm' stage)
 import lmkkit.verify  # noqa: F401  (registers the 'verify' stage)
 from .core import ConfigError, Deadline, atomic_write, check_parameters, deadline_reserve, default_device, kernel_start_time, make_config, require_at_least_one, seed_everything
 from .data import IMAGE_FAILURES, list_ids, nonlandmark_ids, paths_for, read_train_csv, split_by_class, submission_ids
-from .embed import NONFINITE, EmbedResult, Embedder, compact_ids, id_strings
+from .embed import DECODE_MODES, NONFINITE, EmbedResult, Embedder, compact_ids, id_strings
 from .model import trained_size, valid_image_size, valid_scale_sizes
 from .metrics import TRACKS, load_solution, score, write_recognition_submission, write_retrieval_submission
 from .plan import MIN_HOLDOUT_LANDMARKS, Holdout, Timeline, run_stages
@@ -52,6 +52,7 @@ class InferenceConfig:
     image_size: int | None = None  # None: the checkpoint's last training size
     batch_size: int = 32
     num_workers: int | None = None  # JPEG-decoding DataLoader workers; None: lmkkit.embed.default_workers() (the usable cores, at most 8)
+    decode: str = 'cpu'  # JPEGs decoded by 'cpu' (PIL in the workers), 'gpu' (torchvision on the CUDA device) or 'auto' (the GPU where it works)
     tta: tuple[str, ...] = ('none',)  # lmkkit.embed views: 'none', 'flip'
     scales: tuple[float, ...] = (1.0,)  # multi-scale TTA: factors of image_size (each rounded to a side the backbone takes, with a note)
     k: int = 10  # recognition: candidates recalled per query (the seed's top 10)
@@ -78,6 +79,8 @@ class InferenceConfig:
 
     def __post_init__(self):
         if self.track not in TRACKS: raise ConfigError(f"parameter 'track' must be one of {', '.join(TRACKS)}, got {self.track!r}")
+        if self.decode not in DECODE_MODES:
+            raise ConfigError(f"parameter 'decode' must be one of {', '.join(DECODE_MODES)}, got {self.decode!r}")
         if self.public_run not in ('auto', 'yes', 'no'):
             raise ConfigError(f"parameter 'public_run' must be 'auto', 'yes' or 'no', got {self.public_run!r}")
         require_at_least_one(self, ('k', 'retrieval_k', 'batch_size', 'verify_top_n', 'lgbm_rounds', 'public_sample_max'))
@@ -235,14 +238,15 @@ def _load_model(run: _Run):
         from lmkkit.model import load_checkpoint  # timm's import (seconds) is part of the step
         model, _, extra = load_checkpoint(run.cfg.checkpoint, map_location=run.device)
         run.size, notes = _image_size(run.cfg, extra, model)
-        row['note'] = '; '.join([f'{run.cfg.checkpoint} at {run.size}px on {run.device}', *notes])
+        embedder = run_embedder(run.cfg, model, run.size, run.device)
+        row['note'] = '; '.join([f'{run.cfg.checkpoint} at {run.size}px on {run.device}', f'JPEGs decoded by {embedder.decoding}', *notes])
     if notes: run.report['size_notes'] = notes
-    return run_embedder(run.cfg, model, run.size, run.device)
+    return embedder
 
 def run_embedder(cfg: InferenceConfig, model, size: int, device: str) -> Embedder:
     "The `Embedder` of a run of `cfg` (its cache folder and key) at `size` on `device`; `model` None: loaded when first needed."
     return Embedder(model, cfg.checkpoint, cfg.cache_dir or Path(cfg.out_dir)/'cache', size, device, batch_size=cfg.batch_size,
-                    num_workers=cfg.num_workers, tta=cfg.tta, scales=cfg.scales)
+                    num_workers=cfg.num_workers, tta=cfg.tta, scales=cfg.scales, decode=cfg.decode)
 
 def _embed(run: _Run, embedder: Embedder, name: str, split: str, ids: Sequence[str]) -> EmbedResult:
     "Embed the images `ids` of `split` as timeline step `name`; count what could not be embedded."
