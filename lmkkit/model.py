@@ -9,6 +9,7 @@ import dataclasses
 import functools
 import math
 import re
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -250,9 +251,11 @@ def save_checkpoint(path: str | Path, model: LandmarkModel, class_ids: Sequence[
     return Path(path)
 
 def _load_failure(e: Exception) -> str:
-    "One line for why `torch.load` failed: its unpickler's reason when it gives one, else the first line of its message."
-    lines = [l.strip() for l in re.sub(r'\x1b\[[0-9;]*m', '', str(e)).splitlines() if l.strip()]  # torch colours its advice
-    why = next((l.split(':', 1)[1].strip() for l in lines if l.startswith('WeightsUnpickler error:')), lines[0] if lines else '')
+    "Why `torch.load` failed, in one sentence: its unpickler's reason when it gives one (not its advice), else its message's first."
+    text = re.sub(r'\x1b\[[0-9;]*m', '', str(e))  # torch colours its advice
+    _, found, reason = text.partition('WeightsUnpickler error:')
+    lines = [l.strip() for l in (reason if found else text).splitlines() if l.strip()]
+    why = lines[0].split('. ')[0].rstrip('.') if lines else ''
     return f"{type(e).__name__}: {why}" if why else type(e).__name__
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = 'cpu') -> tuple[LandmarkModel, list | None, dict | None]:
@@ -262,7 +265,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = 'cpu') 
         raise CheckpointError(f"checkpoint {path} is a folder; pass the checkpoint file in it, e.g. {path/'model.pt'} "
                               f"(`lmkkit train` writes model.pt into its OUT_DIR)")
     if not path.is_file(): raise FileNotFoundError(f"checkpoint {str(path)!r} not found")
-    try: obj = torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        with warnings.catch_warnings():  # a foreign pickle's protocol warning: the error below says what the file is
+            warnings.filterwarnings('ignore', message='Detected pickle protocol')
+            obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
         raise CheckpointError(f"{path} is not an lmkkit checkpoint (torch.load failed: {_load_failure(e)}); fix: pass the model.pt "
                               f"that `lmkkit train` or lmkkit.model.save_checkpoint wrote, copied again if this copy was cut short") from e
