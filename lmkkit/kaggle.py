@@ -657,7 +657,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{out}: " + ', '.join(sorted(p.name for p in out.iterdir())))
         return 0
     if args.action == 'owner':
-        check_username(args.name)  # before any folder is rewritten
         for folder in args.folders:
             meta = set_owner(folder, args.name)
             print(f"{folder}: id {meta['id']}, datasets {meta['dataset_sources']}")
