@@ -11,11 +11,11 @@ import os
 import sys
 from pathlib import Path
 
-from .core import ConfigError, Registry
+from .core import CliParser, ConfigError, Registry, example_number, value_kind
 
 # %% auto #0
-__all__ = ['COMMANDS', 'DEBUG_ENV', 'MISTAKES', 'LITERALS', 'build_parser', 'run', 'is_mistake', 'mistake_line', 'main',
-           'delegate', 'at_least', 'need_file', 'source_names', 'need_dataset']
+__all__ = ['COMMANDS', 'DEBUG_ENV', 'MISTAKES', 'GLDV2_ONLY', 'LITERALS', 'build_parser', 'run', 'is_mistake', 'mistake_line',
+           'main', 'delegate', 'at_least', 'need_file', 'source_names', 'option_hint', 'need_dataset']
 
 # %% ../nbs/80_cli.ipynb #367ce861
 COMMANDS = Registry('command')
@@ -24,15 +24,11 @@ DEBUG_ENV = 'LMKKIT_DEBUG'
 MISTAKES = {'lmkkit.core': ('ConfigError',), 'lmkkit.data': ('DataError',), 'lmkkit.metrics': ('SubmissionError', 'SolutionError'),
             'lmkkit.model': ('CheckpointError',), 'lmkkit.train': ('TrainError',)}
 
-class _Parser(argparse.ArgumentParser):
-    "argparse with a one-line usage error: the problem and where to read the fix."
-    def error(self, message): self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
-
 def _first_line(fn) -> str: return (fn.__doc__ or '').strip().splitlines()[0]
 
 def build_parser() -> argparse.ArgumentParser:
     "The `lmkkit` parser with one subparser per registered command."
-    parser = _Parser(prog='lmkkit', description='Landmark recognition and retrieval kit (GLDv2).')
+    parser = CliParser(prog='lmkkit', description='Landmark recognition and retrieval kit (GLDv2).')
     subs = parser.add_subparsers(dest='command', metavar='COMMAND', required=True)
     for name in COMMANDS.names:
         add = COMMANDS.get(name)
@@ -95,9 +91,26 @@ def at_least(low: int):
         return value
     return parse
 
+GLDV2_ONLY = ('train_per_landmark', 'view_strength', 'family_similarity')  # options that shape only the GLDv2 set
+
+def _write_revisited(parser, args) -> None:
+    "`lmkkit synth OUT --revisited DATASET`: `lmkkit.revisited.make_revisited_synthetic`, then the command that benchmarks on it."
+    if unused := [f"--{n.replace('_', '-')}" for n in GLDV2_ONLY if getattr(args, n) is not None]:
+        parser.error(f"{', '.join(unused)} shape the GLDv2 set; --revisited takes --landmarks, --image-size, --seed and --distractors")
+    from lmkkit.revisited import DISTRACTORS, make_revisited_synthetic
+    sizes = {k: v for k, v in dict(n_landmarks=args.landmarks, image_size=args.image_size).items() if v is not None}
+    ds = make_revisited_synthetic(args.out, args.revisited, seed=args.seed, n_distractors=args.distractors or 0,
+                                  overwrite=args.overwrite, **sizes)
+    print(f"{ds!r} in {Path(args.out)/args.revisited}")
+    print(f"benchmark a checkpoint on it: lmkkit benchmark {args.revisited} {args.out} --checkpoint CKPT"
+          + (f" --distractors {Path(args.out)/DISTRACTORS}" if args.distractors else ''))
+
 @COMMANDS.register('synth')
 def _synth(parser):
-    "Write a synthetic data set in the exact GLDv2 layout (train.csv, train/, index/, test/, solutions)."
+    "Write a synthetic data set in the exact GLDv2 layout, or with --revisited a tiny ROxford5k/RParis6k-style benchmark set."
+    parser.description = ("Write a synthetic data set in the exact GLDv2 layout (train.csv, train/, index/, test/, solutions); "
+                          "with --revisited DATASET, a tiny benchmark set in the revisited layout (OUT/DATASET/jpg/, "
+                          "OUT/DATASET/gnd_DATASET.pkl) for `lmkkit benchmark DATASET OUT --checkpoint CKPT`.")
     parser.add_argument('out', help='folder to write (created)')
     parser.add_argument('--seed', type=int, default=0, help='same seed, same bytes')
     parser.add_argument('--landmarks', type=at_least(1), default=None,
@@ -108,7 +121,14 @@ def _synth(parser):
     parser.add_argument('--view-strength', type=float, default=None, help='0: near-identical views, 0.8: default, 2: very different')
     parser.add_argument('--family-similarity', type=float, default=None, help='0: every landmark its own style, 1: a family shares one')
     parser.add_argument('--overwrite', action='store_true', help='replace a data set already in OUT')
+    parser.add_argument('--revisited', choices=source_names('revisited', 'REVISITED'), default=None, metavar='DATASET',
+                        help="write a tiny ROxford5k/RParis6k-style benchmark set instead (DATASET: %(choices)s), "
+                             "for `lmkkit benchmark`; takes --landmarks (default 4), --image-size (default 96), --seed, --distractors")
+    parser.add_argument('--distractors', type=at_least(1), default=None, metavar='N',
+                        help='with --revisited: also N unrelated images in OUT/revisitop1m, an R1M-style distractor set (`lmkkit benchmark --distractors`)')
     def run(args):
+        if args.revisited: return _write_revisited(parser, args)
+        if args.distractors: parser.error("--distractors needs --revisited (it adds an R1M-style folder beside a benchmark set)")
         from lmkkit.synth import make_synthetic
         sizes = dict(n_landmarks=args.landmarks, train_per_landmark=args.train_per_landmark, image_size=args.image_size,
                      view_strength=args.view_strength, family_similarity=args.family_similarity)
@@ -137,17 +157,26 @@ def _evaluate(parser):
 
 # %% ../nbs/80_cli.ipynb #d7c4f59b
 def source_names(module: str, name: str) -> list[str]:
-    "The fields of dataclass `name`, or the keys of dict `name`, as written in `lmkkit/<module>.py` (no import)."
+    "The fields of dataclass `name`, the keys of dict `name` or the items of tuple `name`, as written in `lmkkit/<module>.py` (no import)."
     from importlib.util import find_spec  # finds the file without running the module
     tree = ast.parse(Path(find_spec(f'lmkkit.{module}').origin).read_text(encoding='utf-8'))
     for node in tree.body:
         if isinstance(node, ast.ClassDef) and node.name == name:
             return [n.target.id for n in node.body if isinstance(n, ast.AnnAssign)]
         if isinstance(node, ast.Assign) and any(getattr(t, 'id', None) == name for t in node.targets):
-            return [k.value for k in node.value.keys]
+            return [k.value for k in (node.value.keys if isinstance(node.value, ast.Dict) else node.value.elts)]
     raise LookupError(f"lmkkit/{module}.py defines no {name}")
 
 LITERALS = "values are Python literals, e.g. --lr 3e-4 --stages '[(64, 1), (96, 2)]'"
+
+def option_hint(name: str, tp, value, default=None) -> str:
+    "How to give `TrainConfig` field `name` as `lmkkit train --name value` (a Python literal), with an example: `make_config`'s `how_to_pass` here."
+    flag, kind = f"--{name}", value_kind(tp)
+    if kind in ('list', 'dict'): return f"write a Python literal in quotes, e.g. {flag} '{default!r}'" if default else LITERALS
+    if kind == 'bool': return f"write True or False (capitalised), e.g. {flag} True"
+    if kind == 'number': return f"write a number, e.g. {flag} {example_number(default)}"
+    if kind == 'text': return f"quote text that Python would read as another value, e.g. {flag} \"'{value}'\""
+    return LITERALS
 
 def need_dataset(data_dir: str) -> Path:
     "`data_dir` when it holds a `train.csv`; else a `ConfigError` with the fix."
@@ -171,8 +200,9 @@ def _train(parser):
     def run(args, options):
         from lmkkit.core import make_config
         from lmkkit.train import PRESETS, TrainConfig, parse_overrides, train
-        try: cfg = make_config(TrainConfig, base=PRESETS[args.preset], **parse_overrides(options))
+        try: overrides = parse_overrides(options)
         except ConfigError as e: raise ConfigError(f"{e}; {LITERALS}") from e
+        cfg = make_config(TrainConfig, base=PRESETS[args.preset], how_to_pass=option_hint, **overrides)
         need_dataset(args.data_dir)
         res = train(args.data_dir, args.out_dir, cfg, device=args.device, verbose=not args.quiet)
         import torch.distributed as dist

@@ -5,6 +5,7 @@
 # %% ../nbs/00_core.ipynb #8b2e62d8
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import difflib
 import json
@@ -24,9 +25,9 @@ import numpy as np
 
 # %% auto #0
 __all__ = ['KERNEL_START_ENV', 'Registry', 'atomic_write', 'seed_everything', 'on_kaggle', 'default_device', 'progress',
-           'Deadline', 'deadline_reserve', 'memory_mib', 'reset_peak', 'ConfigError', 'TrainingDiverged',
-           'check_parameters', 'make_config', 'notebook_parameters', 'require_at_least_one', 'process_start_time',
-           'kernel_start_time']
+           'Deadline', 'deadline_reserve', 'memory_mib', 'reset_peak', 'ConfigError', 'CliParser', 'TrainingDiverged',
+           'value_kind', 'example_number', 'papermill_hint', 'check_parameters', 'make_config', 'notebook_parameters',
+           'require_at_least_one', 'process_start_time', 'kernel_start_time']
 
 # %% ../nbs/00_core.ipynb #b7c27d48
 class Registry:
@@ -166,6 +167,10 @@ def reset_peak() -> bool:
 class ConfigError(ValueError):
     "Malformed configuration; the message names the parameter and the fix."
 
+class CliParser(argparse.ArgumentParser):
+    "An `argparse.ArgumentParser` (and its subparsers) whose usage errors raise a one-line `ConfigError` naming the `--help` to read."
+    def error(self, message): raise ConfigError(f"{message} (see `{self.prog} --help`)")
+
 class TrainingDiverged(ConfigError):
     "Training met a non-finite loss or weights; the message names the step, the likely cause (a setting) and the checkpoint to resume."
 
@@ -203,30 +208,40 @@ def _parse_json(value, tp):
     except ValueError: return value
     return parsed if _type_ok(parsed, tp) else value
 
-def _how_to_pass(name: str, tp, value, default=None) -> str:
-    "How to give parameter `name` (type `tp`) on papermill's command line, with an example."
-    kind = _container(tp)
-    if kind is not None:
-        ex = value if isinstance(value, str) else json.dumps(default) if default else '{key: value}' if kind is dict else '[1, 2]'
-        return f"papermill reads -p values as text or numbers; pass lists and dicts as YAML with -y, e.g. -y '{name}: {ex}'"
+def value_kind(tp) -> str:
+    "What a parameter of type `tp` holds, for saying how to pass it: 'list', 'dict', 'bool', 'number', 'text' or 'other'."
+    if (kind := _container(tp)) is not None: return kind.__name__
     arms = _arms(tp)
-    if bool in arms: return f"pass True or False (capitalised: papermill reads no other spelling), e.g. -p {name} True"
-    if int in arms or float in arms:
-        ex = default if isinstance(default, (int, float)) and not isinstance(default, bool) else 1
-        hint = f"pass numbers with -p, e.g. -p {name} {ex}"
+    if bool in arms: return 'bool'
+    if int in arms or float in arms: return 'number'
+    return 'text' if str in arms else 'other'
+
+def example_number(default) -> int | float:
+    "`default` when it is a number (not a bool), else 1: the example value of a number parameter."
+    return default if isinstance(default, (int, float)) and not isinstance(default, bool) else 1
+
+def papermill_hint(name: str, tp, value, default=None) -> str:
+    "How to give parameter `name` (type `tp`) on papermill's command line, with an example (`check_parameters`' default `how_to_pass`)."
+    kind = value_kind(tp)
+    if kind in ('list', 'dict'):
+        ex = value if isinstance(value, str) else json.dumps(default) if default else '{key: value}' if kind == 'dict' else '[1, 2]'
+        return f"papermill reads -p values as text or numbers; pass lists and dicts as YAML with -y, e.g. -y '{name}: {ex}'"
+    if kind == 'bool': return f"pass True or False (capitalised: papermill reads no other spelling), e.g. -p {name} True"
+    if kind == 'number':
+        hint = f"pass numbers with -p, e.g. -p {name} {example_number(default)}"
         if isinstance(value, str):
             try: float(value); hint += f" (YAML 1.1, which -y reads, takes {value} for text: write it with a dot, e.g. 1.0e-4)"
             except ValueError: pass
         return hint
-    if str in arms: return f"pass text with -p (or -r to keep text that looks like a number or True/None), e.g. -r {name} {value}"
+    if kind == 'text': return f"pass text with -p (or -r to keep text that looks like a number or True/None), e.g. -r {name} {value}"
     return "fix the value in the parameters cell or on the command line"
 
-def _check_value(name: str, value, tp, default=None):
-    "`value` checked against `tp` (a JSON string for a list/dict parameter is parsed); `ConfigError` with the fix."
+def _check_value(name: str, value, tp, default=None, how_to_pass=papermill_hint):
+    "`value` checked against `tp` (a JSON string for a list/dict parameter is parsed); `ConfigError` with the fix from `how_to_pass`."
     value = _parse_json(value, tp)
     if not _type_ok(value, tp):
         raise ConfigError(f"parameter {name!r} must be {_type_name(tp)}, got {value!r} ({type(value).__name__}); "
-                          + _how_to_pass(name, tp, value, default))
+                          + how_to_pass(name, tp, value, default))
     return value
 
 def _unknown(owner: str, name: str, known: list[str]) -> ConfigError:
@@ -239,19 +254,21 @@ def _defaults(cls) -> dict:
     "Field name -> default value (None where the field has no plain default)."
     return {f.name: f.default if f.default is not dataclasses.MISSING else None for f in dataclasses.fields(cls)}
 
-def check_parameters(cls, params: dict, extra: dict | None = None) -> dict:
-    "Check papermill parameters (name -> value) against `cls`'s fields and `extra` (name -> type) -> the checked values."
+def check_parameters(cls, params: dict, extra: dict | None = None,
+                     how_to_pass: typing.Callable = papermill_hint,  # (name, type, value, default) -> the fix, in the caller's spelling
+                     ) -> dict:
+    "Check parameters (name -> value) against `cls`'s fields and `extra` (name -> type) -> the checked values."
     hints = {**{k: v for k, v in typing.get_type_hints(cls).items() if k in _defaults(cls)}, **(extra or {})}
     defaults = _defaults(cls)
     out = {}
     for name, value in params.items():
         if name not in hints: raise _unknown(cls.__name__ if not extra else 'the notebook', name, list(hints))
-        out[name] = _check_value(name, value, hints[name], defaults.get(name))
+        out[name] = _check_value(name, value, hints[name], defaults.get(name), how_to_pass)
     return out
 
-def make_config(cls, base=None, **overrides):
+def make_config(cls, base=None, how_to_pass: typing.Callable = papermill_hint, **overrides):
     "A new `cls` instance from `base` (default: `cls()`) with `overrides`, every name and type checked (`check_parameters`)."
-    return dataclasses.replace(base if base is not None else cls(), **check_parameters(cls, overrides))
+    return dataclasses.replace(base if base is not None else cls(), **check_parameters(cls, overrides, how_to_pass=how_to_pass))
 
 _NOT_PARAMETERS = {'In', 'Out', 'get_ipython', 'exit', 'quit', 'open', 'PAPERMILL_INPUT_PATH', 'PAPERMILL_OUTPUT_PATH'}
 
@@ -260,7 +277,9 @@ def notebook_parameters(namespace: dict) -> dict:
     return {k: v for k, v in namespace.items() if not k.startswith('_') and k not in _NOT_PARAMETERS
             and not isinstance(v, (types.ModuleType, type, types.FunctionType, types.BuiltinFunctionType))}
 
-def _type_name(tp) -> str: return getattr(tp, '__name__', None) or str(tp).replace('typing.', '')
+def _type_name(tp) -> str:
+    "A type as it is written: `float`, `str | None`, `tuple[tuple[int, int], ...]` (a generic's `__name__` would drop its arguments)."
+    return tp.__name__ if isinstance(tp, type) else str(tp).replace('typing.', '')
 
 def require_at_least_one(cfg, names) -> None:
     "Raise a `ConfigError` naming the first of the int fields `names` of `cfg` that is below 1."

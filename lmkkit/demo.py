@@ -5,7 +5,6 @@
 # %% ../nbs/55_demo.ipynb #1a31cd87
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import resource
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .core import atomic_write
+from .core import CliParser, atomic_write
 
 # %% auto #0
 __all__ = ['KERNELS', 'METRIC', 'DEMO_TRAIN', 'DEMO_INFERENCE', 'STAGE_TITLES', 'kernels_dir', 'kernel_notebook', 'run_kernel',
@@ -204,7 +203,7 @@ def record_markdown(record: dict | str | Path) -> str:
 # %% ../nbs/55_demo.ipynb #172a15ed
 def main(argv: list[str] | None = None) -> int:
     "`lmkkit demo [--seed N] [--out DIR] [--record FILE]`: the whole kit on synthetic data, through the kernel notebooks."
-    p = argparse.ArgumentParser(prog='lmkkit demo', description=main.__doc__)
+    p = CliParser(prog='lmkkit demo', description=main.__doc__)
     p.add_argument('--seed', type=int, default=0, help='seed of the synthetic data set')
     p.add_argument('--out', default='runs/demo', help='folder for data, model, executed notebooks, submissions')
     p.add_argument('--record', default=None, help="also copy the run's record.json here (the README's table: nbs/demo_record.json)")

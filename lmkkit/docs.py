@@ -5,7 +5,6 @@
 # %% ../nbs/90_docs.ipynb #d4fc8618
 from __future__ import annotations
 
-import argparse
 import ast
 import configparser
 import copy
@@ -21,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .core import progress
+from .core import CliParser, ConfigError, progress
 
 # %% auto #0
 __all__ = ['MATHJAX_HINT', 'PAGE_TEMPLATE', 'SITE_CSS', 'FAVICON', 'README_HEADER', 'directives', 'strip_directives',
@@ -559,7 +558,7 @@ def refresh_outputs(nb_path: str | Path, timeout: int = 600) -> bool:
 # %% ../nbs/90_docs.ipynb #f82406a9
 def main(argv: list[str] | None = None) -> int:
     "`lmkkit docs`: write README.md from nbs/index.ipynb and build the site."
-    p = argparse.ArgumentParser(prog='lmkkit docs', description='Build the documentation site and README from the notebooks (offline).')
+    p = CliParser(prog='lmkkit docs', description='Build the documentation site and README from the notebooks (offline).')
     p.add_argument('--nbs', default='nbs', help='folder of the notebooks (default: nbs)')
     p.add_argument('--out', default='_site', help='folder the site is written to, replaced whole (default: _site)')
     p.add_argument('--readme-out', default=None, help='README path (default: README.md beside the notebook folder)')
@@ -573,17 +572,17 @@ def main(argv: list[str] | None = None) -> int:
     readme = Path(a.readme_out) if a.readme_out else nbs.resolve().parent/'README.md'
     has_index = (nbs/'index.ipynb').exists()
     if a.check:
-        if not has_index: print(f"no {nbs/'index.ipynb'}: nothing to check", file=sys.stderr); return 1
+        if not has_index: raise ConfigError(f"no {nbs/'index.ipynb'}: nothing to check; pass --nbs with the folder of the notebooks")
         ok = readme_is_current(nbs, readme)
         print(f"{readme} is {'current' if ok else 'out of date: run `lmkkit docs --readme`'}")
         return 0 if ok else 1
     if has_index:
         try: refreshed = refresh_outputs(nbs/'index.ipynb', timeout=a.timeout)
         except Exception as e:  # nbclient's CellExecutionError: the README would show stale figures
-            print(f"{nbs/'index.ipynb'}: a cell failed ({_last_line(e)}); fix it and run again", file=sys.stderr); return 1
+            raise ConfigError(f"{nbs/'index.ipynb'}: a cell failed ({_last_line(e)}); fix it and run again") from e
         if refreshed: print(f"updated the outputs of {nbs/'index.ipynb'}")
         print(f"wrote {write_readme(nbs, readme)}")
-    elif a.readme: print(f"no {nbs/'index.ipynb'}: cannot write the README", file=sys.stderr); return 1
+    elif a.readme: raise ConfigError(f"no {nbs/'index.ipynb'}: cannot write the README; pass --nbs with the folder of the notebooks")
     if a.readme: return 0
     res = build_site(nbs, a.out, execute=a.execute, timeout=a.timeout, verbose=not a.quiet)
     print(f"built {len(res['pages'])} pages into {res['out']} in {res['seconds']:.1f} s"

@@ -20,18 +20,18 @@ import tokenize
 from dataclasses import dataclass
 from pathlib import Path
 
-from .core import ConfigError, atomic_write
+from .core import CliParser, ConfigError, atomic_write
 
 # %% auto #0
 __all__ = ['KERNEL_METADATA', 'BASELINE', 'DEFAULT_PLATFORMS', 'WHEELHOUSE_SLUG', 'WEIGHTS_SLUG', 'DATASET_METADATA',
            'WHEELHOUSE_LOCK', 'OUR_DATASETS', 'PUBLIC_TEST_MAX', 'PUBLIC_TRAIN_ROWS', 'IMAGE_SUFFIXES',
            'kaggle_api_class', 'offline_api', 'Parameter', 'parse_parameters', 'parameter_problems', 'read_parameters',
-           'find_credentials', 'kaggle_problems', 'bare_slug', 'source_problems', 'validate_kernel', 'KernelError',
-           'check_kernel', 'source_root', 'build_lmkkit_wheel', 'download_wheels', 'marker_env', 'resolve',
-           'closure_above', 'baseline_conflicts', 'read_baseline', 'dataset_metadata', 'validate_dataset',
-           'build_wheelhouse', 'install_cell_source', 'build_weights_dataset', 'with_owner', 'set_owner',
-           'describe_request', 'authenticated_api', 'push_kernel', 'count_images', 'count_rows', 'is_public_run',
-           'main']
+           'find_credentials', 'kaggle_problems', 'bare_slug', 'source_problems', 'username_problem', 'check_username',
+           'owner_problems', 'kernel_folder', 'validate_kernel', 'KernelError', 'check_kernel', 'source_root',
+           'build_lmkkit_wheel', 'download_wheels', 'marker_env', 'resolve', 'closure_above', 'baseline_conflicts',
+           'read_baseline', 'dataset_metadata', 'validate_dataset', 'build_wheelhouse', 'install_cell_source',
+           'build_weights_dataset', 'with_owner', 'set_owner', 'describe_request', 'authenticated_api', 'push_kernel',
+           'count_images', 'count_rows', 'is_public_run', 'main']
 
 # %% ../nbs/60_kaggle.ipynb #11fb218e
 _OFFLINE_USER = 'lmkkit-offline'
@@ -242,15 +242,41 @@ def source_problems(meta: dict) -> list[str]:
             for field in _SOURCE_PREFIXES for i, s in enumerate(meta.get(field) or [])
             if isinstance(s, str) and bare_slug(field, s) != s]
 
+_USERNAME = re.compile(r'[a-z0-9_-]+')
+
+def username_problem(name: str) -> str:
+    "'' when `name` can be a Kaggle username, else why not and the fix. Rule (the kaggle CLI's check of owner slugs, kaggle-cli #1133/#1134): lowercase a-z, digits 0-9, '-' and '_' only."
+    if _USERNAME.fullmatch(name): return ''
+    hint = f"; did you mean {name.lower()!r}?" if _USERNAME.fullmatch(name.lower()) else ''
+    return (f"{name!r} is not a Kaggle username: use only lowercase letters, digits, '-' and '_' "
+            f"(your username is the last part of your profile's address, kaggle.com/<username>){hint}")
+
+def check_username(name: str) -> str:
+    "`name` when it can be a Kaggle username (`username_problem`), else a `ConfigError` saying why."
+    if problem := username_problem(name): raise ConfigError(problem)
+    return name
+
+def owner_problems(meta: dict) -> list[str]:
+    "The owners of `meta`'s id and of its bare dataset and kernel sources that are not Kaggle usernames, each with the fix."
+    named = [('id', meta.get('id'))] + [(f"{f}[{i}]", s) for f in ('dataset_sources', 'kernel_sources')
+                                        for i, s in enumerate(meta.get(f) or []) if isinstance(s, str) and bare_slug(f, s) == s]
+    return [f"{where} {s!r}: {why}" for where, s in named if isinstance(s, str) and '/' in s and (why := username_problem(s.split('/')[0]))]
+
+def kernel_folder(path: str | Path) -> Path:
+    "The kernel folder `path` names: `path` itself, or the folder of the `kernel-metadata.json` given in its place."
+    path = Path(path)
+    return path.parent if path.name == KERNEL_METADATA and path.is_file() else path
+
 def validate_kernel(folder: str | Path, require_gpu: bool = True) -> list[str]:
-    "Every problem of the kernel folder `folder`: kaggle's own checks, our rules, the notebook, credentials."
-    folder = Path(folder)
+    "Every problem of the kernel folder `folder` (or of its kernel-metadata.json): kaggle's own checks, our rules, the notebook, credentials."
+    folder = kernel_folder(folder)
+    if folder.is_file(): return [f"{folder} is a file; pass the kernel folder that holds it and {KERNEL_METADATA} ({folder.parent})"]
     meta_file = folder/KERNEL_METADATA
     if not meta_file.is_file(): return [f"{meta_file} not found; write it (`kaggle kernels init -p {folder}` makes a template)"]
     try: meta = json.loads(meta_file.read_text(encoding='utf-8'))
     except ValueError as e: return [f"{meta_file} is not valid JSON: {e}"]
     if not isinstance(meta, dict): return [f"{meta_file} must hold a JSON object"]
-    problems = kaggle_problems(folder)[0] + _metadata_problems(meta, require_gpu) + source_problems(meta)
+    problems = kaggle_problems(folder)[0] + _metadata_problems(meta, require_gpu) + source_problems(meta) + owner_problems(meta)
     code = folder/str(meta.get('code_file') or '')
     if not code.is_file(): problems.append(f"code_file {meta.get('code_file')!r} not found in {folder}")
     elif code.suffix == '.ipynb': problems += parameter_problems(code)[1]
@@ -283,10 +309,10 @@ def source_root() -> Path:
     return root
 
 def _pip(*args, verbose: bool = False) -> None:
-    "Run pip in this interpreter; `RuntimeError` with pip's own output on failure."
+    "Run pip in this interpreter; `KernelError` (the dataset cannot be built) with pip's own output on failure."
     res = subprocess.run([sys.executable, '-m', 'pip', *args, *([] if verbose else ['-q'])],
                          capture_output=True, text=True)
-    if res.returncode: raise RuntimeError(f"pip {' '.join(args[:2])} failed:\n{res.stdout[-2000:]}{res.stderr[-3000:]}")
+    if res.returncode: raise KernelError(f"pip {' '.join(args[:2])} failed:\n{res.stdout[-2000:]}{res.stderr[-3000:]}")
 
 def build_lmkkit_wheel(out: str | Path, source: str | Path | None = None, verbose: bool = False) -> Path:
     "Build lmkkit's own wheel into `out` from a clean copy of the checkout `source` (default: `source_root()`)."
@@ -396,7 +422,7 @@ def validate_dataset(folder: str | Path, require_wheel: bool = True) -> list[str
 def _owner(owner: str | None, what: str) -> str:
     owner = owner or os.environ.get('KAGGLE_USERNAME')
     if not owner: raise ConfigError(f"the {what} needs an owner: pass --owner <kaggle user> (owner=) or set KAGGLE_USERNAME")
-    return owner
+    return check_username(owner)
 
 def _write_dataset_metadata(out: Path, meta: dict, require_wheel: bool) -> Path:
     "Write `meta` as `out`'s dataset-metadata.json and check the folder; `KernelError` listing its problems."
@@ -472,15 +498,19 @@ def build_weights_dataset(out: str | Path, checkpoint: str | Path,
 
 def with_owner(meta: dict, owner: str) -> dict:
     "Kernel metadata `meta` with its id and our datasets (wheelhouse, weights) under the Kaggle user `owner`."
+    check_username(owner)
     slug = lambda s: s.rstrip('/').split('/')[-1]
     return {**meta, 'id': f"{owner}/{slug(meta['id'])}",
             'dataset_sources': [f"{owner}/{slug(s)}" if slug(s) in OUR_DATASETS else s for s in meta.get('dataset_sources') or []]}
 
 def set_owner(folder: str | Path, owner: str) -> dict:
     "Rewrite `folder`'s kernel-metadata.json under `owner` (see `with_owner`); returns the new metadata."
-    path = Path(folder)/KERNEL_METADATA
-    try: meta = with_owner(json.loads(path.read_text(encoding='utf-8')), owner)
-    except (OSError, ValueError, KeyError) as e: raise ConfigError(f"{path}: cannot read a kernel id ({e})") from None
+    path = kernel_folder(folder)/KERNEL_METADATA
+    try: meta = json.loads(path.read_text(encoding='utf-8'))
+    except (OSError, ValueError) as e: raise ConfigError(f"{path}: cannot read a kernel id ({e})") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get('id'), str):
+        raise ConfigError(f"{path}: no kernel id; write one, e.g. \"id\": \"{owner}/lmkkit-train\"")
+    meta = with_owner(meta, owner)
     with atomic_write(path) as f: json.dump(meta, f, indent=1)
     return meta
 
@@ -512,6 +542,7 @@ def authenticated_api():
 
 def push_kernel(folder: str | Path, dry_run: bool = False, require_gpu: bool = True, api=None) -> dict:
     "Check and push the kernel folder `folder`; `dry_run` prints what would be sent and sends nothing."
+    folder = kernel_folder(folder)
     check_kernel(folder, require_gpu)
     _, request = kaggle_problems(folder)
     meta = json.loads((Path(folder)/KERNEL_METADATA).read_text(encoding='utf-8'))
@@ -520,7 +551,7 @@ def push_kernel(folder: str | Path, dry_run: bool = False, require_gpu: bool = T
         return request
     response = (api or authenticated_api()).kernels_push(str(folder))
     error = getattr(response, 'error', None)
-    if error: raise RuntimeError(f"kaggle refused the push of {folder}: {error}")
+    if error: raise KernelError(f"kaggle refused the push of {folder}: {error}")
     result = {'ref': getattr(response, 'ref', None), 'url': getattr(response, 'url', None),
               'version': getattr(response, 'version_number', None)}
     print(f"pushed {folder}: {result['url'] or result['ref']} (version {result['version']})")
@@ -565,10 +596,10 @@ def is_public_run(data_dir: str | Path, track: str,
 
 # %% ../nbs/60_kaggle.ipynb #2c31663d
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog='lmkkit kernels', description='Check, build and push the Kaggle kernels and their datasets.')
+    p = CliParser(prog='lmkkit kernels', description='Check, build and push the Kaggle kernels and their datasets.')
     subs = p.add_subparsers(dest='action', required=True)
     v = subs.add_parser('validate', help='check kernel folders offline (kaggle rules + ours)')
-    v.add_argument('folders', nargs='+', help='kernel folders (each with kernel-metadata.json)')
+    v.add_argument('folders', nargs='+', help='kernel folders (each with kernel-metadata.json; the file itself is read as its folder)')
     v.add_argument('--no-gpu', action='store_true', help='do not require enable_gpu')
     w = subs.add_parser('wheelhouse', help='build the offline wheelhouse dataset folder')
     w.add_argument('out', help='dataset folder to write')
@@ -596,42 +627,40 @@ def _parser() -> argparse.ArgumentParser:
 def _push(args) -> None:
     if args.owner is None: return push_kernel(args.folder, dry_run=args.dry_run, require_gpu=not args.no_gpu)
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)/Path(args.folder).resolve().name
-        shutil.copytree(args.folder, folder)
+        source = kernel_folder(args.folder)
+        folder = Path(tmp)/source.resolve().name
+        shutil.copytree(source, folder)
         set_owner(folder, args.owner)
         push_kernel(folder, dry_run=args.dry_run, require_gpu=not args.no_gpu)
 
 def _size(folder: Path) -> str: return f"{sum(p.stat().st_size for p in folder.glob('*.whl')) / 2**20:.1f} MiB"
 
 def main(argv: list[str] | None = None) -> int:
-    "Entry point of `lmkkit kernels {validate,wheelhouse,weights,owner,push}`."
+    "Entry point of `lmkkit kernels {validate,wheelhouse,weights,owner,push}`; a mistake raises for `lmkkit.cli.main` to report."
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
-    try:
-        if args.action == 'validate':
-            bad = 0
-            for folder in args.folders:
-                problems = validate_kernel(folder, require_gpu=not args.no_gpu)
-                bad += bool(problems)
-                print(f"{folder}: " + ('ok' if not problems else f"{len(problems)} problem(s)\n" + '\n'.join(f"  - {p}" for p in problems)))
-            return int(bad > 0)
-        if args.action == 'wheelhouse':
-            baseline = read_baseline(args.image) if args.image else BASELINE
-            out = build_wheelhouse(args.out, args.python_version, tuple(args.platform or DEFAULT_PLATFORMS), not args.no_packages,
-                                   args.package, baseline, args.owner)
-            wheels = sorted(p.name for p in out.glob('*.whl'))
-            print(f"{out}: {len(wheels)} wheels, {_size(out)}: " + ', '.join(wheels))
-            return 0
-        if args.action == 'weights':
-            out = build_weights_dataset(args.out, args.checkpoint, args.file, args.owner)
-            print(f"{out}: " + ', '.join(sorted(p.name for p in out.iterdir())))
-            return 0
-        if args.action == 'owner':
-            for folder in args.folders:
-                meta = set_owner(folder, args.name)
-                print(f"{folder}: id {meta['id']}, datasets {meta['dataset_sources']}")
-            return 0
-        _push(args)
+    if args.action == 'validate':
+        bad = 0
+        for folder in args.folders:
+            problems = validate_kernel(folder, require_gpu=not args.no_gpu)
+            bad += bool(problems)
+            print(f"{folder}: " + ('ok' if not problems else f"{len(problems)} problem(s)\n" + '\n'.join(f"  - {p}" for p in problems)))
+        return int(bad > 0)
+    if args.action == 'wheelhouse':
+        baseline = read_baseline(args.image) if args.image else BASELINE
+        out = build_wheelhouse(args.out, args.python_version, tuple(args.platform or DEFAULT_PLATFORMS), not args.no_packages,
+                               args.package, baseline, args.owner)
+        wheels = sorted(p.name for p in out.glob('*.whl'))
+        print(f"{out}: {len(wheels)} wheels, {_size(out)}: " + ', '.join(wheels))
         return 0
-    except (ConfigError, RuntimeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    if args.action == 'weights':
+        out = build_weights_dataset(args.out, args.checkpoint, args.file, args.owner)
+        print(f"{out}: " + ', '.join(sorted(p.name for p in out.iterdir())))
+        return 0
+    if args.action == 'owner':
+        for folder in args.folders:
+            meta = set_owner(folder, args.name)
+            print(f"{folder}: id {meta['id']}, datasets {meta['dataset_sources']}")
+        return 0
+    _push(args)
+    return 0
+

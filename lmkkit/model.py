@@ -8,6 +8,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import re
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -248,14 +250,28 @@ def save_checkpoint(path: str | Path, model: LandmarkModel, class_ids: Sequence[
     with atomic_write(path, 'wb') as f: torch.save(obj, f)
     return Path(path)
 
+def _load_failure(e: Exception) -> str:
+    "Why `torch.load` failed, in one sentence: its unpickler's reason when it gives one (not its advice), else its message's first."
+    text = re.sub(r'\x1b\[[0-9;]*m', '', str(e))  # torch colours its advice
+    _, found, reason = text.partition('WeightsUnpickler error:')
+    lines = [l.strip() for l in (reason if found else text).splitlines() if l.strip()]
+    why = lines[0].split('. ')[0].rstrip('.') if lines else ''
+    return f"{type(e).__name__}: {why}" if why else type(e).__name__
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = 'cpu') -> tuple[LandmarkModel, list | None, dict | None]:
     "Rebuild the model (eval mode, on `map_location`) from `path` alone -> (model, class_ids, extra)."
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a folder; pass the checkpoint file in it, e.g. {path/'model.pt'} "
+                              f"(`lmkkit train` writes model.pt into its OUT_DIR)")
     if not path.is_file(): raise FileNotFoundError(f"checkpoint {str(path)!r} not found")
-    try: obj = torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        with warnings.catch_warnings():  # a foreign pickle's protocol warning: the error below says what the file is
+            warnings.filterwarnings('ignore', message='Detected pickle protocol')
+            obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
-        raise CheckpointError(f"{path} is not a readable checkpoint (truncated, corrupt, not a torch file, or holding "
-                              f"objects other than tensors and plain values): {type(e).__name__}: {e}") from e
+        raise CheckpointError(f"{path} is not an lmkkit checkpoint (torch.load failed: {_load_failure(e)}); fix: pass the model.pt "
+                              f"that `lmkkit train` or lmkkit.model.save_checkpoint wrote, copied again if this copy was cut short") from e
     if not isinstance(obj, dict) or obj.get('format') != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is a torch file but not an lmkkit checkpoint (no {CHECKPOINT_FORMAT!r} marker); "
                               "a bare state dict loads with create_model(...).load_state_dict(...)")

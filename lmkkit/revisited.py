@@ -18,14 +18,14 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from .core import atomic_write
+from .core import CliParser, ConfigError, atomic_write
 from .data import load_image
 from .embed import extract_embeddings
 from .metrics import REVISITED_SETUPS, revisited_map
 from .model import load_checkpoint, trained_size
 from .rerank import database_augment, expand
 from .search import knn
-from .synth import draw_nonlandmark, draw_scene, encode_jpeg, family_style, render_view
+from .synth import draw_nonlandmark, draw_scene, encode_jpeg, family_style, out_folder, render_view
 from .whiten import Whitening
 
 # %% auto #0
@@ -59,13 +59,13 @@ def read_ground_truth(path: str | Path) -> dict:
     try:
         with open(path, 'rb') as f: cfg = _GroundTruthUnpickler(f).load()
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as e:
-        raise ValueError(f"{path} is not a revisited ground-truth pickle ({type(e).__name__}: {e})") from e
+        raise ConfigError(f"{path} is not a revisited ground-truth pickle ({type(e).__name__}: {e})") from e
     if not isinstance(cfg, dict) or any(k not in cfg for k in ('imlist', 'qimlist', 'gnd')):
-        raise ValueError(f"{path} must hold a dict with 'imlist', 'qimlist' and 'gnd'")
+        raise ConfigError(f"{path} must hold a dict with 'imlist', 'qimlist' and 'gnd'")
     if len(cfg['gnd']) != len(cfg['qimlist']):
-        raise ValueError(f"{path}: {len(cfg['qimlist'])} query images but {len(cfg['gnd'])} gnd entries")
+        raise ConfigError(f"{path}: {len(cfg['qimlist'])} query images but {len(cfg['gnd'])} gnd entries")
     for i, g in enumerate(cfg['gnd']):
-        if 'bbx' not in g or len(np.ravel(g['bbx'])) != 4: raise ValueError(f"{path}: gnd[{i}] has no 'bbx' [x1, y1, x2, y2]")
+        if 'bbx' not in g or len(np.ravel(g['bbx'])) != 4: raise ConfigError(f"{path}: gnd[{i}] has no 'bbx' [x1, y1, x2, y2]")
     return cfg
 
 def distractor_paths(folder: str | Path) -> list[Path]:
@@ -102,7 +102,7 @@ class RevisitedSet:
 
 def load_revisited(root: str | Path, dataset: str, distractors: str | Path | None = None) -> RevisitedSet:
     "Read `root/<dataset>/gnd_<dataset>.pkl` and its `jpg/` folder; `distractors`: an optional R1M-style folder."
-    if dataset not in REVISITED: raise ValueError(f"unknown dataset {dataset!r}; choose one of {', '.join(REVISITED)}")
+    if dataset not in REVISITED: raise ConfigError(f"unknown dataset {dataset!r}; choose one of {', '.join(REVISITED)}")
     gnd_path = _gnd_file(Path(root), dataset)
     cfg = read_ground_truth(gnd_path)
     images = gnd_path.parent/'jpg'
@@ -180,10 +180,15 @@ def make_revisited_synthetic(root: str | Path, dataset: str = 'roxford5k', seed:
                              easy: int = 3, hard: int = 3, junk: int = 2,  # database images per landmark of each kind
                              n_negatives: int = 8,  # unrelated database images
                              n_distractors: int = 0,  # images of a `revisitop1m/` distractor folder beside the set (0: none)
-                             image_size: int = 96) -> RevisitedSet:
+                             image_size: int = 96,
+                             overwrite: bool = False,  # write over a set already in `root/<dataset>`
+                             ) -> RevisitedSet:
     "Write a tiny set in the exact revisited layout (`root/<dataset>/jpg/*.jpg`, `gnd_<dataset>.pkl`); deterministic for a seed."
-    if dataset not in REVISITED: raise ValueError(f"unknown dataset {dataset!r}; choose one of {', '.join(REVISITED)}")
-    folder = Path(root)/dataset
+    if dataset not in REVISITED: raise ConfigError(f"unknown dataset {dataset!r}; choose one of {', '.join(REVISITED)}")
+    folder = out_folder(root)/dataset
+    if (folder/f'gnd_{dataset}.pkl').exists() and not overwrite:
+        raise FileExistsError(f"{folder} already holds a benchmark set (gnd_{dataset}.pkl); choose another folder or pass "
+                              f"overwrite=True (`--overwrite` on the command line)")
     (folder/'jpg').mkdir(parents=True, exist_ok=True)
     images, queries = [], []  # (name, landmark or -1, kind, image); (name, landmark, image, bbx)
     for lm in range(n_landmarks):
@@ -219,7 +224,7 @@ def gem_across_scales(views: np.ndarray,  # (S, N, D) L2-normalised descriptors 
     "(N, D) L2-normalised generalized mean over scales, ((1/S) Σ_s v_s^p)^(1/p) (cirtorch `extract_ms`); p=1 is the mean."
     views = np.asarray(views, np.float64)
     if p != 1 and (views < 0).any():
-        raise ValueError(f"GeM across scales with p={p} needs non-negative descriptors; these have negative entries "
+        raise ConfigError(f"GeM across scales with p={p} needs non-negative descriptors; these have negative entries "
                          "(a linear neck or whitening), for which cirtorch uses p=1: pass p=1")
     pooled = np.mean(views ** p, axis=0) ** (1 / p)
     return (pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)).astype(np.float32)
@@ -316,7 +321,7 @@ def format_benchmark(table: pd.DataFrame) -> str:
 
 # %% ../nbs/33_revisited.ipynb #9a96bf51
 def _check_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
-    "Refuse impossible values before any image is read: argparse's one-line error, exit code 2."
+    "Refuse impossible values before any image is read: `CliParser`'s one-line error."
     if a.size is not None and a.size < 8: p.error(f"--size must be at least 8 pixels, got {a.size}")
     if any(s <= 0 for s in a.scales): p.error(f"--scales must be positive factors, got {' '.join(map(str, a.scales))}")
     for name in ('qe', 'dba'):
@@ -326,9 +331,10 @@ def _check_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     "`lmkkit benchmark roxford5k|rparis6k DATA --checkpoint CKPT`: the revisited Easy/Medium/Hard table, printed and optionally saved."
-    p = argparse.ArgumentParser(prog='lmkkit benchmark', description=main.__doc__)
+    p = CliParser(prog='lmkkit benchmark', description=main.__doc__,
+                  epilog='A tiny synthetic set in this layout, to try it: `lmkkit synth DATA --revisited roxford5k`.')
     p.add_argument('dataset', choices=REVISITED)
-    p.add_argument('data', help='folder holding <dataset>/jpg/*.jpg and <dataset>/gnd_<dataset>.pkl')
+    p.add_argument('data', help='folder holding <dataset>/jpg/*.jpg and <dataset>/gnd_<dataset>.pkl (`lmkkit synth DATA --revisited <dataset>` writes a tiny one)')
     p.add_argument('--checkpoint', required=True, help='an lmkkit checkpoint (lmkkit.model.save_checkpoint)')
     p.add_argument('--scales', type=float, nargs='+', default=list(MULTISCALE), help='multi-scale factors (default: 1 1/√2 √2)')
     p.add_argument('--scale-p', type=float, default=1.0, help='GeM power across scales (1: mean; >1 needs non-negative descriptors)')
@@ -347,14 +353,10 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(sys.argv[1:] if argv is None else argv)
     _check_args(p, a)
     from lmkkit.core import default_device
-    try:
-        table = run_benchmark(a.dataset, a.data, a.checkpoint, size=a.size, scales=a.scales, scale_p=a.scale_p,
-                              qe=a.qe, qe_alpha=a.qe_alpha, dba=a.dba, dba_alpha=a.dba_alpha, whiten=a.whiten,
-                              distractors=a.distractors, out=a.out, device=a.device or default_device(),
-                              batch_size=a.batch_size, num_workers=a.num_workers, verbose=not a.quiet)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    table = run_benchmark(a.dataset, a.data, a.checkpoint, size=a.size, scales=a.scales, scale_p=a.scale_p,
+                          qe=a.qe, qe_alpha=a.qe_alpha, dba=a.dba, dba_alpha=a.dba_alpha, whiten=a.whiten,
+                          distractors=a.distractors, out=a.out, device=a.device or default_device(),
+                          batch_size=a.batch_size, num_workers=a.num_workers, verbose=not a.quiet)
     print(format_benchmark(table))
     if a.out: print(f"table written to {a.out}")
     return 0

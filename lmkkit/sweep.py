@@ -5,7 +5,6 @@
 # %% ../nbs/70_sweep.ipynb #7532b45f
 from __future__ import annotations
 
-import argparse
 import hashlib
 import itertools
 import json
@@ -20,7 +19,7 @@ import pandas as pd
 import yaml
 from .core import progress
 
-from .core import ConfigError, atomic_write
+from .core import CliParser, ConfigError, atomic_write
 from .kaggle import read_parameters
 
 # %% auto #0
@@ -265,16 +264,13 @@ def run_sweep(grid, out: str | Path | None = None, verbose: bool = True, retry_f
 
 # %% ../nbs/70_sweep.ipynb #3944c6a9
 def main(argv: list[str] | None = None) -> int:
-    "Entry point of `lmkkit sweep`."
-    p = argparse.ArgumentParser(prog='lmkkit sweep', description='Run a notebook over a grid of papermill parameters.')
+    "Entry point of `lmkkit sweep`; a mistake raises for `lmkkit.cli.main` to report."
+    p = CliParser(prog='lmkkit sweep', description='Run a notebook over a grid of papermill parameters.')
     p.add_argument('grid', help='sweep YAML file (notebook, parameters, grid, runs, out, metrics, run_dir_param, kernel_name)')
     p.add_argument('--out', default=None, help="output folder (default: the file's `out:`)")
     p.add_argument('--retry-failed', action='store_true', help='run failed runs again')
     p.add_argument('--quiet', action='store_true', help='no progress bar')
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
-    try: table = run_sweep(args.grid, args.out, verbose=not args.quiet, retry_failed=args.retry_failed)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    table = run_sweep(args.grid, args.out, verbose=not args.quiet, retry_failed=args.retry_failed)
     print(to_markdown(table))
     return 0

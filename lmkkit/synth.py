@@ -26,7 +26,7 @@ __all__ = ['STREAM_IDS', 'STREAM_FAMILY', 'STREAM_LANDMARK', 'STREAM_IMAGE', 'ST
            'FONTS', 'SCALED_COUNTS', 'SynthConfig', 'hex_ids', 'Style', 'family_style', 'landmark_style', 'draw_scene',
            'view_shape', 'view_homography', 'render_view', 'encode_jpeg', 'draw_nonlandmark', 'plan_synthetic',
            'synthetic_tables', 'scaled_sizes', 'landmark_scenes', 'render_image', 'summarize_plan', 'check_config',
-           'make_synthetic', 'colour_histogram', 'tiny_pixels', 'knn_top1_accuracy']
+           'out_folder', 'make_synthetic', 'colour_histogram', 'tiny_pixels', 'knn_top1_accuracy']
 
 # %% ../nbs/02_synth.ipynb #34c3c3a7
 @dataclass(frozen=True)
@@ -415,6 +415,13 @@ def check_config(cfg: SynthConfig) -> SynthConfig:
     if cfg.image_size < 16: raise ConfigError(f"image_size must be at least 16 pixels, got {cfg.image_size}")
     return cfg
 
+def out_folder(path: str | Path) -> Path:
+    "`path` as a Path when it is a folder or does not exist yet (it will be created); a `ConfigError` when it is a file."
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{path} is a file; pass a folder to write the data set into (it is created if missing)")
+    return path
+
 def _clear(out: Path, overwrite: bool) -> None:
     "Refuse to write over an earlier set unless `overwrite`; then remove its split folders and CSVs."
     old = [out/s for s in SPLITS if (out/s).exists()] + sorted(out.glob('*.csv')) if out.exists() else []
@@ -428,7 +435,7 @@ def _clear(out: Path, overwrite: bool) -> None:
 def make_synthetic(out_dir: str | Path, seed: int = 0, verbose: bool = True, overwrite: bool = False, **sizes) -> dict:
     "Write a synthetic GLDv2-layout set to `out_dir`; `sizes` are `SynthConfig` fields. Returns a summary."
     cfg = check_config(make_config(SynthConfig, **scaled_sizes(**sizes)))
-    start, out = time.perf_counter(), Path(out_dir)
+    start, out = time.perf_counter(), out_folder(out_dir)
     _clear(out, overwrite)
     plan = plan_synthetic(cfg, seed)
     scenes = landmark_scenes(cfg, plan, seed)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .core import atomic_write
+from .core import ConfigError, atomic_write
 
 # %% auto #0
 __all__ = ['Whitening', 'pca', 'learn_whitening']
@@ -42,7 +42,7 @@ class Whitening:
         "Whiten rows of `x` (N, D) -> float32 (N, d), L2-normalised unless `normalize=False`."
         x = np.asarray(x, np.float32)  # float32 throughout: a million 2048-d descriptors stay at 8 GB
         if x.ndim != 2 or x.shape[1] != len(self.mean):
-            raise ValueError(f"whitening was learned on {len(self.mean)}-d embeddings, got shape {x.shape}")
+            raise ConfigError(f"whitening was learned on {len(self.mean)}-d embeddings, got shape {x.shape}; learn one on this model's embeddings")
         y = ((x - self.mean.astype(np.float32)) @ self.eigvecs.astype(np.float32)) * self.scale.astype(np.float32)
         return _l2(y) if normalize else y
 
@@ -60,7 +60,7 @@ class Whitening:
             with np.load(path, allow_pickle=False) as z:
                 return cls(z['mean'], z['eigvecs'], z['eigvals'], z['scale'], json.loads(str(z['settings'])))
         except (OSError, ValueError, KeyError) as e:
-            raise ValueError(f"{path} is not a whitening file written by Whitening.save ({type(e).__name__}: {e}); "
+            raise ConfigError(f"{path} is not a whitening file written by Whitening.save ({type(e).__name__}: {e}); "
                              "learn one with learn_whitening(train_embeddings).save(path)") from e
 
     def __repr__(self): return f"Whitening({len(self.mean)} -> {self.dim}, {self.settings})"

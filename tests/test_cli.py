@@ -121,7 +121,7 @@ def test_train_bad_option_value(synth, tmp_path):
 
 def test_train_stages_shows_the_syntax(synth, tmp_path):
     line = _mistake('train', synth, tmp_path/'run', '--preset', 'demo', '--stages', 64, says="parameter 'stages'")
-    assert "--stages '[(64, 1), (96, 2)]'" in line
+    assert "--stages '((448, 8), (512, 8), (640, 8), (736, 4))'" in line
 
 
 @pytest.mark.parametrize('option,value,says', [
@@ -166,3 +166,110 @@ def test_help_is_fast():
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
         assert res.stdout.strip() and cpu < 1.0, (cmd, cpu)
+
+
+# ---------------------------------------------------------------- newcomer trial: one prefix, one line, the fix in the CLI's own spelling
+COMMANDS = ('benchmark', 'demo', 'docs', 'evaluate', 'kernels', 'rehearse', 'sweep', 'synth', 'train')
+
+
+def test_the_command_list_is_complete():
+    from lmkkit.cli import COMMANDS as registered
+    assert tuple(registered.names) == COMMANDS
+
+
+@pytest.mark.parametrize('command', [
+    pytest.param(c, marks=pytest.mark.xfail(strict=True, reason='lmkkit/rehearse.py (being rewritten elsewhere) still uses '
+                                             'argparse.ArgumentParser: switch it to lmkkit.core.CliParser and drop this mark'))
+    if c == 'rehearse' else c for c in COMMANDS])
+def test_every_command_usage_error_is_one_line(command):
+    "argparse's usage + error (two lines) becomes one line with the shared prefix, delegated commands included."
+    line = _mistake(command, '--no-such-option', says=f'lmkkit {command}: error: ')
+    assert line.startswith(f'lmkkit {command}: error: ') and f'`lmkkit {command}' in line and '--help`' in line, line
+
+
+def test_a_subcommand_usage_error_names_its_help():
+    _mistake('kernels', 'owner', 'ana', says='lmkkit kernels: error: the following arguments are required: folders '
+                                             '(see `lmkkit kernels owner --help`)')
+
+
+def test_train_type_hint_names_the_cli_option(synth, tmp_path):
+    line = _mistake('train', synth, tmp_path/'run', '--preset', 'demo', '--lr', 'abc', says='e.g. --lr 0.0001')
+    assert '-p ' not in line and 'papermill' not in line, line
+
+
+def test_train_stages_pair_says_what_is_valid(synth, tmp_path):
+    _mistake('train', synth, tmp_path/'run', '--preset', 'demo', '--stages', '(64,1)',
+             says="parameter 'stages' must be tuple[tuple[int, int], ...], got (64, 1) (tuple); write a Python literal in quotes, "
+                  "e.g. --stages '((448, 8), (512, 8), (640, 8), (736, 4))'")
+
+
+def _kernel(folder: Path) -> Path:
+    import shutil
+    return Path(shutil.copytree(Path(__file__).resolve().parents[1]/'kaggle_kernels'/'lmkkit-train', folder))
+
+
+def test_kernels_owner_needs_a_kaggle_username(tmp_path):
+    folder = _kernel(tmp_path/'k')
+    before = (folder/'kernel-metadata.json').read_text()
+    _mistake('kernels', 'owner', 'Bad Name!', folder, says="'Bad Name!' is not a Kaggle username: use only lowercase letters, digits")
+    _mistake('kernels', 'owner', 'Ana', folder, says="did you mean 'ana'?")
+    assert (folder/'kernel-metadata.json').read_text() == before
+    assert 'ana/lmkkit-train' in lmkkit('kernels', 'owner', 'ana', folder).stdout
+
+
+def test_kernels_validate_refuses_a_bad_owner_already_written(tmp_path):
+    import json
+    folder = _kernel(tmp_path/'k')
+    meta = json.loads((folder/'kernel-metadata.json').read_text())
+    (folder/'kernel-metadata.json').write_text(json.dumps({**meta, 'id': 'Bad Name!/lmkkit-train'}))
+    res = lmkkit('kernels', 'validate', folder, check=False)
+    assert res.returncode == 1 and "id 'Bad Name!/lmkkit-train': 'Bad Name!' is not a Kaggle username" in res.stdout, res.stdout
+
+
+def test_kernels_validate_takes_the_metadata_file(tmp_path):
+    meta = _kernel(tmp_path/'k')/'kernel-metadata.json'
+    assert lmkkit('kernels', 'validate', meta).stdout.strip() == f'{meta}: ok'
+    res = lmkkit('kernels', 'validate', meta.parent/'lmkkit-train.ipynb', check=False)
+    assert res.returncode == 1 and f"is a file; pass the kernel folder that holds it and kernel-metadata.json ({meta.parent})" in res.stdout
+
+
+def test_synth_into_an_existing_file(synth):
+    _mistake('synth', synth/'train.csv', says=f'{synth/"train.csv"} is a file; pass a folder to write the data set into')
+
+
+@pytest.fixture(scope='module')
+def revisited(tmp_path_factory) -> tuple[Path, Path]:
+    "`lmkkit synth --revisited` output and a random tiny checkpoint."
+    from lmkkit.model import create_model, save_checkpoint
+    root = tmp_path_factory.mktemp('revisited')
+    out = lmkkit('synth', root/'data', '--revisited', 'roxford5k', '--landmarks', 2, '--image-size', 32, '--seed', 1).stdout
+    assert out.splitlines() == [f"RevisitedSet(roxford5k: 4 queries, 24 images + 0 distractors) in {root/'data'/'roxford5k'}",
+                                f"benchmark a checkpoint on it: lmkkit benchmark roxford5k {root/'data'} --checkpoint CKPT"]
+    return root/'data', save_checkpoint(root/'model.pt', create_model('test_resnet', embedding_size=16, head=None), None)
+
+
+def test_synth_revisited_set_runs_the_benchmark(revisited):
+    data, ckpt = revisited
+    table = lmkkit('benchmark', 'roxford5k', data, '--checkpoint', ckpt, '--size', 32, '--scales', 1, '--device', 'cpu', '--quiet').stdout
+    assert table.startswith('roxford5k: 24 images + 0 distractors') and 'Easy' in table and 'Hard' in table, table
+    _mistake('synth', data, '--revisited', 'roxford5k', says='already holds a benchmark set (gnd_roxford5k.pkl)')
+    _mistake('synth', data, '--revisited', 'roxford5k', '--train-per-landmark', 2, says='--train-per-landmark shape the GLDv2 set')
+
+
+def test_benchmark_checkpoint_is_a_folder(revisited):
+    data, _ = revisited
+    _mistake('benchmark', 'roxford5k', data, '--checkpoint', data,
+             says=f"checkpoint {data} is a folder; pass the checkpoint file in it, e.g. {data/'model.pt'}")
+
+
+def test_benchmark_checkpoint_is_not_one(revisited):
+    data, _ = revisited
+    gnd = data/'roxford5k'/'gnd_roxford5k.pkl'
+    line = _mistake('benchmark', 'roxford5k', data, '--checkpoint', gnd,
+                    says=f"{gnd} is not an lmkkit checkpoint (torch.load failed: UnpicklingError: ")
+    assert '); fix: pass the model.pt' in line and 'weights_only' not in line, line
+
+
+def test_debug_shows_a_delegated_commands_traceback(tmp_path):
+    res = _lmkkit_env({'LMKKIT_DEBUG': '1'}, 'kernels', 'owner', 'Bad Name!', tmp_path)
+    assert res.returncode != 0 and 'Traceback' in res.stderr and 'ConfigError' in res.stderr

@@ -100,9 +100,9 @@ def test_credentials_refuse_push(tmp_path, capsys, monkeypatch, name, text):
     folder = make_kernel(tmp_path / 'k')
     (folder / name).write_text(text)
     monkeypatch.setattr(lk, 'authenticated_api', lambda: pytest.fail('must not authenticate'))
-    assert lk.main(['push', str(folder)]) == 2
-    err = capsys.readouterr().err
-    assert name in err and 'credential' in err
+    with pytest.raises(lk.KernelError) as e:
+        lk.main(['push', str(folder)])
+    assert name in str(e.value) and 'credential' in str(e.value)
 
 
 def test_push_dry_run_sends_nothing(tmp_path, capsys, monkeypatch):
@@ -211,8 +211,9 @@ def test_weights_dataset(tmp_path, capsys):
     assert meta['id'] == 'ana/lmkkit-weights' and meta['title'] == 'lmkkit weights'
     assert lk.validate_dataset(out, require_wheel=False) == []
     capsys.readouterr()
-    assert lk.main(['weights', str(tmp_path / 'w2'), '--checkpoint', str(tmp_path / 'disk.pth'), '--owner', 'ana']) == 2
-    assert capsys.readouterr().err.startswith(f"error: --checkpoint: {tmp_path / 'disk.pth'} is not a readable checkpoint")
+    with pytest.raises(lk.ConfigError) as e:
+        lk.main(['weights', str(tmp_path / 'w2'), '--checkpoint', str(tmp_path / 'disk.pth'), '--owner', 'ana'])
+    assert str(e.value).startswith(f"--checkpoint: {tmp_path / 'disk.pth'} is not an lmkkit checkpoint (torch.load failed: ")
 
 
 def test_wheelhouse_refuses_an_image_whose_versions_do_not_fit(tmp_path):
@@ -260,9 +261,9 @@ def test_without_the_kaggle_package(tmp_path):
             "    def find_spec(self, name, path=None, target=None):\n"
             "        if name.split('.')[0] == 'kaggle': raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
             "sys.meta_path.insert(0, Block())\n"
-            "from lmkkit import kaggle as lk\n"
-            f"sys.exit(lk.main(['validate', {str(make_kernel(tmp_path / 'k'))!r}]))\n")
+            "import lmkkit.cli\n"
+            f"sys.exit(lmkkit.cli.main(['kernels', 'validate', {str(make_kernel(tmp_path / 'k'))!r}]))\n")
     res = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120,
                          env={**os.environ, 'PYTHONPATH': str(ROOT)})
     assert res.returncode == 2
-    assert res.stderr == "error: the kaggle package is not installed: pip install 'lmkkit[kaggle]' (or pip install kaggle)\n"
+    assert res.stderr == "lmkkit kernels: error: the kaggle package is not installed: pip install 'lmkkit[kaggle]' (or pip install kaggle)\n"

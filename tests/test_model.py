@@ -83,10 +83,12 @@ def test_checkpoint_bad_files(tmp_path):
     torch.save(model.state_dict(), tmp_path / 'state_dict.pt')
     (tmp_path / 'text.pt').write_text('not a checkpoint\n')
     (tmp_path / 'empty.pt').write_bytes(b'')
-    for name, msg in [('cut.pt', 'not a readable checkpoint'), ('state_dict.pt', 'not an lmkkit checkpoint'),
-                      ('text.pt', 'not a readable checkpoint'), ('empty.pt', 'not a readable checkpoint')]:
-        with pytest.raises(CheckpointError, match=msg):
+    unreadable = r'is not an lmkkit checkpoint \(torch.load failed: .*\); fix: pass the model.pt'
+    for name, msg in [('cut.pt', unreadable), ('state_dict.pt', 'is a torch file but not an lmkkit checkpoint'),
+                      ('text.pt', unreadable), ('empty.pt', r'\(torch.load failed: EOFError\)'), ('.', 'is a folder; pass the checkpoint file')]:
+        with pytest.raises(CheckpointError, match=msg) as e:
             load_checkpoint(tmp_path / name)
+        assert '\n' not in str(e.value), str(e.value)
     with pytest.raises(FileNotFoundError):
         load_checkpoint(tmp_path / 'missing.pt')
     with pytest.raises(TypeError, match=r"extra\['when'\]"):

@@ -1,5 +1,6 @@
 "lmkkit sweep end to end: a 2x2 grid over a tiny notebook through papermill, resuming, and bad sweep files."
 import json
+import re
 from pathlib import Path
 
 import nbformat
@@ -71,6 +72,6 @@ def test_sweep_grid_resume_and_table(project, capsys):
 ])
 def test_bad_sweep_file(project, capsys, text, expected):
     (project / 'bad.yaml').write_text(text)
-    assert ls.main([str(project / 'bad.yaml')]) == 2
-    assert expected in capsys.readouterr().err
+    with pytest.raises(ls.ConfigError, match=re.escape(expected)):
+        ls.main([str(project / 'bad.yaml')])
     assert not (project / 'bad').exists()  # failed before any run
