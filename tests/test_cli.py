@@ -177,10 +177,7 @@ def test_the_command_list_is_complete():
     assert tuple(registered.names) == COMMANDS
 
 
-@pytest.mark.parametrize('command', [
-    pytest.param(c, marks=pytest.mark.xfail(strict=True, reason='lmkkit/rehearse.py (being rewritten elsewhere) still uses '
-                                             'argparse.ArgumentParser: switch it to lmkkit.core.CliParser and drop this mark'))
-    if c == 'rehearse' else c for c in COMMANDS])
+@pytest.mark.parametrize('command', COMMANDS)
 def test_every_command_usage_error_is_one_line(command):
     "argparse's usage + error (two lines) becomes one line with the shared prefix, delegated commands included."
     line = _mistake(command, '--no-such-option', says=f'lmkkit {command}: error: ')
