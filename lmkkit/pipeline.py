@@ -318,8 +318,9 @@ def make_holdout(train: pd.DataFrame,  # id, landmark_id of the train images, ro
     rest, held = split_by_class(rows if ok is None else rows[ok], cfg.holdout_frac, cfg.holdout_unseen_frac, seed=cfg.seed)
     if len(held) > cfg.max_holdout: held = held.sample(cfg.max_holdout, random_state=cfg.seed)
     nl_str = id_strings(compact_ids(nl_ids))
-    q_ids = np.concatenate([held['id'].to_numpy(str), nl_str])
-    q_emb = np.concatenate([emb[held['row'].to_numpy()], np.asarray(nl_emb).reshape(-1, emb.shape[1])]).astype(np.float32)
+    order = np.random.default_rng(cfg.seed).permutation(len(held) + len(nl_str))  # landmarks and non-landmarks mixed: a stage cut short by time reaches both
+    q_ids = np.concatenate([held['id'].to_numpy(str), nl_str])[order]
+    q_emb = np.concatenate([emb[held['row'].to_numpy()], np.asarray(nl_emb).reshape(-1, emb.shape[1])]).astype(np.float32)[order]
     exclude = np.ones(len(train), bool); exclude[rest['row'].to_numpy()] = False
     ctx = RerankContext(index_ids=compact_ids(train['id'].to_numpy()), index_emb=emb, index_labels=train['landmark_id'].to_numpy(),
                         index_exclude=exclude, query_ids=q_ids, query_emb=q_emb, nonlandmark_emb=nl_ref_emb, **ctx_kwargs)

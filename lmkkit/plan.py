@@ -21,8 +21,8 @@ from .rerank import COST_UNITS, STAGES, RerankContext, check_settings, stage_set
 from .search import Candidates
 
 # %% auto #0
-__all__ = ['TIMELINE', 'MIN_HOLDOUT_LANDMARKS', 'Timeline', 'plot_timeline', 'plan_stages', 'Holdout', 'min_holdout_landmarks',
-           'probe_seconds_per_pair', 'held_out_answer', 'verdict', 'run_stages', 'ablate']
+__all__ = ['TIMELINE', 'MIN_PAIR_SHARE', 'MIN_HOLDOUT_LANDMARKS', 'Timeline', 'plot_timeline', 'plan_stages', 'Holdout',
+           'min_holdout_landmarks', 'probe_seconds_per_pair', 'held_out_answer', 'verdict', 'run_stages', 'ablate']
 
 # %% ../nbs/51_plan.ipynb #d1c81d89
 TIMELINE = 'timeline.csv'
@@ -107,6 +107,8 @@ def plot_timeline(out_dir: str | Path, save: bool = True):
     return fig
 
 # %% ../nbs/51_plan.ipynb #4dacefd0
+MIN_PAIR_SHARE = 0.01  # a stage costed per pair runs on a share of the queries when one pair for each of them does not fit, down to this share
+
 def plan_stages(stages: Sequence[str], remaining_s: float,
                 units: dict[str, int],  # unit counts, held-out queries included: {'query': Q + H, 'index_row': N + N_H, 'query_x_index': Q·N·D + H·N_H·D, ...} (`_units`)
                 rates: dict[str, float] | None = None,  # measured seconds per unit (else the registered cost_s)
@@ -128,10 +130,15 @@ def plan_stages(stages: Sequence[str], remaining_s: float,
     for s in (s for s in stages if specs[s].per == 'pair'):
         n, want = units['query'], (top_n or {}).get(s, stage_settings(s).get('top_n', 1))
         top = min(want, int(max(left, 0) / cost(s) // max(n, 1))) if math.isfinite(left) else want
-        plan[s] = dict(stage=s, run=top >= 1, planned_s=n * max(top, 1) * cost(s), top_n=max(top, 0),
-                       note=('' if top == want else f'shortened to top {top} (time)') if top >= 1
-                       else f'skipped: one pair per query needs {n * cost(s):.1f}s, {max(left, 0):.1f}s left')
-        left -= n * top * cost(s) if top >= 1 else 0
+        share = max(left, 0) / max(n * cost(s), 1e-12)  # the share of the queries one pair each fits
+        if top >= 1:
+            plan[s] = dict(stage=s, run=True, planned_s=n * top * cost(s), top_n=top, note='' if top == want else f'shortened to top {top} (time)')
+        elif share >= MIN_PAIR_SHARE:  # top 1 for the queries that fit, in order: the stage stops at its deadline
+            plan[s] = dict(stage=s, run=True, planned_s=max(left, 0), top_n=1, note=f'top 1 for about {share:.0%} of the queries (time)')
+        else:
+            plan[s] = dict(stage=s, run=False, planned_s=n * cost(s), top_n=0,
+                           note=f'skipped: one pair per query needs {n * cost(s):.1f}s, {max(left, 0):.1f}s left')
+        left -= plan[s]['planned_s'] if plan[s]['run'] else 0
     return [plan[s] for s in stages]
 
 # %% ../nbs/51_plan.ipynb #8d1ae4cb
@@ -214,6 +221,11 @@ def _stage_deadline(ctxs: Sequence[RerankContext], booked_s: float):
     finally:
         for c, d in zip(ctxs, old): c.deadline = d
 
+def _held_out_share(plan: dict, spec, cands: Candidates, held: Candidates | None) -> float:
+    "Seconds of a pair stage's plan kept for its held-out queries while it runs on the test ones: their share H/(Q + H) of the pairs."
+    if spec.per != 'pair' or held is None or not len(held): return 0.0
+    return plan['planned_s'] * len(held) / (len(cands) + len(held))
+
 def _proof_missing(holdout: Holdout | None, min_landmarks: int) -> str | None:
     "Why a stage with `proof_needed` cannot be judged on these held-out queries (None: it can)."
     if holdout is None: return 'no held-out queries to prove it on'
@@ -275,7 +287,8 @@ def run_stages(cands: Candidates, ctx: RerankContext, stages: Sequence[str],
                     if fits: report[f'{name}_holdout_queries'] = n_hold
                     kw = spec.fit(kw, hc if fits else None, holdout.truth if fits else None, cfg, out_dir, ctx.deadline)
                 t0 = time.perf_counter()
-                out = STAGES.get(name)(cands, ctx, **kw)
+                with _stage_deadline(sides, _held_out_share(plan, spec, cands, hc)):
+                    out = STAGES.get(name)(cands, ctx, **kw)
                 rates[name] = (time.perf_counter() - t0) / max(_spent_units(name, cands, ctx, kw), 1)
                 h_out = None if holdout is None else held_out_answer(name, kw, hc, holdout.ctx)
             if spec.per == 'pair': report[f'{name}_top_n'] = kw['top_n']

@@ -16,7 +16,7 @@ RUN_STEPS = ['empty_submission', 'public_check', 'read_train', 'load_model', 'em
 
 
 def test_rehearse_command(tmp_path, capsys):
-    args = ['--train', '3k', '--test', '200', '--dim', '32', '--nonlandmarks', '100', '--max-holdout', '150',
+    args = ['--train', '3k', '--test', '200', '--dim', '128', '--nonlandmarks', '100', '--max-holdout', '150',
             '--hours', '0.02', '--out', tmp_path]
     assert main([*map(str, args), *(['--images', str(REAL)] if REAL else [])]) == 0
     printed = capsys.readouterr().out
@@ -26,10 +26,10 @@ def test_rehearse_command(tmp_path, capsys):
     # every step that ran has its time and its own peak memory; the searches' work is Q·N·D multiply-adds
     ran = steps[steps.ran.astype(bool)]
     assert ran.actual_s.notna().all() and (ran.peak_mib > 0).all()
-    assert by.loc['knn', 'work'] == 200 * 3000 * 32 and by.loc['read_train', 'work'] == 3000
+    assert by.loc['knn', 'work'] == 200 * 3000 * 128 and by.loc['read_train', 'work'] == 3000
     h = int(by.loc['knn', 'holdout_queries'])
     assert h == 150 + 50  # the held-out landmarks (max_holdout) and half the non-landmarks
-    assert by.loc['holdout', 'work'] == h * 3000 * 32
+    assert by.loc['holdout', 'work'] == h * 3000 * 128
     # the embeddings came from the cache: nothing was extracted
     assert by.loc['embed_train', 'note'] == '3000/3000 images'
     # a 72 s limit: the planner shortened verification to what fits, and the run ended in time
@@ -38,7 +38,7 @@ def test_rehearse_command(tmp_path, capsys):
     # the run's submission is valid and scores on the synthetic solution
     run = tmp_path / 'run'
     validate_submission(run / 'submission.csv')
-    assert by.gap.iloc[0] > 0.3
+    assert by.gap.iloc[0] > 0.1  # a random submission: about 0.01
     assert not (tmp_path / 'data').exists() and not (tmp_path / 'cache').exists()  # removed unless --keep
     assert (tmp_path / 'projection.png').stat().st_size > 10_000
     assert 'projected full recognition kernel on a P100' in printed and 'peak RSS of the run' in printed

@@ -1,6 +1,6 @@
 """Rehearse the recognition kernel after extraction at several sizes, then project the full kernel on a GPU.
 
-Run: python tests/benchmarks/bench_rehearse.py --sizes 100000x10000 400000x10000 [--dim 512] [--hours 1]
+Run: python tests/benchmarks/bench_rehearse.py --sizes 100000x10000 400000x10000 [--dim 512] [--hours 0.25 0.3]
      [--stages nonlandmark_penalty verify lgbm] [--device cpu] [--images DIR] [--gpu P100] [--extract-rate R] --out DIR
 
 Each size runs in a fresh process (its memory figures are its own) through `lmkkit.rehearse.rehearse`; the step
@@ -25,7 +25,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--sizes', nargs='+', default=['100000x10000'], help='TRAINxTEST pairs')
     ap.add_argument('--dim', type=int, default=512)
-    ap.add_argument('--hours', type=float, default=1.0, help="each run's own time limit")
+    ap.add_argument('--hours', type=float, nargs='+', default=[1.0], help="each run's own time limit (one value, or one per size)")
     ap.add_argument('--stages', nargs='*', default=None)
     ap.add_argument('--device', default='cpu')
     ap.add_argument('--images', default=None, help='photo pool for verification')
@@ -39,12 +39,14 @@ def main():
     from lmkkit.rehearse import RunAssumptions, plot_projection, project_run, rehearse
     if args.one:
         train, test = map(int, args.one.split('x'))
-        rehearse(out / args.one, train, test, args.dim, args.stages, args.hours, args.device, args.images,
+        rehearse(out / args.one, train, test, args.dim, args.stages, args.hours[0], args.device, args.images,
                  max_holdout=args.max_holdout)
         return
     tables = []
-    for size in args.sizes:
-        cmd = [sys.executable, __file__, '--one', size, '--out', str(out), '--dim', str(args.dim), '--hours', str(args.hours),
+    hours = args.hours * len(args.sizes) if len(args.hours) == 1 else args.hours
+    if len(hours) != len(args.sizes): ap.error(f"--hours: give one value or one per size ({len(args.sizes)})")
+    for size, h in zip(args.sizes, hours):
+        cmd = [sys.executable, __file__, '--one', size, '--out', str(out), '--dim', str(args.dim), '--hours', str(h),
                '--device', args.device, '--max-holdout', str(args.max_holdout)]
         if args.stages is not None: cmd += ['--stages', *args.stages]
         if args.images: cmd += ['--images', args.images]
