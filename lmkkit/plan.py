@@ -260,6 +260,7 @@ def run_stages(cands: Candidates, ctx: RerankContext, stages: Sequence[str],
     if holdout is not None: report.update(holdout_queries=n_hold, holdout_landmarks=holdout.n_landmarks, holdout_start=best)
     macs = {u for u in COST_UNITS if u.startswith(('query_x', 'index_x'))}
     rates = {s: s_per_mac for s in todo if s_per_mac and stage_spec(s).per in macs}
+    after_s = 1.0  # seconds of judging and writing after a stage: a first guess, then the longest measured
     for i, name in enumerate(todo):
         spec, remaining = stage_spec(name), math.inf if ctx.deadline is None else ctx.deadline.remaining
         if score is not None and spec.proof_needed and (why := _proof_missing(holdout, min_landmarks)):
@@ -272,7 +273,7 @@ def run_stages(cands: Candidates, ctx: RerankContext, stages: Sequence[str],
                  if holdout is not None and stage_spec(s).fit_s is not None and stage_spec(s).wants_holdout(cfg)}
         top_n = {s: settings[s]['top_n'] for s in todo[i:] if 'top_n' in settings[s]}
         plans = plan_stages(todo[i:], remaining, _units(cands, ctx, holdout), rates, top_n, fit_s)
-        plan, booked = plans[0], sum(p['planned_s'] for p in plans[1:] if p['run'])  # what the later stages were promised
+        plan, booked = plans[0], sum(p['planned_s'] + after_s for p in plans[1:] if p['run'])  # promised to the stages that follow
         if not plan['run']:
             tl.skip(name, plan['planned_s'], plan['note'], time=True)
             continue
@@ -297,10 +298,12 @@ def run_stages(cands: Candidates, ctx: RerankContext, stages: Sequence[str],
             _restore(saved)
             tl.fail(f'failed: {type(e).__name__}: {e}')
             continue
+        t_after = time.perf_counter()
         estimate = None if h_out is None or score is None else float(score(h_out, holdout.truth))
         adopted, note = verdict(estimate, best, spec.proof_needed) if score is not None else (True, '')
         if note: tl.annotate(note)
         if on_answer is not None: on_answer(out, name, dict(holdout=estimate, adopted=adopted, note=note))
+        after_s = max(after_s, time.perf_counter() - t_after)
         if not adopted:
             _restore(saved)
             continue

@@ -184,19 +184,24 @@ def knn_numpy(x: np.ndarray, k: int, skip: np.ndarray | None = None, max_block: 
         return best_s, best_i
     return search_chunk
 
+def _read_only_tensor(a: np.ndarray):
+    "`torch.from_numpy(a)` without torch's warning for a read-only array (a memory-mapped cache): the searches never write to it."
+    import torch
+    with warnings.catch_warnings():
+        warnings.filterwarnings('ignore', message='The given NumPy array is not writable')
+        return torch.from_numpy(a)
+
 def knn_torch(x: np.ndarray, k: int, skip: np.ndarray | None = None, device: str = 'cpu', max_block: int | None = None):
     "Searcher over `x` with torch on `device`: index moved there once (zero-copy on the CPU), tiled matmul + topk."
     import torch
     if device.startswith('cuda') and not torch.cuda.is_available():
         raise RuntimeError("knn: device='cuda' was asked for but torch sees no GPU; use device='cpu'")
     max_block = max_block or (2**26 if device.startswith('cuda') else 2**24)
-    with warnings.catch_warnings():  # a read-only memmap is fine: the index is never written
-        warnings.filterwarnings('ignore', message='The given NumPy array is not writable')
-        xt = torch.from_numpy(x).to(device)
+    xt = _read_only_tensor(x).to(device)
     skip_t = torch.from_numpy(np.flatnonzero(skip) if skip is not None else np.zeros(0, np.int64)).to(device)
     def search_chunk(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         with torch.inference_mode():
-            qt = torch.from_numpy(q).to(device)
+            qt = _read_only_tensor(q).to(device)
             best_s = torch.full((len(q), k), -torch.inf, device=device)
             best_i = torch.full((len(q), k), -1, dtype=torch.int64, device=device)
             tile = _tile_rows(len(q), k, max_block)
