@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 import typing
 from dataclasses import dataclass, field
@@ -81,6 +82,10 @@ class InferenceConfig:
         if self.track not in TRACKS: raise ConfigError(f"parameter 'track' must be one of {', '.join(TRACKS)}, got {self.track!r}")
         if self.decode not in DECODE_MODES:
             raise ConfigError(f"parameter 'decode' must be one of {', '.join(DECODE_MODES)}, got {self.decode!r}")
+        if not re.fullmatch(r'auto|cpu|cuda(:\d+)?', str(self.device)):
+            raise ConfigError(f"parameter 'device' must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
+        if self.decode == 'gpu' and self.device == 'cpu':
+            raise ConfigError("decode='gpu' decodes JPEGs on the CUDA device but device='cpu'; use decode='cpu' or device='cuda'")
         if self.public_run not in ('auto', 'yes', 'no'):
             raise ConfigError(f"parameter 'public_run' must be 'auto', 'yes' or 'no', got {self.public_run!r}")
         require_at_least_one(self, ('k', 'retrieval_k', 'batch_size', 'verify_top_n', 'lgbm_rounds', 'public_sample_max'))

@@ -267,7 +267,9 @@ def run_stages(cands: Candidates, ctx: RerankContext, stages: Sequence[str],
             tl.skip(name, None, f'skipped: {why}')
             continue
         if spec.per == 'pair' and name not in rates and ctx.deadline is not None and len(cands) and cands.k and remaining > 0:
-            rates[name] = probe_seconds_per_pair(name, cands, ctx, settings[name])
+            with tl.step(f'{name}_probe', note='its rate per pair, measured on 2 + 2 queries'):
+                rates[name] = probe_seconds_per_pair(name, cands, ctx, settings[name])
+            remaining = ctx.deadline.remaining
             report[f'{name}_pairs_per_s'] = round(1 / rates[name], 2)
         fit_s = {s: stage_spec(s).fit_s(n_hold, cfg) for s in todo[i:]
                  if holdout is not None and stage_spec(s).fit_s is not None and stage_spec(s).wants_holdout(cfg)}

@@ -159,7 +159,7 @@ def test_pipeline_decode_setting(tmp_path):
     save_checkpoint(tmp_path/'model.pt', create_model('test_resnet', embedding_size=16, head=None), None)
     kw = dict(data_dir=str(tmp_path/'data'), checkpoint=str(tmp_path/'model.pt'), device='cpu', image_size=32, k=5,
               stages=[], verbose=False)
-    with pytest.raises(ConfigError, match="decode='gpu' needs torchvision's JPEG decoder on a CUDA device, but device 'cpu'"):
+    with pytest.raises(ConfigError, match="decode='gpu' decodes JPEGs on the CUDA device but device='cpu'; use decode='cpu' or device='cuda'"):
         run_inference(out_dir=str(tmp_path/'gpu'), decode='gpu', **kw)
     res = run_inference(out_dir=str(tmp_path/'auto'), decode='auto', **kw)
     assert res.timeline.set_index('step').note['load_model'].split('; ')[1] == 'JPEGs decoded by PIL in the DataLoader workers'

@@ -12,7 +12,7 @@ from lmkkit.rehearse import GLDV2_TEST, GLDV2_TRAIN, RunAssumptions, main, proje
 from test_verify import REAL
 
 RUN_STEPS = ['empty_submission', 'public_check', 'read_train', 'load_model', 'embed_test', 'embed_nonlandmarks',
-             'embed_train', 'knn', 'holdout', 'nonlandmark_penalty', 'verify', 'lgbm']
+             'embed_train', 'knn', 'holdout', 'nonlandmark_penalty', 'verify_probe', 'verify', 'lgbm']
 
 
 def test_rehearse_command(tmp_path, capsys):
@@ -64,7 +64,13 @@ def test_projection_by_hand():
     left = 0.8 * 12 * 3600 - p.seconds.drop('verify').sum()
     top = min(10, int(left / (0.05 * full['query'])))
     assert np.isclose(p.loc['verify', 'seconds'], top * 0.05 * full['query'])
-    assert f'top {top} of 10' in p.loc['verify', 'basis']
+    assert f'shortened to top {top} (time)' in p.loc['verify', 'basis']
+    # 0.5 s a pair: one pair each for all queries does not fit, so the kernel verifies a share of them with all that is left
+    slow = project_run(_steps(**{**dict(load_model=(3.0, np.nan), knn=(10.0, 1e12), lgbm=(100.0, 25_000)), 'verify': (50.0, 100)}), a)
+    v = slow.set_index('step').loc['verify']
+    assert np.isclose(slow.end_h.iloc[-1], 0.8 * 12) and f'of the queries (time)' in v.basis
+    assert f"top 1 for about {v.seconds / (0.5 * full['query']):.0%}" in v.basis
+    assert slow.step.tolist()[-2:] == ['lgbm', 'verify']  # in the order the rehearsal ran them
     cpu = project_run(steps, RunAssumptions(search_on='cpu')).set_index('step')
     assert np.isclose(cpu.loc['knn', 'seconds'], 10.0 / 1e12 * GLDV2_TEST * GLDV2_TRAIN * 512)  # scaled from the rehearsal
 
@@ -73,8 +79,12 @@ def test_projection_by_hand():
     (['--train', '0', '--test', '5'], "'0' is not a positive whole count"),
     (['--train', 'abc', '--test', '5'], "is not a positive whole count"),
     (['--train', '1000', '--test', '5', '--device', 'cuda'], "torch sees no GPU here; use --device cpu"),
-    (['--train', '1000', '--test', '5', '--images', '/nonexistent'], "no such folder"),
-    (['--train', '1000', '--test', '5', '--hours', '0'], "--hours must be positive"),
+    (['--train', '1000', '--test', '5', '--images', '/nonexistent'], "not a folder"),
+    (['--train', '1000', '--test', '5', '--images', '/tmp'], "needs a subfolder of JPEGs per landmark"),
+    (['--train', '1000', '--test', '5', '--device', 'gpu'], "parameter 'device' must be 'auto', 'cpu', 'cuda' or 'cuda:N'"),
+    (['--train', '1000', '--test', '5', '--extract-rate', '-3'], "'-3' is not a positive number"),
+    (['--train', '1000', '--test', '5', '--hours', 'nan'], "'nan' is not a positive number"),
+    (['--train', '1000', '--test', '5', '--hours', '0'], "'0' is not a positive number"),
     (['--train', '1000', '--test', '5', '--stages', 'verfy'], "unknown stage 'verfy'"),
 ])
 def test_rehearse_mistakes_are_one_line(args, message):
