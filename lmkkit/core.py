@@ -157,7 +157,7 @@ def memory_mib() -> dict[str, float]:
         return dict(rss=rss, peak=peak, anon=math.nan)
 
 def reset_peak() -> bool:
-    "Reset this process's peak RSS (VmHWM) to the current RSS (Linux >= 4.0); whether it could."
+    "Reset this process's peak RSS (VmHWM) to the current RSS (Linux >= 4.0); whether it could. `getrusage`'s `ru_maxrss` (also a parent's RUSAGE_CHILDREN) then forgets the earlier peak: whoever resets must record it."
     try:
         with open('/proc/self/clear_refs', 'w') as f: f.write('5')
         return True

@@ -91,9 +91,11 @@ def _cpu_seconds() -> float:
     "CPU seconds (user + system) of this process and of its waited-for children (the kernels)."
     return sum(r.ru_utime + r.ru_stime for r in map(resource.getrusage, (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)))
 
-def _peak_mb() -> float:
-    "Peak resident memory of this process or of its largest finished child, in MB (Linux reports KiB)."
-    return max(resource.getrusage(w).ru_maxrss for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)) / 1024
+def _peak_mb(out: Path) -> float:
+    "Peak resident memory of this process or of its largest finished child, in MiB (Linux reports KiB), or of an inference step: a kernel's timeline resets its process's peak at each step (`lmkkit.core.reset_peak`) and records it in `peak_mib`."
+    steps = [pd.read_csv(p)['peak_mib'].max() for p in out.glob('*/timeline.csv')]
+    return max([resource.getrusage(w).ru_maxrss / 1024 for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+               + [float(s) for s in steps if pd.notna(s)])  # both in MiB
 
 class _Steps:
     "Wall and CPU seconds of each named step."
@@ -139,7 +141,7 @@ def run_demo(out: str | Path = 'runs/demo', seed: int = 0,
     record = dict(seed=seed, synth=synth or {}, train={k: v for k, v in train_params.items() if not k.endswith('_dir')},
                   inference=infer_params, **metrics, confidences=_confidences(out/'recognition'), steps=steps.rows,
                   wall_s=round(time.perf_counter() - start, 1), cpu_s=round(sum(r['cpu_s'] for r in steps.rows.values()), 1),
-                  peak_mb=round(_peak_mb()), cpus=os.cpu_count())
+                  peak_mb=round(_peak_mb(out)), cpus=os.cpu_count())
     with atomic_write(out/'record.json') as f: json.dump(record, f, indent=1)
     if verbose: _report(out, record)
     return metrics
