@@ -505,6 +505,7 @@ def with_owner(meta: dict, owner: str) -> dict:
 
 def set_owner(folder: str | Path, owner: str) -> dict:
     "Rewrite `folder`'s kernel-metadata.json under `owner` (see `with_owner`); returns the new metadata."
+    check_username(owner)  # a wrong name stops before any folder is read
     path = kernel_folder(folder)/KERNEL_METADATA
     try: meta = json.loads(path.read_text(encoding='utf-8'))
     except (OSError, ValueError) as e: raise ConfigError(f"{path}: cannot read a kernel id ({e})") from None
