@@ -22,7 +22,8 @@ from .search import Candidates
 
 # %% auto #0
 __all__ = ['TIMELINE', 'MIN_PAIR_SHARE', 'MIN_HOLDOUT_LANDMARKS', 'Timeline', 'plot_timeline', 'plan_stages', 'Holdout',
-           'min_holdout_landmarks', 'probe_seconds_per_pair', 'held_out_answer', 'verdict', 'run_stages', 'ablate']
+           'min_holdout_landmarks', 'search_units', 'probe_seconds_per_pair', 'held_out_answer', 'verdict',
+           'run_stages', 'ablate']
 
 # %% ../nbs/51_plan.ipynb #d1c81d89
 TIMELINE = 'timeline.csv'
@@ -161,12 +162,15 @@ def min_holdout_landmarks(delta: float = 0.1,  # the smallest difference of scor
 
 MIN_HOLDOUT_LANDMARKS = min_holdout_landmarks()  # 136
 
-def _side_units(cands: Candidates, ctx: RerankContext) -> dict[str, int]:
-    "Queries, index rows and the multiply-adds of a search for `cands` in `ctx`."
-    q, n = len(cands), 0 if ctx.index_ids is None else len(ctx.index_ids)
-    d = 0 if ctx.index_emb is None else int(np.shape(ctx.index_emb)[1])
-    m = 0 if ctx.nonlandmark_emb is None else len(ctx.nonlandmark_emb)
+def search_units(q: int, n: int, d: int, m: int = 0) -> dict[str, int]:
+    "The cost units (`COST_UNITS` but pairs) of `q` queries against `n` index rows of dimension `d` and `m` non-landmark vectors."
     return dict(query=q, index_row=n, query_x_index=q * n * d, index_x_index=n * n * d, query_x_nonlandmark=q * m * d)
+
+def _side_units(cands: Candidates, ctx: RerankContext) -> dict[str, int]:
+    "`search_units` of `cands` in `ctx`."
+    return search_units(len(cands), 0 if ctx.index_ids is None else len(ctx.index_ids),
+                        0 if ctx.index_emb is None else int(np.shape(ctx.index_emb)[1]),
+                        0 if ctx.nonlandmark_emb is None else len(ctx.nonlandmark_emb))
 
 def _units(cands: Candidates, ctx: RerankContext, holdout: Holdout | None = None) -> dict[str, int]:
     "Unit counts of every cost variable (`COST_UNITS` but pairs) for the test queries plus the held-out ones, which go through every stage too."
