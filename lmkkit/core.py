@@ -25,9 +25,9 @@ import numpy as np
 
 # %% auto #0
 __all__ = ['KERNEL_START_ENV', 'Registry', 'atomic_write', 'seed_everything', 'on_kaggle', 'default_device', 'progress',
-           'Deadline', 'deadline_reserve', 'memory_mib', 'reset_peak', 'ConfigError', 'CliParser', 'TrainingDiverged',
-           'value_kind', 'example_number', 'papermill_hint', 'check_parameters', 'make_config', 'notebook_parameters',
-           'require_at_least_one', 'process_start_time', 'kernel_start_time']
+           'Deadline', 'deadline_reserve', 'memory_mib', 'reset_peak', 'LmkkitError', 'ConfigError', 'StageError',
+           'CliParser', 'TrainingDiverged', 'value_kind', 'example_number', 'papermill_hint', 'check_parameters',
+           'make_config', 'notebook_parameters', 'require_at_least_one', 'process_start_time', 'kernel_start_time']
 
 # %% ../nbs/00_core.ipynb #b7c27d48
 class Registry:
@@ -164,8 +164,14 @@ def reset_peak() -> bool:
     except OSError: return False
 
 # %% ../nbs/00_core.ipynb #0fc32883
-class ConfigError(ValueError):
+class LmkkitError(Exception):
+    "A user's mistake that the kit reports in one line (bad configuration, data, submission, checkpoint...)."
+
+class ConfigError(LmkkitError, ValueError):
     "Malformed configuration; the message names the parameter and the fix."
+
+class StageError(ConfigError):
+    "A re-ranking stage's bad name or setting; the message names the stage, the setting and the valid ones."
 
 class CliParser(argparse.ArgumentParser):
     "An `argparse.ArgumentParser` (and its subparsers) whose usage errors raise a one-line `ConfigError` naming the `--help` to read."

@@ -15,6 +15,8 @@ from pathlib import Path
 import albumentations as A
 import numpy as np
 import pandas as pd
+
+from .core import LmkkitError
 import torch
 from albumentations.pytorch import ToTensorV2
 from PIL import Image, ImageFile, ImageOps
@@ -47,7 +49,7 @@ def list_ids(root: str | Path, split: str) -> list[str]:
     return sorted(f[:-4] for _, _, files in os.walk(top) for f in files if f.endswith('.jpg'))
 
 # %% ../nbs/01_data.ipynb #4e5d4637
-class DataError(ValueError):
+class DataError(LmkkitError, ValueError):
     "Malformed data file; the message names the file, the line and the fix."
 
 def _bad(path, line, problem, fix): return DataError(f"{path}, line {line}: {problem}; fix: {fix}")

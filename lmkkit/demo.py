@@ -17,9 +17,9 @@ import pandas as pd
 from .core import CliParser, atomic_write
 
 # %% auto #0
-__all__ = ['KERNELS', 'METRIC', 'DEMO_TRAIN', 'DEMO_INFERENCE', 'STAGE_TITLES', 'kernels_dir', 'kernel_notebook', 'run_kernel',
-           'cut_steps', 'collect_metrics', 'ablation_table', 'kernel_params', 'run_demo', 'plots', 'record_table',
-           'record_markdown', 'main']
+__all__ = ['KERNELS', 'METRIC', 'DEMO_TRAIN', 'DEMO_INFERENCE', 'kernels_dir', 'kernel_notebook', 'run_kernel', 'cut_steps',
+           'collect_metrics', 'ablation_table', 'kernel_params', 'run_demo', 'plots', 'record_table', 'record_markdown',
+           'main']
 
 # %% ../nbs/55_demo.ipynb #2af0a9bc
 KERNELS = {'train': 'lmkkit-train', 'recognition': 'lmkkit-recognition', 'retrieval': 'lmkkit-retrieval'}
@@ -171,9 +171,12 @@ def plots(out: str | Path) -> list[Path]:
     return sorted(p for p in Path(out).rglob('*.png') if 'data' not in p.relative_to(out).parts[:1])
 
 # %% ../nbs/55_demo.ipynb #c291a421
-STAGE_TITLES = {'knn_top1': 'kNN top-1', 'knn': 'kNN', 'qe': 'query expansion', 'soft_vote': 'soft voting',
-                'nonlandmark_penalty': 'non-landmark penalty', 'verify': 'SIFT + MAGSAC verification',
-                'lgbm': '7-class LightGBM'}
+def _title(row: dict) -> str:
+    "What the table calls an ablation row: its stage's title (rows of older records: the stage's default title)."
+    if row.get('title'): return row['title']
+    from lmkkit.pipeline import KNN_TITLES  # only for records written before rows carried their title
+    from lmkkit.stages import stage_title
+    return KNN_TITLES.get(row['stage']) or stage_title(row['stage'])
 
 def record_table(record: dict) -> str:
     "The ablation of a demo record as a Markdown table, both tracks side by side: rejected stages marked, the final answer in bold."
@@ -181,7 +184,7 @@ def record_table(record: dict) -> str:
     for track in ('recognition', 'retrieval'):
         stages = [r for r in record[track]['stages'] if r['stage'] != 'final']
         final = max(i for i, r in enumerate(stages) if r.get('adopted', True))  # the answer the submission holds
-        cols.append([(STAGE_TITLES.get(r['stage'], r['stage']) + ('' if r.get('adopted', True) else ' (not adopted)'),
+        cols.append([(_title(r) + ('' if r.get('adopted', True) else ' (not adopted)'),
                       f"**{r[METRIC[track]]:.3f}**" if i == final else f"{r[METRIC[track]]:.3f}") for i, r in enumerate(stages)])
     n = max(map(len, cols))
     rec, ret = (c + [('', '')] * (n - len(c)) for c in cols)

@@ -15,14 +15,14 @@ import numpy as np
 import pandas as pd
 
 from .core import ConfigError, Deadline, atomic_write
-from .rerank import RerankContext, class_votes, per_candidate, register_stage, vote_share
+from .rerank import RerankContext, Stage, StageError, class_votes, per_candidate, register, vote_share
 from .search import Candidates
 
 # %% auto #0
 __all__ = ['TOP_N', 'NONLANDMARK', 'NOT_IN_TOP', 'DEFAULT_PARAMS', 'reranker_features', 'reranker_targets',
            'synthetic_candidates', 'group_folds', 'Reranker', 'stop_at', 'train_reranker', 'label_scores',
            'predict_reranked', 'save_reranker', 'load_reranker', 'reranker_fit_seconds', 'fit_reranker',
-           'rerank_by_probs', 'reranker_oof', 'lgbm_rerank']
+           'rerank_by_probs', 'reranker_oof', 'lgbm_rerank', 'LgbmSettings', 'Lgbm']
 
 # %% ../nbs/42_lgbm.ipynb #8bbb9179
 TOP_N = 5  # candidates the re-ranker looks at (the seed's top 5)
@@ -208,18 +208,16 @@ def load_reranker(path: str | Path) -> Reranker:
     return Reranker(boosters, meta['feature_names'], meta['top_n'], meta['params'])
 
 # %% ../nbs/42_lgbm.ipynb #73158a24
-def reranker_fit_seconds(n_queries: int, cfg) -> float:
-    "LightGBM training time per fold: 1.2 s fixed (measured in 56_rehearse: about 6 s for 5 folds from 150 to 25,000 held-out queries on 2 cores) + FACTS' 2.5 s per 40k rows, x rounds/100, plus 0.5 s."
-    return 0.5 + max(cfg.lgbm_folds, 1) * (1.2 + 2.5 * n_queries / 40_000) * (cfg.lgbm_rounds / 100)
+def reranker_fit_seconds(n_queries: int, folds: int = 5, rounds: int = 100) -> float:
+    "LightGBM training seconds: 0.5 s + per fold 1.2 s fixed (measured in 56_rehearse: about 6 s for 5 folds from 150 to 25,000 held-out queries on 2 cores) + 2.5 s per 40k rows (the seed's figure), x rounds/100."
+    return 0.5 + max(folds, 1) * (1.2 + 2.5 * n_queries / 40_000) * (rounds / 100)
 
-def fit_reranker(settings: dict, cands: Candidates | None, truth: dict | None, cfg=None, out_dir=None, deadline: Deadline | None = None) -> dict:
-    "The stage's settings with `model`: trained on held-out `cands` (saved to `out_dir/reranker`), else `cfg.reranker` loaded."
-    if cands is None:
-        return settings if cfg is None or cfg.reranker is None else {**settings, 'model': load_reranker(cfg.reranker)}
-    model = train_reranker(cands, truth, n_folds=cfg.lgbm_folds, seed=cfg.seed, num_boost_round=cfg.lgbm_rounds,
-                           deadline=deadline)
+def fit_reranker(cands: Candidates, truth: dict, folds: int = 5, rounds: int = 100, seed: int = 0,
+                 out_dir: str | Path | None = None, deadline: Deadline | None = None) -> Reranker:
+    "A re-ranker trained on held-out `cands` and their `truth`, saved to `out_dir/reranker` when given."
+    model = train_reranker(cands, truth, n_folds=folds, seed=seed, num_boost_round=rounds, deadline=deadline)
     if out_dir is not None: save_reranker(model, Path(out_dir)/'reranker')
-    return {**settings, 'model': model}
+    return model
 
 # %% ../nbs/42_lgbm.ipynb #93f4e9f7
 def rerank_by_probs(cands: Candidates, probs: np.ndarray, top_n: int = TOP_N) -> Candidates:
@@ -234,18 +232,47 @@ def rerank_by_probs(cands: Candidates, probs: np.ndarray, top_n: int = TOP_N) ->
                               p_not_in_top=per_candidate(probs[:, top_n + 1], cands))
     return out.take(order)
 
-def reranker_oof(settings: dict, cands: Candidates) -> Candidates | None:
-    "The held-out `cands` that the model was trained on, re-ranked by its out-of-fold probabilities (None: it has none)."
-    model = settings.get('model')
+def reranker_oof(model, cands: Candidates) -> Candidates | None:
+    "The held-out `cands` that `model` was trained on, re-ranked by its out-of-fold probabilities (None: it has none)."
     if not isinstance(model, Reranker) or model.oof is None or len(model.oof) != len(cands): return None
     return rerank_by_probs(cands, model.oof, model.top_n)
 
-@register_stage('lgbm', cost_s=2e-5, learns=True, fit=fit_reranker, fit_s=reranker_fit_seconds, oof=reranker_oof,
-                holdout=lambda cfg: cfg.reranker is None)
-def lgbm_rerank(cands: Candidates, ctx: RerankContext | None = None,
-                model: Reranker | str | None = None,  # a trained Reranker, or the folder it was saved in
-                ) -> Candidates:
+def lgbm_rerank(cands: Candidates, model: Reranker | str | None) -> Candidates:
     "Re-order the top candidates by the re-ranker's label probabilities (feature 'score')."
-    if model is None: raise ConfigError("stage 'lgbm' needs the setting model=<Reranker or folder from save_reranker>")
+    if model is None: raise StageError("stage 'lgbm' needs the setting model=<Reranker or folder from save_reranker>")
     if not isinstance(model, Reranker): model = load_reranker(model)
     return rerank_by_probs(cands, model.predict_proba(cands), model.top_n)
+
+# %% ../nbs/42_lgbm.ipynb #a4bd7ac5
+@dataclass(frozen=True)
+class LgbmSettings:
+    model: Reranker | str | None = None  # a trained Reranker, or the folder it was saved in (set by `fit`)
+    reranker: str | None = None  # folder of a saved re-ranker; None: train one on the run's held-out queries
+    folds: int = 5  # group folds of the training (each held-out query scored out of fold)
+    rounds: int = 100  # boosting rounds
+
+@register
+class Lgbm(Stage):
+    "The 7-class LightGBM re-ranker: the top candidates re-ordered by its label probabilities (feature 'score')."
+    name, title, Settings, cost_s, learns = 'lgbm', '7-class LightGBM', LgbmSettings, 2e-5, True
+    params = {'lgbm_folds': 'folds', 'lgbm_rounds': 'rounds', 'reranker': 'reranker'}
+
+    def check(self) -> None:
+        for k in ('folds', 'rounds'):
+            if getattr(self.settings, k) < 1: raise StageError(f"stage 'lgbm': setting {k!r} must be >= 1, got {getattr(self.settings, k)}")
+
+    @property
+    def wants_holdout(self) -> bool: return self.settings.model is None and self.settings.reranker is None
+
+    def fit_s(self, n_holdout: int) -> float: return reranker_fit_seconds(n_holdout, self.settings.folds, self.settings.rounds)
+
+    def fit(self, cands, truth, seed=0, out_dir=None, deadline=None) -> Lgbm:
+        "Trained on held-out `cands` when given, else the saved `reranker` loaded (else unchanged)."
+        if cands is not None:
+            return self.with_settings(model=fit_reranker(cands, truth, self.settings.folds, self.settings.rounds, seed, out_dir, deadline))
+        return self if self.settings.reranker is None else self.with_settings(model=load_reranker(self.settings.reranker))
+
+    def oof(self, cands: Candidates) -> Candidates | None: return reranker_oof(self.settings.model, cands)
+
+    def __call__(self, cands: Candidates, ctx: RerankContext | None = None) -> Candidates:
+        return lgbm_rerank(cands, self.settings.model)

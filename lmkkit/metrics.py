@@ -14,7 +14,7 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .core import atomic_write
+from .core import LmkkitError, atomic_write
 
 # %% auto #0
 __all__ = ['TRACKS', 'MAX_RETRIEVED', 'USAGES', 'SOLUTION', 'METRICS', 'REVISITED_SETUPS', 'gap_reference', 'gap', 'map_at_k',
@@ -165,10 +165,10 @@ def map_at_k(predictions: Mapping[str, Sequence[str]], # query id -> index ids, 
 TRACKS = {'recognition': 'landmarks', 'retrieval': 'images'}  # track -> second column of its CSVs
 MAX_RETRIEVED = 100  # index ids per query the retrieval scorer reads
 
-class SubmissionError(ValueError):
+class SubmissionError(LmkkitError, ValueError):
     "A malformed submission file; the message names the file, the line and what is wrong."
 
-class SolutionError(ValueError):
+class SolutionError(LmkkitError, ValueError):
     "A malformed solution file; the message names the file, the line and what is wrong."
 
 def _check_ids(predictions: Mapping, ids: Iterable[str]) -> list[str]:

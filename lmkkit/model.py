@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core import ConfigError, atomic_write
+from .core import ConfigError, LmkkitError, atomic_write
 from .heads import create_head
 from .pooling import create_pool
 
@@ -209,7 +209,7 @@ def valid_scale_sizes(model_or_name, size: int, scales: Sequence[float],
 # %% ../nbs/12_model.ipynb #82af3b33
 CHECKPOINT_FORMAT, CHECKPOINT_VERSION = 'lmkkit.checkpoint', 1
 
-class CheckpointError(ValueError):
+class CheckpointError(LmkkitError, ValueError):
     "A file that is not a loadable lmkkit checkpoint."
 
 _PLAIN = (type(None), bool, int, float, str, torch.Tensor)

@@ -16,30 +16,21 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-import lmkkit.lgbm  # noqa: F401  (registers the 'lgbm' stage)
-import lmkkit.verify  # noqa: F401  (registers the 'verify' stage)
 from .core import ConfigError, Deadline, atomic_write, check_parameters, deadline_reserve, default_device, kernel_start_time, make_config, require_at_least_one, seed_everything
 from .data import IMAGE_FAILURES, list_ids, nonlandmark_ids, paths_for, read_train_csv, split_by_class, submission_ids
 from .embed import DECODE_MODES, NONFINITE, EmbedResult, Embedder, compact_ids, id_strings
 from .model import trained_size, valid_image_size, valid_scale_sizes
 from .metrics import TRACKS, load_solution, score, write_recognition_submission, write_retrieval_submission
 from .plan import MIN_HOLDOUT_LANDMARKS, Holdout, Timeline, run_stages
-from .rerank import STAGES, RerankContext, check_settings, recognition_predictions, retrieval_predictions, stage_spec
+from .rerank import STAGES, RerankContext, Stage, recognition_predictions, retrieval_predictions
+from .stages import DEFAULT_STAGES, SEED_STAGES, chain_settings, flat_parameter_types, make_chain, stage_parameters
 from .search import Candidates, search
 
 # %% auto #0
-__all__ = ['DEFAULT_STAGES', 'SEED_STAGES', 'DEFAULT_SETTINGS', 'InferenceConfig', 'kernel_config', 'InferenceResult',
-           'run_embedder', 'public_sample', 'public_sample_size', 'make_holdout', 'run_recognition', 'run_retrieval',
-           'run_inference']
+__all__ = ['KNN_TITLES', 'InferenceConfig', 'kernel_config', 'InferenceResult', 'run_embedder', 'public_sample',
+           'public_sample_size', 'make_holdout', 'run_recognition', 'run_retrieval', 'run_inference']
 
 # %% ../nbs/50_pipeline.ipynb #fd33583d
-DEFAULT_STAGES = {'recognition': ('nonlandmark_penalty', 'verify', 'lgbm'),
-                  'retrieval': ('verify',)}
-SEED_STAGES = {'recognition': ('qe', 'nonlandmark_penalty', 'soft_vote', 'verify', 'lgbm'),  # the full chains, in order
-               'retrieval': ('dba', 'qe', 'label_boost', 'verify')}
-DEFAULT_SETTINGS = {'verify': dict(rescore_weight=0.5),  # stage settings the pipeline uses unless overridden
-                    'nonlandmark_penalty': dict(w_candidate=0.0)}
-
 @dataclass(frozen=True)
 class InferenceConfig:
     "Every setting of an inference run (recognition or retrieval)."
@@ -58,16 +49,11 @@ class InferenceConfig:
     scales: tuple[float, ...] = (1.0,)  # multi-scale TTA: factors of image_size (each rounded to a side the backbone takes, with a note)
     k: int = 10  # recognition: candidates recalled per query (the seed's top 10)
     retrieval_k: int = 100  # retrieval: index ids per query
-    stages: tuple[str, ...] | None = None  # names from lmkkit.rerank.STAGES; None: DEFAULT_STAGES[track]
-    stage_settings: dict = field(default_factory=dict)  # stage name -> keyword settings (over DEFAULT_SETTINGS)
-    verify_top_n: int = 10  # candidates verified per query by stages costed per pair (the planner may lower it)
-    reranker: str | None = None  # folder of a saved LightGBM re-ranker; None: train one on held-out train images
+    stages: dict | list | tuple | None = None  # {name: settings} in order, or names (lmkkit.rerank.STAGES); None: the track's default chain
     holdout_frac: float = 0.25  # share of seen-class train images held out (the standard synthetic set: 154 landmark queries, above min_holdout_landmarks)
     holdout_unseen_frac: float = 0.1  # share of classes held out entirely (landmarks not in the database)
     max_holdout: int = 20000  # cap on held-out landmark queries
     min_holdout_landmarks: int = MIN_HOLDOUT_LANDMARKS  # below it a stage that learns is skipped (lmkkit.plan.min_holdout_landmarks)
-    lgbm_folds: int = 5
-    lgbm_rounds: int = 100
     device: str = 'auto'  # 'auto', 'cpu', 'cuda', 'cuda:1', ...
     cache_dir: str | None = None  # embedding cache; None: out_dir/cache
     public_run: str = 'auto'  # 'auto' (lmkkit.kaggle.is_public_run), 'yes' or 'no'; a public run writes top-1 kNN only
@@ -88,52 +74,43 @@ class InferenceConfig:
             raise ConfigError("decode='gpu' decodes JPEGs on the CUDA device but device='cpu'; use decode='cpu' or device='cuda'")
         if self.public_run not in ('auto', 'yes', 'no'):
             raise ConfigError(f"parameter 'public_run' must be 'auto', 'yes' or 'no', got {self.public_run!r}")
-        require_at_least_one(self, ('k', 'retrieval_k', 'batch_size', 'verify_top_n', 'lgbm_rounds', 'public_sample_max'))
+        require_at_least_one(self, ('k', 'retrieval_k', 'batch_size', 'public_sample_max'))
         if self.time_limit_hours <= 0 or self.reserve_minutes < 0:  # a reserve too large for the limit shrinks (core.deadline_reserve)
             raise ConfigError(f"need time_limit_hours > 0 and reserve_minutes >= 0, got "
                               f"{self.time_limit_hours} h and {self.reserve_minutes} min")
         if self.public_budget_s <= 0: raise ConfigError(f"parameter 'public_budget_s' must be > 0 seconds, got {self.public_budget_s}")
-        if self.stages is not None: object.__setattr__(self, 'stages', tuple(self.stages))
+        if isinstance(self.stages, (list, str)): object.__setattr__(self, 'stages', tuple([self.stages] if isinstance(self.stages, str) else self.stages))
         object.__setattr__(self, 'tta', tuple(self.tta))
         object.__setattr__(self, 'scales', tuple(self.scales))
         if not self.scales or min(self.scales) <= 0: raise ConfigError(f"parameter 'scales' must be positive factors, got {self.scales!r}")
-        for s in self.chain:
-            if s not in STAGES: raise ConfigError(f"parameter 'stages': unknown stage {s!r}; choose from {', '.join(STAGES.names)}")
-        for s, kw in self.stage_settings.items():
-            if s not in STAGES: raise ConfigError(f"parameter 'stage_settings': unknown stage {s!r}; choose from {', '.join(STAGES.names)}")
-            if not isinstance(kw, dict): raise ConfigError(f"parameter 'stage_settings'[{s!r}] must be a dict of settings, got {kw!r}")
-            check_settings(s, kw)
-        for s in self.chain:
-            if stage_spec(s).check is not None: stage_spec(s).check(self.settings_of(s))
+        self.stage_chain()  # every stage made once: unknown names and bad settings stop here
 
     @property
-    def chain(self) -> tuple[str, ...]:
-        "The stages to run: `stages`, or the track's default chain."
-        return DEFAULT_STAGES[self.track] if self.stages is None else self.stages
+    def chain(self) -> dict[str, dict]:
+        "The stages to run with their settings, in order: `stages` (else the track's default chain) over `DEFAULT_SETTINGS`."
+        for s, kw in (self.stages.items() if isinstance(self.stages, dict) else []):
+            if kw is not None and not isinstance(kw, dict): raise ConfigError(f"parameter 'stages'[{s!r}] must be a dict of settings, got {kw!r}")
+        chain = chain_settings(self.stages, self.track)
+        for s in chain:
+            if s not in STAGES: raise ConfigError(f"parameter 'stages': unknown stage {s!r}; choose from {', '.join(STAGES.names)}")
+        return chain
 
-    def settings_of(self, stage: str) -> dict:
-        "The keyword settings of `stage`: `verify_top_n` for a stage costed per pair, then `DEFAULT_SETTINGS`, then `stage_settings`."
-        pairs = {'top_n': self.verify_top_n} if stage_spec(stage).per == 'pair' else {}
-        return {**pairs, **DEFAULT_SETTINGS.get(stage, {}), **self.stage_settings.get(stage, {})}
+    def stage_chain(self) -> list[Stage]:
+        "The `Stage` objects of the run, in order, their settings checked."
+        return make_chain(self.chain, self.track)
 
     @property
     def deadline_reserve_s(self) -> float: return 60 * self.reserve_minutes
 
 # %% ../nbs/50_pipeline.ipynb #d44d98cb
 def kernel_config(track: str,
-                  verifier: str = 'sift_magsac',  # lmkkit.verify.VERIFIERS name
-                  verifier_weights: dict | None = None,  # weight files of the verifier, e.g. {'weights': path}
                   overrides: dict | None = None,  # any other InferenceConfig setting
                   **params) -> InferenceConfig:
-    "The `InferenceConfig` of an inference kernel from its parameters (`lmkkit.core.notebook_parameters(globals())`): names and types checked, the verifier, then `overrides`."
-    own = dict(verifier=verifier, verifier_weights=verifier_weights, overrides=overrides)
-    hints = typing.get_type_hints(kernel_config)
-    p = check_parameters(InferenceConfig, {**own, **params}, extra={k: hints[k] for k in own})
-    verifier, verifier_weights, overrides = (p.pop(k) for k in own)
-    kw = {**(overrides or {}), **p, 'track': track}
-    settings = kw.get('stage_settings') or {}
-    verify = {'verifier': verifier, 'verifier_kwargs': verifier_weights or {}, **settings.get('verify', {})}
-    return make_config(InferenceConfig, **{**kw, 'stage_settings': {**settings, 'verify': verify}})
+    "The `InferenceConfig` of an inference kernel from its parameters (`notebook_parameters(globals())`): names and types checked."
+    extra = {'overrides': dict | None, **flat_parameter_types()}
+    p = check_parameters(InferenceConfig, {'overrides': overrides, **params}, extra=extra)
+    kw = {**(p.pop('overrides') or {}), **p, 'track': track}
+    return make_config(InferenceConfig, **stage_parameters(kw, track))
 
 # %% ../nbs/50_pipeline.ipynb #aec23b56
 @dataclass
@@ -177,25 +154,25 @@ class _Run:
         "The file of a test id, or of a database (train or index) id: computed, never stored per id."
         return self.locate('test' if image_id in self.id_set else self.db_split, image_id)
 
-    def write(self, predictions: dict, stage: str | None, holdout: float | None = None) -> None:
+    def write(self, predictions: dict, stage: str | None, holdout: float | None = None, title: str | None = None) -> None:
         "Replace the submission atomically; score it and add an ablation row when `stage` is given."
         preds = {q: p for q, p in predictions.items() if q in self.id_set}
         writer = write_recognition_submission if self.cfg.track == 'recognition' else write_retrieval_submission
         writer(self.submission, preds, self.ids)
         self.predictions = preds
-        if stage is not None: self.record(preds, stage, holdout, True)
+        if stage is not None: self.record(preds, stage, holdout, True, title)
 
-    def record(self, predictions: dict, stage: str, holdout: float | None, adopted: bool) -> None:
+    def record(self, predictions: dict, stage: str, holdout: float | None, adopted: bool, title: str | None = None) -> None:
         "Add an ablation row: the test score of `predictions` (when the folder has a solution), the held-out estimate, the verdict."
         s = score({q: p for q, p in predictions.items() if q in self.id_set}, self.solution, self.cfg.track)
-        self.ablation.append({'stage': stage, self.metric: s, 'holdout': holdout, 'adopted': adopted})
+        self.ablation.append({'stage': stage, self.metric: s, 'holdout': holdout, 'adopted': adopted, 'title': title or stage})
         self.timeline.say(f"{'submission after' if adopted else 'not adopted:'} {stage}" + ('' if s is None else f": {self.metric} {s:.4f}")
                           + ('' if holdout is None else f" (held-out {holdout:.4f})"))
 
     def answer(self, predictions: dict, stage: str, verdict: dict) -> None:
         "A stage's answer and its verdict: written when adopted, else only scored for the ablation."
-        if verdict['adopted']: self.write(predictions, stage, verdict['holdout'])
-        else: self.record(predictions, stage, verdict['holdout'], False)
+        if verdict['adopted']: self.write(predictions, stage, verdict['holdout'], verdict.get('title'))
+        else: self.record(predictions, stage, verdict['holdout'], False, verdict.get('title'))
 
     def save_metrics(self, result: InferenceResult) -> None:
         with atomic_write(self.out/'metrics.json') as f: json.dump(result.metrics(), f, indent=1, default=float)
@@ -296,9 +273,11 @@ def _confidences(run: _Run) -> None:
     run.report.update(mean_conf_nonlandmark=float(np.mean(nl)) if nl else None, mean_conf_landmark=float(np.mean(lm)) if lm else None)
     if nl and lm: run.timeline.say(f"mean confidence: non-landmarks {np.mean(nl):.4f}, landmarks {np.mean(lm):.4f}")
 
+KNN_TITLES = {'knn_top1': 'kNN top-1', 'knn': 'kNN'}  # the first answer of each track, as a report calls it
+
 def _knn_answer(run: _Run, cands: Candidates, predict, stage: str, public: bool) -> InferenceResult | None:
     "Write the kNN submission; the finished result when no re-ranking can follow it, else None."
-    run.write(predict(cands), stage)
+    run.write(predict(cands), stage, title=KNN_TITLES.get(stage))
     if public: run.timeline.skip('stages', None, f'public run: {stage} only')
     elif not len(cands) or not cands.k: run.timeline.skip('stages', None, 'no candidates (no readable test images, or an empty database)')
     else: return None
@@ -306,7 +285,7 @@ def _knn_answer(run: _Run, cands: Candidates, predict, stage: str, public: bool)
 
 def _finish(run: _Run) -> InferenceResult:
     kept = [r for r in run.ablation if r['adopted']]
-    if kept: run.ablation.append({**kept[-1], 'stage': 'final'})
+    if kept: run.ablation.append({**kept[-1], 'stage': 'final', 'title': 'final'})
     res = InferenceResult(run.cfg.track, run.submission, run.metric, run.ablation, run.timeline.frame(), run.timeline.skipped, run.timeline.cut, run.report)
     run.save_metrics(res)
     return res
@@ -336,18 +315,17 @@ def make_holdout(train: pd.DataFrame,  # id, landmark_id of the train images, ro
 # %% ../nbs/50_pipeline.ipynb #5d1a4229
 def _rerank(run: _Run, cands: Candidates, ctx: RerankContext, predict, holdout: Holdout | None = None) -> Candidates:
     "Plan, run, judge and (when adopted) write each stage of the chain in turn; skipped, failing and rejected stages are logged."
-    settings = {s: run.cfg.settings_of(s) for s in run.cfg.chain}
     judge = lambda c, truth: score(predict(c), truth, run.cfg.track) or 0.0
-    out = run_stages(cands, ctx, run.cfg.chain, settings, run.timeline, holdout,
-                     lambda c, s, v: run.answer(predict(c), s, v), judge, run.cfg.min_holdout_landmarks,
-                     cfg=run.cfg, device=run.device, out_dir=run.out, report=run.report,
+    out = run_stages(cands, ctx, run.cfg.stage_chain(), timeline=run.timeline, holdout=holdout, judge=judge,
+                     on_answer=lambda c, s, v: run.answer(predict(c), s, v), min_landmarks=run.cfg.min_holdout_landmarks,
+                     device=run.device, seed=run.cfg.seed, out_dir=run.out, report=run.report,
                      s_per_mac=run.report.get('knn_s_per_mac'))[0]
     if run.ablation and run.report.get('holdout_start') is not None: run.ablation[0]['holdout'] = run.report['holdout_start']
     return out
 
 def _wants(cfg: InferenceConfig, field: str) -> bool:
     "Whether a stage of the chain reads context `field` (so that the run prepares it)."
-    return any(field in stage_spec(s).needs for s in cfg.chain)
+    return any(field in s.needs for s in cfg.stage_chain())
 
 # %% ../nbs/50_pipeline.ipynb #ae8b74b3
 def run_recognition(cfg: InferenceConfig, locate: Callable[[str, str], str] | None = None) -> InferenceResult:
@@ -409,5 +387,7 @@ def run_retrieval(cfg: InferenceConfig, locate: Callable[[str, str], str] | None
 
 def run_inference(cfg: InferenceConfig | None = None, locate: Callable[[str, str], str] | None = None, **overrides) -> InferenceResult:
     "Run the track of `cfg` (with papermill-style `overrides`, checked by `make_config`); `locate(split, id)`: where an image is, when not in GLDv2's layout under `data_dir`."
-    cfg = make_config(InferenceConfig, base=cfg, **overrides)
+    base = cfg or InferenceConfig()
+    params = stage_parameters({'stages': base.stages, **overrides}, overrides.get('track', base.track))  # the flat stage names
+    cfg = make_config(InferenceConfig, base=cfg, **params)
     return (run_recognition if cfg.track == 'recognition' else run_retrieval)(cfg, locate)

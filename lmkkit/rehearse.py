@@ -22,7 +22,8 @@ from .data import SAMPLE
 from .metrics import SOLUTION
 from .pipeline import DEFAULT_STAGES, InferenceConfig, InferenceResult, run_embedder, run_inference
 from .plan import Timeline, plan_stages, search_units
-from .rerank import stage_spec
+from .rerank import STAGES, Stage
+from .stages import stage_parameters
 from .search import hex_ids_to_uint64, uint64_to_hex_ids
 
 # %% auto #0
@@ -178,12 +179,12 @@ EXTRACTION = {'embed_train': 'train', 'embed_test': 'test', 'embed_nonlandmarks'
 MAC_UNITS = ('query_x_index', 'index_x_index', 'query_x_nonlandmark', 'knn_mac', 'holdout_mac')
 
 def step_unit(step: str) -> str | None:
-    "The unit a step's work grows with: a pipeline step's, a stage's (`StageSpec.per`; 'holdout_query' for a fitted one), 'extract' for an embedding step, None for a fixed cost."
+    "The unit a step's work grows with: a pipeline step's, a stage's (`Stage.per`; 'holdout_query' for a fitted one), 'extract' for an embedding step, None for a fixed cost."
     if step in EXTRACTION: return 'extract'
     if step in STEP_UNITS: return STEP_UNITS[step]
-    try: spec = stage_spec(step)
-    except (KeyError, ValueError): return None
-    return 'holdout_query' if spec.fit is not None else spec.per
+    if step not in STAGES: return None
+    stage = STAGES.get(step)
+    return 'holdout_query' if stage.fit is not Stage.fit else stage.per
 
 # %% ../nbs/56_rehearse.ipynb #9f9f0189
 def rehearse(out_dir: str | Path, train: int, test: int, dim: int = 512,
@@ -193,8 +194,10 @@ def rehearse(out_dir: str | Path, train: int, test: int, dim: int = 512,
              nonlandmarks: int = 10_000, seed: int = 0, keep: bool = False, verbose: bool = True,
              **settings) -> pd.DataFrame:  # other InferenceConfig settings, e.g. max_holdout, verify_top_n
     "Rehearse the recognition kernel after extraction at these sizes: its timeline with each step's work, saved as `out_dir/steps.csv`."
-    chain = InferenceConfig(stages=stages, time_limit_hours=time_limit_hours, device=device, **settings).chain  # a wrong setting stops here
-    opens_images = any('image_path' in stage_spec(s).needs for s in chain)
+    settings = stage_parameters({'stages': stages, **settings}, 'recognition')  # flat stage settings (verify_top_n...)
+    stages = settings.pop('stages')
+    chain = InferenceConfig(stages=stages, time_limit_hours=time_limit_hours, device=device, **settings).stage_chain()  # a wrong setting stops here
+    opens_images = any('image_path' in s.needs for s in chain)
     if images is not None and opens_images: photo_folders(images)  # a wrong pool stops before any work
     out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
     d = RehearsalData(out_dir/'data', out_dir/'model.pt', out_dir/'cache', {}, {})  # what is removed if the generation fails

@@ -26,7 +26,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from fastcore.basics import patch
 
-from .core import ConfigError, Deadline, TrainingDiverged, atomic_write, check_parameters, make_config, progress, require_at_least_one, seed_everything
+from .core import ConfigError, Deadline, LmkkitError, TrainingDiverged, atomic_write, check_parameters, make_config, progress, require_at_least_one, seed_everything
 from .data import ImageDataset, eval_transforms, id_to_path, read_train_csv, split_by_class, train_transforms
 from .embed import AMP_DTYPES, AMP_MODES, extract_embeddings, resolve_amp
 from .heads import HEADS
@@ -291,7 +291,7 @@ def all_sum(values: list[float], env: DistEnv) -> list[float]:
     return t.tolist()
 
 # %% ../nbs/20_train.ipynb #5f7e367c
-class TrainError(ValueError):
+class TrainError(LmkkitError, ValueError):
     "A training run that cannot start or continue as configured; the message names the fix."
 
 @dataclass

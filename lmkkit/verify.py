@@ -21,13 +21,13 @@ import numpy as np
 import torch
 
 from .core import ConfigError, Deadline, Registry, atomic_write
-from .rerank import RerankContext, register_stage
+from .rerank import Answer, RerankContext, Stage, StageError, register
 
 # %% auto #0
-__all__ = ['MIN_POINTS', 'VERIFIERS', 'PairResult', 'prepare_image', 'distinct_points', 'degenerate_model', 'check_model',
-           'count_inliers', 'Verifier', 'mutual_matches', 'SiftMagsac', 'load_weights', 'Loftr', 'LightGlueVerifier',
-           'DiskLightGlue', 'AlikedLightGlue', 'PairCache', 'VerifyReport', 'FeatureCache', 'verify_candidates',
-           'check_verifier', 'verify_settings', 'verify']
+__all__ = ['MIN_POINTS', 'VERIFIERS', 'VERIFIER_TITLES', 'PairResult', 'prepare_image', 'distinct_points', 'degenerate_model',
+           'check_model', 'count_inliers', 'Verifier', 'mutual_matches', 'SiftMagsac', 'load_weights', 'Loftr',
+           'LightGlueVerifier', 'DiskLightGlue', 'AlikedLightGlue', 'PairCache', 'VerifyReport', 'FeatureCache',
+           'verify_candidates', 'check_verifier', 'verify_settings', 'VerifySettings', 'Verify']
 
 # %% ../nbs/41_verify.ipynb #3d542c54
 @dataclasses.dataclass(frozen=True)
@@ -448,20 +448,45 @@ def verify_settings(settings: dict, device: str) -> dict:
     return kw
 
 # %% ../nbs/41_verify.ipynb #1b6829c5
-@register_stage('verify', cost_s=0.05, per='pair', needs=('image_path',), check=check_verifier, prepare=verify_settings)  # 51 ms of CPU per pair at the defaults (table above)
-def verify(cands, ctx: RerankContext,
-           verifier: str = 'sift_magsac',
-           verifier_kwargs: dict | None = None,  # e.g. {'max_side': 512} or {'weights': '/kaggle/input/.../loftr_outdoor.ckpt'}
-           top_n: int = 10, max_pairs: int | None = None,
-           cache: str | PairCache | None = None,  # JSON pair-cache path, or a PairCache
-           rescore_weight: float = 0.0, inlier_cap: int = 50,
-           feature_cache: int | FeatureCache = 32):  # a FeatureCache (from `verify_settings`) stays warm between calls
-    "Stage: RANSAC inliers of the top `top_n` candidates as features 'inliers' and 'inlier_ratio'."
-    ctx.need('verify', 'image_path')
-    pairs = PairCache(cache) if isinstance(cache, (str, Path)) else cache
-    out, report = verify_candidates(cands, ctx.image_path, VERIFIERS.create(verifier, **(verifier_kwargs or {})),
-                                    top_n, max_pairs, ctx.deadline, pairs, rescore_weight, inlier_cap,
-                                    feature_cache, ctx.verbose)
-    if ctx.verbose or report.skipped or report.failed_pairs: print(report.summary())
-    ctx.work['verify'] = ctx.work.get('verify', 0) + report.pairs + report.failed_pairs  # the pairs that cost time
-    return out
+VERIFIER_TITLES = {'sift_magsac': 'SIFT + MAGSAC', 'loftr': 'LoFTR', 'disk_lightglue': 'DISK + LightGlue',
+                   'aliked_lightglue': 'ALIKED + LightGlue'}  # for reports; a verifier not listed: its name
+
+@dataclasses.dataclass(frozen=True)
+class VerifySettings:
+    verifier: str = 'sift_magsac'  # a VERIFIERS name
+    verifier_kwargs: dict | None = None  # e.g. {'max_side': 512} or {'weights': '/kaggle/input/.../loftr_outdoor.ckpt'}
+    top_n: int = 10  # candidates verified per query (the planner may lower it)
+    max_pairs: int | None = None
+    cache: str | PairCache | None = None  # JSON pair-cache path, or a PairCache
+    rescore_weight: float = 0.0  # w in s' = s + w * min(inliers, cap) / cap; 0 keeps the order
+    inlier_cap: int = 50
+    feature_cache: int | FeatureCache = 32  # a FeatureCache (from `prepare`) stays warm between calls
+
+@register
+class Verify(Stage):
+    "RANSAC inliers of the top `top_n` candidates as features 'inliers' and 'inlier_ratio' (and a rescored order)."
+    name, Settings, cost_s, per, needs = 'verify', VerifySettings, 0.05, 'pair', ('image_path',)  # 51 ms of CPU a pair
+    params = {'verify_top_n': 'top_n', 'verifier': 'verifier', 'verifier_weights': 'verifier_kwargs'}
+
+    @property
+    def title(self) -> str: return f"{VERIFIER_TITLES.get(self.settings.verifier, self.settings.verifier)} verification"
+
+    def check(self) -> None:
+        check_verifier(self.setting_values())
+        if self.settings.top_n < 1: raise StageError(f"stage 'verify': setting 'top_n' must be >= 1, got {self.settings.top_n}")
+
+    def prepare(self, device: str) -> Verify:
+        given = {k: v for k, v in self.setting_values().items() if v is not None}  # None: the run's own cache
+        return self.with_settings(**verify_settings(given, device))
+
+    def apply(self, cands, ctx: RerankContext) -> Answer:
+        "The verified candidates and the pairs that cost time (verified or failed; not cached, not skipped)."
+        s = self.settings
+        pairs = PairCache(s.cache) if isinstance(s.cache, (str, Path)) else s.cache
+        out, report = verify_candidates(cands, ctx.image_path, VERIFIERS.create(s.verifier, **(s.verifier_kwargs or {})),
+                                        s.top_n, s.max_pairs, ctx.deadline, pairs, s.rescore_weight, s.inlier_cap,
+                                        s.feature_cache, ctx.verbose)
+        if ctx.verbose or report.skipped or report.failed_pairs: print(report.summary())
+        return Answer(out, ctx, report.pairs + report.failed_pairs)
+
+    def __call__(self, cands, ctx: RerankContext): return self.apply(cands, ctx).cands

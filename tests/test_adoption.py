@@ -19,15 +19,15 @@ from lmkkit.synth import make_synthetic
 
 REAL = Path(__file__).resolve().parents[1] / '..' / 'shared' / 'real-photos'
 REAL = REAL if REAL.is_dir() else Path('/work/shared/real-photos')
-LGBM_CFG = SimpleNamespace(lgbm_folds=3, lgbm_rounds=30, seed=0, reranker=None)
+LGBM = dict(lgbm=dict(folds=3, rounds=30))
 by_gap = lambda c, truth: gap(recognition_predictions(c), truth)
 
 
 def _lgbm(held: tuple, test: tuple, **kw):
     "run_stages(['lgbm']) fitted and judged on `held` (candidates, truth), applied to `test`; (answer, timeline, verdicts)."
     verdicts = []
-    out, tl = run_stages(test[0], RerankContext(), ['lgbm'], holdout=Holdout(RerankContext(), *held), score=by_gap,
-                         on_answer=lambda c, s, v: verdicts.append(v), cfg=LGBM_CFG, **kw)
+    out, tl = run_stages(test[0], RerankContext(), ['lgbm'], LGBM, holdout=Holdout(RerankContext(), *held), judge=by_gap,
+                         on_answer=lambda c, s, v: verdicts.append(v), **kw)
     return out, tl, verdicts
 
 

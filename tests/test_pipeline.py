@@ -171,10 +171,10 @@ def test_inference_kernel_states_only_the_config_defaults(track):
     import dataclasses
     from lmkkit.kaggle import read_parameters
     from lmkkit.pipeline import InferenceConfig
-    from lmkkit.rerank import stage_settings
+    from lmkkit.rerank import stage_defaults
     params = {n: p.value for n, p in read_parameters(KERNELS/f'lmkkit-{track}'/f'lmkkit-{track}.ipynb').items()}
     defaults = {f.name: getattr(InferenceConfig(), f.name) for f in dataclasses.fields(InferenceConfig)}
-    verify = stage_settings('verify')
+    verify = stage_defaults('verify')
     for name, value in params.items():
         if name in KERNEL_PATHS: continue
         if name in defaults: assert value == defaults[name], f"{track} kernel: {name} = {value!r}, InferenceConfig says {defaults[name]!r}"

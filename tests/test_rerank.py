@@ -8,8 +8,8 @@ from lmkkit.core import ConfigError, Deadline
 from lmkkit.lgbm import predict_reranked, synthetic_candidates, train_reranker
 from lmkkit.metrics import gap
 from lmkkit.plan import run_stages
-from lmkkit.rerank import (STAGES, RerankContext, recognition_predictions, retrieval_predictions,
-                           stage_settings)
+from lmkkit.rerank import STAGES, RerankContext, make_stage, recognition_predictions, retrieval_predictions, stage_defaults
+import lmkkit.stages  # noqa: F401  (every stage of the kit)
 from lmkkit.search import Candidates, knn, search
 
 CHEAP_STAGES = ['qe', 'nonlandmark_penalty', 'soft_vote']
@@ -42,9 +42,9 @@ def test_registry_lists_the_stages():
     names = STAGES.names
     for name in CHEAP_STAGES + ['lgbm']:
         assert name in names
-        assert STAGES.get(name).spec.cost_s > 0
-    assert stage_settings('soft_vote') == dict(k=5, p=8.0)
-    assert 'model' in stage_settings('lgbm')
+        assert STAGES.get(name).cost_s > 0 and STAGES.get(name).name == name
+    assert stage_defaults('soft_vote') == dict(k=5, p=8.0)
+    assert 'model' in stage_defaults('lgbm')
 
 
 @pytest.mark.parametrize('name', CHEAP_STAGES)
@@ -62,12 +62,12 @@ def test_each_stage_on_and_off(world, name):
 
 def test_stage_effects(world):
     cands, ctx, truth = world
-    qe = STAGES.get('qe')(cands, ctx, k=3)
+    qe = make_stage('qe', dict(k=3))(cands, ctx)
     assert not np.array_equal(qe.sims, cands.sims)
-    pen = STAGES.get('nonlandmark_penalty')(cands, ctx)
+    pen = make_stage('nonlandmark_penalty')(cands, ctx)
     np.testing.assert_allclose(pen.features['sim_raw'] - pen.sims,
                                pen.features['nl_sim'] + pen.features['query_nl_sim'], atol=1e-6)
-    sv = STAGES.get('soft_vote')(cands, ctx)
+    sv = make_stage('soft_vote')(cands, ctx)
     assert (sv.features['vote'][:, 0] >= sv.features['vote'][:, 1:5].max(1) - 1e-9).all()
     full, rep = run_stages(cands, ctx, CHEAP_STAGES)
     assert rep.ran.all()
@@ -78,7 +78,7 @@ def test_stage_effects(world):
 def test_bad_settings_and_deadline(world):
     cands, ctx, _ = world
     with pytest.raises(ConfigError, match="stage 'qe' has no setting 'alfa'; its settings are: k, alpha"):
-        run_stages(cands, dataclasses.replace(ctx, settings=dict(qe=dict(alfa=3))), ['qe'])
+        run_stages(cands, ctx, ['qe'], dict(qe=dict(alfa=3)))
     out, rep = run_stages(cands, dataclasses.replace(ctx, nonlandmark_emb=None), ['nonlandmark_penalty', 'qe'])
     assert rep.ran.tolist() == [False, True] and rep.note[0] == 'no non-landmark images (nonlandmarks.csv)'
     spent = dataclasses.replace(ctx, deadline=Deadline(1, clock=lambda: 0.0, start=-5.0))
@@ -102,7 +102,7 @@ def test_lgbm_stage_in_the_pipeline():
     tr, tr_truth = synthetic_candidates(400, seed=5)
     te, te_truth = synthetic_candidates(300, seed=6)
     model = train_reranker(tr, tr_truth, params=dict(num_threads=1), n_folds=2, num_boost_round=20)
-    out, rep = run_stages(te, RerankContext(settings=dict(lgbm=dict(model=model))), ['soft_vote', 'lgbm'])
+    out, rep = run_stages(te, RerankContext(), ['soft_vote', 'lgbm'], dict(lgbm=dict(model=model)))
     assert rep.ran.all()
     assert gap(recognition_predictions(out), te_truth) > gap(recognition_predictions(te), te_truth) + 0.2
     assert set(predict_reranked(model, te)) == set(recognition_predictions(out))

@@ -11,7 +11,8 @@ import pytest
 from lmkkit.core import Deadline
 from lmkkit.data import load_image
 from lmkkit.plan import run_stages
-from lmkkit.rerank import RerankContext, stage_settings
+from lmkkit.rerank import RerankContext, stage_defaults
+import lmkkit.stages  # noqa: F401  (every stage of the kit)
 from lmkkit.search import Candidates
 from lmkkit.synth import draw_scene, family_style, render_view
 from lmkkit.verify import VERIFIERS, PairCache, PairResult, SiftMagsac, prepare_image, verify_candidates
@@ -55,9 +56,8 @@ def test_same_scene_beats_unrelated(images):
 
 def test_stage_cache_deadline_and_rescore(images, tmp_path):
     cands, path = _cands(), tmp_path/'pairs.json'
-    ctx = RerankContext(image_path=lambda i: images/f'{i}.jpg',
-                        settings={'verify': dict(top_n=3, cache=str(path), rescore_weight=1.0)})
-    first, timing = run_stages(cands, ctx, ['verify'])
+    ctx = RerankContext(image_path=lambda i: images/f'{i}.jpg')
+    first, timing = run_stages(cands, ctx, ['verify'], {'verify': dict(top_n=3, cache=str(path), rescore_weight=1.0)})
     assert timing.ran.all() and len(PairCache(path)) == 7  # 9 pairs, 2 with an unreadable image
     assert list(first.ids[:, 0]) == ['s0b', 's1b', 's2b']  # re-scoring puts the other view first
     calls = []
@@ -121,8 +121,8 @@ def real_run():
     paths = {p.stem: p for p in landmarks + indoor}
     cands = Candidates([q.stem for q in landmarks], [[p.stem for p in landmarks if p != q] + [p.stem for p in indoor] for q in landmarks],
                        np.zeros((len(landmarks), len(landmarks) + len(indoor) - 1), np.float32))
-    ctx = RerankContext(image_path=paths.get, settings={'verify': dict(top_n=cands.k, rescore_weight=1.0)})
-    out, _ = run_stages(cands, ctx, ['verify'])
+    ctx = RerankContext(image_path=paths.get)
+    out, _ = run_stages(cands, ctx, ['verify'], {'verify': dict(top_n=cands.k, rescore_weight=1.0)})
     inl = {(q, c): int(n) for q, row, nrow in zip(out.query_ids, out.ids, out.features['inliers']) for c, n in zip(row, nrow)}
     return out, inl, [p.stem for p in landmarks], [p.stem for p in indoor], paths
 
@@ -146,7 +146,7 @@ def test_real_photos_unrelated_never_get_the_top_bonus(real_run):
     out, inl, landmarks, indoor, paths = real_run
     bonus = out.sims  # similarities were 0: what is left is the stage's bonus w * min(inliers, cap) / cap, w = 1
     unrelated = np.isin(out.ids, indoor)
-    cap = stage_settings('verify')['inlier_cap']
+    cap = stage_defaults('verify')['inlier_cap']
     assert bonus[unrelated].max() < 1.0 and max(inl[a, b] for a in landmarks for b in indoor) < cap
     assert (bonus[~unrelated] == 1.0).sum() >= 10  # while well-overlapping landmark pairs do reach it
 
@@ -185,4 +185,4 @@ def test_facade_of_identical_windows_against_one_window():
         res = v.verify_pair(a, b)
         assert res.inliers < 15 and res.matches <= 30, res  # a handful: one window's worth, under a third of the bonus cap
     true = v.verify_pair(*(load_image(REAL/'landmark'/f'sacre_coeur_{n}.jpg') for n in ('10265353_3838484249', '60584745_2207571072')))
-    assert true.inliers >= stage_settings('verify')['inlier_cap'], true  # a true pair keeps the top bonus
+    assert true.inliers >= stage_defaults('verify')['inlier_cap'], true  # a true pair keeps the top bonus
