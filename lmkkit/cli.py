@@ -11,18 +11,15 @@ import os
 import sys
 from pathlib import Path
 
-from .core import CliParser, ConfigError, Registry, example_number, value_kind
+from .core import CliParser, ConfigError, LmkkitError, Registry, example_number, value_kind
 
 # %% auto #0
-__all__ = ['COMMANDS', 'DEBUG_ENV', 'MISTAKES', 'GLDV2_ONLY', 'LITERALS', 'build_parser', 'run', 'is_mistake', 'mistake_line',
-           'main', 'delegate', 'at_least', 'need_file', 'source_names', 'option_hint', 'need_dataset']
+__all__ = ['COMMANDS', 'DEBUG_ENV', 'GLDV2_ONLY', 'LITERALS', 'build_parser', 'run', 'is_mistake', 'mistake_line', 'main',
+           'delegate', 'at_least', 'need_file', 'source_names', 'option_hint', 'need_dataset']
 
 # %% ../nbs/80_cli.ipynb #367ce861
 COMMANDS = Registry('command')
 DEBUG_ENV = 'LMKKIT_DEBUG'
-# the project's errors for a user's mistake, by module: matched only when that module was imported (so it could raise)
-MISTAKES = {'lmkkit.core': ('ConfigError',), 'lmkkit.data': ('DataError',), 'lmkkit.metrics': ('SubmissionError', 'SolutionError'),
-            'lmkkit.model': ('CheckpointError',), 'lmkkit.train': ('TrainError',)}
 
 def _first_line(fn) -> str: return (fn.__doc__ or '').strip().splitlines()[0]
 
@@ -49,8 +46,7 @@ def run(argv: list[str]) -> int:
 
 def is_mistake(e: BaseException) -> bool:
     "Whether `e` reports a user's mistake (see above) rather than a bug."
-    if isinstance(e, OSError): return True
-    return any(isinstance(e, getattr(sys.modules[m], n)) for m, names in MISTAKES.items() if m in sys.modules for n in names)
+    return isinstance(e, (OSError, LmkkitError))
 
 def mistake_line(e: BaseException) -> str:
     "The one line that reports a mistake; an OSError's path and a hint are spelled out."

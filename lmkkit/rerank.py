@@ -23,8 +23,8 @@ from .whiten import Whitening, learn_whitening
 __all__ = ['STAGES', 'COST_UNITS', 'S_PER_MAC', 'RerankContext', 'NoSettings', 'Answer', 'make_settings', 'Stage', 'register',
            'make_stage', 'stage_defaults', 'register_stage', 'expand', 'query_expansion', 'database_augment',
            'dba_context', 'dba', 'whiten_context', 'whiten', 'class_votes', 'vote_share', 'soft_vote', 'per_candidate',
-           'nonlandmark_similarity', 'nonlandmark_penalty', 'recognition_predictions', 'retrieval_predictions',
-           'assign_labels', 'boost_agreeing', 'label_boost']
+           'nonlandmark_similarity', 'recognition_predictions', 'retrieval_predictions', 'assign_labels',
+           'boost_agreeing', 'label_boost']
 
 # %% ../nbs/40_rerank.ipynb #768ebd7a
 @dataclass
@@ -377,31 +377,6 @@ def nonlandmark_similarity(emb: np.ndarray, nonlandmark_emb: np.ndarray, k: int 
     "Per row of `emb`: (mean of its top-`k` similarities to the non-landmarks, the largest one)."
     sims, _ = knn(emb, nonlandmark_emb, k, **knn_kwargs)
     return sims.mean(1), sims[:, 0]
-
-def _candidate_nl_sim(cands: Candidates, ctx: RerankContext, k: int, chunk: int = 65536, **kw) -> np.ndarray:
-    "(Q, K) mean non-landmark similarity of each candidate, computed once per distinct index row, `chunk` rows gathered at a time."
-    uniq, inv = np.unique(ctx.candidate_rows(cands), return_inverse=True)
-    n = np.concatenate([nonlandmark_similarity(ctx.index_emb[uniq[s:s + chunk]], ctx.nonlandmark_emb, k, **kw)[0]
-                        for s in range(0, len(uniq), chunk)] or [np.zeros(0, np.float32)])
-    return n[inv.reshape(cands.ids.shape)]
-
-def nonlandmark_penalty(cands: Candidates, ctx: RerankContext,
-                        k: int = 5,  # non-landmark neighbours averaged
-                        w_candidate: float = 1.0,  # weight of the candidate's non-landmark similarity
-                        w_query: float = 1.0,  # weight of the query's non-landmark similarity
-                        nl_sim: bool = False,  # compute the candidates' side (feature 'nl_sim') even when w_candidate is 0
-                        ) -> Candidates:
-    "Subtract weighted non-landmark similarities of candidate and query from each similarity; re-sort."
-    ctx.need('the non-landmark penalty', 'nonlandmark_emb', 'index_ids', 'index_emb', 'query_ids', 'query_emb')
-    kw = dict(backend=ctx.knn_backend, device=ctx.device)
-    n_q, max_q = nonlandmark_similarity(ctx.query_emb_of(cands.query_ids), ctx.nonlandmark_emb, k, **kw)
-    full = lambda a: per_candidate(a, cands).astype(np.float32)
-    feats = {} if 'sim_raw' in cands.features else dict(sim_raw=cands.sims)
-    sims = cands.sims - w_query * n_q[:, None]
-    if w_candidate != 0 or nl_sim:  # the candidate side is a kNN per distinct candidate: most of the stage's time
-        n_c = _candidate_nl_sim(cands, ctx, k, **kw)
-        sims, feats['nl_sim'] = sims - w_candidate * n_c, n_c.astype(np.float32)
-    return cands.replace(sims=sims).with_features(**feats, query_nl_sim=full(n_q), query_nl_max=full(max_q)).sort()
 
 # %% ../nbs/40_rerank.ipynb #75482237
 def recognition_predictions(cands: Candidates) -> dict[str, tuple[int, float]]:

@@ -270,3 +270,21 @@ def test_benchmark_checkpoint_is_not_one(revisited):
 def test_debug_shows_a_delegated_commands_traceback(tmp_path):
     res = _lmkkit_env({'LMKKIT_DEBUG': '1'}, 'kernels', 'owner', 'Bad Name!', tmp_path)
     assert res.returncode != 0 and 'Traceback' in res.stderr and 'ConfigError' in res.stderr
+
+
+def test_every_public_kit_error_shares_one_base():
+    "Every public error class of the kit derives from LmkkitError, the one class the command line treats as a mistake."
+    import importlib, inspect, pkgutil
+    import lmkkit
+    from lmkkit.cli import is_mistake
+    from lmkkit.core import LmkkitError
+    errors = {}
+    for m in pkgutil.walk_packages(lmkkit.__path__, 'lmkkit.'):
+        if m.name == 'lmkkit._modidx': continue
+        mod = importlib.import_module(m.name)
+        errors |= {n: o for n, o in vars(mod).items() if inspect.isclass(o) and issubclass(o, Exception)
+                   and o.__module__ == mod.__name__ and not n.startswith('_')}
+    assert {'ConfigError', 'StageError', 'DataError', 'SubmissionError', 'SolutionError', 'CheckpointError', 'TrainError',
+            'TrainingDiverged', 'KernelError'} <= set(errors)
+    assert [n for n, e in errors.items() if not issubclass(e, LmkkitError)] == []
+    assert all(is_mistake(e('x')) for e in errors.values())

@@ -54,7 +54,6 @@ def test_divergence_stops_keeps_the_last_good_checkpoint_and_resumes(gld, tmp_pa
                                                rf"likely cause: the learning rate is too high.*last.pt holds the finite "
                                                rf"weights of step {step}: fix the setting and run again to resume"):
         train_main([str(gld), str(out), '--preset', 'demo', '--quiet', *_args(lr=1e4)])
-    assert isinstance(TrainingDiverged('x'), ConfigError)  # the CLI's one-line mistake, exit code 2
     after = _last(out)
     assert after['position'] == good['position'] and not nonfinite_tensors(after['model'])
     assert not nonfinite_tensors(torch.load(out/'model.pt', weights_only=True)['state_dict'])
@@ -63,7 +62,6 @@ def test_divergence_stops_keeps_the_last_good_checkpoint_and_resumes(gld, tmp_pa
     assert done['position']['step'] == tr.total_steps and not nonfinite_tensors(done['model'])
 
 
-@pytest.mark.skipif(not hasattr(lmkkit.cli, 'is_mistake'), reason="needs the CLI's handler for ConfigError (exit 2), i10's")
 def test_divergence_exits_2_from_the_cli(gld, tmp_path):
     cmd = [sys.executable, '-c', 'import sys, lmkkit.cli; sys.exit(lmkkit.cli.main())', 'train', str(gld), str(tmp_path/'run'), '--preset', 'demo', '--quiet',
            *_args(lr=1e4, stages=((32, 4),))]
