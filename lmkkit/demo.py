@@ -68,7 +68,9 @@ def collect_metrics(recognition_dir: str | Path, retrieval_dir: str | Path, trai
     out = {}
     for track, d in (('recognition', recognition_dir), ('retrieval', retrieval_dir)):
         m = json.loads((Path(d)/'metrics.json').read_text())
-        out[track] = {'stages': [{'stage': r['stage'], METRIC[track]: r[METRIC[track]], 'holdout': r.get('holdout'), 'adopted': r.get('adopted', True)} for r in m['stages']]}
+        keep = lambda r: {'stage': r['stage'], METRIC[track]: r[METRIC[track]], 'holdout': r.get('holdout'),
+                          'adopted': r.get('adopted', True), 'title': r.get('title') or r['stage']}
+        out[track] = {'stages': [keep(r) for r in m['stages']]}
     return out | {'cut': cut_steps(train_dir, recognition_dir, retrieval_dir)}
 
 def ablation_table(metrics: dict, track: str) -> pd.DataFrame:

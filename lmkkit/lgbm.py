@@ -257,20 +257,20 @@ class Lgbm(Stage):
     name, title, Settings, cost_s, learns = 'lgbm', '7-class LightGBM', LgbmSettings, 2e-5, True
     params = {'lgbm_folds': 'folds', 'lgbm_rounds': 'rounds', 'reranker': 'reranker'}
 
-    def check(self) -> None:
-        for k in ('folds', 'rounds'):
-            if getattr(self.settings, k) < 1: raise StageError(f"stage 'lgbm': setting {k!r} must be >= 1, got {getattr(self.settings, k)}")
+    def check(self) -> None: self.at_least_one('folds', 'rounds')
 
     @property
     def wants_holdout(self) -> bool: return self.settings.model is None and self.settings.reranker is None
 
-    def fit_s(self, n_holdout: int) -> float: return reranker_fit_seconds(n_holdout, self.settings.folds, self.settings.rounds)
+    def fit_s(self, n_holdout: int) -> float:
+        return reranker_fit_seconds(n_holdout, self.settings.folds, self.settings.rounds)
 
     def fit(self, cands, truth, seed=0, out_dir=None, deadline=None) -> Lgbm:
         "Trained on held-out `cands` when given, else the saved `reranker` loaded (else unchanged)."
+        s = self.settings
         if cands is not None:
-            return self.with_settings(model=fit_reranker(cands, truth, self.settings.folds, self.settings.rounds, seed, out_dir, deadline))
-        return self if self.settings.reranker is None else self.with_settings(model=load_reranker(self.settings.reranker))
+            return self.with_settings(model=fit_reranker(cands, truth, s.folds, s.rounds, seed, out_dir, deadline))
+        return self if s.reranker is None else self.with_settings(model=load_reranker(s.reranker))
 
     def oof(self, cands: Candidates) -> Candidates | None: return reranker_oof(self.settings.model, cands)
 

@@ -215,7 +215,7 @@ def _early(d: Deadline | None, seconds: float) -> Deadline | None:
     return d if d is None or seconds <= 0 else Deadline(d.limit_s, d.reserve_s + seconds, d.start, d.clock)
 
 def _apply_early(stage: Stage, cands: Candidates, ctx: RerankContext, seconds: float) -> Answer:
-    "`stage.apply` on a context whose deadline comes `seconds` early; the answer's context has the run's deadline back."
+    "`stage.apply` on a context whose deadline comes `seconds` early; the answer's context has the run's deadline."
     ans = stage.apply(cands, ctx.replace(deadline=_early(ctx.deadline, seconds)))
     return dataclasses.replace(ans, ctx=ans.ctx.replace(deadline=ctx.deadline))
 
@@ -231,17 +231,18 @@ class StageRunner:
     "Plans, applies and judges a chain of stages under the context's deadline, one `step` each."
     def __init__(self, timeline: Timeline,
                  holdout: Holdout | None = None,  # held-out queries: run through every stage, fitted on, judged on
-                 judge: Callable[[Candidates, dict], float] | None = None,  # judge(held-out cands, truth); None: adopt all
-                 min_landmarks: int = MIN_HOLDOUT_LANDMARKS,  # held-out landmark queries a stage with proof_needed needs
-                 on_answer: Callable[[Candidates, str, dict], None] | None = None,  # (cands, name, verdict) after each stage
+                 judge: Callable[[Candidates, dict], float] | None = None,  # (held-out cands, truth) -> score
+                 min_landmarks: int = MIN_HOLDOUT_LANDMARKS,  # held-out landmarks a stage with proof_needed needs
+                 on_answer: Callable[[Candidates, str, dict], None] | None = None,  # (cands, name, verdict)
                  report: dict | None = None,  # measured rates and held-out sizes and scores are added here
-                 s_per_mac: float | None = None,  # this run's seconds per kNN multiply-add: calibrates stages costed so
+                 s_per_mac: float | None = None,  # this run's kNN seconds per multiply-add (calibrates)
                  device: str = 'cpu', seed: int = 0, out_dir: str | Path | None = None):  # for `prepare` and `fit`
         self.tl, self.holdout, self.judge_fn, self.min_landmarks = timeline, holdout, judge, min_landmarks
         self.on_answer, self.report, self.s_per_mac = on_answer, {} if report is None else report, s_per_mac
         self.device, self.seed, self.out_dir = device, seed, out_dir
-        self.hc, self.hctx = (None, None) if holdout is None else (holdout.cands, holdout.ctx)  # the held-out answer so far
-        self.rates, self.best, self.after_s = {}, None, 1.0  # after_s: judging and writing after a stage (longest seen)
+        self.hc, self.hctx = (None, None) if holdout is None else (holdout.cands, holdout.ctx)  # held-out answer so far
+        self.rates, self.best = {}, None  # seconds per unit by stage name; the best held-out score so far
+        self.after_s = 1.0  # judging and writing after a stage: a first guess, then the longest seen
 
     def run(self, cands: Candidates, ctx: RerankContext, stages: Sequence[Stage]) -> Candidates:
         "Apply `stages` in order: the final candidates."
@@ -260,13 +261,15 @@ class StageRunner:
         return todo
 
     def start(self, stages: Sequence[Stage]) -> None:
-        "Score the held-out answer before any stage; calibrate the stages costed per multiply-add on this run's kNN."
+        "Score the held-out answer before any stage; calibrate the stages costed per multiply-add on the run's kNN."
         if self.holdout is not None:
             self.best = None if self.judge_fn is None else float(self.judge_fn(self.hc, self.holdout.truth))
-            self.report.update(holdout_queries=len(self.hc), holdout_landmarks=self.holdout.n_landmarks, holdout_start=self.best)
+            self.report.update(holdout_queries=len(self.hc), holdout_landmarks=self.holdout.n_landmarks,
+                               holdout_start=self.best)
         if self.s_per_mac: self.rates.update({s.name: self.s_per_mac for s in stages if s.per in MAC_UNITS})
 
-    def step(self, stage: Stage, later: Sequence[Stage], cands: Candidates, ctx: RerankContext) -> tuple[Candidates, RerankContext]:
+    def step(self, stage: Stage, later: Sequence[Stage], cands: Candidates,
+             ctx: RerankContext) -> tuple[Candidates, RerankContext]:
         "Plan, apply and judge one stage: the candidates and context the next stage starts from."
         if why := self.unproven(stage):
             self.tl.skip(stage.name, None, f'skipped: {why}')
@@ -292,24 +295,27 @@ class StageRunner:
 
     def calibrate(self, stage: Stage, cands: Candidates, ctx: RerankContext) -> None:
         "A pair stage's warm rate, measured once on 2 + 2 test queries when a deadline makes it matter."
-        if stage.per != 'pair' or stage.name in self.rates or ctx.deadline is None or not len(cands) or not cands.k: return
-        if ctx.deadline.remaining <= 0: return
+        if stage.per != 'pair' or stage.name in self.rates or ctx.deadline is None: return
+        if not len(cands) or not cands.k or ctx.deadline.remaining <= 0: return
         with self.tl.step(f'{stage.name}_probe', note='its rate per pair, measured on 2 + 2 queries'):
             self.rates[stage.name] = probe_seconds_per_pair(stage, cands, ctx)
         self.report[f'{stage.name}_pairs_per_s'] = round(1 / self.rates[stage.name], 2)
 
-    def book(self, stage: Stage, later: Sequence[Stage], cands: Candidates, ctx: RerankContext) -> tuple[dict, float]:
+    def book(self, stage: Stage, later: Sequence[Stage], cands: Candidates,
+             ctx: RerankContext) -> tuple[dict, float]:
         "The stage's plan in the time left, and the seconds promised to the stages after it (with their judging)."
         remaining = math.inf if ctx.deadline is None else ctx.deadline.remaining
         chain, n_hold = [stage, *later], 0 if self.hc is None else len(self.hc)
         fit_s = {s.name: s.fit_s(n_hold) for s in chain if self.holdout is not None and s.wants_holdout}
         fit_s = {k: v for k, v in fit_s.items() if v is not None}
-        units = _units(cands, ctx, None if self.holdout is None else Holdout(self.hctx, self.hc, self.holdout.truth))
+        held = None if self.holdout is None else Holdout(self.hctx, self.hc, self.holdout.truth)
+        units = _units(cands, ctx, held)
         plans = plan_stages(chain, remaining, units, self.rates, None, fit_s)
         return plans[0], sum(p['planned_s'] + self.after_s for p in plans[1:] if p['run'])
 
-    def apply(self, stage: Stage, plan: dict, booked: float, cands: Candidates, ctx: RerankContext) -> tuple[Answer, Answer | None]:
-        "Fit the stage, then apply it to the test queries (timed: its rate) and the held-out ones, in its booked time."
+    def apply(self, stage: Stage, plan: dict, booked: float, cands: Candidates,
+              ctx: RerankContext) -> tuple[Answer, Answer | None]:
+        "Fit the stage, then apply it to the test queries (timed: its rate) and the held-out ones, in its time."
         with self.tl.step(stage.name, plan['planned_s'], plan['note']):
             stage = self.fit(stage, _early(ctx.deadline, booked))
             t0 = time.perf_counter()
@@ -329,7 +335,7 @@ class StageRunner:
                          out_dir=self.out_dir, deadline=deadline)
 
     def held_share(self, stage: Stage, plan: dict, cands: Candidates) -> float:
-        "Seconds of a pair stage's plan kept for its held-out queries while it runs on the test ones: H/(Q + H) of it."
+        "Seconds of a pair stage's plan kept for its held-out queries while it runs on the test ones: H/(Q + H)."
         if stage.per != 'pair' or self.hc is None or not len(self.hc): return 0.0
         return plan['planned_s'] * len(self.hc) / (len(cands) + len(self.hc))
 
@@ -341,11 +347,13 @@ class StageRunner:
     def judge(self, stage: Stage, out: Answer, held: Answer | None) -> bool:
         "Score the held-out answer, give the verdict to `on_answer`: whether the stage's answer is adopted."
         t0 = time.perf_counter()
-        estimate = None if held is None or self.judge_fn is None else float(self.judge_fn(held.cands, self.holdout.truth))
+        judged = held is not None and self.judge_fn is not None
+        estimate = float(self.judge_fn(held.cands, self.holdout.truth)) if judged else None
         adopted, note = verdict(estimate, self.best, stage.proof_needed) if self.judge_fn is not None else (True, '')
         if note: self.tl.annotate(note)
         if self.on_answer is not None:
-            self.on_answer(out.cands, stage.name, dict(holdout=estimate, adopted=adopted, note=note, title=stage.title))
+            v = dict(holdout=estimate, adopted=adopted, note=note, title=stage.title)
+            self.on_answer(out.cands, stage.name, v)
         self.after_s = max(self.after_s, time.perf_counter() - t0)
         if adopted and estimate is not None: self.best = estimate
         return adopted
@@ -354,7 +362,7 @@ def run_stages(cands: Candidates, ctx: RerankContext, stages: Sequence[Stage | s
                settings: dict[str, dict] | None = None,  # stage name -> settings, for the stages given by name
                timeline: Timeline | None = None,  # where the steps go (None: a fresh one on ctx.deadline)
                **runner) -> tuple[Candidates, pd.DataFrame]:
-    "Plan and apply `stages` in order (`StageRunner` keywords): the final candidates and one timeline row per stage."
+    "Plan and apply `stages` in order (`StageRunner` keywords): the final candidates and a timeline row per stage."
     chain = [s if isinstance(s, Stage) else make_stage(s, (settings or {}).get(s)) for s in stages]
     tl = timeline or Timeline(deadline=ctx.deadline)
     first = len(tl.rows)

@@ -162,6 +162,12 @@ class Stage:
     def check(self) -> None:
         "Raise a `StageError` on a bad setting value (called once, when the stage is made)."
 
+    def at_least_one(self, *names: str) -> None:
+        "Raise a `StageError` naming the first of the int settings `names` that is below 1."
+        for n in names:
+            if getattr(self.settings, n) < 1:
+                raise StageError(f"stage {self.name!r}: setting {n!r} must be >= 1, got {getattr(self.settings, n)}")
+
     def __call__(self, cands: Candidates, ctx: RerankContext) -> Candidates: raise NotImplementedError
 
     def apply(self, cands: Candidates, ctx: RerankContext) -> Answer:

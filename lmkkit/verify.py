@@ -465,15 +465,18 @@ class VerifySettings:
 @register
 class Verify(Stage):
     "RANSAC inliers of the top `top_n` candidates as features 'inliers' and 'inlier_ratio' (and a rescored order)."
-    name, Settings, cost_s, per, needs = 'verify', VerifySettings, 0.05, 'pair', ('image_path',)  # 51 ms of CPU a pair
+    name, Settings, needs = 'verify', VerifySettings, ('image_path',)
+    cost_s, per = 0.05, 'pair'  # 51 ms of CPU a pair at the defaults (the table above)
     params = {'verify_top_n': 'top_n', 'verifier': 'verifier', 'verifier_weights': 'verifier_kwargs'}
 
     @property
-    def title(self) -> str: return f"{VERIFIER_TITLES.get(self.settings.verifier, self.settings.verifier)} verification"
+    def title(self) -> str:
+        v = self.settings.verifier
+        return f"{VERIFIER_TITLES.get(v, v)} verification"
 
     def check(self) -> None:
         check_verifier(self.setting_values())
-        if self.settings.top_n < 1: raise StageError(f"stage 'verify': setting 'top_n' must be >= 1, got {self.settings.top_n}")
+        self.at_least_one('top_n')
 
     def prepare(self, device: str) -> Verify:
         given = {k: v for k, v in self.setting_values().items() if v is not None}  # None: the run's own cache
@@ -483,9 +486,9 @@ class Verify(Stage):
         "The verified candidates and the pairs that cost time (verified or failed; not cached, not skipped)."
         s = self.settings
         pairs = PairCache(s.cache) if isinstance(s.cache, (str, Path)) else s.cache
-        out, report = verify_candidates(cands, ctx.image_path, VERIFIERS.create(s.verifier, **(s.verifier_kwargs or {})),
-                                        s.top_n, s.max_pairs, ctx.deadline, pairs, s.rescore_weight, s.inlier_cap,
-                                        s.feature_cache, ctx.verbose)
+        verifier = VERIFIERS.create(s.verifier, **(s.verifier_kwargs or {}))
+        out, report = verify_candidates(cands, ctx.image_path, verifier, s.top_n, s.max_pairs, ctx.deadline, pairs,
+                                        s.rescore_weight, s.inlier_cap, s.feature_cache, ctx.verbose)
         if ctx.verbose or report.skipped or report.failed_pairs: print(report.summary())
         return Answer(out, ctx, report.pairs + report.failed_pairs)
 

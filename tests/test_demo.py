@@ -28,7 +28,8 @@ def test_reduced_demo(tmp_path, capsys):
         stages = metrics[track]['stages']
         assert list(metrics[track]) == ['stages']
         assert stages[0]['stage'] == first and stages[-1]['stage'] == 'final' and len(stages) >= 3
-        assert all(set(r) == {'stage', METRIC[track], 'holdout', 'adopted'} and 0 <= r[METRIC[track]] <= 1 for r in stages)
+        assert all(set(r) == {'stage', METRIC[track], 'holdout', 'adopted', 'title'} and 0 <= r[METRIC[track]] <= 1 for r in stages)
+        assert [r['title'] for r in stages if r['stage'] == 'verify'] == ['SIFT + MAGSAC verification']  # the verifier that ran
         assert validate_submission(out/track/'submission.csv', submission_ids(out/'data', track))[0] == track
         assert (out/f'{track}.ipynb').is_file() and (out/track/'timeline.png').is_file()
     assert (out/'model'/'model.pt').is_file()

@@ -26,8 +26,7 @@ class DatabaseAugmentation(Stage):
     cost_s, per = S_PER_MAC, 'index_x_index'
     needs = ('index_ids', 'index_emb', 'query_ids', 'query_emb')
 
-    def check(self):
-        if self.settings.k < 1: raise StageError(f"stage 'dba': setting 'k' must be >= 1, got {self.settings.k}")
+    def check(self): self.at_least_one('k')
 
     def apply(self, cands: Candidates, ctx: RerankContext) -> Answer:
         return Answer(*dba(cands, ctx, self.settings.k, self.settings.alpha))

@@ -56,8 +56,7 @@ class NonlandmarkPenalty(Stage):
     cost_s, per = S_PER_MAC, 'query_x_nonlandmark'
     needs = ('nonlandmark_emb', 'index_ids', 'index_emb', 'query_ids', 'query_emb')
 
-    def check(self):
-        if self.settings.k < 1: raise StageError(f"stage 'nonlandmark_penalty': setting 'k' must be >= 1, got {self.settings.k}")
+    def check(self): self.at_least_one('k')
 
     def __call__(self, cands: Candidates, ctx: RerankContext) -> Candidates:
         return nonlandmark_penalty(cands, ctx, **self.setting_values())

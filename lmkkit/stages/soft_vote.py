@@ -24,8 +24,7 @@ class SoftVote(Stage):
     "Class votes over the top `k` (features 'vote', 'vote_share', 'score'); candidates reordered by vote."
     name, title, Settings, cost_s = 'soft_vote', 'soft voting', SoftVoteSettings, 1e-5
 
-    def check(self):
-        if self.settings.k < 1: raise StageError(f"stage 'soft_vote': setting 'k' must be >= 1, got {self.settings.k}")
+    def check(self): self.at_least_one('k')
 
     def __call__(self, cands: Candidates, ctx: RerankContext | None = None) -> Candidates:
         return soft_vote(cands, ctx, self.settings.k, self.settings.p)
