@@ -26,12 +26,13 @@ from .core import CliParser, ConfigError, atomic_write
 __all__ = ['KERNEL_METADATA', 'BASELINE', 'DEFAULT_PLATFORMS', 'WHEELHOUSE_SLUG', 'WEIGHTS_SLUG', 'DATASET_METADATA',
            'WHEELHOUSE_LOCK', 'OUR_DATASETS', 'PUBLIC_TEST_MAX', 'PUBLIC_TRAIN_ROWS', 'IMAGE_SUFFIXES',
            'kaggle_api_class', 'offline_api', 'Parameter', 'parse_parameters', 'parameter_problems', 'read_parameters',
-           'find_credentials', 'kaggle_problems', 'bare_slug', 'source_problems', 'username_problem', 'check_username',
-           'owner_problems', 'kernel_folder', 'validate_kernel', 'KernelError', 'check_kernel', 'source_root',
-           'build_lmkkit_wheel', 'download_wheels', 'marker_env', 'resolve', 'closure_above', 'baseline_conflicts',
-           'read_baseline', 'dataset_metadata', 'validate_dataset', 'build_wheelhouse', 'install_cell_source',
-           'build_weights_dataset', 'with_owner', 'set_owner', 'describe_request', 'authenticated_api', 'push_kernel',
-           'count_images', 'count_rows', 'is_public_run', 'main']
+           'file_credentials', 'find_credentials', 'kaggle_problems', 'bare_slug', 'source_problems',
+           'username_problem', 'check_username', 'owner_problems', 'kernel_folder', 'validate_kernel',
+           'outside_code_credentials', 'KernelError', 'check_kernel', 'source_root', 'build_lmkkit_wheel',
+           'download_wheels', 'marker_env', 'resolve', 'closure_above', 'baseline_conflicts', 'read_baseline',
+           'dataset_metadata', 'validate_dataset', 'build_wheelhouse', 'install_cell_source', 'build_weights_dataset',
+           'with_owner', 'set_owner', 'describe_request', 'authenticated_api', 'push_kernel', 'count_images',
+           'count_rows', 'is_public_run', 'main']
 
 # %% ../nbs/60_kaggle.ipynb #11fb218e
 _OFFLINE_USER = 'lmkkit-offline'
@@ -166,26 +167,24 @@ _SECRET_PATTERNS = [
     (re.compile(r'\bKGAT_[A-Za-z0-9]{16,}'), 'a Kaggle access token (KGAT_...)'),
 ]
 
+def file_credentials(path: Path, rel: str | Path, max_bytes: int = 20_000_000) -> str | None:
+    "The problem of one file (named `rel` in the message) that is, or contains, a Kaggle credential, or cannot be read; None if clean."
+    if path.name in _SECRET_FILES: return f"{rel}: credential file; delete it, credentials live in ~/.kaggle or the environment"
+    try:
+        with path.open('rb') as f: data = f.read(max_bytes)
+    except OSError as e:  # unreadable (permissions, a file gone meanwhile): it cannot be vouched for
+        return f"{rel}: cannot be read to check it for credentials ({e.strerror or e}); fix its permissions or remove it"
+    if b'\0' in data[:4096]: return None  # binary (a wheel, a checkpoint)
+    text = data.decode('utf-8', errors='ignore')
+    for pattern, what in _SECRET_PATTERNS:
+        if pattern.search(text) or pattern.search(text.replace('\\"', '"')):
+            return f"{rel}: contains {what}; remove it (credentials are never written into a kernel or dataset)"
+    return None
+
 def find_credentials(folder: str | Path, max_bytes: int = 20_000_000) -> list[str]:
     "Problems naming each file of `folder` that is, or contains, a Kaggle credential, or that cannot be read to check."
-    found = []
-    for path in sorted(p for p in Path(folder).rglob('*') if p.is_file()):
-        rel = path.relative_to(folder)
-        if path.name in _SECRET_FILES:
-            found.append(f"{rel}: credential file; delete it, credentials live in ~/.kaggle or the environment")
-            continue
-        try:
-            with path.open('rb') as f: data = f.read(max_bytes)
-        except OSError as e:  # unreadable (permissions, a file gone meanwhile): it cannot be vouched for
-            found.append(f"{rel}: cannot be read to check it for credentials ({e.strerror or e}); fix its permissions or remove it")
-            continue
-        if b'\0' in data[:4096]: continue  # binary (a wheel, a checkpoint)
-        text = data.decode('utf-8', errors='ignore')
-        for pattern, what in _SECRET_PATTERNS:
-            if pattern.search(text) or pattern.search(text.replace('\\"', '"')):
-                found.append(f"{rel}: contains {what}; remove it (credentials are never written into a kernel or dataset)")
-                break
-    return found
+    paths = sorted(p for p in Path(folder).rglob('*') if p.is_file())
+    return [p for p in (file_credentials(path, path.relative_to(folder), max_bytes) for path in paths) if p]
 
 # %% ../nbs/60_kaggle.ipynb #94aec718
 KERNEL_METADATA = 'kernel-metadata.json'
@@ -280,7 +279,12 @@ def validate_kernel(folder: str | Path, require_gpu: bool = True) -> list[str]:
     code = folder/str(meta.get('code_file') or '')
     if not code.is_file(): problems.append(f"code_file {meta.get('code_file')!r} not found in {folder}")
     elif code.suffix == '.ipynb': problems += parameter_problems(code)[1]
-    return problems + find_credentials(folder)
+    return problems + find_credentials(folder) + outside_code_credentials(folder, code)
+
+def outside_code_credentials(folder: Path, code: Path) -> list[str]:
+    "The credential problem of a `code_file` outside `folder` (`../x.py`, an absolute path): kaggle sends it all the same."
+    if not code.is_file() or Path(os.path.normpath(code.absolute())).is_relative_to(folder.absolute()): return []
+    return [p for p in [file_credentials(code, f"code_file {code}")] if p]
 
 class KernelError(ConfigError):
     "A kernel or dataset folder that must not be pushed; the message lists every problem."
