@@ -36,10 +36,9 @@ def name_problem(name) -> str:
     return 'holds a NUL character' if '\0' in name else ''
 
 def bad_names(names) -> np.ndarray:
-    "Boolean mask of the `names` that are not plain file names (`name_problem`), vectorised for a whole CSV column."
-    s = pd.Series(list(names), dtype=object)
-    text = s.astype(str)
-    return (~s.map(type).eq(str) | text.str.contains(r'[/\\\x00]', regex=True) | text.isin(['', '.', '..'])).to_numpy()
+    "Boolean mask of the `names` (a list, array or Series) that are not plain file names (`name_problem`), in one pass."
+    names = names.tolist() if hasattr(names, 'tolist') else names
+    return np.fromiter((not isinstance(n, str) or n in ('', '.', '..') or '/' in n or '\\' in n or '\0' in n for n in names), bool)
 
 def id_to_path(root: str | Path, split: str, image_id: str) -> Path:
     "The GLDv2 path of an image: `root/split/a/b/c/<id>.jpg` with `a`, `b`, `c` the first characters of the id."
@@ -51,7 +50,7 @@ def paths_for(root: str | Path, split: str, ids) -> np.ndarray:
     "`id_to_path` for many ids (str, or a uint64 array of the 16-hex ids) at once: an object array of str (no `Path` objects)."
     ids = [f'{i:016x}' for i in ids.tolist()] if isinstance(ids, np.ndarray) and ids.dtype.kind in 'ui' else [str(i) for i in ids]
     if short := next((i for i in ids if len(i) < 3), None): id_to_path(root, split, short)  # raises the same ValueError
-    if (bad := bad_names(ids)).any(): id_to_path(root, split, ids[int(np.argmax(bad))])  # no id leaves its root
+    if bad := next((i for i in ids if name_problem(i)), None): id_to_path(root, split, bad)  # no id leaves its root
     top = f'{Path(root)}/{split}'
     return np.array([f'{top}/{i[0]}/{i[1]}/{i[2]}/{i}.jpg' for i in ids], dtype=object)
 

@@ -20,19 +20,19 @@ import tokenize
 from dataclasses import dataclass
 from pathlib import Path
 
-from .core import CliParser, ConfigError, atomic_write
+from .core import OWNER_MARKER, CliParser, ConfigError, atomic_write, claim_folder
 
 # %% auto #0
 __all__ = ['KERNEL_METADATA', 'BASELINE', 'DEFAULT_PLATFORMS', 'WHEELHOUSE_SLUG', 'WEIGHTS_SLUG', 'DATASET_METADATA',
-           'WHEELHOUSE_LOCK', 'OUR_DATASETS', 'PUBLIC_TEST_MAX', 'PUBLIC_TRAIN_ROWS', 'IMAGE_SUFFIXES',
-           'kaggle_api_class', 'offline_api', 'Parameter', 'parse_parameters', 'parameter_problems', 'read_parameters',
-           'file_credentials', 'find_credentials', 'kaggle_problems', 'bare_slug', 'source_problems',
+           'WHEELHOUSE_LOCK', 'WHEELHOUSE_CONSTRAINTS', 'OUR_DATASETS', 'PUBLIC_TEST_MAX', 'PUBLIC_TRAIN_ROWS',
+           'IMAGE_SUFFIXES', 'kaggle_api_class', 'offline_api', 'Parameter', 'parse_parameters', 'parameter_problems',
+           'read_parameters', 'file_credentials', 'find_credentials', 'kaggle_problems', 'bare_slug', 'source_problems',
            'username_problem', 'check_username', 'owner_problems', 'kernel_folder', 'validate_kernel',
            'outside_code_credentials', 'KernelError', 'check_kernel', 'source_root', 'build_lmkkit_wheel',
-           'download_wheels', 'marker_env', 'resolve', 'closure_above', 'baseline_conflicts', 'read_baseline',
-           'dataset_metadata', 'validate_dataset', 'build_wheelhouse', 'install_cell_source', 'build_weights_dataset',
-           'with_owner', 'set_owner', 'describe_request', 'authenticated_api', 'push_kernel', 'count_images',
-           'count_rows', 'is_public_run', 'main']
+           'wheel_version', 'download_wheels', 'marker_env', 'resolve', 'closure_above', 'baseline_conflicts',
+           'read_baseline', 'dataset_metadata', 'validate_dataset', 'build_wheelhouse', 'install_cell_source',
+           'build_weights_dataset', 'with_owner', 'set_owner', 'describe_request', 'authenticated_api', 'push_kernel',
+           'count_images', 'count_rows', 'is_public_run', 'main']
 
 # %% ../nbs/60_kaggle.ipynb #11fb218e
 _OFFLINE_USER = 'lmkkit-offline'
@@ -332,7 +332,12 @@ def build_lmkkit_wheel(out: str | Path, source: str | Path | None = None, verbos
         before = set(out.glob('lmkkit-*.whl'))
         _pip('wheel', '--no-deps', '--no-build-isolation', '--no-index', '-w', str(out), str(src), verbose=verbose)
     built = sorted(set(out.glob('lmkkit-*.whl')) - before) or sorted(out.glob('lmkkit-*.whl'))
-    return built[-1]
+    return max(built, key=wheel_version)  # by version, not by name: 0.10.0 is newer than 0.9.0
+
+def wheel_version(path: str | Path):
+    "The `packaging.version.Version` in a wheel's file name (PEP 427: `name-version-...whl`)."
+    from packaging.utils import parse_wheel_filename
+    return parse_wheel_filename(Path(path).name)[1]
 
 def _platform_args(platform: str | tuple[str, ...]) -> list[str]:
     return [a for p in ([platform] if isinstance(platform, str) else platform) for a in ('--platform', p)]
@@ -436,6 +441,7 @@ def _write_dataset_metadata(out: Path, meta: dict, require_wheel: bool) -> Path:
     return out
 
 WHEELHOUSE_LOCK = 'wheelhouse.txt'
+WHEELHOUSE_CONSTRAINTS = 'constraints.txt'  # pip constraints of every wheel shipped, lmkkit's included
 
 def build_wheelhouse(out: str | Path, python_version: str = '3.11', platform: str | tuple[str, ...] = DEFAULT_PLATFORMS,
                      deps: bool = True,  # download the closure of lmkkit's requirements above `baseline`; False: lmkkit's wheel only
@@ -445,9 +451,9 @@ def build_wheelhouse(out: str | Path, python_version: str = '3.11', platform: st
                      source: str | Path | None = None, verbose: bool = False) -> Path:
     "Build the wheelhouse dataset folder `out`: lmkkit's wheel, every wheel the image lacks (`wheelhouse.txt`), checked metadata."
     owner = _owner(owner, 'wheelhouse dataset')
-    out = Path(out); out.mkdir(parents=True, exist_ok=True)
+    out = _fresh_folder(out, 'wheelhouse', "give the wheelhouse a new or empty folder; it is rebuilt from scratch each time")
     wheel = build_lmkkit_wheel(out, source, verbose)
-    names = []
+    names, pins = [], []
     if deps:
         resolved = resolve([str(wheel), *extra], python_version, platform, verbose)
         names = [n for n in closure_above(resolved, ['lmkkit', *extra], baseline, python_version) if n != 'lmkkit']
@@ -457,7 +463,18 @@ def build_wheelhouse(out: str | Path, python_version: str = '3.11', platform: st
         download_wheels(out, pins, python_version, platform, verbose)
         (out/WHEELHOUSE_LOCK).write_text(f"# lmkkit wheelhouse for CPython {python_version} on {' '.join(_platform_args(platform)[1::2])}\n"
                                          f"# above the image baseline: {' '.join(baseline)}\n" + ''.join(p + '\n' for p in pins))
+    with atomic_write(out/WHEELHOUSE_CONSTRAINTS) as f:  # the install cell's `-c`: exactly these versions, whatever else is there
+        f.write(f"lmkkit=={wheel_version(wheel)}\n" + ''.join(p + '\n' for p in pins))
     return _write_dataset_metadata(out, dataset_metadata(owner), require_wheel=True)
+
+def _fresh_folder(out: str | Path, command: str, fix: str) -> Path:
+    "`out` claimed for `command` (`lmkkit.core.claim_folder`) and emptied of everything an earlier build left."
+    out = claim_folder(out, command, fix)
+    for p in out.iterdir():
+        if p.name == OWNER_MARKER: continue
+        if p.is_dir() and not p.is_symlink(): shutil.rmtree(p)
+        else: p.unlink()
+    return out
 
 def install_cell_source(dataset_slug: str = WHEELHOUSE_SLUG) -> str:
     "The first cell of a kernel: install lmkkit from the attached wheelhouse with pip's index off; loud when it cannot. Its names start with `_`, so `lmkkit.core.notebook_parameters` skips them."
@@ -467,8 +484,9 @@ import importlib.util, os, subprocess, sys, time
 os.environ.setdefault('LMKKIT_KERNEL_START', str(time.time()))  # the deadline counts from the kernel's first cell
 _wheelhouse = next((d for d in ('../input/{name}', '/kaggle/input/{name}') if os.path.isdir(d)), None)
 if _wheelhouse is not None:
-    _pip = subprocess.run([sys.executable, '-m', 'pip', 'install', '--no-index', '--find-links', _wheelhouse, 'lmkkit'],
-                         capture_output=True, text=True)
+    _pins = os.path.join(_wheelhouse, '{WHEELHOUSE_CONSTRAINTS}')  # the versions the wheelhouse was built with
+    _pip = subprocess.run([sys.executable, '-m', 'pip', 'install', '--no-index', '--find-links', _wheelhouse, 'lmkkit',
+                           *(['-c', _pins] if os.path.isfile(_pins) else [])], capture_output=True, text=True)
     if _pip.returncode: raise RuntimeError(f"pip could not install lmkkit from {{_wheelhouse}}:\\n{{_pip.stdout[-1500:]}}{{_pip.stderr[-3000:]}}")
     print(_pip.stdout.strip().rpartition('\\n')[2])
     importlib.invalidate_caches()
@@ -494,7 +512,7 @@ def build_weights_dataset(out: str | Path, checkpoint: str | Path,
     targets = {name: Path(checkpoint), **{Path(f).name: Path(f) for f in files}}
     if len(targets) != 1 + len(files): raise ConfigError(f"two files would have the same name in {out}: {[str(f) for f in files]}")
     if missing := [str(p) for p in targets.values() if not p.is_file()]: raise ConfigError(f"weight files not found: {missing}")
-    out.mkdir(parents=True, exist_ok=True)
+    out = _fresh_folder(out, 'weights', "give the weights dataset a new or empty folder; it is rebuilt from scratch each time")
     for target, path in targets.items(): shutil.copyfile(path, out/target)
     meta = dataset_metadata(owner, WEIGHTS_SLUG, 'lmkkit weights', 'lmkkit checkpoint and verifier weights for the kernels',
                             f"Checkpoint {name} (lmkkit.model.load_checkpoint)" + (f" and verifier weights: {', '.join(sorted(t for t in targets if t != name))}" if len(targets) > 1 else ''))

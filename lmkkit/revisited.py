@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from .core import CliParser, ConfigError, atomic_write
+from .core import CliParser, ConfigError, atomic_write, claim_folder
 from .data import load_image, name_problem
 from .embed import extract_embeddings
 from .metrics import REVISITED_SETUPS, revisited_map
@@ -373,7 +373,9 @@ def make_revisited_synthetic(root: str | Path, dataset: str = 'roxford5k', seed:
     if (folder/f'gnd_{dataset}.pkl').exists() and not overwrite:
         raise FileExistsError(f"{folder} already holds a benchmark set (gnd_{dataset}.pkl); choose another folder or pass "
                               f"overwrite=True (`--overwrite` on the command line)")
-    (folder/'jpg').mkdir(parents=True, exist_ok=True)
+    fix = "choose an empty or new folder: synth writes over files only in folders it created"
+    (claim_folder(folder, 'synth', fix)/'jpg').mkdir(parents=True, exist_ok=True)
+    if n_distractors: claim_folder(Path(root)/DISTRACTORS, 'synth', fix)
     images, queries = [], []  # (name, landmark or -1, kind, image); (name, landmark, image, bbx)
     for lm in range(n_landmarks):
         rng = _rng(seed, 0, lm)
