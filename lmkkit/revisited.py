@@ -30,10 +30,11 @@ from .synth import draw_nonlandmark, draw_scene, encode_jpeg, family_style, out_
 from .whiten import Whitening
 
 # %% auto #0
-__all__ = ['REVISITED', 'DISTRACTORS', 'PLAIN_KINDS', 'STRENGTH', 'MULTISCALE', 'read_ground_truth', 'distractor_paths',
-           'RevisitedSet', 'load_revisited', 'UnsafePickle', 'plain_dtype', 'plain_array', 'read_plain_pickle',
-           'crop_box', 'crop_queries', 'make_revisited_synthetic', 'gem_across_scales', 'multiscale_embeddings',
-           'rank_database', 'expand_queries', 'run_benchmark', 'write_benchmark', 'format_benchmark', 'main']
+__all__ = ['REVISITED', 'DISTRACTORS', 'PLAIN_KINDS', 'STRENGTH', 'MULTISCALE', 'TABLE_HEADER', 'read_ground_truth',
+           'distractor_paths', 'RevisitedSet', 'load_revisited', 'UnsafePickle', 'plain_dtype', 'plain_array',
+           'read_plain_pickle', 'crop_box', 'crop_queries', 'make_revisited_synthetic', 'gem_across_scales',
+           'multiscale_embeddings', 'rank_database', 'expand_queries', 'run_benchmark', 'check_table_path',
+           'write_benchmark', 'format_benchmark', 'main']
 
 # %% ../nbs/33_revisited.ipynb #41a6b985
 REVISITED = ('roxford5k', 'rparis6k')
@@ -457,6 +458,7 @@ def run_benchmark(dataset: str, data: str | Path, checkpoint: str | Path,
                   model=None,  # an already loaded model (None: load `checkpoint`)
                   ) -> pd.DataFrame:
     "Revisited ROxford5k/RParis6k evaluation of a checkpoint: the Easy/Medium/Hard mAP and mP@k table (fractions)."
+    if out is not None: check_table_path(out)  # before any work
     ds = load_revisited(data, dataset, distractors)
     whitening = None
     if whiten is not None:
@@ -487,8 +489,22 @@ def run_benchmark(dataset: str, data: str | Path, checkpoint: str | Path,
     if out is not None: write_benchmark(table, out)
     return table
 
+TABLE_HEADER = 'setup,map,'  # how every table `write_benchmark` writes begins
+
+def check_table_path(path: str | Path) -> None:
+    "A `ConfigError` when `path` is a folder, or a file that is not a table `write_benchmark` wrote (it would be replaced)."
+    path = Path(path)
+    if path.is_dir(): raise ConfigError(f"--out {path} is a folder; give the path of the CSV file to write")
+    if not path.exists(): return
+    try:
+        with open(path, encoding='utf-8') as f: first = f.readline()
+    except (OSError, UnicodeDecodeError): first = ''
+    if not first.startswith(TABLE_HEADER):
+        raise ConfigError(f"--out {path} exists and is not a table lmkkit benchmark wrote; give a new file name (it is never replaced)")
+
 def write_benchmark(table: pd.DataFrame, path: str | Path) -> Path:
-    "Write the table as CSV (fractions, one row per setup), atomically."
+    "Write the table as CSV (fractions, one row per setup), atomically; only over a table it wrote before (`check_table_path`)."
+    check_table_path(path)
     with atomic_write(path) as f: table.to_csv(f)
     return Path(path)
 
@@ -513,7 +529,7 @@ def _check_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
     for name in ('qe', 'dba'):
         if getattr(a, name) < 0: p.error(f"--{name} must be 0 (off) or a number of neighbours, got {getattr(a, name)}")
     if a.batch_size < 1: p.error(f"--batch-size must be at least 1, got {a.batch_size}")
-    if a.out and Path(a.out).is_dir(): p.error(f"--out {a.out} is a folder; give the path of the CSV file to write")
+    if a.out: check_table_path(a.out)
 
 def main(argv: list[str] | None = None) -> int:
     "`lmkkit benchmark roxford5k|rparis6k DATA --checkpoint CKPT`: the revisited Easy/Medium/Hard table, printed and optionally saved."
