@@ -12,6 +12,7 @@ import json
 import math
 import os
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -24,10 +25,11 @@ from pathlib import Path
 import numpy as np
 
 # %% auto #0
-__all__ = ['KERNEL_START_ENV', 'Registry', 'atomic_write', 'seed_everything', 'on_kaggle', 'default_device', 'progress',
-           'Deadline', 'deadline_reserve', 'memory_mib', 'reset_peak', 'LmkkitError', 'ConfigError', 'StageError',
-           'CliParser', 'TrainingDiverged', 'value_kind', 'example_number', 'papermill_hint', 'check_parameters',
-           'make_config', 'notebook_parameters', 'require_at_least_one', 'process_start_time', 'kernel_start_time']
+__all__ = ['OWNER_MARKER', 'KERNEL_START_ENV', 'Registry', 'atomic_write', 'seed_everything', 'on_kaggle', 'default_device',
+           'progress', 'Deadline', 'deadline_reserve', 'memory_mib', 'reset_peak', 'LmkkitError', 'ConfigError',
+           'StageError', 'CliParser', 'TrainingDiverged', 'value_kind', 'example_number', 'papermill_hint',
+           'check_parameters', 'make_config', 'notebook_parameters', 'require_at_least_one', 'FolderNotOwned',
+           'owner_of', 'claim_folder', 'remove_owned', 'process_start_time', 'kernel_start_time']
 
 # %% ../nbs/00_core.ipynb #b7c27d48
 class Registry:
@@ -291,6 +293,35 @@ def require_at_least_one(cfg, names) -> None:
     "Raise a `ConfigError` naming the first of the int fields `names` of `cfg` that is below 1."
     for name in names:
         if getattr(cfg, name) < 1: raise ConfigError(f"parameter {name!r} must be >= 1, got {getattr(cfg, name)}")
+
+# %% ../nbs/00_core.ipynb #3ac373b9
+OWNER_MARKER = '.lmkkit-owner'  # a command writes it into each folder it creates; its text is the command's name
+
+class FolderNotOwned(ConfigError):
+    "A folder that an lmkkit command would write over or delete, but did not create; the message names the flag or folder to use."
+
+def owner_of(folder: str | Path) -> str | None:
+    "The lmkkit command that created `folder` (its `OWNER_MARKER`), or None."
+    try: return (Path(folder)/OWNER_MARKER).read_text().strip() or None
+    except (OSError, UnicodeDecodeError): return None
+
+def claim_folder(folder: str | Path, command: str, fix: str) -> Path:
+    "`folder` for `command` to write in: created and marked when missing or empty, kept when `command` made it; else `FolderNotOwned` naming `fix`."
+    folder, owner = Path(folder), owner_of(folder)
+    if folder.exists() and not folder.is_dir(): raise FolderNotOwned(f"{folder} is a file; {fix}")
+    if folder.is_dir() and owner != command and any(p.name != OWNER_MARKER for p in folder.iterdir()):
+        made = f"made by `lmkkit {owner}`" if owner else f"no {OWNER_MARKER}"
+        raise FolderNotOwned(f"{folder} holds files that `lmkkit {command}` did not create ({made}); {fix}")
+    folder.mkdir(parents=True, exist_ok=True)
+    if owner != command: (folder/OWNER_MARKER).write_text(command + '\n')
+    return folder
+
+def remove_owned(folder: str | Path, command: str) -> bool:
+    "Delete `folder` only if `command` created it (its marker says so); whether it was deleted."
+    if owner_of(folder) != command: return False
+    shutil.rmtree(folder)
+    return True
+
 
 # %% ../nbs/00_core.ipynb #ks000002
 KERNEL_START_ENV = 'LMKKIT_KERNEL_START'

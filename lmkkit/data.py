@@ -22,16 +22,29 @@ from albumentations.pytorch import ToTensorV2
 from PIL import Image, ImageFile, ImageOps
 
 # %% auto #0
-__all__ = ['SPLITS', 'SAMPLE', 'IMAGE_FAILURES', 'IMAGENET_MEAN', 'IMAGENET_STD', 'id_to_path', 'paths_for', 'list_ids',
-           'DataError', 'csv_engine', 'read_train_csv', 'submission_ids', 'nonlandmark_ids', 'class_counts',
-           'split_by_class', 'load_image_reason', 'load_image', 'LoadStats', 'train_transforms', 'eval_transforms',
-           'ImageDataset']
+__all__ = ['SPLITS', 'SAMPLE', 'IMAGE_FAILURES', 'IMAGENET_MEAN', 'IMAGENET_STD', 'name_problem', 'bad_names', 'id_to_path',
+           'paths_for', 'list_ids', 'DataError', 'refuse_bad_ids', 'csv_engine', 'read_train_csv', 'submission_ids',
+           'nonlandmark_ids', 'class_counts', 'split_by_class', 'load_image_reason', 'load_image', 'LoadStats',
+           'train_transforms', 'eval_transforms', 'ImageDataset']
 
 # %% ../nbs/01_data.ipynb #0510a1a0
 SPLITS = ('train', 'index', 'test')
 
+def name_problem(name) -> str:
+    "Why `name` (an image id, a file name from a list) is not a plain file name, or '' when it is one."
+    if not isinstance(name, str) or not name: return 'is empty'
+    if '/' in name or '\\' in name: return 'holds a path separator'
+    if name in ('.', '..'): return f'is {name!r}'
+    return 'holds a NUL character' if '\0' in name else ''
+
+def bad_names(names) -> np.ndarray:
+    "Boolean mask of the `names` (a list, array or Series) that are not plain file names (`name_problem`), in one pass."
+    names = names.tolist() if hasattr(names, 'tolist') else names
+    return np.fromiter((not isinstance(n, str) or n in ('', '.', '..') or '/' in n or '\\' in n or '\0' in n for n in names), bool)
+
 def id_to_path(root: str | Path, split: str, image_id: str) -> Path:
     "The GLDv2 path of an image: `root/split/a/b/c/<id>.jpg` with `a`, `b`, `c` the first characters of the id."
+    if problem := name_problem(image_id): raise ValueError(f"image id {image_id!r} {problem}; an id is a file name, never a path")
     if len(image_id) < 3: raise ValueError(f"image id {image_id!r} is too short; GLDv2 ids have 16 hex characters")
     return Path(root)/split/image_id[0]/image_id[1]/image_id[2]/f'{image_id}.jpg'
 
@@ -39,6 +52,7 @@ def paths_for(root: str | Path, split: str, ids) -> np.ndarray:
     "`id_to_path` for many ids (str, or a uint64 array of the 16-hex ids) at once: an object array of str (no `Path` objects)."
     ids = [f'{i:016x}' for i in ids.tolist()] if isinstance(ids, np.ndarray) and ids.dtype.kind in 'ui' else [str(i) for i in ids]
     if short := next((i for i in ids if len(i) < 3), None): id_to_path(root, split, short)  # raises the same ValueError
+    if bad := next((i for i in ids if name_problem(i)), None): id_to_path(root, split, bad)  # no id leaves its root
     top = f'{Path(root)}/{split}'
     return np.array([f'{top}/{i[0]}/{i[1]}/{i[2]}/{i}.jpg' for i in ids], dtype=object)
 
@@ -53,6 +67,15 @@ class DataError(LmkkitError, ValueError):
     "Malformed data file; the message names the file, the line and the fix."
 
 def _bad(path, line, problem, fix): return DataError(f"{path}, line {line}: {problem}; fix: {fix}")
+
+def refuse_bad_ids(ids, path, first_line: int = 2, what: str = 'id', allow_empty: bool = False) -> None:
+    "A `DataError` counting the `ids` read from `path` that are not plain file names and naming the first (its line), if any."
+    ids = list(ids)
+    bad = bad_names(ids) & ~(np.array([i == '' for i in ids], bool) if allow_empty else False)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise _bad(path, i + first_line, f"{int(bad.sum())} {what}(s) are not plain file names, the first {ids[i]!r} "
+                   f"{name_problem(ids[i])}", f"an {what} names a file inside its folder: no '/', '\\', '..' or NUL")
 
 def csv_engine() -> str:
     "pandas' fastest CSV engine here: 'pyarrow' when it is importable (Kaggle's image has it), else 'c'."
@@ -84,6 +107,7 @@ def read_train_csv(path: str | Path) -> pd.DataFrame:
                    "the header must name the columns `id` and `landmark_id`")
     if len(df) == 0: raise _bad(path, 2, "no data rows after the header", "add one `id,landmark_id` row per image")
     ids, raw = df['id'].fillna('').astype(str).str.strip(), df['landmark_id']
+    refuse_bad_ids(ids, path, allow_empty=True)  # an empty id is named below
     labels, bad = _label_problems(raw)
     no_id = (ids.str.len() == 0).to_numpy()
     if (no_id | bad).any():
@@ -111,13 +135,17 @@ def submission_ids(data_dir: str | Path, track: str) -> list[str]:
         if (data_dir/name).is_file():
             df = pd.read_csv(data_dir/name, dtype=str, keep_default_na=False)
             if 'id' not in df.columns: raise DataError(f"{data_dir/name}, line 1: no column 'id'; fix: the header must start with id")
-            return list(dict.fromkeys(df['id'].str.strip()))
+            refuse_bad_ids(ids := df['id'].str.strip(), data_dir/name)
+            return list(dict.fromkeys(ids))
     return list_ids(data_dir, 'test') if (data_dir/'test').is_dir() else []
 
 def nonlandmark_ids(data_dir: str | Path) -> list[str]:
     "Known non-landmark train-folder images (`nonlandmarks.csv`, column id), or none."
     path = Path(data_dir)/'nonlandmarks.csv'
-    return pd.read_csv(path, dtype=str)['id'].tolist() if path.is_file() else []
+    if not path.is_file(): return []
+    ids = pd.read_csv(path, dtype=str, keep_default_na=False)['id'].str.strip()
+    refuse_bad_ids(ids, path)
+    return ids.tolist()
 
 # %% ../nbs/01_data.ipynb #d6f7ceec
 def class_counts(df: pd.DataFrame) -> pd.DataFrame:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .core import CliParser, atomic_write
+from .core import CliParser, atomic_write, claim_folder
 
 # %% auto #0
 __all__ = ['KERNELS', 'METRIC', 'DEMO_TRAIN', 'DEMO_INFERENCE', 'kernels_dir', 'kernel_notebook', 'run_kernel', 'cut_steps',
@@ -118,8 +118,7 @@ def run_demo(out: str | Path = 'runs/demo', seed: int = 0,
              kernel_name: str = 'python3', verbose: bool = True) -> dict:
     "Synthetic data → training kernel → recognition and retrieval kernels; writes `out/metrics.json` and `out/record.json`, returns the metrics."
     from lmkkit.synth import make_synthetic
-    out = Path(out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    out = claim_folder(Path(out).resolve(), 'demo', "pass a new or empty folder as --out (out=): the demo replaces what it writes there")
     say = print if verbose else (lambda *a: None)
     steps, start = _Steps(), time.perf_counter()
     data, marker = out/'data', dict(seed=seed, sizes=synth or {})
@@ -127,7 +126,7 @@ def run_demo(out: str | Path = 'runs/demo', seed: int = 0,
     with steps('synth'):
         if not (data/'synth.json').is_file() or json.loads((data/'synth.json').read_text()) != marker:
             say(f"[1/4] synthetic data -> {data}")
-            make_synthetic(data, seed=seed, verbose=False, **(synth or {}))
+            make_synthetic(data, seed=seed, verbose=False, overwrite=True, **(synth or {}))  # only a set synth made
             with atomic_write(data/'synth.json') as f: json.dump(marker, f)
         else: say(f"[1/4] synthetic data: reusing {data}")
     say(f"[2/4] training kernel -> {out/'train.ipynb'} (epoch lines follow)")

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from . import __version__
 from .core import ConfigError, Deadline, atomic_write, progress
 from .data import (IMAGE_FAILURES, IMAGENET_MEAN, IMAGENET_STD, ImageDataset, LoadStats, _no_pixel_limit, _target_size,
                          eval_transforms)
@@ -32,11 +33,11 @@ from .model import valid_scale_sizes
 from .search import hex_ids_to_uint64, uint64_to_hex_ids
 
 # %% auto #0
-__all__ = ['TTA_VIEWS', 'AMP_DTYPES', 'AMP_MODES', 'DECODE_MODES', 'DECODERS', 'NONFINITE', 'STATUS', 'tta_views', 'scale_sizes',
-           'mean_embedding', 'resolve_amp', 'gpu_decoder_problem', 'resolve_decode', 'plain_jpeg_bytes',
-           'EncodedImages', 'collate_lists', 'eval_on_device', 'decode_jpegs', 'decode_batch', 'default_workers',
-           'embed_batches', 'extract_embeddings', 'file_sha1', 'compact_ids', 'id_strings', 'SplitCache',
-           'EmbeddingCache', 'EmbedResult', 'Embedder', 'cached_embeddings']
+__all__ = ['TTA_VIEWS', 'AMP_DTYPES', 'AMP_MODES', 'DECODE_MODES', 'DECODERS', 'NONFINITE', 'STATUS', 'CACHE_FORMAT', 'UNSTAMPED',
+           'tta_views', 'scale_sizes', 'mean_embedding', 'resolve_amp', 'gpu_decoder_problem', 'resolve_decode',
+           'plain_jpeg_bytes', 'EncodedImages', 'collate_lists', 'eval_on_device', 'decode_jpegs', 'decode_batch',
+           'default_workers', 'embed_batches', 'extract_embeddings', 'file_sha1', 'image_stamps', 'compact_ids',
+           'id_strings', 'SplitCache', 'EmbeddingCache', 'EmbedResult', 'Embedder', 'cached_embeddings']
 
 # %% ../nbs/30_embed.ipynb #0dbfcc92
 TTA_VIEWS = ('none', 'flip')
@@ -245,6 +246,17 @@ def file_sha1(path: str | Path, block: int = 1 << 20) -> str:
     return h.hexdigest()
 
 STATUS = ('todo', 'ok', *IMAGE_FAILURES, 'nonfinite')  # int8 code of a row in a split's status.npy
+CACHE_FORMAT = 2  # in every cache key with the kit's version; 2: rows carry their image's stamp (stamps.npy)
+UNSTAMPED = -1  # stamps.npy of a row written without an image (e.g. a rehearsal's vectors): never checked
+
+def image_stamps(paths) -> np.ndarray:
+    "(N, 2) int64 (size in bytes, mtime in ns) of each file, from one `os.stat` (no content read); (-2, -2) when it cannot be read."
+    out = np.full((len(paths), 2), -2, np.int64)
+    for i, p in enumerate(paths):
+        try: st = os.stat(p)
+        except OSError: continue
+        out[i] = st.st_size, st.st_mtime_ns
+    return out
 
 def compact_ids(ids) -> np.ndarray:
     "Ids as 8-byte uint64 when they are all 16-hex GLDv2 ids (or already uint64), else a str array."
@@ -268,16 +280,18 @@ def _read(path: Path, mmap: bool = False) -> np.ndarray | None:
         return None
 
 class SplitCache:
-    "One split's embeddings on disk: `emb.npy` (N, D) float32 (NaN rows: not embedded), `ids.npy`, `status.npy` (int8 `STATUS`)."
-    def __init__(self, folder: str | Path, ids, status: np.ndarray | None = None):
+    "One split's embeddings on disk: `emb.npy` (N, D) float32 (NaN rows: not embedded), `ids.npy`, `status.npy` (int8 `STATUS`), `stamps.npy` (N, 2) int64 (`image_stamps` when embedded)."
+    def __init__(self, folder: str | Path, ids, status: np.ndarray | None = None, stamps: np.ndarray | None = None):
         self.dir, self.ids = Path(folder), compact_ids(ids)
         self.status = np.zeros(len(self.ids), np.int8) if status is None else status
+        self.stamps = np.full((len(self.ids), 2), UNSTAMPED, np.int64) if stamps is None else stamps
 
     @classmethod
     def existing(cls, folder: str | Path) -> SplitCache | None:
         "What `folder` holds now (its ids and status), or None."
-        ids, status = _read(Path(folder)/'ids.npy'), _read(Path(folder)/'status.npy')
-        return None if ids is None or status is None or len(ids) != len(status) else cls(folder, ids, status)
+        ids, status, stamps = (_read(Path(folder)/f'{n}.npy') for n in ('ids', 'status', 'stamps'))
+        if ids is None or status is None or stamps is None or len(ids) != len(status) or stamps.shape != (len(ids), 2): return None
+        return cls(folder, ids, status, stamps)
 
     @property
     def ok(self) -> np.ndarray: return self.status == STATUS.index('ok')
@@ -301,8 +315,9 @@ class SplitCache:
             for s in range(0, len(have), 65536):
                 emb[have[s:s + 65536]] = pe[src[have[s:s + 65536]]]
             self.status[have] = STATUS.index('ok')
+            self.stamps[have] = previous.stamps[src[have]]
         emb.flush(); del emb
-        _save(self.dir/'ids.npy', self.ids); _save(self.dir/'status.npy', self.status)
+        _save(self.dir/'ids.npy', self.ids); _save(self.dir/'stamps.npy', self.stamps); _save(self.dir/'status.npy', self.status)
 
     def _write_rows(self, rows: np.ndarray, vectors: np.ndarray, block: int = 65536) -> None:
         "Write `vectors` (one per row; an empty array: NaN rows) at `rows` of emb.npy with file writes, one per run of consecutive rows."
@@ -316,11 +331,25 @@ class SplitCache:
                 f.seek(offset + int(rows[s]) * width)
                 for b in range(s, e, block): f.write((nan[:min(block, e - b)] if nan is not None else vectors[b:min(b + block, e)]).tobytes())
 
-    def write(self, rows: np.ndarray, emb: np.ndarray, status: np.ndarray) -> None:
-        "Store embedded `rows`: vectors first, then the status file, atomically; a crash between loses only this chunk."
+    def write(self, rows: np.ndarray, emb: np.ndarray, status: np.ndarray, stamps: np.ndarray | None = None) -> None:
+        "Store embedded `rows` (and their images' `stamps`; None: `UNSTAMPED`): vectors, stamps, then the status file, atomically; a crash between loses only this chunk."
         self._write_rows(rows, np.ascontiguousarray(np.where((status == STATUS.index('ok'))[:, None], emb, np.nan), np.float32))
+        self.stamps[rows] = UNSTAMPED if stamps is None else stamps
+        _save(self.dir/'stamps.npy', self.stamps)
         self.status[rows] = status
         _save(self.dir/'status.npy', self.status)
+
+    def forget(self, rows: np.ndarray) -> None:
+        "Mark `rows` as not embedded (NaN vectors, status 'todo'), so that they are extracted again."
+        self._write_rows(rows, np.zeros((0, 0), np.float32))
+        self.status[rows] = STATUS.index('todo')
+        _save(self.dir/'status.npy', self.status)
+
+    def stale(self, path_of_row: Callable[[int], str | Path]) -> np.ndarray:
+        "Rows embedded from an image whose size or mtime is no longer the one stamped (replaced, regenerated, gone): one stat each."
+        rows = np.flatnonzero(self.ok & (self.stamps[:, 0] != UNSTAMPED))
+        now = image_stamps([path_of_row(int(r)) for r in rows])
+        return rows[(now != self.stamps[rows]).any(1)]
 
     def load(self) -> np.ndarray:
         "(N, D) float32 embeddings, memory-mapped read-only: no copy in RAM."
@@ -331,7 +360,7 @@ class EmbeddingCache:
     def __init__(self, cache_dir: str | Path, checkpoint_path: str | Path, **settings):
         if not Path(checkpoint_path).is_file():
             raise FileNotFoundError(f"checkpoint {str(checkpoint_path)!r} not found; the embedding cache is keyed by its content")
-        self.settings = dict(checkpoint_sha1=file_sha1(checkpoint_path), **settings)
+        self.settings = dict(checkpoint_sha1=file_sha1(checkpoint_path), kit=__version__, format=CACHE_FORMAT, **settings)
         self.key = hashlib.sha1(json.dumps(self.settings, sort_keys=True).encode()).hexdigest()[:16]
         self.dir, self.dropped = Path(cache_dir)/self.key, []  # dropped: ids of cached non-finite vectors
 
@@ -376,6 +405,7 @@ class EmbedResult:
     unreadable: list = field(default_factory=list)  # ids whose image is missing or undecodable, or whose vector is not finite (this call)
     skipped: int = 0  # images left out for lack of time
     reasons: dict = field(default_factory=dict)  # reason (`lmkkit.data.IMAGE_FAILURES`, `NONFINITE`) -> count of `unreadable`
+    stale: int = 0  # cached rows whose image changed since (size or mtime), extracted again (or left out for lack of time)
 
 class _RowPaths:
     "The paths of rows `rows`, made when read: `paths[i]` is the image of row `rows[i]` (no list of N paths held)."
@@ -446,7 +476,7 @@ class Embedder:
                 rows, emb, status = (np.concatenate(x) for x in zip(*buf))
                 if self.sc is None: self.sc = self.cache.split(split, ids, emb.shape[1])
                 sc = self.sc
-                sc.write(rows, emb, status)
+                sc.write(rows, emb, status, image_stamps([path_of_row(int(r)) for r in rows]))
                 self.failed.extend(id_strings(sc.ids[rows[(status != STATUS.index('ok'))]]).tolist())
                 now = time.perf_counter()
                 self.seconds, self.images, t0 = self.seconds + now - t0, self.images + len(rows), now
@@ -469,13 +499,23 @@ class Embedder:
             path_of_row = paths.__getitem__
         self.failed, self.stats, dim = [], LoadStats(), self._dim(split, ids)
         self.sc = None if dim is None else self.cache.split(split, ids, dim)  # else made at the first write, when the model has said
+        self.stale = 0 if self.sc is None else self._forget_stale(self.sc, path_of_row)
         todo = np.flatnonzero(~self.sc.ok) if self.sc is not None else np.arange(len(ids))
         if self.verbose: print(f"embed cache {self.cache.key}/{split}: {len(ids) - len(todo)} cached, {len(todo)} to extract")
         first = probe or 2 * self.batch_size
         fits = deadline is None or deadline.fits(self.eta(min(first, len(todo))))
         skipped = (self._extract(split, ids, todo, path_of_row, deadline, chunk, first) if fits else len(todo)) if len(todo) else 0
         if self.sc is None: return EmbedResult(ids, np.full((len(ids), 0), np.nan, np.float32), np.zeros(len(ids), bool), self.failed, skipped, dict(self.stats.reasons))
-        return EmbedResult(self.sc.ids, self.sc.load(), self.sc.ok.copy(), self.failed, skipped, dict(self.stats.reasons))
+        return EmbedResult(self.sc.ids, self.sc.load(), self.sc.ok.copy(), self.failed, skipped, dict(self.stats.reasons), self.stale)
+
+    def _forget_stale(self, sc: SplitCache, path_of_row) -> int:
+        "Forget the cached rows whose image changed since it was embedded (`SplitCache.stale`), with a warning; how many."
+        stale = sc.stale(path_of_row)
+        if len(stale):
+            sc.forget(stale)
+            warnings.warn(f"embedding cache {sc.dir}: {len(stale)} images changed since they were embedded (size or mtime, "
+                          f"e.g. {str(id_strings(sc.ids[stale[:1]])[0])!r}); they are extracted again")
+        return len(stale)
 
 def cached_embeddings(cache_dir: str | Path, checkpoint_path: str | Path, ids: Sequence[str], paths: Sequence[str | Path],
                       size: int, model: torch.nn.Module | None = None,  # None: lmkkit.model.load_checkpoint(checkpoint_path)

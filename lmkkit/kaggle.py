@@ -20,15 +20,16 @@ import tokenize
 from dataclasses import dataclass
 from pathlib import Path
 
-from .core import CliParser, ConfigError, atomic_write
+from .core import OWNER_MARKER, CliParser, ConfigError, atomic_write, claim_folder
 
 # %% auto #0
 __all__ = ['KERNEL_METADATA', 'BASELINE', 'DEFAULT_PLATFORMS', 'WHEELHOUSE_SLUG', 'WEIGHTS_SLUG', 'DATASET_METADATA',
-           'WHEELHOUSE_LOCK', 'OUR_DATASETS', 'PUBLIC_TEST_MAX', 'PUBLIC_TRAIN_ROWS', 'IMAGE_SUFFIXES',
-           'kaggle_api_class', 'offline_api', 'Parameter', 'parse_parameters', 'parameter_problems', 'read_parameters',
-           'find_credentials', 'kaggle_problems', 'bare_slug', 'source_problems', 'username_problem', 'check_username',
-           'owner_problems', 'kernel_folder', 'validate_kernel', 'KernelError', 'check_kernel', 'source_root',
-           'build_lmkkit_wheel', 'download_wheels', 'marker_env', 'resolve', 'closure_above', 'baseline_conflicts',
+           'WHEELHOUSE_LOCK', 'WHEELHOUSE_CONSTRAINTS', 'OUR_DATASETS', 'PUBLIC_TEST_MAX', 'PUBLIC_TRAIN_ROWS',
+           'IMAGE_SUFFIXES', 'kaggle_api_class', 'offline_api', 'Parameter', 'parse_parameters', 'parameter_problems',
+           'read_parameters', 'file_credentials', 'find_credentials', 'kaggle_problems', 'bare_slug', 'source_problems',
+           'username_problem', 'check_username', 'owner_problems', 'kernel_folder', 'validate_kernel',
+           'outside_code_credentials', 'KernelError', 'check_kernel', 'source_root', 'build_lmkkit_wheel',
+           'wheel_version', 'download_wheels', 'marker_env', 'resolve', 'closure_above', 'baseline_conflicts',
            'read_baseline', 'dataset_metadata', 'validate_dataset', 'build_wheelhouse', 'install_cell_source',
            'build_weights_dataset', 'with_owner', 'set_owner', 'describe_request', 'authenticated_api', 'push_kernel',
            'count_images', 'count_rows', 'is_public_run', 'main']
@@ -166,26 +167,24 @@ _SECRET_PATTERNS = [
     (re.compile(r'\bKGAT_[A-Za-z0-9]{16,}'), 'a Kaggle access token (KGAT_...)'),
 ]
 
+def file_credentials(path: Path, rel: str | Path, max_bytes: int = 20_000_000) -> str | None:
+    "The problem of one file (named `rel` in the message) that is, or contains, a Kaggle credential, or cannot be read; None if clean."
+    if path.name in _SECRET_FILES: return f"{rel}: credential file; delete it, credentials live in ~/.kaggle or the environment"
+    try:
+        with path.open('rb') as f: data = f.read(max_bytes)
+    except OSError as e:  # unreadable (permissions, a file gone meanwhile): it cannot be vouched for
+        return f"{rel}: cannot be read to check it for credentials ({e.strerror or e}); fix its permissions or remove it"
+    if b'\0' in data[:4096]: return None  # binary (a wheel, a checkpoint)
+    text = data.decode('utf-8', errors='ignore')
+    for pattern, what in _SECRET_PATTERNS:
+        if pattern.search(text) or pattern.search(text.replace('\\"', '"')):
+            return f"{rel}: contains {what}; remove it (credentials are never written into a kernel or dataset)"
+    return None
+
 def find_credentials(folder: str | Path, max_bytes: int = 20_000_000) -> list[str]:
     "Problems naming each file of `folder` that is, or contains, a Kaggle credential, or that cannot be read to check."
-    found = []
-    for path in sorted(p for p in Path(folder).rglob('*') if p.is_file()):
-        rel = path.relative_to(folder)
-        if path.name in _SECRET_FILES:
-            found.append(f"{rel}: credential file; delete it, credentials live in ~/.kaggle or the environment")
-            continue
-        try:
-            with path.open('rb') as f: data = f.read(max_bytes)
-        except OSError as e:  # unreadable (permissions, a file gone meanwhile): it cannot be vouched for
-            found.append(f"{rel}: cannot be read to check it for credentials ({e.strerror or e}); fix its permissions or remove it")
-            continue
-        if b'\0' in data[:4096]: continue  # binary (a wheel, a checkpoint)
-        text = data.decode('utf-8', errors='ignore')
-        for pattern, what in _SECRET_PATTERNS:
-            if pattern.search(text) or pattern.search(text.replace('\\"', '"')):
-                found.append(f"{rel}: contains {what}; remove it (credentials are never written into a kernel or dataset)")
-                break
-    return found
+    paths = sorted(p for p in Path(folder).rglob('*') if p.is_file())
+    return [p for p in (file_credentials(path, path.relative_to(folder), max_bytes) for path in paths) if p]
 
 # %% ../nbs/60_kaggle.ipynb #94aec718
 KERNEL_METADATA = 'kernel-metadata.json'
@@ -280,7 +279,12 @@ def validate_kernel(folder: str | Path, require_gpu: bool = True) -> list[str]:
     code = folder/str(meta.get('code_file') or '')
     if not code.is_file(): problems.append(f"code_file {meta.get('code_file')!r} not found in {folder}")
     elif code.suffix == '.ipynb': problems += parameter_problems(code)[1]
-    return problems + find_credentials(folder)
+    return problems + find_credentials(folder) + outside_code_credentials(folder, code)
+
+def outside_code_credentials(folder: Path, code: Path) -> list[str]:
+    "The credential problem of a `code_file` outside `folder` (`../x.py`, an absolute path): kaggle sends it all the same."
+    if not code.is_file() or Path(os.path.normpath(code.absolute())).is_relative_to(folder.absolute()): return []
+    return [p for p in [file_credentials(code, f"code_file {code}")] if p]
 
 class KernelError(ConfigError):
     "A kernel or dataset folder that must not be pushed; the message lists every problem."
@@ -328,7 +332,12 @@ def build_lmkkit_wheel(out: str | Path, source: str | Path | None = None, verbos
         before = set(out.glob('lmkkit-*.whl'))
         _pip('wheel', '--no-deps', '--no-build-isolation', '--no-index', '-w', str(out), str(src), verbose=verbose)
     built = sorted(set(out.glob('lmkkit-*.whl')) - before) or sorted(out.glob('lmkkit-*.whl'))
-    return built[-1]
+    return max(built, key=wheel_version)  # by version, not by name: 0.10.0 is newer than 0.9.0
+
+def wheel_version(path: str | Path):
+    "The `packaging.version.Version` in a wheel's file name (PEP 427: `name-version-...whl`)."
+    from packaging.utils import parse_wheel_filename
+    return parse_wheel_filename(Path(path).name)[1]
 
 def _platform_args(platform: str | tuple[str, ...]) -> list[str]:
     return [a for p in ([platform] if isinstance(platform, str) else platform) for a in ('--platform', p)]
@@ -432,6 +441,7 @@ def _write_dataset_metadata(out: Path, meta: dict, require_wheel: bool) -> Path:
     return out
 
 WHEELHOUSE_LOCK = 'wheelhouse.txt'
+WHEELHOUSE_CONSTRAINTS = 'constraints.txt'  # pip constraints of every wheel shipped, lmkkit's included
 
 def build_wheelhouse(out: str | Path, python_version: str = '3.11', platform: str | tuple[str, ...] = DEFAULT_PLATFORMS,
                      deps: bool = True,  # download the closure of lmkkit's requirements above `baseline`; False: lmkkit's wheel only
@@ -441,9 +451,9 @@ def build_wheelhouse(out: str | Path, python_version: str = '3.11', platform: st
                      source: str | Path | None = None, verbose: bool = False) -> Path:
     "Build the wheelhouse dataset folder `out`: lmkkit's wheel, every wheel the image lacks (`wheelhouse.txt`), checked metadata."
     owner = _owner(owner, 'wheelhouse dataset')
-    out = Path(out); out.mkdir(parents=True, exist_ok=True)
+    out = _fresh_folder(out, 'wheelhouse', "give the wheelhouse a new or empty folder; it is rebuilt from scratch each time")
     wheel = build_lmkkit_wheel(out, source, verbose)
-    names = []
+    names, pins = [], []
     if deps:
         resolved = resolve([str(wheel), *extra], python_version, platform, verbose)
         names = [n for n in closure_above(resolved, ['lmkkit', *extra], baseline, python_version) if n != 'lmkkit']
@@ -453,7 +463,18 @@ def build_wheelhouse(out: str | Path, python_version: str = '3.11', platform: st
         download_wheels(out, pins, python_version, platform, verbose)
         (out/WHEELHOUSE_LOCK).write_text(f"# lmkkit wheelhouse for CPython {python_version} on {' '.join(_platform_args(platform)[1::2])}\n"
                                          f"# above the image baseline: {' '.join(baseline)}\n" + ''.join(p + '\n' for p in pins))
+    with atomic_write(out/WHEELHOUSE_CONSTRAINTS) as f:  # the install cell's `-c`: exactly these versions, whatever else is there
+        f.write(f"lmkkit=={wheel_version(wheel)}\n" + ''.join(p + '\n' for p in pins))
     return _write_dataset_metadata(out, dataset_metadata(owner), require_wheel=True)
+
+def _fresh_folder(out: str | Path, command: str, fix: str) -> Path:
+    "`out` claimed for `command` (`lmkkit.core.claim_folder`) and emptied of everything an earlier build left."
+    out = claim_folder(out, command, fix)
+    for p in out.iterdir():
+        if p.name == OWNER_MARKER: continue
+        if p.is_dir() and not p.is_symlink(): shutil.rmtree(p)
+        else: p.unlink()
+    return out
 
 def install_cell_source(dataset_slug: str = WHEELHOUSE_SLUG) -> str:
     "The first cell of a kernel: install lmkkit from the attached wheelhouse with pip's index off; loud when it cannot. Its names start with `_`, so `lmkkit.core.notebook_parameters` skips them."
@@ -463,8 +484,9 @@ import importlib.util, os, subprocess, sys, time
 os.environ.setdefault('LMKKIT_KERNEL_START', str(time.time()))  # the deadline counts from the kernel's first cell
 _wheelhouse = next((d for d in ('../input/{name}', '/kaggle/input/{name}') if os.path.isdir(d)), None)
 if _wheelhouse is not None:
-    _pip = subprocess.run([sys.executable, '-m', 'pip', 'install', '--no-index', '--find-links', _wheelhouse, 'lmkkit'],
-                         capture_output=True, text=True)
+    _pins = os.path.join(_wheelhouse, '{WHEELHOUSE_CONSTRAINTS}')  # the versions the wheelhouse was built with
+    _pip = subprocess.run([sys.executable, '-m', 'pip', 'install', '--no-index', '--find-links', _wheelhouse, 'lmkkit',
+                           *(['-c', _pins] if os.path.isfile(_pins) else [])], capture_output=True, text=True)
     if _pip.returncode: raise RuntimeError(f"pip could not install lmkkit from {{_wheelhouse}}:\\n{{_pip.stdout[-1500:]}}{{_pip.stderr[-3000:]}}")
     print(_pip.stdout.strip().rpartition('\\n')[2])
     importlib.invalidate_caches()
@@ -490,7 +512,7 @@ def build_weights_dataset(out: str | Path, checkpoint: str | Path,
     targets = {name: Path(checkpoint), **{Path(f).name: Path(f) for f in files}}
     if len(targets) != 1 + len(files): raise ConfigError(f"two files would have the same name in {out}: {[str(f) for f in files]}")
     if missing := [str(p) for p in targets.values() if not p.is_file()]: raise ConfigError(f"weight files not found: {missing}")
-    out.mkdir(parents=True, exist_ok=True)
+    out = _fresh_folder(out, 'weights', "give the weights dataset a new or empty folder; it is rebuilt from scratch each time")
     for target, path in targets.items(): shutil.copyfile(path, out/target)
     meta = dataset_metadata(owner, WEIGHTS_SLUG, 'lmkkit weights', 'lmkkit checkpoint and verifier weights for the kernels',
                             f"Checkpoint {name} (lmkkit.model.load_checkpoint)" + (f" and verifier weights: {', '.join(sorted(t for t in targets if t != name))}" if len(targets) > 1 else ''))

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from .core import ConfigError, Deadline, atomic_write
+from .data import name_problem
 from .rerank import RerankContext, Stage, StageError, class_votes, per_candidate, register, vote_share
 from .search import Candidates
 
@@ -201,6 +202,9 @@ def load_reranker(path: str | Path) -> Reranker:
     path = Path(path)
     if not (path / 'reranker.json').exists(): raise FileNotFoundError(f"{path}/reranker.json not found; save a model with save_reranker first")
     meta = json.loads((path / 'reranker.json').read_text())
+    if bad := [f for f in meta['boosters'] if name_problem(f)]:  # a file name, never a path out of the folder
+        raise ConfigError(f"{path / 'reranker.json'}: {len(bad)} booster file(s) are not plain file names, the first {bad[0]!r} "
+                          f"{name_problem(bad[0])}; save the model again with save_reranker")
     boosters = [lgb.Booster(model_str=(path / f).read_text()) for f in meta['boosters']]
     for f, b in zip(meta['boosters'], boosters):
         if b.feature_name() != meta['feature_names']:

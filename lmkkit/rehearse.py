@@ -17,7 +17,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import pandas as pd
 
-from .core import CliParser, ConfigError
+from .core import CliParser, ConfigError, claim_folder, remove_owned
 from .data import SAMPLE
 from .metrics import SOLUTION
 from .pipeline import DEFAULT_STAGES, InferenceConfig, InferenceResult, run_embedder, run_inference
@@ -199,8 +199,11 @@ def rehearse(out_dir: str | Path, train: int, test: int, dim: int = 512,
     chain = InferenceConfig(stages=stages, time_limit_hours=time_limit_hours, device=device, **settings).stage_chain()  # a wrong setting stops here
     opens_images = any('image_path' in s.needs for s in chain)
     if images is not None and opens_images: photo_folders(images)  # a wrong pool stops before any work
-    out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
-    d = RehearsalData(out_dir/'data', out_dir/'model.pt', out_dir/'cache', {}, {})  # what is removed if the generation fails
+    fix = "pass a new or empty folder as --out (out_dir=): a rehearsal replaces and deletes what it writes there"
+    out_dir = claim_folder(out_dir, 'rehearse', fix)  # a user's folder is refused before anything is written
+    for sub in ('data', 'cache'): remove_owned(out_dir/sub, 'rehearse')  # a killed run's leftovers
+    d = RehearsalData(claim_folder(out_dir/'data', 'rehearse', fix), out_dir/'model.pt',
+                      claim_folder(out_dir/'cache', 'rehearse', fix), {}, {})  # what is removed if the generation fails
     generate = Timeline()  # not part of the run: timed and measured as its steps are
     try:
         with generate.step('generate', note=f'{train:,} + {test:,} + {nonlandmarks:,} vectors of {dim} float32 (not part of the run)'):
@@ -212,8 +215,7 @@ def rehearse(out_dir: str | Path, train: int, test: int, dim: int = 512,
         res = run_inference(cfg, None if pool is None else pool.locate)
     finally:
         if not keep:
-            import shutil
-            for p in (d.data_dir, d.cache_dir): shutil.rmtree(p, ignore_errors=True)
+            for p in (d.data_dir, d.cache_dir): remove_owned(p, 'rehearse')  # only what this command created
     steps = rehearsal_steps(res, dict(train=train, test=test, nonlandmarks=nonlandmarks, dim=dim), generate)
     steps.to_csv(out_dir/'steps.csv', index=False)
     return steps

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import pickle
+import pickletools
 import sys
 import tempfile
 from collections import Counter
@@ -18,8 +19,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from .core import CliParser, ConfigError, atomic_write
-from .data import load_image
+from .core import CliParser, ConfigError, atomic_write, claim_folder
+from .data import load_image, name_problem
 from .embed import extract_embeddings
 from .metrics import REVISITED_SETUPS, revisited_map
 from .model import load_checkpoint, trained_size
@@ -29,23 +30,15 @@ from .synth import draw_nonlandmark, draw_scene, encode_jpeg, family_style, out_
 from .whiten import Whitening
 
 # %% auto #0
-__all__ = ['REVISITED', 'DISTRACTORS', 'STRENGTH', 'MULTISCALE', 'read_ground_truth', 'distractor_paths', 'RevisitedSet',
-           'load_revisited', 'crop_box', 'crop_queries', 'make_revisited_synthetic', 'gem_across_scales',
-           'multiscale_embeddings', 'rank_database', 'expand_queries', 'run_benchmark', 'write_benchmark',
-           'format_benchmark', 'main']
+__all__ = ['REVISITED', 'DISTRACTORS', 'PLAIN_KINDS', 'STRENGTH', 'MULTISCALE', 'TABLE_HEADER', 'read_ground_truth',
+           'distractor_paths', 'RevisitedSet', 'load_revisited', 'UnsafePickle', 'plain_dtype', 'plain_array',
+           'read_plain_pickle', 'crop_box', 'crop_queries', 'make_revisited_synthetic', 'gem_across_scales',
+           'multiscale_embeddings', 'rank_database', 'expand_queries', 'run_benchmark', 'check_table_path',
+           'write_benchmark', 'format_benchmark', 'main']
 
 # %% ../nbs/33_revisited.ipynb #41a6b985
 REVISITED = ('roxford5k', 'rparis6k')
 DISTRACTORS = 'revisitop1m'  # the R1M distractor set: <folder>/revisitop1m.txt lists images under <folder>/jpg/
-
-class _GroundTruthUnpickler(pickle.Unpickler):
-    "Unpickles the official ground-truth files: builtins and numpy arrays only, never arbitrary classes."
-    _ALLOWED = {('numpy.core.multiarray', '_reconstruct'), ('numpy._core.multiarray', '_reconstruct'),
-                ('numpy', 'ndarray'), ('numpy', 'dtype'), ('numpy.core.multiarray', 'scalar'),
-                ('numpy._core.multiarray', 'scalar'), ('builtins', 'slice')}
-    def find_class(self, module, name):
-        if (module, name) in self._ALLOWED: return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name}: a ground-truth file holds only lists, dicts and arrays")
 
 def _gnd_file(root: Path, dataset: str) -> Path:
     "`root/<dataset>/gnd_<dataset>.pkl` (or `root/gnd_<dataset>.pkl` when `root` is the dataset folder itself)."
@@ -55,18 +48,49 @@ def _gnd_file(root: Path, dataset: str) -> Path:
                             f"{dataset}/gnd_{dataset}.pkl (the revisitop layout; `make_revisited_synthetic` writes a small one)")
 
 def read_ground_truth(path: str | Path) -> dict:
-    "The official `gnd_<dataset>.pkl`: dict with 'imlist', 'qimlist' (image names) and 'gnd' (one dict per query)."
-    try:
-        with open(path, 'rb') as f: cfg = _GroundTruthUnpickler(f).load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as e:
-        raise ConfigError(f"{path} is not a revisited ground-truth pickle ({type(e).__name__}: {e})") from e
+    "The official `gnd_<dataset>.pkl`: dict with 'imlist', 'qimlist' (image names) and 'gnd' (one dict per query). Read by `read_plain_pickle`: nothing in the file runs."
+    try: cfg = read_plain_pickle(Path(path).read_bytes())
+    except UnsafePickle as e:
+        raise ConfigError(f"{path} is not a plain ground-truth pickle: {e}; use the official gnd file (revisitop) "
+                          "or one written by `make_revisited_synthetic`") from None
     if not isinstance(cfg, dict) or any(k not in cfg for k in ('imlist', 'qimlist', 'gnd')):
         raise ConfigError(f"{path} must hold a dict with 'imlist', 'qimlist' and 'gnd'")
-    if len(cfg['gnd']) != len(cfg['qimlist']):
+    cfg = {**cfg, 'imlist': _image_names(cfg['imlist'], 'imlist', path), 'qimlist': _image_names(cfg['qimlist'], 'qimlist', path)}
+    if not isinstance(cfg['gnd'], list) or len(cfg['gnd']) != len(cfg['qimlist']):
         raise ConfigError(f"{path}: {len(cfg['qimlist'])} query images but {len(cfg['gnd'])} gnd entries")
-    for i, g in enumerate(cfg['gnd']):
-        if 'bbx' not in g or len(np.ravel(g['bbx'])) != 4: raise ConfigError(f"{path}: gnd[{i}] has no 'bbx' [x1, y1, x2, y2]")
+    for i, g in enumerate(cfg['gnd']): _check_query(g, i, len(cfg['imlist']), path)
     return cfg
+
+def _image_names(names, key: str, path) -> list[str]:
+    "The image names of `key` as a list of str; a `ConfigError` counting those that are not plain file names."
+    names = list(np.ravel(names)) if isinstance(names, np.ndarray) else names
+    if not isinstance(names, (list, tuple)): raise ConfigError(f"{path}: '{key}' must be a list of image names")
+    bad = [(i, n, name_problem(n)) for i, n in enumerate(names) if name_problem(n)]
+    if bad:
+        i, n, why = bad[0]
+        raise ConfigError(f"{path}: {len(bad)} '{key}' entries are not plain file names, the first ({key}[{i}] {n!r}) {why}; "
+                          "an image name is a file of the jpg/ folder")
+    return [str(n) for n in names]
+
+def _check_query(g, i: int, n_images: int, path) -> None:
+    "A `ConfigError` unless `g` is a dict with a finite 'bbx' of 4 numbers and in-range integer database indices."
+    if not isinstance(g, dict) or 'bbx' not in g: raise ConfigError(f"{path}: gnd[{i}] has no 'bbx' [x1, y1, x2, y2]")
+    try: bbx = np.asarray(g['bbx'], np.float64).ravel()
+    except (TypeError, ValueError): bbx = np.zeros(0)
+    if len(bbx) != 4 or not np.isfinite(bbx).all(): raise ConfigError(f"{path}: gnd[{i}] has no 'bbx' [x1, y1, x2, y2]")
+    for key in ('easy', 'hard', 'junk', 'ok'):
+        idx = np.ravel(np.asarray(g.get(key, []), dtype=object))
+        if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and 0 <= v < n_images for v in idx):
+            raise ConfigError(f"{path}: gnd[{i}]['{key}'] must list database indices in [0, {n_images})")
+
+def _listed_names(listing: Path) -> list[str]:
+    "The relative image paths of a distractor list; a `ConfigError` counting those that would leave its jpg/ folder."
+    names = listing.read_text().split()
+    bad = [(i, n) for i, n in enumerate(names) if n.startswith('/') or any(name_problem(p) for p in n.split('/'))]
+    if bad:
+        raise ConfigError(f"{listing}: {len(bad)} entries leave the jpg/ folder, the first (entry {bad[0][0] + 1}) {bad[0][1]!r}; "
+                          "list images by their path inside jpg/ (no leading '/', no '..')")
+    return names
 
 def distractor_paths(folder: str | Path) -> list[Path]:
     "Images of a distractor set: those listed in `folder/revisitop1m.txt` (under `folder/jpg/`), else every .jpg under `folder`."
@@ -76,7 +100,7 @@ def distractor_paths(folder: str | Path) -> list[Path]:
         raise FileNotFoundError(f"distractor folder {folder} holds a benchmark set ({gnd.relative_to(folder)}), whose images would count as "
                                 f"distractors; pass the revisitop1m folder (with revisitop1m.txt and jpg/)")
     listing = folder/f'{DISTRACTORS}.txt'
-    if listing.is_file(): paths = [folder/'jpg'/line for line in listing.read_text().split()]
+    if listing.is_file(): paths = [folder/'jpg'/line for line in _listed_names(listing)]
     else: paths = sorted(folder.rglob('*.jpg'))
     if not paths: raise FileNotFoundError(f"no distractor images in {folder}; expected {listing.name} or *.jpg files")
     return paths
@@ -109,6 +133,167 @@ def load_revisited(root: str | Path, dataset: str, distractors: str | Path | Non
     if not images.is_dir(): raise FileNotFoundError(f"no image folder {images}; the images of {dataset} go there as <name>.jpg")
     extra = distractor_paths(distractors) if distractors is not None else []
     return RevisitedSet(dataset, images, [str(n) for n in cfg['imlist']], [str(n) for n in cfg['qimlist']], list(cfg['gnd']), extra)
+
+# %% ../nbs/33_revisited.ipynb #af7aa13b
+class UnsafePickle(ValueError):
+    "A pickle that asks for more than plain data: an opcode or a callable a data file never needs."
+
+PLAIN_KINDS = 'biufcUS'  # bool, ints, floats, complex, fixed-width text: no object pointers in the bytes
+_NUMPY_NAMES = {('numpy.core.multiarray', '_reconstruct'): 'reconstruct', ('numpy._core.multiarray', '_reconstruct'): 'reconstruct',
+                ('numpy.core.numeric', '_frombuffer'): 'frombuffer', ('numpy._core.numeric', '_frombuffer'): 'frombuffer',
+                ('numpy.core.multiarray', 'scalar'): 'scalar', ('numpy._core.multiarray', 'scalar'): 'scalar',
+                ('numpy', 'ndarray'): 'ndarray', ('numpy', 'dtype'): 'dtype', ('_codecs', 'encode'): 'encode',
+                ('__builtin__', 'bytes'): 'bytes', ('builtins', 'bytes'): 'bytes'}  # protocols 0-2 write bytes by a call
+
+class _Name:
+    "A callable the pickle names (one of `_NUMPY_NAMES`), never imported."
+    def __init__(self, what: str): self.what = what
+
+class _Dtype:
+    "A plain numeric dtype under construction (its BUILD may set the byte order)."
+    def __init__(self, dtype: np.dtype): self.dtype = dtype
+
+class _Array:
+    "An array under construction: `_reconstruct` made it, BUILD fills `value`."
+    value = None
+
+def plain_dtype(name) -> _Dtype:
+    "A dtype from its string only (`'f8'`, `'U12'`), refused unless its kind is one of `PLAIN_KINDS`."
+    if not isinstance(name, str): raise UnsafePickle(f"dtype {name!r} is not a type string")
+    try: dt = np.dtype(name)
+    except TypeError as e: raise UnsafePickle(f"unknown dtype {name!r}") from e
+    if dt.kind not in PLAIN_KINDS or dt.fields or dt.subdtype: raise UnsafePickle(f"dtype {name!r} is not plain numbers or text")
+    return _Dtype(dt)
+
+def _build_dtype(stub: _Dtype, state) -> _Dtype:
+    "BUILD of a dtype: only the state numpy itself writes for that plain dtype (its byte order may differ)."
+    order = state[1] if isinstance(state, tuple) and len(state) > 1 else None
+    dt = stub.dtype.newbyteorder(order) if order in ('<', '>') else stub.dtype
+    if state != dt.__reduce__()[2]: raise UnsafePickle(f"dtype state {state!r} is not that of a plain {stub.dtype}")
+    return _Dtype(dt)
+
+def plain_array(raw, dtype, shape, fortran: bool = False) -> np.ndarray:
+    "An array rebuilt from its bytes with `np.frombuffer` (a copy), after checking the shape against the byte count."
+    if isinstance(raw, str): raw = raw.encode('latin1')  # protocol 0-2 write the bytes as a latin-1 string
+    ok = (isinstance(raw, (bytes, bytearray)) and isinstance(dtype, _Dtype) and isinstance(shape, tuple)
+          and all(type(n) is int and n >= 0 for n in shape))
+    if not ok: raise UnsafePickle("an array that is not raw bytes of a plain dtype and a shape")
+    if int(np.prod(shape, dtype=object)) * dtype.dtype.itemsize != len(raw):
+        raise UnsafePickle(f"array of shape {shape} and dtype {dtype.dtype} does not match its {len(raw)} bytes")
+    return np.frombuffer(bytes(raw), dtype.dtype).reshape(shape, order='F' if fortran else 'C').copy(order='K')
+
+def _call(fn, args):
+    "REDUCE: the few numpy constructors a data file uses, each rebuilt here from plain values."
+    if not isinstance(fn, _Name) or not isinstance(args, tuple): raise UnsafePickle(f"a call of {type(fn).__name__}")
+    what = fn.what
+    if what == 'dtype' and len(args) == 3: return plain_dtype(args[0])
+    if what == 'reconstruct' and len(args) == 3 and isinstance(args[0], _Name) and args[0].what == 'ndarray': return _Array()
+    if what == 'frombuffer' and len(args) == 4: return plain_array(args[0], args[1], args[2], args[3] == 'F')
+    if what == 'scalar' and len(args) == 2: return plain_array(args[1], args[0], ())[()]
+    if what == 'encode' and args[1:] == ('latin1',) and isinstance(args[0], str): return args[0].encode('latin1')
+    if what == 'bytes' and args == (): return b''
+    raise UnsafePickle(f"a call of numpy {what} with unexpected arguments")
+
+def _build(obj, state):
+    "BUILD: a plain dtype's state, or an ndarray's (version, shape, dtype, fortran, bytes)."
+    if isinstance(obj, _Dtype): return _build_dtype(obj, state)
+    if not isinstance(obj, _Array) or obj.value is not None or not isinstance(state, tuple) or len(state) not in (4, 5):
+        raise UnsafePickle("a BUILD that does not fill a new numpy array")
+    shape, dtype, fortran, raw = state[-4:]
+    obj.value = plain_array(raw, dtype, shape, bool(fortran))
+    return obj
+
+_VALUE_OPS = {'INT', 'BININT', 'BININT1', 'BININT2', 'LONG', 'LONG1', 'LONG4', 'FLOAT', 'BINFLOAT', 'STRING', 'BINSTRING',
+              'SHORT_BINSTRING', 'UNICODE', 'SHORT_BINUNICODE', 'BINUNICODE', 'BINUNICODE8', 'BINBYTES', 'SHORT_BINBYTES',
+              'BINBYTES8', 'BYTEARRAY8'}  # opcodes that push their argument
+_CONSTANTS = {'NONE': None, 'NEWTRUE': True, 'NEWFALSE': False}
+_MEMO_OPS = {'PUT', 'BINPUT', 'LONG_BINPUT', 'MEMOIZE'}
+_GET_OPS = {'GET', 'BINGET', 'LONG_BINGET'}
+
+def _pop_mark(stack: list, marks: list) -> list:
+    "The items above the last MARK, removed from the stack."
+    at = marks.pop()
+    items = stack[at:]
+    del stack[at:]
+    return items
+
+def _global(module, name) -> _Name:
+    if (module, name) not in _NUMPY_NAMES: raise UnsafePickle(f"it names {module}.{name}")
+    return _Name(_NUMPY_NAMES[module, name])
+
+def _step(name: str, arg, stack: list, marks: list, memo: dict) -> None:
+    "Apply one opcode to the stack; only those that build lists, dicts, tuples, numbers, text and plain arrays."
+    if name in _VALUE_OPS: stack.append(bytes(arg) if isinstance(arg, bytearray) else arg)
+    elif name in _CONSTANTS: stack.append(_CONSTANTS[name])
+    elif name == 'MARK': marks.append(len(stack))
+    elif name in ('EMPTY_DICT', 'EMPTY_LIST', 'EMPTY_TUPLE'): stack.append({'EMPTY_DICT': {}, 'EMPTY_LIST': [], 'EMPTY_TUPLE': ()}[name])
+    elif name in ('TUPLE1', 'TUPLE2', 'TUPLE3'):
+        n = int(name[-1])
+        if len(stack) < n: raise UnsafePickle("a tuple of missing items")
+        stack[-n:] = [tuple(stack[-n:])]
+    elif name in ('TUPLE', 'LIST'): stack.append((tuple if name == 'TUPLE' else list)(_pop_mark(stack, marks)))
+    elif name == 'DICT':
+        items = _pop_mark(stack, marks)
+        stack.append(dict(zip(items[::2], items[1::2])))
+    elif name == 'APPEND': _into(stack[-2], list).append(stack.pop())
+    elif name == 'APPENDS':
+        items = _pop_mark(stack, marks)
+        _into(stack[-1], list).extend(items)
+    elif name == 'SETITEM':
+        value, key = stack.pop(), stack.pop()
+        _into(stack[-1], dict)[key] = value
+    elif name == 'SETITEMS':
+        items = _pop_mark(stack, marks)
+        _into(stack[-1], dict).update(zip(items[::2], items[1::2]))
+    elif name in _MEMO_OPS: memo[len(memo) if name == 'MEMOIZE' else arg] = stack[-1]
+    elif name in _GET_OPS: stack.append(memo[arg])
+    elif name == 'GLOBAL': stack.append(_global(*arg.split(' ', 1)))
+    elif name == 'STACK_GLOBAL':
+        qual = stack.pop()
+        stack.append(_global(stack.pop(), qual))
+    elif name == 'REDUCE':
+        args = stack.pop()
+        stack.append(_call(stack.pop(), args))
+    elif name == 'BUILD':
+        state = stack.pop()
+        stack[-1] = _build(stack[-1], state)
+    elif name == 'POP': stack.pop()
+    elif name == 'POP_MARK': _pop_mark(stack, marks)
+    elif name == 'DUP': stack.append(stack[-1])
+    elif name not in ('PROTO', 'FRAME'): raise UnsafePickle(f"opcode {name} builds objects a data file never holds")
+
+def _into(obj, kind: type):
+    if type(obj) is not kind: raise UnsafePickle(f"items added to a {type(obj).__name__}, not a {kind.__name__}")
+    return obj
+
+def _finish(obj, done: dict, open_: set):
+    "`obj` with every array stub replaced by its array; refuses unfilled stubs and cycles."
+    if isinstance(obj, _Array):
+        if obj.value is None: raise UnsafePickle("an array without its data")
+        return obj.value
+    if isinstance(obj, (_Name, _Dtype)): raise UnsafePickle("a numpy callable or dtype where data belongs")
+    if not isinstance(obj, (list, dict, tuple)): return obj
+    if id(obj) in done: return done[id(obj)]
+    if id(obj) in open_: raise UnsafePickle("a container that holds itself")
+    open_.add(id(obj))
+    if isinstance(obj, dict): new = {_finish(k, done, open_): _finish(v, done, open_) for k, v in obj.items()}
+    else: new = type(obj)(_finish(v, done, open_) for v in obj)
+    open_.discard(id(obj))
+    done[id(obj)] = new
+    return new
+
+def read_plain_pickle(data: bytes):
+    "The value of a pickle that holds only lists, dicts, tuples, numbers, text and plain numpy arrays; `UnsafePickle` for anything else. Nothing in the file is imported or called: arrays are rebuilt with `np.frombuffer`."
+    stack, marks, memo = [], [], {}
+    try:
+        for op, arg, _ in pickletools.genops(data):
+            if op.name == 'STOP': return _finish(stack.pop(), {}, set())
+            _step(op.name, arg, stack, marks, memo)
+    except UnsafePickle: raise
+    except (ValueError, IndexError, KeyError, TypeError, RecursionError) as e:
+        raise UnsafePickle(f"not a well-formed pickle ({type(e).__name__}: {e})") from None
+    raise UnsafePickle("no STOP opcode (a truncated file)")
+
 
 # %% ../nbs/33_revisited.ipynb #01999c46
 def crop_box(bbx: Sequence[float], width: int, height: int) -> tuple[tuple[int, int, int, int], str]:
@@ -189,7 +374,9 @@ def make_revisited_synthetic(root: str | Path, dataset: str = 'roxford5k', seed:
     if (folder/f'gnd_{dataset}.pkl').exists() and not overwrite:
         raise FileExistsError(f"{folder} already holds a benchmark set (gnd_{dataset}.pkl); choose another folder or pass "
                               f"overwrite=True (`--overwrite` on the command line)")
-    (folder/'jpg').mkdir(parents=True, exist_ok=True)
+    fix = "choose an empty or new folder: synth writes over files only in folders it created"
+    (claim_folder(folder, 'synth', fix)/'jpg').mkdir(parents=True, exist_ok=True)
+    if n_distractors: claim_folder(Path(root)/DISTRACTORS, 'synth', fix)
     images, queries = [], []  # (name, landmark or -1, kind, image); (name, landmark, image, bbx)
     for lm in range(n_landmarks):
         rng = _rng(seed, 0, lm)
@@ -271,6 +458,7 @@ def run_benchmark(dataset: str, data: str | Path, checkpoint: str | Path,
                   model=None,  # an already loaded model (None: load `checkpoint`)
                   ) -> pd.DataFrame:
     "Revisited ROxford5k/RParis6k evaluation of a checkpoint: the Easy/Medium/Hard mAP and mP@k table (fractions)."
+    if out is not None: check_table_path(out)  # before any work
     ds = load_revisited(data, dataset, distractors)
     whitening = None
     if whiten is not None:
@@ -301,8 +489,22 @@ def run_benchmark(dataset: str, data: str | Path, checkpoint: str | Path,
     if out is not None: write_benchmark(table, out)
     return table
 
+TABLE_HEADER = 'setup,map,'  # how every table `write_benchmark` writes begins
+
+def check_table_path(path: str | Path) -> None:
+    "A `ConfigError` when `path` is a folder, or a file that is not a table `write_benchmark` wrote (it would be replaced)."
+    path = Path(path)
+    if path.is_dir(): raise ConfigError(f"--out {path} is a folder; give the path of the CSV file to write")
+    if not path.exists(): return
+    try:
+        with open(path, encoding='utf-8') as f: first = f.readline()
+    except (OSError, UnicodeDecodeError): first = ''
+    if not first.startswith(TABLE_HEADER):
+        raise ConfigError(f"--out {path} exists and is not a table lmkkit benchmark wrote; give a new file name (it is never replaced)")
+
 def write_benchmark(table: pd.DataFrame, path: str | Path) -> Path:
-    "Write the table as CSV (fractions, one row per setup), atomically."
+    "Write the table as CSV (fractions, one row per setup), atomically; only over a table it wrote before (`check_table_path`)."
+    check_table_path(path)
     with atomic_write(path) as f: table.to_csv(f)
     return Path(path)
 
@@ -327,7 +529,7 @@ def _check_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
     for name in ('qe', 'dba'):
         if getattr(a, name) < 0: p.error(f"--{name} must be 0 (off) or a number of neighbours, got {getattr(a, name)}")
     if a.batch_size < 1: p.error(f"--batch-size must be at least 1, got {a.batch_size}")
-    if a.out and Path(a.out).is_dir(): p.error(f"--out {a.out} is a folder; give the path of the CSV file to write")
+    if a.out: check_table_path(a.out)
 
 def main(argv: list[str] | None = None) -> int:
     "`lmkkit benchmark roxford5k|rparis6k DATA --checkpoint CKPT`: the revisited Easy/Medium/Hard table, printed and optionally saved."

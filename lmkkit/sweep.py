@@ -19,7 +19,7 @@ import pandas as pd
 import yaml
 from .core import progress
 
-from .core import CliParser, ConfigError, atomic_write
+from .core import CliParser, ConfigError, atomic_write, claim_folder
 from .kaggle import read_parameters
 
 # %% auto #0
@@ -243,7 +243,8 @@ def _panel(ax, table: pd.DataFrame, p: str, others: list, m: str) -> None:
 def run_sweep(grid, out: str | Path | None = None, verbose: bool = True, retry_failed: bool = False) -> pd.DataFrame:
     "Run every unfinished run of the sweep `grid` (YAML file or dict), then write the table and the plot."
     sweep = load_sweep(grid, out)
-    sweep.out.mkdir(parents=True, exist_ok=True)
+    claim_folder(sweep.out, 'sweep', "give the sweep a new or empty folder (`out:` in its file, or --out); "
+                 "it resumes only in a folder it created")
     todo = []
     for values in sweep.runs:
         run_dir = sweep.out/'runs'/run_name(values)

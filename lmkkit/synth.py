@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from .core import progress
 
-from .core import ConfigError, atomic_write, make_config
+from .core import ConfigError, atomic_write, claim_folder, make_config
 from .data import SPLITS, LoadStats, id_to_path, load_image, load_image_reason, read_train_csv
 
 # %% auto #0
@@ -423,11 +423,12 @@ def out_folder(path: str | Path) -> Path:
     return path
 
 def _clear(out: Path, overwrite: bool) -> None:
-    "Refuse to write over an earlier set unless `overwrite`; then remove its split folders and CSVs."
+    "Refuse to write over an earlier set unless `overwrite`, and into a folder `lmkkit synth` did not create; then remove its split folders and CSVs."
     old = [out/s for s in SPLITS if (out/s).exists()] + sorted(out.glob('*.csv')) if out.exists() else []
     if old and not overwrite:
         raise FileExistsError(f"{out} already holds a data set ({old[0].name}); choose an empty folder or pass overwrite=True "
                               f"(`--overwrite` on the command line)")
+    claim_folder(out, 'synth', "choose an empty or new folder: synth writes (and with --overwrite deletes) only in folders it created")
     for p in old:
         if p.is_dir(): shutil.rmtree(p)
         else: p.unlink()

@@ -137,7 +137,8 @@ def test_import_reads_no_real_credentials(tmp_path):
 def test_wheelhouse_without_downloads(tmp_path, capsys):
     out = tmp_path / 'wh'
     assert lk.main(['wheelhouse', str(out), '--owner', 'someone', '--no-packages']) == 0
-    assert sorted(p.name for p in out.iterdir()) == ['dataset-metadata.json', 'lmkkit-0.1.0-py3-none-any.whl']
+    assert sorted(p.name for p in out.iterdir()) == ['.lmkkit-owner', 'constraints.txt', 'dataset-metadata.json',
+                                                     'lmkkit-0.1.0-py3-none-any.whl']
     assert json.loads((out / 'dataset-metadata.json').read_text())['id'] == 'someone/lmkkit-wheelhouse'
     assert lk.validate_dataset(out) == []
     (out / 'kaggle.json').write_text('{}')
@@ -206,7 +207,7 @@ def test_weights_dataset(tmp_path, capsys):
     out = tmp_path / 'weights'
     assert lk.main(['weights', str(out), '--checkpoint', str(tmp_path / 'best.pt'), '--file', str(tmp_path / 'disk.pth'),
                     '--file', str(tmp_path / 'lightglue.pth'), '--owner', 'ana']) == 0
-    assert sorted(p.name for p in out.iterdir()) == ['dataset-metadata.json', 'disk.pth', 'lightglue.pth', 'model.pt']
+    assert sorted(p.name for p in out.iterdir()) == ['.lmkkit-owner', 'dataset-metadata.json', 'disk.pth', 'lightglue.pth', 'model.pt']
     meta = json.loads((out / 'dataset-metadata.json').read_text())
     assert meta['id'] == 'ana/lmkkit-weights' and meta['title'] == 'lmkkit weights'
     assert lk.validate_dataset(out, require_wheel=False) == []
