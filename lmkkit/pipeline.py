@@ -219,7 +219,7 @@ def _image_size(cfg: InferenceConfig, extra: dict | None, model) -> tuple[int, l
     return size, [n for n in [note, *valid_scale_sizes(model, size, cfg.scales)[1]] if n]
 
 def _start(cfg: InferenceConfig, locate: Callable[[str, str], str] | None = None) -> _Run:
-    "Write the empty submission, read the folder's tables, tell the public run from the full one."
+    "Write the empty submission, read the folder's tables, tell the public run from the full one, count the test images left out."
     Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
     deadline = Deadline.since(kernel_start_time(cfg.kernel_start), 3600 * cfg.time_limit_hours, cfg.deadline_reserve_s)
     timeline = Timeline(cfg.out_dir, deadline, cfg.verbose)
@@ -230,8 +230,9 @@ def _start(cfg: InferenceConfig, locate: Callable[[str, str], str] | None = None
         run.write({}, None)
         timeline.deadline.reserve_s, why = deadline_reserve(timeline.deadline.limit_s, cfg.deadline_reserve_s, time.perf_counter() - t0)
         row['note'] = f'{len(run.ids)} ids; {deadline.elapsed:.0f}s since the kernel started; {why}'
-    with timeline.step('test_folder') as row: row['note'] = _test_folder(run, rejected)
-    with timeline.step('public_check') as row: run.public, row['note'] = _public(cfg)
+    with timeline.step('public_check') as row:
+        run.public, row['note'] = _public(cfg)
+        row['note'] = '; '.join(n for n in [row['note'], _test_folder(run, rejected)] if n)
     return run
 
 def _test_folder(run: _Run, rejected: list) -> str:
@@ -241,7 +242,7 @@ def _test_folder(run: _Run, rejected: list) -> str:
     run.report.update(test_unlisted=len(unlisted), test_names_not_utf8=len(rejected))
     notes = [f"{len(unlisted)} test images on disk are not in the sample submission (not predicted)" if unlisted else '',
              f"{len(rejected)} test file names are not UTF-8 (left out, e.g. {rejected[0]})" if rejected else '']
-    return '; '.join(n for n in notes if n) or 'every test image is listed'
+    return '; '.join(n for n in notes if n)
 
 def _read_train(run: _Run) -> pd.DataFrame:
     "train.csv, read once (`lmkkit.data.read_train_csv`), as a step of the timeline."

@@ -177,23 +177,24 @@ def test_training_augmentations_fire_independently_and_reproducibly():
 
 
 # ---- pretrained weights under a prefix -----------------------------------------------------------------------------
-def _wrapped(ref: dict, kind: str):
+def _wrapped(ref: dict, kind: str, backbone: str):
     if kind == 'lightning': return {'state_dict': {f'model.{k}': v for k, v in ref.items()}, 'epoch': 3, 'global_step': 90}
-    if kind == 'moco': return {'arch': 'convnext', 'state_dict': {f'module.encoder_q.{k}': v for k, v in ref.items()}}
-    model = create_model('test_convnext', embedding_size=16, head=None)
+    if kind == 'moco': return {'arch': backbone, 'state_dict': {f'module.encoder_q.{k}': v for k, v in ref.items()}}
+    model = create_model(backbone, embedding_size=16, head=None)
     model.backbone.load_state_dict({k: v for k, v in ref.items() if k in model.backbone.state_dict()})
     return model
 
+@pytest.mark.parametrize('backbone', ['test_convnext', 'test_resnet'])
 @pytest.mark.parametrize('kind', ['lightning', 'moco', 'lmkkit'])
-def test_pretrained_weights_under_a_prefix_load_and_are_counted(gld, tmp_path, kind, capsys):
+def test_pretrained_weights_under_a_prefix_load_and_are_counted(gld, tmp_path, kind, backbone, capsys):
     "Row 3: Lightning's `model.`, MoCo's `module.encoder_q.`, the kit's own `backbone.`: every backbone tensor loaded, counted."
     torch.manual_seed(1)
-    ref = timm.create_model('test_convnext', pretrained=False).state_dict()
+    ref = timm.create_model(backbone, pretrained=False).state_dict()
     path = tmp_path/'weights.pt'
-    obj = _wrapped(ref, kind)
+    obj = _wrapped(ref, kind, backbone)
     if kind == 'lmkkit': save_checkpoint(path, obj, None)
     else: torch.save(obj, path)
-    cfg = make_config(TrainConfig, base=PRESETS['demo'], backbone='test_convnext', pretrained=str(path), stages=((32, 1),), **RUN)
+    cfg = make_config(TrainConfig, base=PRESETS['demo'], backbone=backbone, pretrained=str(path), stages=((32, 1),), **RUN)
     tr = Trainer(gld, tmp_path/'run', cfg, init_distributed('cpu'), verbose=True)
     got = tr.model.backbone.state_dict()
     assert got and all(torch.equal(v, ref[k]) for k, v in got.items())
@@ -247,7 +248,7 @@ def test_a_test_file_name_that_is_not_utf8_is_left_out_and_counted(gld, checkpoi
     assert validate_submission(res.submission, ids)[0] == track and _answers(res.submission) > 0
     metrics = json.loads((tmp_path/'out'/'metrics.json').read_text())
     assert metrics['test_names_not_utf8'] == 1
-    assert '1 test file names are not UTF-8' in res.timeline.set_index('step').loc['test_folder', 'note']
+    assert '1 test file names are not UTF-8' in res.timeline.set_index('step').loc['public_check', 'note']
 
 def test_test_images_the_sample_submission_does_not_list_are_counted(gld, checkpoint, tmp_path):
     "Row 7: two test images on disk that the sample submission leaves out: counted in the timeline and metrics.json."
@@ -260,4 +261,4 @@ def test_test_images_the_sample_submission_does_not_list_are_counted(gld, checkp
     res = run_inference(data_dir=str(data), checkpoint=str(checkpoint), out_dir=str(tmp_path/'out'), **FAST)
     assert validate_submission(res.submission, ids)[0] == 'recognition'
     assert json.loads((tmp_path/'out'/'metrics.json').read_text())['test_unlisted'] == 2
-    assert '2 test images on disk are not in the sample submission' in res.timeline.set_index('step').loc['test_folder', 'note']
+    assert '2 test images on disk are not in the sample submission' in res.timeline.set_index('step').loc['public_check', 'note']
