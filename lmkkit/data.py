@@ -60,7 +60,8 @@ def list_ids(root: str | Path, split: str,
     if not top.is_dir(): raise FileNotFoundError(f"no folder {top}; pass the GLDv2 root that holds {'/, '.join(SPLITS)}/")
     ids = [f[:-4] for _, _, files in os.walk(top) for f in files if f.endswith('.jpg')]
     if rejected is not None:
-        rejected.extend(i.encode('utf-8', 'surrogateescape').decode('utf-8', 'backslashreplace') for i in ids if not utf8_name(i))
+        bad = [i for i in ids if not utf8_name(i)]
+        rejected.extend(i.encode('utf-8', 'surrogateescape').decode('utf-8', 'backslashreplace') for i in bad)
     return sorted(i for i in ids if utf8_name(i))
 
 # %% ../nbs/01_data.ipynb #4e5d4637
@@ -361,7 +362,7 @@ def shm_exhausted(e: BaseException) -> bool:
     return 'shared memory' in text or '(shm)' in text
 
 def disk_full(e: BaseException, folder: str | Path, need: int = 0) -> bool:
-    "Whether the write that raised `e` failed for want of space: ENOSPC/EDQUOT, or torch's writer failing with less than `need` bytes free."
+    "Whether the write that raised `e` ran out of space: ENOSPC/EDQUOT, or torch's writer failing with < `need` bytes free."
     while e is not None:
         if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT): return True
         if isinstance(e, RuntimeError) and ('unexpected pos' in str(e) or 'file write failed' in str(e)):

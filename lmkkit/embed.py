@@ -187,7 +187,7 @@ def _embeddings(out) -> torch.Tensor:
 NONFINITE = 'non-finite embedding'  # the reason counted for a vector with a NaN or an infinity
 
 def shm_safe_batches(ds, loader: Callable, workers: int):
-    "The batches of `loader(ds, workers)`; when a worker finds no shared memory, the rest of `ds` in the main process, with a warning."
+    "The batches of `loader(ds, workers)`; if a worker finds no shared memory, the rest of `ds` in the main process (warned)."
     seen = []
     try:
         for batch in loader(ds, workers):

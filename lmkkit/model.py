@@ -32,7 +32,7 @@ __all__ = ['CHECKPOINT_FORMAT', 'CHECKPOINT_VERSION', 'create_backbone', 'unused
 
 # %% ../nbs/12_model.ipynb #c62dd329
 def create_backbone(name: str, pretrained: str | Path | None = None, **kwargs) -> nn.Module:
-    "A timm model without classifier, pooling or parameters `forward_features` never uses; `pretrained`: None (random init) or a local weights file (`load_backbone_weights`)."
+    "A headless timm model (no classifier, pooling or unused parts); `pretrained`: None or a local weights file."
     if pretrained is not None and not Path(pretrained).is_file():
         raise FileNotFoundError(f"pretrained weights file {str(pretrained)!r} not found; pass pretrained=None for a random init")
     bb = drop_unused(_timm_backbone(name, **kwargs), name, kwargs)
@@ -59,7 +59,7 @@ def _input_side(bb: nn.Module) -> int:
 
 @functools.lru_cache(maxsize=32)
 def unused_parts(name: str, kw: tuple = ()) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    "(submodules to remove, other parameters to freeze) of backbone `name` (`kw`: sorted timm keyword items): what `forward_features` never uses."
+    "(submodules to remove, parameters to freeze): what `forward_features` of `name` never uses (`kw`: timm keyword items)."
     with torch.device('meta'): bb = _timm_backbone(name, **dict(kw)).eval()
     called = set()
     hooks = [m.register_forward_pre_hook(lambda mod, args, n=n: called.add(n)) for n, m in bb.named_modules() if n]
@@ -120,7 +120,7 @@ def _read_weights(path: Path) -> dict:
                           "fix: save the model's state_dict with torch.save (or safetensors) and pass that file") from e
 
 def load_backbone_weights(bb: nn.Module, path: str | Path, name: str = 'the backbone') -> str:
-    "Load what fits of the weights file `path` into `bb` (wrappers and key prefixes removed); a one-line note with the count, `ConfigError` when half or less fits."
+    "Load what fits of weights file `path` into `bb` (wrappers, prefixes removed): a note with the count; `ConfigError` if half or less."
     path, target = Path(path), bb.state_dict()
     sd = _read_weights(path)
     fits, prefix = _fitting(sd, target)
@@ -183,7 +183,8 @@ class LandmarkModel(nn.Module):
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         "`nn.Module.load_state_dict`, skipping the backbone parts `drop_unused` removed (a checkpoint written before holds them)."
         gone = tuple(f'backbone.{n}.' for n in getattr(self.backbone, 'removed', ()))
-        return super().load_state_dict({k: v for k, v in state_dict.items() if not k.startswith(gone) or not gone}, strict, assign)
+        kept = {k: v for k, v in state_dict.items() if not gone or not k.startswith(gone)}
+        return super().load_state_dict(kept, strict, assign)
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         "The backbone's last feature map, 4-d, in layout `pool.fmt`."

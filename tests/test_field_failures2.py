@@ -144,7 +144,6 @@ def test_inference_on_a_full_disk_goes_on_without_the_cache(gld, tmp_path):
     metrics = json.loads(r.stdout.split('RESULT ')[1])
     assert 'no space left on device' in metrics['embed_cache_off'], metrics
     assert sum('embedding cache' in l and 'no space left' in l for l in r.stderr.splitlines()) == 1
-    ids = submission_ids(gld, 'recognition')
     assert metrics['stages'][0]['stage'] == 'knn_top1' and metrics['gap'] is not None
 
 
