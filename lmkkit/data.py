@@ -5,8 +5,13 @@
 # %% ../nbs/01_data.ipynb #73384b58
 from __future__ import annotations
 
+import errno
 import importlib.util
 import os
+import shutil
+import random
+import sys
+import warnings
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -22,10 +27,12 @@ from albumentations.pytorch import ToTensorV2
 from PIL import Image, ImageFile, ImageOps
 
 # %% auto #0
-__all__ = ['SPLITS', 'SAMPLE', 'IMAGE_FAILURES', 'IMAGENET_MEAN', 'IMAGENET_STD', 'name_problem', 'bad_names', 'id_to_path',
-           'paths_for', 'list_ids', 'DataError', 'refuse_bad_ids', 'csv_engine', 'read_train_csv', 'submission_ids',
-           'nonlandmark_ids', 'class_counts', 'split_by_class', 'load_image_reason', 'load_image', 'LoadStats',
-           'train_transforms', 'eval_transforms', 'ImageDataset']
+__all__ = ['SPLITS', 'SAMPLE', 'IMAGE_FAILURES', 'IMAGENET_MEAN', 'IMAGENET_STD', 'SHM', 'SHM_FIX', 'name_problem', 'bad_names',
+           'id_to_path', 'paths_for', 'utf8_name', 'list_ids', 'DataError', 'refuse_bad_ids', 'csv_engine',
+           'read_train_csv', 'sample_submission', 'submission_ids', 'unlisted_test_ids', 'nonlandmark_ids',
+           'class_counts', 'split_by_class', 'load_image_reason', 'load_image', 'LoadStats', 'train_transforms',
+           'eval_transforms', 'seed_transform', 'ImageDataset', 'shm_free_bytes', 'shm_workers', 'shm_exhausted',
+           'disk_full']
 
 # %% ../nbs/01_data.ipynb #0510a1a0
 SPLITS = ('train', 'index', 'test')
@@ -56,11 +63,23 @@ def paths_for(root: str | Path, split: str, ids) -> np.ndarray:
     top = f'{Path(root)}/{split}'
     return np.array([f'{top}/{i[0]}/{i[1]}/{i[2]}/{i}.jpg' for i in ids], dtype=object)
 
-def list_ids(root: str | Path, split: str) -> list[str]:
-    "Sorted ids of the `.jpg` files under `root/split` (other files are ignored)."
+def utf8_name(name: str) -> bool:
+    "Whether a file name as `os` gives it (bytes that are not UTF-8 come as lone surrogates) is valid UTF-8 text."
+    try: name.encode('utf-8')
+    except UnicodeEncodeError: return False
+    return True
+
+def list_ids(root: str | Path, split: str,
+             rejected: list | None = None,  # gets the names (escaped) of the files left out because they are not UTF-8
+             ) -> list[str]:
+    "Sorted ids of the `.jpg` files under `root/split` (other files are ignored; names that are not UTF-8 are left out)."
     top = Path(root)/split
     if not top.is_dir(): raise FileNotFoundError(f"no folder {top}; pass the GLDv2 root that holds {'/, '.join(SPLITS)}/")
-    return sorted(f[:-4] for _, _, files in os.walk(top) for f in files if f.endswith('.jpg'))
+    ids = [f[:-4] for _, _, files in os.walk(top) for f in files if f.endswith('.jpg')]
+    if rejected is not None:
+        bad = [i for i in ids if not utf8_name(i)]
+        rejected.extend(i.encode('utf-8', 'surrogateescape').decode('utf-8', 'backslashreplace') for i in bad)
+    return sorted(i for i in ids if utf8_name(i))
 
 # %% ../nbs/01_data.ipynb #4e5d4637
 class DataError(LmkkitError, ValueError):
@@ -128,7 +147,13 @@ def read_train_csv(path: str | Path) -> pd.DataFrame:
 # %% ../nbs/01_data.ipynb #faddc024
 SAMPLE = {'recognition': 'recognition_sample_submission.csv', 'retrieval': 'retrieval_sample_submission.csv'}
 
-def submission_ids(data_dir: str | Path, track: str) -> list[str]:
+def sample_submission(data_dir: str | Path, track: str) -> Path | None:
+    "The sample submission of `track` in `data_dir` (the track's own name first), or None."
+    return next((Path(data_dir)/n for n in (SAMPLE[track], 'sample_submission.csv') if (Path(data_dir)/n).is_file()), None)
+
+def submission_ids(data_dir: str | Path, track: str,
+                   rejected: list | None = None,  # test file names left out for not being UTF-8 (`list_ids`)
+                   ) -> list[str]:
     "The ids a submission must list: the sample submission's (if present), else the test folder's."
     data_dir = Path(data_dir)
     for name in (SAMPLE[track], 'sample_submission.csv'):
@@ -137,7 +162,13 @@ def submission_ids(data_dir: str | Path, track: str) -> list[str]:
             if 'id' not in df.columns: raise DataError(f"{data_dir/name}, line 1: no column 'id'; fix: the header must start with id")
             refuse_bad_ids(ids := df['id'].str.strip(), data_dir/name)
             return list(dict.fromkeys(ids))
-    return list_ids(data_dir, 'test') if (data_dir/'test').is_dir() else []
+    return list_ids(data_dir, 'test', rejected) if (data_dir/'test').is_dir() else []
+
+def unlisted_test_ids(data_dir: str | Path, ids, rejected: list | None = None) -> list[str]:
+    "Ids of the test folder's images that `ids` (the sample submission's) do not list: on disk, never predicted."
+    if not (Path(data_dir)/'test').is_dir(): return []
+    listed = set(ids)
+    return [i for i in list_ids(data_dir, 'test', rejected) if i not in listed]
 
 def nonlandmark_ids(data_dir: str | Path) -> list[str]:
     "Known non-landmark train-folder images (`nonlandmarks.csv`, column id), or none."
@@ -297,6 +328,10 @@ def eval_transforms(size: int) -> A.Compose:
     "Resize to `size`x`size`, ImageNet normalisation, CHW float tensor."
     return A.Compose([A.Resize(size, size), *_finish()])
 
+def seed_transform(tf, seed: int) -> None:
+    "Seed an albumentations pipeline so that its transforms draw in turn from one stream: each decides for itself."
+    tf.set_random_state(np.random.default_rng(seed), random.Random(seed))
+
 # %% ../nbs/01_data.ipynb #1c79e75e
 class ImageDataset(torch.utils.data.Dataset):
     "Images by path -> dict(image=float CHW tensor, label=int (-1 if none), index=int, ok=bool, reason=str ('' if ok))."
@@ -327,3 +362,41 @@ class ImageDataset(torch.utils.data.Dataset):
         except Exception: image, reason = self.blank(), 'corrupt'  # e.g. a 1-pixel image the transform rejects
         label = -1 if self.labels is None else self.labels[i]
         return dict(image=image, label=label, index=i, ok=reason is None, reason=reason or '')
+
+# %% ../nbs/01_data.ipynb #e492f55d
+SHM = '/dev/shm'
+SHM_FIX = "give the container more shared memory (e.g. docker run --shm-size=2g), or set num_workers=0"
+_SHM_WARNED = set()
+
+def shm_free_bytes(path: str = SHM) -> int | None:
+    "Bytes free in the shared-memory file system at `path`, or None where there is none (not Linux)."
+    if not sys.platform.startswith('linux') or not os.path.isdir(path): return None
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+def shm_workers(num_workers: int, batch_bytes: int,  # bytes of one collated batch (e.g. B x 3 x S x S x 4)
+                prefetch: int = 2, path: str = SHM) -> int:
+    "How many of `num_workers` DataLoader workers `path` has room for (0: load in-process); warns when fewer."
+    free = shm_free_bytes(path)
+    if not num_workers or free is None: return num_workers
+    fit = max(0, min(num_workers, int((free / 1.25 / max(batch_bytes, 1) - 1) // prefetch)))
+    msg = (f"{path} has {free / 2**20:.0f} MB free, too little for {num_workers} DataLoader workers with {prefetch} batches of "
+           f"{batch_bytes / 2**20:.1f} MB each: loading with {fit or 'no'} worker(s){' (in the main process)' if not fit else ''}")
+    if fit < num_workers and msg not in _SHM_WARNED:  # once per process and setting, not per loader
+        _SHM_WARNED.add(msg)
+        warnings.warn(f"{msg}; fix: {SHM_FIX}", stacklevel=2)
+    return fit
+
+def shm_exhausted(e: BaseException) -> bool:
+    "Whether `e` is a DataLoader worker's failure for want of shared memory."
+    text = str(e)
+    return 'shared memory' in text or '(shm)' in text
+
+def disk_full(e: BaseException, folder: str | Path, need: int = 0) -> bool:
+    "Whether the write that raised `e` ran out of space: ENOSPC/EDQUOT, or torch's writer failing with < `need` bytes free."
+    while e is not None:
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT): return True
+        if isinstance(e, RuntimeError) and ('unexpected pos' in str(e) or 'file write failed' in str(e)):
+            return shutil.disk_usage(folder).free < need  # torch's zip writer names no errno
+        e = e.__cause__ or e.__context__
+    return False

@@ -23,12 +23,13 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from fastcore.basics import patch
 from PIL import Image
 
 from . import __version__
 from .core import ConfigError, Deadline, atomic_write, progress
-from .data import (IMAGE_FAILURES, IMAGENET_MEAN, IMAGENET_STD, ImageDataset, LoadStats, _no_pixel_limit, _target_size,
-                         eval_transforms)
+from .data import (IMAGE_FAILURES, IMAGENET_MEAN, IMAGENET_STD, SHM, SHM_FIX, ImageDataset, LoadStats, _no_pixel_limit,
+                         _target_size, disk_full, eval_transforms, shm_exhausted, shm_workers)
 from .model import valid_scale_sizes
 from .search import hex_ids_to_uint64, uint64_to_hex_ids
 
@@ -36,8 +37,9 @@ from .search import hex_ids_to_uint64, uint64_to_hex_ids
 __all__ = ['TTA_VIEWS', 'AMP_DTYPES', 'AMP_MODES', 'DECODE_MODES', 'DECODERS', 'NONFINITE', 'STATUS', 'CACHE_FORMAT', 'UNSTAMPED',
            'tta_views', 'scale_sizes', 'mean_embedding', 'resolve_amp', 'gpu_decoder_problem', 'resolve_decode',
            'plain_jpeg_bytes', 'EncodedImages', 'collate_lists', 'eval_on_device', 'decode_jpegs', 'decode_batch',
-           'default_workers', 'embed_batches', 'extract_embeddings', 'file_sha1', 'image_stamps', 'compact_ids',
-           'id_strings', 'SplitCache', 'EmbeddingCache', 'EmbedResult', 'Embedder', 'cached_embeddings']
+           'shm_safe_batches', 'default_workers', 'embed_batches', 'extract_embeddings', 'file_sha1', 'image_stamps',
+           'compact_ids', 'id_strings', 'SplitCache', 'EmbeddingCache', 'EmbedResult', 'Embedder', 'cached_embeddings',
+           'MemorySplit']
 
 # %% ../nbs/30_embed.ipynb #0dbfcc92
 TTA_VIEWS = ('none', 'flip')
@@ -186,6 +188,22 @@ def _embeddings(out) -> torch.Tensor:
 
 NONFINITE = 'non-finite embedding'  # the reason counted for a vector with a NaN or an infinity
 
+def shm_safe_batches(ds, loader: Callable, workers: int):
+    "The batches of `loader(ds, workers)`; if a worker finds no shared memory, the rest of `ds` in the main process (warned)."
+    seen = []
+    try:
+        for batch in loader(ds, workers):
+            seen.append(batch['index'])
+            yield batch
+        return
+    except RuntimeError as e:
+        if not workers or not shm_exhausted(e): raise
+    done = torch.cat(seen).numpy() if seen else np.zeros(0, int)
+    rest = np.setdiff1d(np.arange(len(ds)), done)
+    warnings.warn(f"the DataLoader workers ran out of shared memory in {SHM}: the other {len(rest)} images are loaded in the "
+                  f"main process (slower); fix: {SHM_FIX}")
+    yield from loader(torch.utils.data.Subset(ds, rest.tolist()), 0)
+
 def default_workers() -> int:
     "DataLoader workers for JPEG decoding: the CPU cores this process may use, at most 8 (0 where the count is unknown)."
     try: return min(8, len(os.sched_getaffinity(0)))
@@ -199,9 +217,11 @@ def embed_batches(model: torch.nn.Module, ds: ImageDataset, batch_size: int = 32
     "Yield (index (B,) int64, emb (B, D) float32 L2-normalised, ok (B,) bool, reasons) per batch of `ds`, through one DataLoader; unreadable images and non-finite vectors are zero rows, not ok."
     amp, num_workers = resolve_amp(amp, device), default_workers() if num_workers is None else num_workers
     cuda, on_device = str(device).startswith('cuda'), resolve_decode(decode, device) == 'torchvision'
-    dl = torch.utils.data.DataLoader(EncodedImages(ds) if on_device else ds, batch_size=batch_size, num_workers=num_workers,
-                                     pin_memory=cuda, collate_fn=collate_lists if on_device else None,
-                                     prefetch_factor=4 if num_workers else None, persistent_workers=num_workers > 0)
+    num_workers = shm_workers(num_workers, batch_size * ds.blank().numel() * 4, prefetch=4)  # fewer where /dev/shm is small
+    loader = lambda items, workers: torch.utils.data.DataLoader(
+        items, batch_size=batch_size, num_workers=workers, pin_memory=cuda, collate_fn=collate_lists if on_device else None,
+        prefetch_factor=4 if workers else None, persistent_workers=workers > 0)
+    dl = shm_safe_batches(EncodedImages(ds) if on_device else ds, loader, num_workers)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     was_training, sizes = model.training, None  # sizes: the side of each scale's view, from the first batch
     model.eval().to(device, memory_format=fmt)
@@ -434,6 +454,7 @@ class Embedder:
         self.cache = EmbeddingCache(cache_dir, checkpoint, size=size, tta=list(tta), scales=[float(s) for s in scales],
                                     amp=resolve_amp(amp, device), **({} if self.decoder == 'pil' else {'decoder': self.decoder}))
         self.images, self.seconds = 0, 0.0
+        self.cache_off = None  # why the embeddings are kept in memory instead (the cache could not be written)
 
     @property
     def decoding(self) -> str:
@@ -474,9 +495,9 @@ class Embedder:
                 buf.append((todo[idx], e, _status_codes(ok, reasons, e)))
                 if sum(len(b[0]) for b in buf) < want and done + sum(len(b[0]) for b in buf) < len(todo): continue
                 rows, emb, status = (np.concatenate(x) for x in zip(*buf))
-                if self.sc is None: self.sc = self.cache.split(split, ids, emb.shape[1])
+                if self.sc is None: self.sc = self._split(split, ids, emb.shape[1])
+                self._store(rows, emb, status, image_stamps([path_of_row(int(r)) for r in rows]))
                 sc = self.sc
-                sc.write(rows, emb, status, image_stamps([path_of_row(int(r)) for r in rows]))
                 self.failed.extend(id_strings(sc.ids[rows[(status != STATUS.index('ok'))]]).tolist())
                 now = time.perf_counter()
                 self.seconds, self.images, t0 = self.seconds + now - t0, self.images + len(rows), now
@@ -498,8 +519,8 @@ class Embedder:
             if len(ids) != len(paths): raise ValueError(f"Embedder: {len(ids)} ids but {len(paths)} paths")
             path_of_row = paths.__getitem__
         self.failed, self.stats, dim = [], LoadStats(), self._dim(split, ids)
-        self.sc = None if dim is None else self.cache.split(split, ids, dim)  # else made at the first write, when the model has said
-        self.stale = 0 if self.sc is None else self._forget_stale(self.sc, path_of_row)
+        self.sc = None if dim is None else self._split(split, ids, dim)  # else made at the first write, when the model has said
+        self.stale = self._forget_stale(self.sc, path_of_row) if isinstance(self.sc, SplitCache) else 0
         todo = np.flatnonzero(~self.sc.ok) if self.sc is not None else np.arange(len(ids))
         if self.verbose: print(f"embed cache {self.cache.key}/{split}: {len(ids) - len(todo)} cached, {len(todo)} to extract")
         first = probe or 2 * self.batch_size
@@ -526,3 +547,50 @@ def cached_embeddings(cache_dir: str | Path, checkpoint_path: str | Path, ids: S
     res = Embedder(model, checkpoint_path, cache_dir, size, device, tta=tta, scales=scales, amp=amp, verbose=verbose,
                    **extract_kwargs)(ids, paths, chunk=chunk_size, probe=chunk_size, split=split)
     return res.emb, res.ok
+
+# %% ../nbs/30_embed.ipynb #c4e869a8
+class MemorySplit:
+    "One split's embeddings in RAM, as `SplitCache` holds them on disk: for a run whose cache cannot be written."
+    def __init__(self, ids, dim: int, previous: SplitCache | None = None):  # previous: rows embedded so far, carried over
+        self.dir, self.ids = None, compact_ids(ids)
+        self.status, self.emb = np.zeros(len(self.ids), np.int8), np.full((len(self.ids), dim), np.nan, np.float32)
+        if previous is not None and np.array_equal(previous.ids, self.ids):
+            rows = np.flatnonzero(previous.ok)
+            self.emb[rows], self.status[rows] = previous.load()[rows], previous.status[rows]
+
+    @property
+    def ok(self) -> np.ndarray: return self.status == STATUS.index('ok')
+    def load(self) -> np.ndarray: return self.emb
+
+    def write(self, rows: np.ndarray, emb: np.ndarray, status: np.ndarray, stamps: np.ndarray | None = None) -> None:
+        "Store embedded `rows` (non-ok rows stay NaN; nothing on disk, so the images' `stamps` are not kept)."
+        self.emb[rows] = np.where((status == STATUS.index('ok'))[:, None], emb, np.nan)
+        self.status[rows] = status
+
+@patch
+def _split(self: Embedder, split: str, ids: np.ndarray, dim: int) -> SplitCache | MemorySplit:
+    "The cache of `split`, or the split in memory once the disk is full."
+    if self.cache_off: return MemorySplit(ids, dim)
+    try: return self.cache.split(split, ids, dim)
+    except OSError as e:
+        if not disk_full(e, self.cache.dir.parent): raise
+        self._cache_failed(e, self.cache.dir/split)
+        return MemorySplit(ids, dim)
+
+@patch
+def _store(self: Embedder, rows: np.ndarray, emb: np.ndarray, status: np.ndarray, stamps: np.ndarray) -> None:
+    "Write a chunk to the split's cache; on a full disk, move the split to memory first."
+    try: return self.sc.write(rows, emb, status, stamps)
+    except OSError as e:
+        if not isinstance(self.sc, SplitCache) or not disk_full(e, self.sc.dir): raise
+        folder, self.sc = self.sc.dir, MemorySplit(self.sc.ids, emb.shape[1], self.sc)  # the rows written so far come along
+        self._cache_failed(e, folder)
+        self.sc.write(rows, emb, status, stamps)
+
+@patch
+def _cache_failed(self: Embedder, e: OSError, folder: Path) -> None:
+    "Warn (once) that the cache is off for this run, and free what the split had written."
+    self.cache_off = f"{folder}: no space left on device ({e.strerror or e}); embeddings kept in memory"
+    warnings.warn(f"embedding cache {self.cache_off} for the rest of this run; fix: free space under {self.cache.dir.parent} "
+                  f"or pass another cache_dir")
+    shutil.rmtree(folder, ignore_errors=True)

@@ -9,7 +9,9 @@ import dataclasses
 import functools
 import math
 import re
+import sys
 import warnings
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,20 +25,26 @@ from .heads import create_head
 from .pooling import create_pool
 
 # %% auto #0
-__all__ = ['CHECKPOINT_FORMAT', 'CHECKPOINT_VERSION', 'create_backbone', 'feature_format', 'tokens_to_map', 'ModelConfig',
-           'LandmarkModel', 'create_model', 'SizeRule', 'size_rule', 'valid_image_size', 'valid_scale_sizes',
-           'CheckpointError', 'unwrap_model', 'save_checkpoint', 'load_checkpoint', 'trained_size']
+__all__ = ['CHECKPOINT_FORMAT', 'CHECKPOINT_VERSION', 'create_backbone', 'unused_parts', 'drop_unused', 'load_backbone_weights',
+           'feature_format', 'tokens_to_map', 'ModelConfig', 'LandmarkModel', 'create_model', 'SizeRule', 'size_rule',
+           'valid_image_size', 'valid_scale_sizes', 'CheckpointError', 'unwrap_model', 'save_checkpoint',
+           'load_checkpoint', 'trained_size']
 
 # %% ../nbs/12_model.ipynb #c62dd329
 def create_backbone(name: str, pretrained: str | Path | None = None, **kwargs) -> nn.Module:
-    "A timm model without classifier or pooling; `pretrained`: None (random init) or a local weights file."
+    "A headless timm model (no classifier, pooling or unused parts); `pretrained`: None or a local weights file."
     if pretrained is not None and not Path(pretrained).is_file():
         raise FileNotFoundError(f"pretrained weights file {str(pretrained)!r} not found; pass pretrained=None for a random init")
-    weights = dict(pretrained=True, pretrained_cfg_overlay=dict(file=str(pretrained))) if pretrained else dict(pretrained=False)
-    try: return _headless(name, dynamic_img_size=True, **weights, **kwargs)
+    bb = drop_unused(_timm_backbone(name, **kwargs), name, kwargs)
+    bb.pretrained_note = load_backbone_weights(bb, pretrained, name) if pretrained else None
+    return bb
+
+def _timm_backbone(name: str, **kwargs) -> nn.Module:
+    "timm's `name`, headless, random weights, at any input size where it allows (`dynamic_img_size`)."
+    try: return _headless(name, dynamic_img_size=True, pretrained=False, **kwargs)
     except TypeError as e:
         if 'dynamic_img_size' not in str(e): raise
-    return _headless(name, **weights, **kwargs)
+    return _headless(name, pretrained=False, **kwargs)
 
 def _headless(name: str, **kwargs) -> nn.Module:
     "timm's `name` with no classifier and no pooling; a head that insists on its token pool (distilled DeiT) keeps it."
@@ -44,6 +52,89 @@ def _headless(name: str, **kwargs) -> nn.Module:
     except AssertionError as e:
         try: return timm.create_model(name, num_classes=0, global_pool='token', **kwargs)
         except Exception: raise ConfigError(f"timm cannot build {name!r} without its pooling ({e}); choose another backbone") from e
+
+# %% ../nbs/12_model.ipynb #cafaf6d4
+def _input_side(bb: nn.Module) -> int:
+    return int((getattr(bb, 'pretrained_cfg', None) or {}).get('input_size', (3, 224, 224))[-1])
+
+@functools.lru_cache(maxsize=32)
+def unused_parts(name: str, kw: tuple = ()) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    "(submodules to remove, parameters to freeze): what `forward_features` of `name` never uses (`kw`: timm keyword items)."
+    with torch.device('meta'): bb = _timm_backbone(name, **dict(kw)).eval()
+    called = set()
+    hooks = [m.register_forward_pre_hook(lambda mod, args, n=n: called.add(n)) for n, m in bb.named_modules() if n]
+    try:
+        side = _input_side(bb)
+        bb.forward_features(torch.empty(1, 3, side, side, device='meta')).float().sum().backward()
+    except Exception: return (), ()  # a probe that fails removes nothing
+    finally:
+        for h in hooks: h.remove()
+    idle = {n for n, p in bb.named_parameters() if p.grad is None}
+    unused = lambda n, m: n not in called and all(f'{n}.{k}' in idle for k, _ in m.named_parameters())
+    drop = [n for n, m in bb.named_modules() if n and any(True for _ in m.parameters()) and unused(n, m)]
+    drop = tuple(n for n in drop if not any(n.startswith(f'{d}.') for d in drop))  # the outermost of each
+    return drop, tuple(sorted(p for p in idle if not any(p.startswith(f'{d}.') for d in drop)))
+
+def drop_unused(bb: nn.Module, name: str, kwargs: dict | None = None) -> nn.Module:
+    "`bb` with `unused_parts` replaced by `nn.Identity` (names in `bb.removed`) and the rest of the idle parameters frozen."
+    drop, freeze = unused_parts(name, tuple(sorted((kwargs or {}).items())))
+    for n in drop:
+        parent, _, attr = n.rpartition('.')
+        setattr(bb.get_submodule(parent) if parent else bb, attr, nn.Identity())
+    for n, p in bb.named_parameters():
+        if n in freeze: p.requires_grad_(False)
+    bb.removed = drop
+    return bb
+
+# %% ../nbs/12_model.ipynb #46a302c9
+_WRAPPERS = ('state_dict', 'model', 'state_dict_ema', 'model_ema', 'module', 'net', 'params')  # where trainers nest weights
+
+def _tensor_dict(obj) -> dict:
+    "The name -> tensor dict inside a loaded checkpoint: `obj` itself, or the first known wrapper entry that holds one."
+    for _ in range(4):
+        if not isinstance(obj, dict): return {}
+        if obj and all(torch.is_tensor(v) for v in obj.values()): return obj
+        inner = next((obj[k] for k in _WRAPPERS if isinstance(obj.get(k), dict)), None)
+        if inner is None: break
+        obj = inner
+    return {k: v for k, v in obj.items() if torch.is_tensor(v)}
+
+def _best_prefix(keys, target) -> str:
+    "The key prefix whose removal makes the most `keys` names in `target` (the shortest on a tie)."
+    counts = Counter(k[:i] for k in keys for i in [0, *(j + 1 for j, c in enumerate(k) if c == '.')] if k[i:] in target)
+    return max(counts, key=lambda p: (counts[p], -len(p))) if counts else ''
+
+def _fitting(sd: dict, target: dict) -> tuple[dict, str]:
+    "The entries of `sd` that fit `target` by name and shape once the best prefix is removed, and that prefix."
+    prefix = _best_prefix(sd, target)
+    sub = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+    return {k: v for k, v in sub.items() if k in target and v.shape == target[k].shape}, prefix
+
+def _read_weights(path: Path) -> dict:
+    if path.suffix == '.safetensors':
+        from safetensors.torch import load_file
+        return load_file(str(path))
+    try: return _tensor_dict(torch.load(path, map_location='cpu', weights_only=True))
+    except Exception as e:
+        raise ConfigError(f"pretrained weights {path} cannot be read as plain tensors ({type(e).__name__}); "
+                          "fix: save the model's state_dict with torch.save (or safetensors) and pass that file") from e
+
+def load_backbone_weights(bb: nn.Module, path: str | Path, name: str = 'the backbone') -> str:
+    "Load what fits of weights file `path` into `bb` (wrappers, prefixes removed): a note with the count; `ConfigError` if half or less."
+    path, target = Path(path), bb.state_dict()
+    sd = _read_weights(path)
+    fits, prefix = _fitting(sd, target)
+    convert = getattr(sys.modules.get(type(bb).__module__), 'checkpoint_filter_fn', None)
+    if 2 * len(fits) <= len(target) and convert is not None:
+        try: fits, prefix = max([(fits, prefix), _fitting(convert(dict(sd), bb), target)], key=lambda f: len(f[0]))
+        except Exception: pass  # not that architecture's original format either
+    if 2 * len(fits) <= len(target):
+        raise ConfigError(f"pretrained weights {path}: only {len(fits)} of the {len(target)} tensors of {name} found in it "
+                          f"(its {len(sd)} keys, e.g. {next(iter(sd), 'none')!r}); fix: pass weights of this architecture "
+                          f"(a timm state dict, or a checkpoint that holds one), or leave pretrained out to train from scratch")
+    bb.load_state_dict(fits, strict=False)
+    return (f"pretrained weights: {len(fits)} of {len(target)} backbone tensors loaded from {path}"
+            + (f" (key prefix {prefix!r} removed)" if prefix else ''))
 
 # %% ../nbs/12_model.ipynb #4a64a4a3
 def feature_format(backbone: nn.Module) -> str:
@@ -88,6 +179,12 @@ class LandmarkModel(nn.Module):
 
     @property
     def config(self) -> ModelConfig: return self._config
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        "`nn.Module.load_state_dict`, skipping the backbone parts `drop_unused` removed (a checkpoint written before holds them)."
+        gone = tuple(f'backbone.{n}.' for n in getattr(self.backbone, 'removed', ()))
+        kept = {k: v for k, v in state_dict.items() if not gone or not k.startswith(gone)}
+        return super().load_state_dict(kept, strict, assign)
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         "The backbone's last feature map, 4-d, in layout `pool.fmt`."
@@ -138,7 +235,7 @@ def _backbone_spec(model_or_name, backbone_kwargs: dict | None = None) -> tuple[
 @functools.lru_cache(maxsize=16)
 def _meta_backbone(name: str, kw: tuple) -> nn.Module:
     "The backbone built on the meta device: shapes only, no memory and no weights."
-    with torch.device('meta'): return create_backbone(name, None, **dict(kw)).eval()
+    with torch.device('meta'): return drop_unused(_timm_backbone(name, **dict(kw)), name, dict(kw)).eval()
 
 def _accepts(bb: nn.Module, size: int) -> bool:
     "Whether `bb.forward_features` runs on a `size`x`size` image (on the meta device)."

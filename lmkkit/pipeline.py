@@ -17,7 +17,8 @@ import numpy as np
 import pandas as pd
 
 from .core import ConfigError, Deadline, atomic_write, check_parameters, deadline_reserve, default_device, kernel_start_time, make_config, require_at_least_one, seed_everything
-from .data import IMAGE_FAILURES, list_ids, nonlandmark_ids, paths_for, read_train_csv, split_by_class, submission_ids
+from .data import (IMAGE_FAILURES, list_ids, nonlandmark_ids, paths_for, read_train_csv, sample_submission, split_by_class,
+                         submission_ids, unlisted_test_ids)
 from .embed import DECODE_MODES, NONFINITE, EmbedResult, Embedder, compact_ids, id_strings
 from .model import trained_size, valid_image_size, valid_scale_sizes
 from .metrics import TRACKS, load_solution, score, write_recognition_submission, write_retrieval_submission
@@ -195,18 +196,30 @@ def _image_size(cfg: InferenceConfig, extra: dict | None, model) -> tuple[int, l
     return size, [n for n in [note, *valid_scale_sizes(model, size, cfg.scales)[1]] if n]
 
 def _start(cfg: InferenceConfig, locate: Callable[[str, str], str] | None = None) -> _Run:
-    "Write the empty submission, read the folder's tables, tell the public run from the full one."
+    "Write the empty submission, read the folder's tables, tell the public run from the full one, count the test images left out."
     Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
     deadline = Deadline.since(kernel_start_time(cfg.kernel_start), 3600 * cfg.time_limit_hours, cfg.deadline_reserve_s)
     timeline = Timeline(cfg.out_dir, deadline, cfg.verbose)
     with timeline.step('empty_submission') as row:
-        run = _Run(cfg, submission_ids(cfg.data_dir, cfg.track), load_solution(cfg.data_dir, cfg.track), timeline, locate)
+        rejected = []  # test file names that are not UTF-8: no submission can hold them
+        run = _Run(cfg, submission_ids(cfg.data_dir, cfg.track, rejected), load_solution(cfg.data_dir, cfg.track), timeline, locate)
         t0 = time.perf_counter()
         run.write({}, None)
         timeline.deadline.reserve_s, why = deadline_reserve(timeline.deadline.limit_s, cfg.deadline_reserve_s, time.perf_counter() - t0)
         row['note'] = f'{len(run.ids)} ids; {deadline.elapsed:.0f}s since the kernel started; {why}'
-    with timeline.step('public_check') as row: run.public, row['note'] = _public(cfg)
+    with timeline.step('public_check') as row:
+        run.public, row['note'] = _public(cfg)
+        row['note'] = '; '.join(n for n in [row['note'], _test_folder(run, rejected)] if n)
     return run
+
+def _test_folder(run: _Run, rejected: list) -> str:
+    "Count the test images that are not predicted: on disk but not in the sample submission, or named in bytes that are not UTF-8."
+    cfg = run.cfg
+    unlisted = unlisted_test_ids(cfg.data_dir, run.ids, rejected) if sample_submission(cfg.data_dir, cfg.track) else []
+    run.report.update(test_unlisted=len(unlisted), test_names_not_utf8=len(rejected))
+    notes = [f"{len(unlisted)} test images on disk are not in the sample submission (not predicted)" if unlisted else '',
+             f"{len(rejected)} test file names are not UTF-8 (left out, e.g. {rejected[0]})" if rejected else '']
+    return '; '.join(n for n in notes if n)
 
 def _read_train(run: _Run) -> pd.DataFrame:
     "train.csv, read once (`lmkkit.data.read_train_csv`), as a step of the timeline."
@@ -236,10 +249,12 @@ def _embed(run: _Run, embedder: Embedder, name: str, split: str, ids: Sequence[s
         res = embedder(ids, lambda i: run.locate(split, i), run.deadline, split=name)  # a path only for an image it reads
         reasons = {r: res.reasons.get(r, 0) for r in (*IMAGE_FAILURES, NONFINITE)}  # every reason, zeros included
         row['note'] = f'{int(res.ok.sum())}/{len(ids)} images' + (f', {res.skipped} skipped (time)' if res.skipped else '') \
-            + (f", {len(res.unreadable)} unreadable ({', '.join(f'{r}: {n}' for r, n in reasons.items() if n)})" if res.unreadable else '')
+            + (f", {len(res.unreadable)} unreadable ({', '.join(f'{r}: {n}' for r, n in reasons.items() if n)})" if res.unreadable else '') \
+            + (f'; cache off: {embedder.cache_off}' if embedder.cache_off else '')
     run.report[f'{name}_unreadable'] = len(res.unreadable)
     run.report[f'{name}_failures'] = reasons
     if embedder.cache.dropped: run.report['embed_cache_nonfinite'] = len(embedder.cache.dropped)
+    if embedder.cache_off: run.report['embed_cache_off'] = embedder.cache_off
     if res.unreadable: run.report.setdefault('unreadable_examples', []).extend(res.unreadable[:3])
     if res.skipped: run.timeline.cut_short(name, f'{res.skipped} images not embedded (time)')
     return res

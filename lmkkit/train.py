@@ -11,10 +11,11 @@ import inspect
 import math
 import os
 import random
+import shutil
 import sys
 import time
 import typing
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,7 +28,8 @@ import torch.nn.functional as F
 from fastcore.basics import patch
 
 from .core import ConfigError, Deadline, LmkkitError, TrainingDiverged, atomic_write, check_parameters, make_config, progress, require_at_least_one, seed_everything
-from .data import ImageDataset, eval_transforms, id_to_path, read_train_csv, split_by_class, train_transforms
+from .data import (SHM, SHM_FIX, ImageDataset, disk_full, eval_transforms, id_to_path, read_train_csv, seed_transform, shm_exhausted,
+                         shm_free_bytes, shm_workers, split_by_class, train_transforms)
 from .embed import AMP_DTYPES, AMP_MODES, extract_embeddings, resolve_amp
 from .heads import HEADS
 from .pooling import POOLS
@@ -187,14 +189,14 @@ class EpochSampler(torch.utils.data.Sampler):
 
 # %% ../nbs/20_train.ipynb #51da29ef
 class AugSeeded(torch.utils.data.Dataset):
-    "Wrap a dataset so that item `(epoch, i)` seeds its transform from `(seed, epoch, i)` before loading `i`."
+    "Wrap a dataset so that item `(epoch, i)` seeds its transform from `(seed, epoch, i)` before loading `i` (`seed_transform`)."
     def __init__(self, ds, seed: int = 0): self.ds, self.seed = ds, seed
     def __len__(self): return len(self.ds)
     def __getitem__(self, key):
         epoch, i = key
         tf = getattr(self.ds, 'transform', None)
-        if hasattr(tf, 'set_random_seed'):
-            tf.set_random_seed(int(np.random.SeedSequence([self.seed, epoch, i]).generate_state(1)[0]))
+        if hasattr(tf, 'set_random_state'):  # not set_random_seed: it gives every transform the same draws
+            seed_transform(tf, int(np.random.SeedSequence([self.seed, epoch, i]).generate_state(1)[0]))
         return self.ds[i]
 
 # %% ../nbs/20_train.ipynb #1c953ad9
@@ -429,6 +431,7 @@ class Trainer:
         seed_everything(cfg.seed)
         self.model = create_model(cfg.backbone, pool=cfg.pool, embedding_size=cfg.embedding_size, head=cfg.head,
                                   n_classes=len(self.data.class_ids), pretrained=cfg.pretrained, **head_kwargs(cfg))
+        if cfg.pretrained and state is None: self._say(self.model.backbone.pretrained_note)
         self.model.to(env.device)
         self.cuda = env.device.startswith('cuda')
         if cfg.channels_last and self.cuda: self.model.to(memory_format=torch.channels_last)
@@ -534,10 +537,10 @@ def save(self: Trainer, stage_end: int | None = None) -> None:
                      sampler=dict(seed=self.cfg.seed, world_size=self.env.world_size), rng=rng_state(),
                      config=self.cfg.to_dict(), class_ids=torch.from_numpy(self.data.class_ids))
         t0 = time.perf_counter()
-        save_state(self.out/'last.pt', state)
+        with self._writing(self.out/'last.pt'): save_state(self.out/'last.pt', state)
         self.saved_step = self.pos.step
-        self._save_model(self.out/'model.pt')
-        if stage_end is not None: self._save_model(self.out/f'model_{stage_end}px.pt')
+        for path in [self.out/'model.pt'] + ([self.out/f'model_{stage_end}px.pt'] if stage_end is not None else []):
+            with self._writing(path): self._save_model(path)
         self.budget.saved(time.perf_counter() - t0)
     if self.env.distributed: dist.barrier()
 
@@ -552,6 +555,18 @@ def _stop_agreed(self: Trainer, validate_next: bool) -> bool:
     stop = float(self.env.is_main and self.budget.must_stop(validate_next))
     return all_sum([stop], self.env)[0] > 0
 
+# %% ../nbs/20_train.ipynb #c12f516a
+@patch
+@contextmanager
+def _writing(self: Trainer, path: Path):
+    "Turn a failure to write `path` on a full disk into one line that names it and the checkpoint kept."
+    try: yield
+    except (OSError, RuntimeError) as e:
+        if not disk_full(e, path.parent, 4 * state_bytes(self.model) + 2**20): raise
+        free = shutil.disk_usage(path.parent).free
+        raise TrainError(f"cannot write {path}: no space left on device ({free / 2**20:.1f} MB free in {path.parent}); "
+                         f"{self._resume_note()} (the previous checkpoint is kept); fix: free space there, then run again") from None
+
 # %% ../nbs/20_train.ipynb #526e83d8
 @patch
 def _loader(self: Trainer, epoch: int, size: int):
@@ -559,7 +574,8 @@ def _loader(self: Trainer, epoch: int, size: int):
     tf = train_transforms(size) if cfg.augment else eval_transforms(size)
     ds = AugSeeded(ImageDataset(self.data.train['path'], self.data.train['target'], tf, load_size=size), cfg.seed)
     self.sampler.set_epoch(epoch, self.pos.batch)
-    return torch.utils.data.DataLoader(ds, batch_size=cfg.batch_size, sampler=self.sampler, num_workers=cfg.num_workers,
+    workers = shm_workers(cfg.num_workers, cfg.batch_size * 3 * size * size * 4)  # fewer where /dev/shm is small
+    return torch.utils.data.DataLoader(ds, batch_size=cfg.batch_size, sampler=self.sampler, num_workers=workers,
                                        drop_last=True, pin_memory=self.cuda, generator=torch.Generator(),
                                        persistent_workers=False)
 
@@ -569,7 +585,7 @@ def _step(self: Trainer, it) -> None:
     cfg, env, losses = self.cfg, self.env, []
     for k in range(cfg.grad_accum):
         t0 = time.perf_counter()
-        b = next(it)
+        b = self._next_batch(it)
         self.meter.wait += time.perf_counter() - t0
         x, y, ok = (b[n].to(env.device, non_blocking=True) for n in ('image', 'label', 'ok'))
         if cfg.channels_last and self.cuda: x = x.contiguous(memory_format=torch.channels_last)
@@ -595,6 +611,23 @@ def _step(self: Trainer, it) -> None:
     self.sched.step()
     self.meter.n += 1
     self.pos.step += 1
+
+# %% ../nbs/20_train.ipynb #420bd70d
+@patch
+def _next_batch(self: Trainer, it) -> dict:
+    "The next micro-batch; a worker that found no shared memory stops the run in one line (`TrainError`)."
+    try: return next(it)
+    except RuntimeError as e:
+        if not shm_exhausted(e): raise
+        free = shm_free_bytes()
+        raise TrainError(f"the DataLoader workers ran out of shared memory in {SHM} ({(free or 0) / 2**20:.0f} MB free); "
+                         f"fix: {SHM_FIX}; {self._resume_note()}") from None
+
+@patch
+def _resume_note(self: Trainer) -> str:
+    "Which checkpoint a run stopped now resumes from."
+    if self.saved_step is None: return "no checkpoint was written yet"
+    return f"{self.out/'last.pt'} keeps step {self.saved_step}: run again to resume"
 
 # %% ../nbs/20_train.ipynb #cab87644
 @patch
