@@ -224,7 +224,7 @@ def shape_problems(meta: dict) -> list[str]:
     if shape.lower() == 'nvidiateslap100' and not meta.get('docker_image'):
         return [f"machine_shape NvidiaTeslaP100: the default image's torch (cu128) has no P100 (sm_60) kernels, "
                 f"so the first CUDA operation fails; {fix}"]
-    if gpu and not shape: return [f"enable_gpu without machine_shape leaves the GPU to Kaggle (a P100 for older accounts and pushes); {fix}"]
+    if gpu and not shape: return [f"enable_gpu without machine_shape leaves the GPU to Kaggle (by default a P100, which the image's torch cannot run); {fix}"]
     return []
 
 def _metadata_problems(meta: dict, require_gpu: bool) -> list[str]:
@@ -414,15 +414,17 @@ def closure_above(resolved: dict[str, dict], roots, baseline=BASELINE, python_ve
     return sorted(seen)
 
 def baseline_conflicts(resolved: dict[str, dict], names, baseline, python_version: str = '3.11') -> list[str]:
-    "Requirements of the shipped `names` that the image's pinned `baseline` versions do not satisfy."
+    "Requirements of the shipped `names` (lmkkit's own included) that the image's pinned `baseline` versions do not satisfy."
     from packaging.requirements import Requirement
     pins = {}
     for b in baseline:
         req = Requirement(b)
         pins.update({_canon(req.name): s.version for s in req.specifier if s.operator in ('==', '===')})
     env = marker_env(python_version)
+    fix = lambda n: ("lower lmkkit's requirement in settings.ini to what the kit needs, or the kernel's pip stops with "
+                     "'No matching distribution'") if n == 'lmkkit' else f"pin an older {resolved[n]['metadata']['name']} with --package"
     return [f"{resolved[n]['metadata']['name']} {resolved[n]['metadata']['version']} needs {req}, the image has "
-            f"{req.name}=={pins[_canon(req.name)]}; pin an older {resolved[n]['metadata']['name']} with --package"
+            f"{req.name}=={pins[_canon(req.name)]}; {fix(n)}"
             for n in names for req in _requires(resolved[n], (), env)
             if _canon(req.name) in pins and not req.specifier.contains(pins[_canon(req.name)], prereleases=True)]
 
@@ -482,7 +484,7 @@ def build_wheelhouse(out: str | Path, python_version: str = '3.11', platform: st
     if deps:
         resolved = resolve([str(wheel), *extra], python_version, platform, verbose)
         names = [n for n in closure_above(resolved, ['lmkkit', *extra], baseline, python_version) if n != 'lmkkit']
-        if conflicts := baseline_conflicts(resolved, names, baseline, python_version):
+        if conflicts := baseline_conflicts(resolved, ['lmkkit', *names], baseline, python_version):
             raise KernelError("the image's versions do not fit these wheels:\n" + '\n'.join(f"  - {c}" for c in conflicts))
         pins = [f"{resolved[n]['metadata']['name']}=={resolved[n]['metadata']['version']}" for n in names]
         download_wheels(out, pins, python_version, platform, verbose)

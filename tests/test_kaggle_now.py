@@ -179,3 +179,16 @@ def test_kernel_paths_are_found_not_fixed():
         assert not any(isinstance(v, str) and '../input' in v for v in p.values()), kernel
     assert params['lmkkit-recognition']['checkpoint'] is None and params['lmkkit-recognition']['out_dir'] == '.'
     assert params['lmkkit-train']['out_dir'] == 'run'
+
+
+# 3 (part): lmkkit's own requirements against the image's versions
+def test_wheelhouse_checks_lmkkits_own_requirements_against_the_image(tmp_path, monkeypatch):
+    "An image freeze with timm 1.0.26 against lmkkit's timm>=1.0.31: the build stops, not the kernel's install cell."
+    fake = {'lmkkit': ['timm>=1.0.31', 'kornia>=0.7'], 'timm': ['torch'], 'kornia': ['torch>=2.5.1'], 'torch': []}
+    resolved = {n: {'metadata': {'name': n, 'version': '0.1.0' if n == 'lmkkit' else '1.0', 'requires_dist': r}}
+                for n, r in fake.items()}
+    monkeypatch.setattr(lk, 'build_lmkkit_wheel', lambda out, *a, **k: (Path(out)/'lmkkit-0.1.0-py3-none-any.whl').touch())
+    monkeypatch.setattr(lk, 'resolve', lambda *a, **k: resolved)
+    monkeypatch.setattr(lk, 'download_wheels', lambda *a, **k: pytest.fail('nothing is downloaded for a wheelhouse that cannot install'))
+    with pytest.raises(lk.KernelError, match=r"lmkkit 0.1.0 needs timm>=1.0.31, the image has timm==1.0.26; lower lmkkit's"):
+        lk.build_wheelhouse(tmp_path/'wh', baseline=('torch==2.10.0', 'timm==1.0.26'), owner='someone')
