@@ -8,11 +8,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import functools
 import json
 import math
 import os
 import random
 import shutil
+import re
 import sys
 import tempfile
 import time
@@ -25,7 +27,8 @@ from pathlib import Path
 import numpy as np
 
 # %% auto #0
-__all__ = ['OWNER_MARKER', 'KERNEL_START_ENV', 'Registry', 'atomic_write', 'seed_everything', 'on_kaggle', 'default_device',
+__all__ = ['KAGGLE_TEMP', 'OWNER_MARKER', 'KERNEL_START_ENV', 'Registry', 'atomic_write', 'seed_everything', 'on_kaggle',
+           'cuda_problem', 'cuda_devices', 'default_device', 'run_devices', 'resolve_device', 'default_cache_dir',
            'progress', 'Deadline', 'deadline_reserve', 'memory_mib', 'reset_peak', 'LmkkitError', 'ConfigError',
            'StageError', 'CliParser', 'TrainingDiverged', 'value_kind', 'example_number', 'papermill_hint',
            'check_parameters', 'make_config', 'notebook_parameters', 'require_at_least_one', 'FolderNotOwned',
@@ -86,10 +89,59 @@ def on_kaggle() -> bool:
     "True inside a Kaggle kernel."
     return 'KAGGLE_KERNEL_RUN_TYPE' in os.environ
 
-def default_device() -> str:
-    "'cuda' when a GPU is visible, else 'cpu'."
+def cuda_problem(index: int = 0) -> str | None:
+    "Why this torch cannot run on CUDA device `index` (no kernels for its compute capability in `torch.cuda.get_arch_list()`), or None."
     import torch
-    return 'cuda' if torch.cuda.is_available() else 'cpu'
+    major, minor = torch.cuda.get_device_capability(index)
+    archs, cap = torch.cuda.get_arch_list(), 10 * major + minor
+    sm = [int(m[1]) for a in archs if (m := re.fullmatch(r'sm_(\d+)\w?', a))]  # cubins: same major, minor at most the device's
+    ptx = [int(m[1]) for a in archs if (m := re.fullmatch(r'compute_(\d+)\w?', a))]  # PTX: compiled for the device on load
+    if any(s // 10 == major and s <= cap for s in sm) or any(p <= cap for p in ptx): return None
+    return (f"{torch.cuda.get_device_name(index)} (sm_{major}{minor}) cannot run this torch {torch.__version__} "
+            f"(built for {' '.join(archs) or 'no GPU'})")
+
+@functools.cache
+def _say_once(line: str) -> None: print(line, file=sys.stderr, flush=True)
+
+def cuda_devices() -> list[str]:
+    "The visible CUDA devices this torch can run on ('cuda:0', 'cuda:1', ...); each one it cannot use is said in one line."
+    import torch
+    if not torch.cuda.is_available(): return []
+    problems = {f'cuda:{i}': cuda_problem(i) for i in range(torch.cuda.device_count())}
+    usable = [d for d, p in problems.items() if p is None]
+    for d, p in problems.items():
+        if p: _say_once(f"lmkkit: {p}; {'that GPU is left out' if usable else 'running on the CPU instead'} "
+                        "(on Kaggle choose machine_shape NvidiaTeslaT4 or NvidiaL4)")
+    return usable
+
+def default_device() -> str:
+    "'cuda' when a GPU is visible and this torch has kernels for it (`cuda_problem`), else 'cpu' (with one line saying why)."
+    devices = cuda_devices()
+    return 'cpu' if not devices else 'cuda' if devices[0] == 'cuda:0' else devices[0]
+
+def run_devices(device: str = 'auto') -> list[str]:
+    "Every device a run of `device` uses: for 'auto' each visible GPU this torch can run on (two on Kaggle's T4 x2), else the CPU; otherwise [`resolve_device(device)`]."
+    return (cuda_devices() or ['cpu']) if device == 'auto' else [resolve_device(device)]
+
+def resolve_device(device: str = 'auto') -> str:
+    "The device a run uses for `device` ('auto', 'cpu', 'cuda', 'cuda:N'): a CUDA device this torch cannot run on falls back to the CPU, said in one line."
+    if device == 'auto': return default_device()
+    if not device.startswith('cuda'): return device
+    import torch
+    index = torch.device(device).index or 0
+    if not torch.cuda.is_available() or index >= torch.cuda.device_count() or cuda_problem(index) is None: return device
+    _say_once(f"lmkkit: {cuda_problem(index)}; running on the CPU instead (on Kaggle choose machine_shape NvidiaTeslaT4 or NvidiaL4)")
+    return 'cpu'
+
+
+# %% ../nbs/00_core.ipynb #cache002
+KAGGLE_TEMP = '/kaggle/temp'  # Kaggle's scratch folder: not saved with the kernel's output
+
+def default_cache_dir(out_dir: str | Path) -> Path:
+    "The embedding cache when none is given: on Kaggle outside the saved working folder (`KAGGLE_TEMP`, else the system's temp folder), elsewhere out_dir/cache."
+    if not on_kaggle(): return Path(out_dir)/'cache'
+    return Path(KAGGLE_TEMP if os.path.isdir(KAGGLE_TEMP) else tempfile.gettempdir())/'lmkkit-cache'
+
 
 # %% ../nbs/00_core.ipynb #973fddaf
 warnings.filterwarnings('ignore', message='IProgress not found')  # tqdm.auto via huggingface_hub; see above

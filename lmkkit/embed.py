@@ -9,9 +9,12 @@ import functools
 import hashlib
 import io
 import json
+import copy
 import math
 import os
+import queue
 import shutil
+import threading
 import time
 import warnings
 from collections import Counter
@@ -37,9 +40,9 @@ from .search import hex_ids_to_uint64, uint64_to_hex_ids
 __all__ = ['TTA_VIEWS', 'AMP_DTYPES', 'AMP_MODES', 'DECODE_MODES', 'DECODERS', 'NONFINITE', 'STATUS', 'CACHE_FORMAT', 'UNSTAMPED',
            'tta_views', 'scale_sizes', 'mean_embedding', 'resolve_amp', 'gpu_decoder_problem', 'resolve_decode',
            'plain_jpeg_bytes', 'EncodedImages', 'collate_lists', 'eval_on_device', 'decode_jpegs', 'decode_batch',
-           'shm_safe_batches', 'default_workers', 'embed_batches', 'extract_embeddings', 'file_sha1', 'image_stamps',
-           'compact_ids', 'id_strings', 'SplitCache', 'EmbeddingCache', 'EmbedResult', 'Embedder', 'cached_embeddings',
-           'MemorySplit']
+           'shm_safe_batches', 'default_workers', 'embed_batches', 'extract_embeddings', 'shard_rows', 'model_replicas',
+           'embed_sharded', 'file_sha1', 'image_stamps', 'compact_ids', 'id_strings', 'SplitCache', 'EmbeddingCache',
+           'EmbedResult', 'Embedder', 'cached_embeddings', 'MemorySplit']
 
 # %% ../nbs/30_embed.ipynb #0dbfcc92
 TTA_VIEWS = ('none', 'flip')
@@ -257,6 +260,61 @@ def extract_embeddings(model: torch.nn.Module, paths: Sequence[str | Path], size
     if not parts: return np.zeros((0, 0), np.float32), np.zeros(0, bool)
     return np.concatenate([p[1] for p in parts]), np.concatenate([p[2] for p in parts])
 
+# %% ../nbs/30_embed.ipynb #shard002
+def shard_rows(n: int, n_devices: int, batch_size: int) -> list[np.ndarray]:
+    "Rows 0..n-1 dealt to `n_devices` devices batch by batch: device d gets batches d, d + n_devices, ... (int64 arrays)."
+    blocks = np.arange(n) // max(batch_size, 1)
+    return [np.flatnonzero(blocks % n_devices == d) for d in range(n_devices)]
+
+def model_replicas(model: torch.nn.Module, devices: Sequence[str]) -> list[torch.nn.Module]:
+    "One model per device of `devices`: `model` itself for the first, a copy moved to each other device."
+    return [model] + [copy.deepcopy(model).to(d) for d in devices[1:]]
+
+def _put(q: queue.Queue, item, stop: threading.Event) -> None:
+    "Put `item` on `q` unless the reader has stopped (then drop it)."
+    while not stop.is_set():
+        try: return q.put(item, timeout=0.1)
+        except queue.Full: pass
+
+def _embed_share(q, stop, model, ds, device, rows, kwargs) -> None:
+    "A device's thread: `embed_batches` over its share `ds` (rows `rows`), each batch put on `q` with its rows and paths; then None."
+    try:
+        batches = embed_batches(model, ds, device=device, stats=None, **kwargs)
+        for idx, e, ok, reasons in batches:
+            _put(q, (rows[idx], e, ok, reasons, [ds.paths[i] for i in idx]), stop)
+            if stop.is_set(): break
+        batches.close()
+    except BaseException as e: _put(q, e, stop)
+    finally: _put(q, None, stop)
+
+def embed_sharded(models: Sequence[torch.nn.Module],  # one per device (`model_replicas`)
+                  dataset_of: Callable[[np.ndarray], ImageDataset],  # rows -> the dataset of those rows, in order
+                  n: int, devices: Sequence[str], batch_size: int = 32, num_workers: int | None = None,
+                  stats: LoadStats | None = None, **kwargs):  # kwargs: the rest of `embed_batches`'s settings
+    "Yield (rows (B,) int64 in 0..n-1, emb (B, D) float32, ok (B,) bool, reasons) per batch, each device embedding its `shard_rows` share in a thread; one device: `embed_batches` itself."
+    if len(devices) == 1:
+        yield from embed_batches(models[0], dataset_of(np.arange(n)), batch_size, num_workers, devices[0], stats=stats, **kwargs)
+        return
+    workers = (default_workers() if num_workers is None else num_workers) // len(devices)
+    q, stop = queue.Queue(maxsize=2 * len(devices)), threading.Event()
+    threads = [threading.Thread(target=_embed_share, daemon=True, args=(q, stop, m, dataset_of(rows), d, rows,
+                                dict(kwargs, batch_size=batch_size, num_workers=workers)))
+               for m, d, rows in zip(models, devices, shard_rows(n, len(devices), batch_size))]
+    for t in threads: t.start()
+    try:
+        live = len(threads)
+        while live:
+            item = q.get()
+            if item is None: live -= 1
+            elif isinstance(item, BaseException): raise item
+            else:
+                rows, e, ok, reasons, paths = item
+                if stats is not None: stats.add_batch(torch.from_numpy(ok), paths, reasons)
+                yield rows, e, ok, reasons
+    finally:
+        stop.set()
+        for t in threads: t.join()
+
 # %% ../nbs/30_embed.ipynb #53e6d85e
 def file_sha1(path: str | Path, block: int = 1 << 20) -> str:
     "SHA-1 hex digest of the whole file."
@@ -445,8 +503,10 @@ class Embedder:
                  batch_size: int = 32, num_workers: int | None = None,  # None: `default_workers()`
                  tta: Sequence[str] = ('none',), scales: Sequence[float] = (1.0,),
                  amp: str | None = None, channels_last: bool = False, verbose: bool = False,
-                 decode: str = 'cpu'):  # JPEG decoding: 'cpu', 'gpu', 'auto'; `decoder` says which runs
+                 decode: str = 'cpu',  # JPEG decoding: 'cpu', 'gpu', 'auto'; `decoder` says which runs
+                 devices: Sequence[str] | None = None):  # every device to shard extraction over (`embed_sharded`); None: [device]
         self.model, self.checkpoint, self.size, self.device = model, checkpoint, size, device
+        self.devices, self._replicas = list(devices or [device]), None
         self.decoder = resolve_decode(decode, device)
         self.extract_kwargs = dict(batch_size=batch_size, num_workers=num_workers, device=device, tta=tuple(tta),
                                    scales=tuple(scales), amp=amp, channels_last=channels_last, verbose=verbose, decode=self.decoder)
@@ -459,7 +519,7 @@ class Embedder:
     @property
     def decoding(self) -> str:
         "Which decoder runs where, in words (for a run's notes)."
-        return f"torchvision on {self.device}" if self.decoder == 'torchvision' else 'PIL in the DataLoader workers'
+        return f"torchvision on {', '.join(self.devices)}" if self.decoder == 'torchvision' else 'PIL in the DataLoader workers'
 
     @property
     def images_per_s(self) -> float | None:
@@ -486,10 +546,14 @@ class Embedder:
 
     def _extract(self, split: str, ids: np.ndarray, todo: np.ndarray, path_of_row, deadline, chunk: int, first: int) -> int:
         "Extract rows `todo` through one DataLoader, writing every `chunk` rows (the first write after `first`); rows left for lack of time."
-        ds = ImageDataset([], transform=eval_transforms(self.size), load_size=self.size)
-        ds.paths = _RowPaths(path_of_row, todo)
+        def dataset_of(rows: np.ndarray) -> ImageDataset:
+            ds = ImageDataset([], transform=eval_transforms(self.size), load_size=self.size)
+            ds.paths = _RowPaths(path_of_row, todo[rows])
+            return ds
         done, buf, want, t0 = 0, [], first, time.perf_counter()
-        batches = embed_batches(self._model(), ds, **self.extract_kwargs, stats=self.stats)
+        if self._replicas is None: self._replicas = model_replicas(self._model(), self.devices)
+        kwargs = {k: v for k, v in self.extract_kwargs.items() if k != 'device'}
+        batches = embed_sharded(self._replicas, dataset_of, len(todo), self.devices, **kwargs, stats=self.stats)
         try:
             for idx, e, ok, reasons in batches:
                 buf.append((todo[idx], e, _status_codes(ok, reasons, e)))

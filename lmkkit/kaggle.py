@@ -23,14 +23,16 @@ from pathlib import Path
 from .core import OWNER_MARKER, CliParser, ConfigError, atomic_write, claim_folder
 
 # %% auto #0
-__all__ = ['KERNEL_METADATA', 'BASELINE', 'DEFAULT_PLATFORMS', 'WHEELHOUSE_SLUG', 'WEIGHTS_SLUG', 'DATASET_METADATA',
-           'WHEELHOUSE_LOCK', 'WHEELHOUSE_CONSTRAINTS', 'OUR_DATASETS', 'PUBLIC_TEST_MAX', 'PUBLIC_TRAIN_ROWS',
+__all__ = ['KERNEL_METADATA', 'MACHINE_SHAPES', 'DEFAULT_MACHINE_SHAPE', 'BASELINE', 'DEFAULT_PLATFORMS', 'WHEELHOUSE_SLUG',
+           'WEIGHTS_SLUG', 'DATASET_METADATA', 'INPUT_ROOTS', 'INPUT_ROOTS_ENV', 'WHEELHOUSE_LOCK',
+           'WHEELHOUSE_CONSTRAINTS', 'INPUT_MARKERS', 'OUR_DATASETS', 'PUBLIC_TEST_MAX', 'PUBLIC_TRAIN_ROWS',
            'IMAGE_SUFFIXES', 'kaggle_api_class', 'offline_api', 'Parameter', 'parse_parameters', 'parameter_problems',
-           'read_parameters', 'file_credentials', 'find_credentials', 'kaggle_problems', 'bare_slug', 'source_problems',
-           'username_problem', 'check_username', 'owner_problems', 'kernel_folder', 'validate_kernel',
-           'outside_code_credentials', 'KernelError', 'check_kernel', 'source_root', 'build_lmkkit_wheel',
-           'wheel_version', 'download_wheels', 'marker_env', 'resolve', 'closure_above', 'baseline_conflicts',
-           'read_baseline', 'dataset_metadata', 'validate_dataset', 'build_wheelhouse', 'install_cell_source',
+           'read_parameters', 'file_credentials', 'find_credentials', 'kaggle_problems', 'shape_problems', 'bare_slug',
+           'source_problems', 'username_problem', 'check_username', 'owner_problems', 'kernel_folder',
+           'validate_kernel', 'outside_code_credentials', 'KernelError', 'check_kernel', 'set_machine_shape',
+           'source_root', 'build_lmkkit_wheel', 'wheel_version', 'download_wheels', 'marker_env', 'resolve',
+           'closure_above', 'baseline_conflicts', 'read_baseline', 'dataset_metadata', 'validate_dataset',
+           'build_wheelhouse', 'install_cell_source', 'input_roots', 'find_inputs', 'find_input',
            'build_weights_dataset', 'with_owner', 'set_owner', 'describe_request', 'authenticated_api', 'push_kernel',
            'count_images', 'count_rows', 'is_public_run', 'main']
 
@@ -207,6 +209,23 @@ def _as_bool(value, default: bool):
     if isinstance(value, bool): return value
     return {'true': True, 'false': False}.get(value.lower()) if isinstance(value, str) else None
 
+MACHINE_SHAPES = {  # kernel-metadata.json `machine_shape` -> the machine (kaggle-cli docs, PR #1156 and #1198)
+    'NvidiaTeslaT4': "T4 x2: two 16 GB T4s (sm_75), 4 CPU cores, about 31 GB RAM; Kaggle's default GPU",
+    'NvidiaL4': 'one 24 GB L4 (sm_89)',
+    'NvidiaTeslaP100': "one 16 GB P100 (sm_60): retired; the default image's torch (cu128) has no kernels for it",
+}
+DEFAULT_MACHINE_SHAPE = 'NvidiaTeslaT4'
+
+def shape_problems(meta: dict) -> list[str]:
+    "The machine-shape problems of a GPU kernel's metadata `meta`, each in one line with the fix."
+    shape, gpu = str(meta.get('machine_shape') or ''), _as_bool(meta.get('enable_gpu'), False) is True
+    fix = f'choose "machine_shape": "{DEFAULT_MACHINE_SHAPE}" (T4 x2) or "NvidiaL4" (lmkkit kernels shape NAME FOLDER)'
+    if shape.lower() == 'nvidiateslap100' and not meta.get('docker_image'):
+        return [f"machine_shape NvidiaTeslaP100: the default image's torch (cu128) has no P100 (sm_60) kernels, "
+                f"so the first CUDA operation fails; {fix}"]
+    if gpu and not shape: return [f"enable_gpu without machine_shape leaves the GPU to Kaggle (by default a P100, which the image's torch cannot run); {fix}"]
+    return []
+
 def _metadata_problems(meta: dict, require_gpu: bool) -> list[str]:
     "Our rules for a competition kernel's metadata."
     problems = []
@@ -215,6 +234,7 @@ def _metadata_problems(meta: dict, require_gpu: bool) -> list[str]:
     gpu_shape = 'gpu' in str(meta.get('machine_shape') or '').lower() or 'nvidia' in str(meta.get('machine_shape') or '').lower()
     if require_gpu and not (_as_bool(meta.get('enable_gpu'), False) is True or gpu_shape):
         problems.append('enable_gpu must be true for a training or inference kernel (add "enable_gpu": true)')
+    problems += shape_problems(meta)
     if not meta.get('competition_sources'):
         problems.append('competition_sources is empty: add the competition slug, e.g. ["landmark-recognition-2021"]')
     if meta.get('docker_image_pinning_type') == 'original':
@@ -294,6 +314,18 @@ def check_kernel(folder: str | Path, require_gpu: bool = True) -> None:
     problems = validate_kernel(folder, require_gpu)
     if problems:
         raise KernelError(f"kernel folder {folder} has {len(problems)} problem(s):\n" + '\n'.join(f"  - {p}" for p in problems))
+
+# %% ../nbs/60_kaggle.ipynb #shape002
+def set_machine_shape(folder: str | Path, shape: str) -> dict:
+    "Rewrite `folder`'s kernel-metadata.json to run on `shape` (a `MACHINE_SHAPES` name, or another Kaggle accelerator id); returns the new metadata."
+    path = kernel_folder(folder)/KERNEL_METADATA
+    try: meta = json.loads(path.read_text(encoding='utf-8'))
+    except (OSError, ValueError) as e: raise ConfigError(f"{path}: cannot read the kernel metadata ({e})") from None
+    if not re.fullmatch(r'[A-Za-z0-9]+', shape):
+        raise ConfigError(f"machine shape {shape!r} is not a Kaggle accelerator id; choose one of {', '.join(MACHINE_SHAPES)}")
+    meta = {**meta, 'machine_shape': shape}
+    with atomic_write(path) as f: json.dump(meta, f, indent=1)
+    return meta
 
 # %% ../nbs/60_kaggle.ipynb #8a6957fe
 BASELINE = ('torch', 'torchvision', 'numpy', 'pandas', 'scipy', 'pillow', 'opencv-python', 'matplotlib',
@@ -391,15 +423,17 @@ def closure_above(resolved: dict[str, dict], roots, baseline=BASELINE, python_ve
     return sorted(seen)
 
 def baseline_conflicts(resolved: dict[str, dict], names, baseline, python_version: str = '3.11') -> list[str]:
-    "Requirements of the shipped `names` that the image's pinned `baseline` versions do not satisfy."
+    "Requirements of the shipped `names` (lmkkit's own included) that the image's pinned `baseline` versions do not satisfy."
     from packaging.requirements import Requirement
     pins = {}
     for b in baseline:
         req = Requirement(b)
         pins.update({_canon(req.name): s.version for s in req.specifier if s.operator in ('==', '===')})
     env = marker_env(python_version)
+    fix = lambda n: ("lower lmkkit's requirement in settings.ini to what the kit needs, or the kernel's pip stops with "
+                     "'No matching distribution'") if n == 'lmkkit' else f"pin an older {resolved[n]['metadata']['name']} with --package"
     return [f"{resolved[n]['metadata']['name']} {resolved[n]['metadata']['version']} needs {req}, the image has "
-            f"{req.name}=={pins[_canon(req.name)]}; pin an older {resolved[n]['metadata']['name']} with --package"
+            f"{req.name}=={pins[_canon(req.name)]}; {fix(n)}"
             for n in names for req in _requires(resolved[n], (), env)
             if _canon(req.name) in pins and not req.specifier.contains(pins[_canon(req.name)], prereleases=True)]
 
@@ -409,6 +443,9 @@ def read_baseline(path: str | Path) -> tuple[str, ...]:
     return tuple(l.split(' @ ')[0].strip() for l in lines if l and not l.startswith('-'))
 
 # %% ../nbs/60_kaggle.ipynb #2997fdbe
+INPUT_ROOTS = ('../input', '/kaggle/input')  # where Kaggle mounts inputs: ../input/<slug>, /kaggle/input/competitions/<slug>
+INPUT_ROOTS_ENV = 'LMKKIT_INPUT_ROOTS'  # another list of roots (os.pathsep-separated), e.g. for a simulation
+
 def dataset_metadata(owner: str, slug: str = WHEELHOUSE_SLUG, title: str = 'lmkkit wheelhouse',
                      subtitle: str = 'Offline pip wheels for the lmkkit Kaggle kernels',
                      description: str = 'Install with: pip install --no-index --find-links ../input/lmkkit-wheelhouse lmkkit') -> dict:
@@ -457,7 +494,7 @@ def build_wheelhouse(out: str | Path, python_version: str = '3.11', platform: st
     if deps:
         resolved = resolve([str(wheel), *extra], python_version, platform, verbose)
         names = [n for n in closure_above(resolved, ['lmkkit', *extra], baseline, python_version) if n != 'lmkkit']
-        if conflicts := baseline_conflicts(resolved, names, baseline, python_version):
+        if conflicts := baseline_conflicts(resolved, ['lmkkit', *names], baseline, python_version):
             raise KernelError("the image's versions do not fit these wheels:\n" + '\n'.join(f"  - {c}" for c in conflicts))
         pins = [f"{resolved[n]['metadata']['name']}=={resolved[n]['metadata']['version']}" for n in names]
         download_wheels(out, pins, python_version, platform, verbose)
@@ -482,7 +519,18 @@ def install_cell_source(dataset_slug: str = WHEELHOUSE_SLUG) -> str:
     return f"""# Install lmkkit from the attached wheelhouse dataset '{name}' (pip --no-index: never the network).
 import importlib.util, os, subprocess, sys, time
 os.environ.setdefault('LMKKIT_KERNEL_START', str(time.time()))  # the deadline counts from the kernel's first cell
-_wheelhouse = next((d for d in ('../input/{name}', '/kaggle/input/{name}') if os.path.isdir(d)), None)
+def _find_wheelhouse(roots, depth=3):
+    "The first folder under `roots`, breadth first, that holds an lmkkit wheel: found by what it holds, not by its slug."
+    todo = [(r, 0) for r in roots]
+    while todo:
+        folder, level = todo.pop(0)
+        try: names = sorted(os.listdir(folder))
+        except OSError: continue
+        if any(n.startswith('lmkkit-') and n.endswith('.whl') for n in names): return folder
+        todo += [(os.path.join(folder, n), level + 1) for n in names if level < depth and n not in ('train', 'test', 'index')
+                 and os.path.isdir(os.path.join(folder, n))]
+_roots = os.environ.get('{INPUT_ROOTS_ENV}', os.pathsep.join({INPUT_ROOTS!r})).split(os.pathsep)
+_wheelhouse = _find_wheelhouse(_roots)
 if _wheelhouse is not None:
     _pins = os.path.join(_wheelhouse, '{WHEELHOUSE_CONSTRAINTS}')  # the versions the wheelhouse was built with
     _pip = subprocess.run([sys.executable, '-m', 'pip', 'install', '--no-index', '--find-links', _wheelhouse, 'lmkkit',
@@ -492,9 +540,45 @@ if _wheelhouse is not None:
     importlib.invalidate_caches()
 elif importlib.util.find_spec('lmkkit') is None:
     _inputs = sorted(os.listdir('../input')) if os.path.isdir('../input') else 'nothing (no ../input folder)'
-    raise RuntimeError(f"lmkkit is not installed and no wheelhouse '{name}' is attached: ../input (from {{os.getcwd()}}) holds "
+    raise RuntimeError(f"lmkkit is not installed and no wheelhouse (a folder with lmkkit-*.whl) is attached: ../input (from {{os.getcwd()}}) holds "
                        f"{{_inputs}}; attach <owner>/{name} (dataset_sources) or build it with `lmkkit kernels wheelhouse`")
 """
+
+# %% ../nbs/60_kaggle.ipynb #find0002
+INPUT_MARKERS = {  # what a folder must hold: a file name, or 'name/' for a folder
+    'recognition': ('train.csv', 'test/'), 'retrieval': ('index/', 'test/'),  # the competitions' data
+    'train': ('train.csv', 'train/'),  # a GLDv2 training folder
+    'weights': ('model.pt',),  # the weights dataset (`build_weights_dataset`)
+}
+
+def input_roots() -> list[str]:
+    "The folders inputs are mounted under: $LMKKIT_INPUT_ROOTS (os.pathsep-separated), else `INPUT_ROOTS`."
+    return os.environ[INPUT_ROOTS_ENV].split(os.pathsep) if os.environ.get(INPUT_ROOTS_ENV) else list(INPUT_ROOTS)
+
+def _holds(folder: Path, markers) -> bool:
+    return all((folder/m.rstrip('/')).is_dir() if m.endswith('/') else (folder/m).is_file() for m in markers)
+
+def find_inputs(markers, roots=None, depth: int = 3) -> list[Path]:
+    "Folders under `roots` (default `input_roots()`) holding every marker: breadth first, `depth` levels, never into train/test/index or a match."
+    found, seen, todo = [], set(), [(Path(r), 0) for r in (roots or input_roots())]
+    while todo:
+        folder, level = todo.pop(0)
+        if not folder.is_dir() or folder.resolve() in seen: continue  # on Kaggle ../input is /kaggle/input
+        seen.add(folder.resolve())
+        if _holds(folder, markers): found.append(folder); continue
+        if level < depth:
+            try: subs = sorted(e.name for e in os.scandir(folder) if e.is_dir() and e.name not in ('train', 'test', 'index'))
+            except OSError: continue
+            todo += [(folder/s, level + 1) for s in subs]
+    return found
+
+def find_input(what: str, roots=None) -> Path:
+    "The attached folder of `what` (an `INPUT_MARKERS` key) found by its files under either mount layout, one named for `what` first; `ConfigError` when none."
+    hits = find_inputs(INPUT_MARKERS[what], roots)
+    if not hits:
+        raise ConfigError(f"no attached folder holds {' and '.join(INPUT_MARKERS[what])} under {' or '.join(roots or input_roots())} "
+                          f"(searched for the {what} input); attach it (competition_sources / dataset_sources) or pass its path")
+    return sorted(hits, key=lambda p: what not in p.name)[0]
 
 # %% ../nbs/60_kaggle.ipynb #own00002
 OUR_DATASETS = (WHEELHOUSE_SLUG, WEIGHTS_SLUG)
@@ -640,26 +724,32 @@ def _parser() -> argparse.ArgumentParser:
     o = subs.add_parser('owner', help='put kernel ids and the wheelhouse/weights sources under one Kaggle user')
     o.add_argument('name', help='Kaggle user name')
     o.add_argument('folders', nargs='+', help='kernel folders to rewrite in place')
+    m = subs.add_parser('shape', help='choose the machine the kernels run on (kernel-metadata.json machine_shape)')
+    m.add_argument('name', help='Kaggle accelerator id: ' + ', '.join(k + ' (' + v.split(':')[0] + ')' for k, v in MACHINE_SHAPES.items()))
+    m.add_argument('folders', nargs='+', help='kernel folders to rewrite in place')
     s = subs.add_parser('push', help='check and push a kernel folder')
     s.add_argument('folder', help='kernel folder')
     s.add_argument('--dry-run', action='store_true', help='print what would be sent; send nothing')
     s.add_argument('--no-gpu', action='store_true', help='do not require enable_gpu')
     s.add_argument('--owner', default=None, help='push a copy under this Kaggle user (see `owner`)')
+    s.add_argument('--machine-shape', default=None, help=f'push a copy that runs on this machine (see `shape`; default: the folder\'s, {DEFAULT_MACHINE_SHAPE})')
     return p
 
 def _push(args) -> None:
-    if args.owner is None: return push_kernel(args.folder, dry_run=args.dry_run, require_gpu=not args.no_gpu)
+    if args.owner is None and args.machine_shape is None:
+        return push_kernel(args.folder, dry_run=args.dry_run, require_gpu=not args.no_gpu)
     with tempfile.TemporaryDirectory() as tmp:
         source = kernel_folder(args.folder)
         folder = Path(tmp)/source.resolve().name
         shutil.copytree(source, folder)
-        set_owner(folder, args.owner)
+        if args.owner is not None: set_owner(folder, args.owner)
+        if args.machine_shape is not None: set_machine_shape(folder, args.machine_shape)
         push_kernel(folder, dry_run=args.dry_run, require_gpu=not args.no_gpu)
 
 def _size(folder: Path) -> str: return f"{sum(p.stat().st_size for p in folder.glob('*.whl')) / 2**20:.1f} MiB"
 
 def main(argv: list[str] | None = None) -> int:
-    "Entry point of `lmkkit kernels {validate,wheelhouse,weights,owner,push}`; a mistake raises for `lmkkit.cli.main` to report."
+    "Entry point of `lmkkit kernels {validate,wheelhouse,weights,owner,shape,push}`; a mistake raises for `lmkkit.cli.main` to report."
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
     if args.action == 'validate':
         bad = 0
@@ -678,6 +768,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.action == 'weights':
         out = build_weights_dataset(args.out, args.checkpoint, args.file, args.owner)
         print(f"{out}: " + ', '.join(sorted(p.name for p in out.iterdir())))
+        return 0
+    if args.action == 'shape':
+        for folder in args.folders: print(f"{folder}: machine_shape {set_machine_shape(folder, args.name)['machine_shape']}")
         return 0
     if args.action == 'owner':
         for folder in args.folders:

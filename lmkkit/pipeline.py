@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from .core import ConfigError, Deadline, atomic_write, check_parameters, deadline_reserve, default_device, kernel_start_time, make_config, require_at_least_one, seed_everything
+from .core import ConfigError, Deadline, atomic_write, check_parameters, deadline_reserve, default_cache_dir, kernel_start_time, make_config, require_at_least_one, resolve_device, run_devices, seed_everything
 from .data import (IMAGE_FAILURES, list_ids, nonlandmark_ids, paths_for, read_train_csv, sample_submission, split_by_class,
                          submission_ids, unlisted_test_ids)
 from .embed import DECODE_MODES, NONFINITE, EmbedResult, Embedder, compact_ids, id_strings
@@ -56,7 +56,7 @@ class InferenceConfig:
     max_holdout: int = 20000  # cap on held-out landmark queries
     min_holdout_landmarks: int = MIN_HOLDOUT_LANDMARKS  # below it a stage that learns is skipped (lmkkit.plan.min_holdout_landmarks)
     device: str = 'auto'  # 'auto', 'cpu', 'cuda', 'cuda:1', ...
-    cache_dir: str | None = None  # embedding cache; None: out_dir/cache
+    cache_dir: str | None = None  # embedding cache; None: `lmkkit.core.default_cache_dir` (on Kaggle outside /kaggle/working)
     public_run: str = 'auto'  # 'auto' (lmkkit.kaggle.is_public_run), 'yes' or 'no'; a public run writes top-1 kNN only
     public_max_test: int | None = None  # public-run test images at most (None: lmkkit.kaggle.PUBLIC_TEST_MAX[track])
     public_train_rows: int | None = 1_580_470  # and train.csv rows exactly (None: not checked)
@@ -104,14 +104,24 @@ class InferenceConfig:
     def deadline_reserve_s(self) -> float: return 60 * self.reserve_minutes
 
 # %% ../nbs/50_pipeline.ipynb #d44d98cb
+def _found_inputs(track: str, params: dict) -> dict:
+    "The paths of `params`'s `data_dir` and `checkpoint` given as None, found under the input mounts by their files."
+    from lmkkit.kaggle import find_input
+    found = {}
+    if 'data_dir' in params and params['data_dir'] is None: found['data_dir'] = str(find_input(track))
+    if 'checkpoint' in params and params['checkpoint'] is None: found['checkpoint'] = str(find_input('weights')/'model.pt')
+    return found
+
 def kernel_config(track: str,
                   overrides: dict | None = None,  # any other InferenceConfig setting
                   **params) -> InferenceConfig:
-    "The `InferenceConfig` of an inference kernel from its parameters (`notebook_parameters(globals())`): names and types checked."
+    "The `InferenceConfig` of an inference kernel from its parameters (`notebook_parameters(globals())`): names and types checked; `data_dir` or `checkpoint` None: the attached one, found by its files (`lmkkit.kaggle.find_input`)."
+    params = {**params, **_found_inputs(track, params)}
     extra = {'overrides': dict | None, **flat_parameter_types()}
     p = check_parameters(InferenceConfig, {'overrides': overrides, **params}, extra=extra)
     kw = {**(p.pop('overrides') or {}), **p, 'track': track}
     return make_config(InferenceConfig, **stage_parameters(kw, track))
+
 
 # %% ../nbs/50_pipeline.ipynb #aec23b56
 @dataclass
@@ -149,7 +159,8 @@ class _Run:
         self.db_split = 'train' if cfg.track == 'recognition' else 'index'  # where the candidates' images are
         self.submission = self.out/'submission.csv'
         self.ablation, self.report, self.predictions, self.size, self.public = [], {}, {}, None, False
-        self.device = default_device() if cfg.device == 'auto' else cfg.device
+        self.device = resolve_device(cfg.device)  # a GPU this torch cannot run on: the CPU, said in one line
+        self.devices = run_devices(cfg.device) if self.device != 'cpu' else ['cpu']  # 'auto': every usable GPU
 
     def image_path(self, image_id: str) -> str:
         "The file of a test id, or of a database (train or index) id: computed, never stored per id."
@@ -233,14 +244,14 @@ def _load_model(run: _Run):
         from lmkkit.model import load_checkpoint  # timm's import (seconds) is part of the step
         model, _, extra = load_checkpoint(run.cfg.checkpoint, map_location=run.device)
         run.size, notes = _image_size(run.cfg, extra, model)
-        embedder = run_embedder(run.cfg, model, run.size, run.device)
-        row['note'] = '; '.join([f'{run.cfg.checkpoint} at {run.size}px on {run.device}', f'JPEGs decoded by {embedder.decoding}', *notes])
+        embedder = run_embedder(run.cfg, model, run.size, run.device, run.devices)
+        row['note'] = '; '.join([f"{run.cfg.checkpoint} at {run.size}px on {', '.join(run.devices)}", f'JPEGs decoded by {embedder.decoding}', *notes])
     if notes: run.report['size_notes'] = notes
     return embedder
 
-def run_embedder(cfg: InferenceConfig, model, size: int, device: str) -> Embedder:
-    "The `Embedder` of a run of `cfg` (its cache folder and key) at `size` on `device`; `model` None: loaded when first needed."
-    return Embedder(model, cfg.checkpoint, cfg.cache_dir or Path(cfg.out_dir)/'cache', size, device, batch_size=cfg.batch_size,
+def run_embedder(cfg: InferenceConfig, model, size: int, device: str, devices: Sequence[str] | None = None) -> Embedder:
+    "The `Embedder` of a run of `cfg` (its cache folder and key) at `size` on `device`, sharded over `devices` (None: `device` alone); `model` None: loaded when first needed."
+    return Embedder(model, cfg.checkpoint, cfg.cache_dir or default_cache_dir(cfg.out_dir), size, device, devices=devices, batch_size=cfg.batch_size,
                     num_workers=cfg.num_workers, tta=cfg.tta, scales=cfg.scales, decode=cfg.decode)
 
 def _embed(run: _Run, embedder: Embedder, name: str, split: str, ids: Sequence[str]) -> EmbedResult:
@@ -357,7 +368,7 @@ def run_recognition(cfg: InferenceConfig, locate: Callable[[str, str], str] | No
     labels = train['landmark_id'].to_numpy()
     with run.timeline.step('knn') as row:
         t0 = time.perf_counter()
-        cands = search(q_ids, q_emb, db_ids, db_emb, cfg.k, labels, deadline=run.deadline, device=run.device)
+        cands = search(q_ids, q_emb, db_ids, db_emb, cfg.k, labels, deadline=run.deadline, device=run.device, devices=run.devices)
         run.report['knn_s_per_mac'] = (time.perf_counter() - t0) / max(len(cands) * int(db.ok.sum()) * db_emb.shape[1], 1)  # calibrates the planner
         row['note'] = f'{int(test.ok.sum())} queries x {int(db.ok.sum())} images, top {cfg.k}' + ''.join(f', {r} {n}' for r, n in cands.skipped.items())
     if done := _knn_answer(run, cands, recognition_predictions, 'knn_top1', run.public): return done
@@ -390,7 +401,7 @@ def run_retrieval(cfg: InferenceConfig, locate: Callable[[str, str], str] | None
     tr = _embed(run, embedder, 'embed_train', 'train', train['id'].tolist()) if needs_train else None
     q_ids, q_emb, x_ids, x_emb = test.ids, test.emb, index.ids, index.emb  # rows not embedded are NaN, which search skips
     with run.timeline.step('knn') as row:
-        cands = search(q_ids, q_emb, x_ids, x_emb, cfg.retrieval_k, deadline=run.deadline, device=run.device)
+        cands = search(q_ids, q_emb, x_ids, x_emb, cfg.retrieval_k, deadline=run.deadline, device=run.device, devices=run.devices)
         row['note'] = f'{int(test.ok.sum())} queries x {int(index.ok.sum())} index images, top {cfg.retrieval_k}'
     predict = lambda c: retrieval_predictions(c, cfg.retrieval_k)
     if done := _knn_answer(run, cands, predict, 'knn', run.public): return done

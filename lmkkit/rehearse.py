@@ -28,7 +28,7 @@ from .search import hex_ids_to_uint64, uint64_to_hex_ids
 
 # %% auto #0
 __all__ = ['GLDV2_TRAIN', 'GLDV2_CLASSES', 'GLDV2_TEST', 'REHEARSAL_SPREAD', 'REHEARSAL_SIZE', 'NONLANDMARK_FOLDERS',
-           'STEP_UNITS', 'EXTRACTION', 'MAC_UNITS', 'GPUS', 'synthetic_ids', 'long_tail_pmf', 'class_centres',
+           'STEP_UNITS', 'EXTRACTION', 'MAC_UNITS', 'GPUS', 'DECODE', 'synthetic_ids', 'long_tail_pmf', 'class_centres',
            'clustered_rows', 'RehearsalData', 'write_rehearsal_data', 'synthetic_photo_pool', 'photo_folders',
            'PhotoPool', 'run_units', 'step_unit', 'rehearse', 'rehearsal_steps', 'RunAssumptions', 'extraction_rate',
            'project_run', 'plot_projection', 'positive_float', 'count', 'main']
@@ -233,41 +233,59 @@ def rehearsal_steps(res: InferenceResult, sizes: dict, generate: Timeline | None
     return steps.assign(holdout_queries=r.get('holdout_queries', 0), gap=res.ablation[-1]['gap'] if res.ablation else np.nan, **sizes)
 
 # %% ../nbs/56_rehearse.ipynb #75e3b481
-GPUS = {  # peak dense TFLOP/s from the vendors' data sheets
-    'P100': dict(fp16_tflops=18.7, fp32_tflops=9.3),  # Tesla P100 PCIe 16 GB, Kaggle's kernel GPU
-    'T4': dict(fp16_tflops=65.0, fp32_tflops=8.1),
+GPUS = {  # per GPU: peak dense TFLOP/s from the vendors' data sheets; per machine: GPUs and CPU cores
+    'T4x2': dict(name='T4 x2', fp16_tflops=65.0, fp32_tflops=8.1, count=2, cores=4),  # Kaggle's GPU machine (NvidiaTeslaT4)
+    'L4': dict(name='L4', fp16_tflops=121.0, fp32_tflops=30.3, count=1, cores=4),  # NvidiaL4; cores assumed (GCP g2-standard-4)
 }
+DECODE = ('cpu', 'nvjpeg')  # where JPEGs are decoded in the projection
 
 @dataclass(frozen=True)
 class RunAssumptions:
     "What a projection of the full recognition kernel assumes; every number is a parameter."
-    gpu: str = 'P100'
+    gpu: str = 'T4x2'  # a `GPUS` machine
     train_images: int = GLDV2_TRAIN
     test_images: int = GLDV2_TEST
     nonlandmarks: int = 10_000  # known non-landmark images (half reference set, half held-out queries)
     holdout_landmarks: int = 20_000  # held-out landmark queries: the kit's max_holdout, reached from 89k train images
     dim: int = 512
     verify_top_n: int = 10  # pairs per query the kernel asks verification for (the planner may lower it)
+    models: int = 1  # models whose embeddings are extracted (an ensemble extracts every image once per model)
     gflops_per_image: float = 79.0  # SE-ResNet-101 forward at 512 px (20_train, FlopCounterMode)
     views: int = 1  # TTA views per image
-    mfu: float = 0.3  # share of the GPU's fp16 peak that extraction reaches (20_train's assumption)
-    extract_rate: float | None = None  # measured images/s on that GPU (then gflops_per_image and mfu are unused)
+    mfu: float = 0.3  # share of a GPU's fp16 peak that extraction reaches (20_train's assumption)
+    extract_rate: float | None = None  # measured images/s on one GPU of the machine (then gflops_per_image and mfu are unused)
+    decode: str = 'cpu'  # `DECODE`: PIL on the CPU cores, or nvJPEG on the GPUs
     decode_rate_per_core: float = 125.0  # JPEG decode + resize to 512 px, images/s per CPU core (measured: 126)
-    cores: int = 2  # CPU cores that decode (DataLoader workers)
-    search_on: str = 'gpu'  # 'gpu': searches at knn_efficiency x the fp32 peak; 'cpu': scaled from the rehearsal
+    cores: int | None = None  # CPU cores that decode (DataLoader workers); None: the machine's
+    nvjpeg_rate: float | None = None  # nvJPEG decode + resize, images/s per GPU; None: not measured, assumed never to bind
+    search_on: str = 'gpu'  # 'gpu': searches at knn_efficiency x the fp32 peak of every GPU; 'cpu': scaled from the rehearsal
     knn_efficiency: float = 0.5  # share of the fp32 peak a tiled matmul + topk reaches
+    verify_split: int | None = None  # devices verification is split over; None: the machine's GPUs
     overhead_s: float = 600.0  # start, wheel installs, loading the real model
     limit_h: float = 12.0
     budget_share: float = 0.8
 
+    def __post_init__(self):
+        if self.gpu not in GPUS: raise ConfigError(f"gpu must be one of {', '.join(GPUS)} (the P100 is gone: its torch has no kernels), got {self.gpu!r}")
+        if self.decode not in DECODE: raise ConfigError(f"decode must be one of {', '.join(DECODE)}, got {self.decode!r}")
+
     @property
     def holdout_queries(self) -> int: return self.holdout_landmarks + self.nonlandmarks // 2
+    @property
+    def machine(self) -> dict: return GPUS[self.gpu]
+    @property
+    def n_cores(self) -> int: return self.cores or self.machine['cores']
+    @property
+    def n_verify(self) -> int: return self.verify_split or self.machine['count']
 
 def extraction_rate(a: RunAssumptions) -> tuple[float, str]:
-    "Images/s of extraction (the slower of the GPU and the JPEG decoders) and what bounds it."
-    gpu = a.extract_rate or a.mfu * GPUS[a.gpu]['fp16_tflops'] * 1e12 / (a.gflops_per_image * 1e9)
-    gpu, cpu = gpu / a.views, a.decode_rate_per_core * a.cores
-    return (gpu, 'GPU') if gpu <= cpu else (cpu, 'JPEG decoding')
+    "Images/s of one model's extraction over all the machine's GPUs (the slower of the GPUs and the JPEG decoders) and what bounds it."
+    m = a.machine
+    gpu = (a.extract_rate or a.mfu * m['fp16_tflops'] * 1e12 / (a.gflops_per_image * 1e9)) * m['count'] / a.views
+    if a.decode == 'nvjpeg':
+        dec, what = (math.inf if a.nvjpeg_rate is None else a.nvjpeg_rate * m['count']), 'nvJPEG decoding'
+    else: dec, what = a.decode_rate_per_core * a.n_cores, 'JPEG decoding'
+    return (gpu, 'GPU') if gpu <= dec else (dec, what)
 
 # %% ../nbs/56_rehearse.ipynb #9c27a0e8
 def _measured_rate(steps: pd.DataFrame, step: str) -> tuple[float, pd.Series]:
@@ -277,7 +295,7 @@ def _measured_rate(steps: pd.DataFrame, step: str) -> tuple[float, pd.Series]:
     return row.actual_s / row.work, row
 
 def project_run(steps: pd.DataFrame, a: RunAssumptions = RunAssumptions()) -> pd.DataFrame:
-    "The full recognition kernel on `a.gpu` from rehearsal timelines (`rehearse`, one or more sizes): seconds, basis, start and end (hours) per step."
+    "The full recognition kernel on the machine `a.gpu` from rehearsal timelines (`rehearse`, one or more sizes): seconds, basis, start and end (hours) per step."
     full = run_units(a.train_images, a.test_images, a.holdout_queries, a.nonlandmarks, a.dim)
     rate, bound = extraction_rate(a)
     n_extract = dict(train=a.train_images, test=a.test_images, nonlandmarks=a.nonlandmarks)
@@ -287,14 +305,16 @@ def project_run(steps: pd.DataFrame, a: RunAssumptions = RunAssumptions()) -> pd
         unit = step_unit(step)
         if unit == 'extract':
             n = n_extract[EXTRACTION[step]]
-            rows.append(dict(step=step, seconds=n / rate, basis=f"{n:,} images at {rate:.0f}/s ({bound})"))
+            rows.append(dict(step=step, seconds=a.models * n / rate, basis=f"{n:,} images at {rate:.0f}/s ({bound})"
+                             + (f" x {a.models} models" if a.models > 1 else '')))
         elif unit == 'pair':
             pairs.append(len(rows))
             rows.append(dict(step=step, seconds=0.0, basis='not projected: it did not run in the rehearsal'))
         elif unit in MAC_UNITS and a.search_on == 'gpu':
             flops = 2.0 * full[unit]
-            rows.append(dict(step=step, seconds=flops / (a.knn_efficiency * GPUS[a.gpu]['fp32_tflops'] * 1e12),
-                             basis=f"{flops / 1e12:,.1f} TFLOP at {a.knn_efficiency:.0%} of the fp32 peak"))
+            gpus = a.machine['count']
+            rows.append(dict(step=step, seconds=flops / (a.knn_efficiency * a.machine['fp32_tflops'] * 1e12 * gpus),
+                             basis=f"{flops / 1e12:,.1f} TFLOP at {a.knn_efficiency:.0%} of the fp32 peak of {gpus} GPU{'s' * (gpus > 1)}"))
         elif unit is None or not (run[run.step == step].work > 0).any():
             g = run[(run.step == step) & run.ran.astype(bool)]
             if len(g): rows.append(dict(step=step, seconds=float(g.actual_s.max()), basis='measured (fixed cost)'))
@@ -305,10 +325,11 @@ def project_run(steps: pd.DataFrame, a: RunAssumptions = RunAssumptions()) -> pd
     for i in pairs:  # stages costed per pair get what is left, planned as the kernel plans them
         step = rows[i]['step']
         if not (run[run.step == step].work > 0).any(): continue
-        s_per, row = _measured_rate(run, step)
+        s_per = _measured_rate(run, step)[0] / a.n_verify
         plan = plan_stages([step], left, full, {step: s_per}, {step: a.verify_top_n})[0]
         rows[i] = dict(step=step, seconds=plan['planned_s'] if plan['run'] else 0.0,
-                       basis=f"{s_per * 1e3:.0f} ms a pair (measured on the rehearsal's photos): "
+                       basis=f"{s_per * a.n_verify * 1e3:.0f} ms a pair (measured on the rehearsal's photos)"
+                             + (f" over {a.n_verify} devices" if a.n_verify > 1 else '') + ': '
                              + (plan['note'] or f"top {plan['top_n']} of {a.verify_top_n}"))
         left -= rows[i]['seconds']
     df = pd.DataFrame(rows)
@@ -326,7 +347,7 @@ def plot_projection(proj: pd.DataFrame, path: str | Path, a: RunAssumptions = Ru
     ax.axvline(a.budget_share * a.limit_h, color='tab:orange', ls='--', label=f'{a.budget_share:g} x {a.limit_h:g} h')
     ax.axvline(a.limit_h, color='tab:red', label=f'{a.limit_h:g} h limit')
     ax.set_xlabel('hours'); ax.legend(loc='lower right')
-    ax.set_title(f"projected recognition kernel on a {a.gpu}: {proj.end_h.iloc[-1]:.1f} h")
+    ax.set_title(f"projected recognition kernel on {a.machine['name']}: {proj.end_h.iloc[-1]:.1f} h")
     fig.tight_layout(); fig.savefig(path, dpi=100); plt.close(fig)
     return Path(path)
 
@@ -363,8 +384,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                     'Default: drawn by lmkkit.synth at 640 px, about 3x cheaper to verify than ~1000 px real photos; pass real photos for a realistic rate')
     ap.add_argument('--nonlandmarks', type=count, default=10_000, help='known non-landmark images')
     ap.add_argument('--max-holdout', type=count, default=20_000, help='held-out landmark queries at most (the kernel default)')
-    ap.add_argument('--gpu', default='P100', choices=tuple(GPUS), help='the GPU of the projected full run')
-    ap.add_argument('--extract-rate', type=positive_float, default=None, help='measured extraction images/s on that GPU (default: 30%% of its fp16 peak on SE-ResNet-101 at 512 px)')
+    ap.add_argument('--gpu', default='T4x2', choices=tuple(GPUS), help="the Kaggle machine of the projected full run (T4x2: Kaggle's GPU T4 x2)")
+    ap.add_argument('--extract-rate', type=positive_float, default=None, help='measured extraction images/s on one GPU of it (default: 30%% of its fp16 peak on SE-ResNet-101 at 512 px)')
+    ap.add_argument('--decode', default='cpu', choices=DECODE, help="where the projected run decodes JPEGs: the machine's CPU cores or nvJPEG on its GPUs")
+    ap.add_argument('--nvjpeg-rate', type=positive_float, default=None, help='measured nvJPEG decode images/s on one GPU (default: not measured, never binds)')
+    ap.add_argument('--models', type=count, default=1, help='models extracted (an ensemble extracts every image once per model)')
     ap.add_argument('--out', default=None, help='folder for steps.csv, the run and projection.png (default: a new temporary folder)')
     ap.add_argument('--keep', action='store_true', help='keep the data folder and the embedding cache')
     args = ap.parse_args(argv)
@@ -378,14 +402,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                      args.nonlandmarks, keep=args.keep, max_holdout=args.max_holdout)
     print(f"\nrehearsal {args.train:,} train x {args.test:,} test x {args.dim} ({out}):")
     _print_steps(steps)
-    a = RunAssumptions(gpu=args.gpu, dim=args.dim, nonlandmarks=args.nonlandmarks, holdout_landmarks=args.max_holdout, extract_rate=args.extract_rate)
+    a = RunAssumptions(gpu=args.gpu, dim=args.dim, nonlandmarks=args.nonlandmarks, holdout_landmarks=args.max_holdout, extract_rate=args.extract_rate,
+                       decode=args.decode, nvjpeg_rate=args.nvjpeg_rate, models=args.models)
     proj = project_run(steps, a)
     rate, bound = extraction_rate(a)
-    print(f"\nprojected full recognition kernel on a {a.gpu}: {a.train_images:,} train, {a.test_images:,} test, {a.nonlandmarks:,} non-landmark "
+    m = a.machine
+    decoding = (f"nvJPEG {a.nvjpeg_rate:g}/s on each GPU" if a.nvjpeg_rate else "nvJPEG on the GPUs (not measured: assumed never to bind)") \
+        if a.decode == 'nvjpeg' else f"JPEG decoding {a.decode_rate_per_core:g}/s on each of {a.n_cores} cores"
+    print(f"\nprojected full recognition kernel on {m['name']} ({m['count']} GPU{'s' * (m['count'] > 1)}, {a.n_cores} CPU cores): "
+          f"{a.models} model{'s' * (a.models > 1)}, {a.train_images:,} train, {a.test_images:,} test, {a.nonlandmarks:,} non-landmark "
           f"images, {a.holdout_queries:,} held-out queries; extraction {rate:.0f} images/s ({bound}: "
           + (f"measured {a.extract_rate:g}/s" if a.extract_rate else f"{a.mfu:.0%} of the fp16 peak at {a.gflops_per_image:g} GFLOPs an image")
-          + f", JPEG decoding {a.decode_rate_per_core:g}/s on each of {a.cores} cores); searches on the GPU at {a.knn_efficiency:.0%} of its fp32 peak; "
-          f"other steps scaled from this rehearsal:")
+          + f", {decoding}); searches split over the GPUs at {a.knn_efficiency:.0%} of their fp32 peak; verification split over {a.n_verify} "
+          f"device{'s' * (a.n_verify > 1)}; other steps scaled from this rehearsal:")
     print(proj.to_string(index=False, float_format=lambda v: f'{v:,.2f}'))
     png = plot_projection(proj, out/'projection.png', a)
     end = proj.end_h.iloc[-1]

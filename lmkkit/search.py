@@ -8,7 +8,9 @@ from __future__ import annotations
 import dataclasses
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -298,7 +300,20 @@ def _resolve_backend(backend: str, device: str, n_index: int) -> str:
         return 'faiss' if faiss.get_num_gpus() else 'torch'
     return 'torch' if n_index < AUTO_TORCH_BELOW else 'faiss'
 
-def _searcher(backend: str, x: np.ndarray, k: int, skip, device: str, max_index_rows):
+def _split_searcher(searchers: list, offsets: list[int], k: int):
+    "One searcher from `searchers` over consecutive parts of the index (part p starts at row `offsets[p]`): run in parallel threads, answers merged."
+    def search_chunk(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        with ThreadPoolExecutor(len(searchers)) as pool: parts = list(pool.map(lambda s: s(q), searchers))
+        idx = [np.where(i >= 0, i + o, -1) for (_, i), o in zip(parts, offsets)]
+        return _sort_topk(np.concatenate([s for s, _ in parts], 1), np.concatenate(idx, 1), k)
+    return search_chunk
+
+def _searcher(backend: str, x: np.ndarray, k: int, skip, device: str, max_index_rows, devices=None):
+    if devices is not None and len(devices) > 1:  # the index split in equal parts, one per device
+        b = np.linspace(0, len(x), len(devices) + 1).astype(int)
+        parts = [(s, e, d) for d, s, e in zip(devices, b[:-1], b[1:]) if e > s]
+        return _split_searcher([_searcher(backend, x[s:e], k, None if skip is None else skip[s:e], d, max_index_rows)
+                                for s, e, d in parts], [s for s, _, _ in parts], k)
     if backend == 'faiss': return knn_faiss(x, k, skip, device, max_index_rows)
     if backend == 'torch': return knn_torch(x, k, skip, device)
     if backend == 'numpy':
@@ -311,6 +326,7 @@ def knn(queries: np.ndarray, index: np.ndarray, k: int, backend: str = 'auto', d
         chunk_size: int = CHUNK_QUERIES,  # queries per chunk; the deadline is checked before each
         deadline=None,  # anything with `.remaining` seconds (a `Deadline`); None: search every query
         exclude: np.ndarray | None = None,  # (N,) bool: index rows never returned (e.g. held-out rows), without a copy of the index
+        devices: Sequence[str] | None = None,  # several devices (e.g. Kaggle's two T4s): the index split across them, searched in parallel
         ) -> Neighbours:
     "Top-`k` inner products of each query against `index`, chunked over queries: `Neighbours` (sims, idx), best first."
     q, x = _check_knn_inputs(queries, index, k)
@@ -323,8 +339,9 @@ def knn(queries: np.ndarray, index: np.ndarray, k: int, backend: str = 'auto', d
     if w == 0 or len(q) == 0:
         out.n_searched = len(q)
         return out
+    device = devices[0] if devices else device
     search_chunk = _searcher(_resolve_backend(backend, device, n_good), x, w, None if n_good == len(x) else ~good_x,
-                             device, max_index_rows)
+                             device, max_index_rows, devices)
     last_s = 0.0
     for s in range(0, len(q), chunk_size):
         if deadline is not None and deadline.remaining <= last_s: break  # this chunk would not end in time

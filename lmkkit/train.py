@@ -27,7 +27,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from fastcore.basics import patch
 
-from .core import ConfigError, Deadline, LmkkitError, TrainingDiverged, atomic_write, check_parameters, make_config, progress, require_at_least_one, seed_everything
+from .core import ConfigError, Deadline, LmkkitError, TrainingDiverged, atomic_write, check_parameters, make_config, progress, require_at_least_one, resolve_device, seed_everything
 from .data import (SHM, SHM_FIX, ImageDataset, disk_full, eval_transforms, id_to_path, read_train_csv, seed_transform, shm_exhausted,
                          shm_free_bytes, shm_workers, split_by_class, train_transforms)
 from .embed import AMP_DTYPES, AMP_MODES, extract_embeddings, resolve_amp
@@ -38,12 +38,12 @@ from .model import create_model, save_checkpoint, valid_image_size
 from .search import knn
 
 # %% auto #0
-__all__ = ['PRESETS', 'METRIC_COLUMNS', 'TrainConfig', 'TrainKernelParams', 'kernel_config', 'stage_bounds', 'cosine_warmup',
-           'lr_factor', 'make_scheduler', 'EpochSampler', 'AugSeeded', 'param_groups', 'make_optimizer', 'rng_state',
-           'set_rng_state', 'save_state', 'load_state', 'TimeBudget', 'state_bytes', 'DistEnv', 'init_distributed',
-           'all_sum', 'TrainError', 'TrainData', 'prepare_data', 'val_gap', 'MetricsLog', 'TrainResult', 'head_kwargs',
-           'Position', 'Meter', 'Trainer', 'nonfinite_tensors', 'train', 'valid_stages', 'plot_history', 'recipe_hours',
-           'parse_overrides', 'main']
+__all__ = ['PRESETS', 'METRIC_COLUMNS', 'TrainConfig', 'TrainKernelParams', 'kernel_data_dir', 'kernel_config', 'stage_bounds',
+           'cosine_warmup', 'lr_factor', 'make_scheduler', 'EpochSampler', 'AugSeeded', 'param_groups',
+           'make_optimizer', 'rng_state', 'set_rng_state', 'save_state', 'load_state', 'TimeBudget', 'state_bytes',
+           'DistEnv', 'init_distributed', 'all_sum', 'TrainError', 'TrainData', 'prepare_data', 'val_gap', 'MetricsLog',
+           'TrainResult', 'head_kwargs', 'Position', 'Meter', 'Trainer', 'nonfinite_tensors', 'train', 'valid_stages',
+           'plot_history', 'recipe_hours', 'parse_overrides', 'main']
 
 # %% ../nbs/20_train.ipynb #d597e2c2
 @dataclass(frozen=True)
@@ -117,12 +117,18 @@ PRESETS = {
 @dataclass(frozen=True)
 class TrainKernelParams:
     "The training kernel's parameters that are not `TrainConfig` fields (with the kernel's defaults)."
-    data_dir: str = '../input/landmark-recognition-2021'  # GLDv2 folder with train.csv and train/
-    out_dir: str = '/kaggle/working/run'  # checkpoints and logs; a run already here is resumed
+    data_dir: str | None = None  # GLDv2 folder with train.csv and train/; None: the attached one (`kernel_data_dir`)
+    out_dir: str = 'run'  # checkpoints and logs, relative to the working folder; a run already here is resumed
     preset: str = 'seed'  # a name in PRESETS
     resume_from: str | None = None  # out_dir of an earlier run to continue from
     overrides: dict = field(default_factory=dict)  # any other TrainConfig field
     lmkkit_src: str | None = None  # folder that holds the lmkkit package (an attached dataset); None: lmkkit is installed
+
+def kernel_data_dir(data_dir: str | None) -> str:
+    "`data_dir`, or when None the attached folder holding train.csv and train/ under either input layout (`lmkkit.kaggle.find_input`)."
+    if data_dir is not None: return data_dir
+    from lmkkit.kaggle import find_input
+    return str(find_input('train'))
 
 def kernel_config(**params) -> TrainConfig:
     "The `TrainConfig` of the training kernel from its parameters (`lmkkit.core.notebook_parameters(globals())`): `TrainKernelParams` and `TrainConfig` fields (None: the preset's), names and types checked, then `overrides`."
@@ -131,7 +137,7 @@ def kernel_config(**params) -> TrainConfig:
                          extra=typing.get_type_hints(TrainKernelParams))
     kp = TrainKernelParams(**{k: p.pop(k) for k in TrainKernelParams.__dataclass_fields__ if k in p})
     if kp.preset not in PRESETS: raise ConfigError(f"parameter 'preset' must be one of {sorted(PRESETS)}, got {kp.preset!r}")
-    if not (Path(kp.data_dir)/'train.csv').is_file():
+    if not (Path(kernel_data_dir(kp.data_dir))/'train.csv').is_file():
         raise ConfigError(f"parameter 'data_dir': {Path(kp.data_dir)/'train.csv'} not found; point it at a GLDv2 folder")
     return make_config(TrainConfig, base=PRESETS[kp.preset], **p, **kp.overrides)
 
@@ -277,8 +283,8 @@ class DistEnv:
 def init_distributed(device: str | None = None) -> DistEnv:
     "Read torchrun's environment; under it, join the process group (NCCL on GPUs, gloo on CPUs)."
     rank, world, local = (int(os.environ.get(k, d)) for k, d in (('RANK', 0), ('WORLD_SIZE', 1), ('LOCAL_RANK', 0)))
-    device = device or ('cuda' if torch.cuda.is_available() else 'cpu')
-    if device.startswith('cuda') and not torch.cuda.is_available(): raise ConfigError(f"device {device!r}: no CUDA GPU is visible here; use --device cpu (or leave it out)")
+    if (device or '').startswith('cuda') and not torch.cuda.is_available(): raise ConfigError(f"device {device!r}: no CUDA GPU is visible here; use --device cpu (or leave it out)")
+    device = resolve_device(device or 'auto')  # a GPU this torch cannot run on (a P100 with a cu128 torch): the CPU, said once
     if device == 'cuda': device = f'cuda:{local}'  # each torchrun process on its own GPU
     if device.startswith('cuda'): torch.cuda.set_device(torch.device(device))
     if world > 1 and not dist.is_initialized():

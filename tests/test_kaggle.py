@@ -25,7 +25,8 @@ def write_notebook(path, params=PARAMS, tags=('parameters',), extra_tagged=0):
 def make_kernel(folder, notebook=None, **meta):
     folder.mkdir(parents=True, exist_ok=True)
     base = dict(id='someone/lmkkit-retrieval', title='lmkkit-retrieval', code_file='lmkkit-retrieval.ipynb',
-                language='python', kernel_type='notebook', is_private=True, enable_gpu=True, enable_internet=False,
+                language='python', kernel_type='notebook', is_private=True, enable_gpu=True, machine_shape='NvidiaTeslaT4',
+                enable_internet=False,
                 dataset_sources=['someone/lmkkit-wheelhouse'], competition_sources=['landmark-retrieval-2021'])
     base = {k: v for k, v in {**base, **meta}.items() if v is not None}
     (folder / 'kernel-metadata.json').write_text(json.dumps(base))
@@ -53,7 +54,9 @@ def test_valid_kernel(tmp_path, capsys):
     (dict(keywords=[7]), 'category_ids must contain only items of type str'),
     (dict(enable_internet=True), 'enable_internet must be false'),
     (dict(enable_internet=None), 'enable_internet must be false'),
-    (dict(enable_gpu=None), 'enable_gpu must be true'),
+    (dict(enable_gpu=None, machine_shape=None), 'enable_gpu must be true'),
+    (dict(machine_shape='NvidiaTeslaP100'), 'no P100 (sm_60) kernels'),
+    (dict(machine_shape=None), 'enable_gpu without machine_shape'),
     (dict(competition_sources=[]), 'competition_sources is empty'),
     (dict(docker_image_pinning_type='original'), "use 'latest'"),
 ])
@@ -66,7 +69,7 @@ def test_each_broken_metadata_rule(tmp_path, capsys, meta, expected):
 
 
 def test_gpu_rule_can_be_lifted(tmp_path):
-    folder = make_kernel(tmp_path / 'k', enable_gpu=False)
+    folder = make_kernel(tmp_path / 'k', enable_gpu=False, machine_shape=None)
     assert lk.validate_kernel(folder, require_gpu=False) == []
     assert lk.validate_kernel(make_kernel(tmp_path / 'shape', enable_gpu=None, machine_shape='NvidiaTeslaT4')) == []
 
@@ -116,7 +119,7 @@ def test_push_dry_run_sends_nothing(tmp_path, capsys, monkeypatch):
     assert fields == {'slug': 'someone/lmkkit-retrieval', 'newTitle': 'lmkkit-retrieval', 'language': 'python',
                       'kernelType': 'notebook', 'isPrivate': True, 'enableGpu': True, 'enableInternet': False,
                       'enableTpu': False, 'datasetDataSources': ['someone/lmkkit-wheelhouse'],
-                      'competitionDataSources': ['landmark-retrieval-2021']}
+                      'competitionDataSources': ['landmark-retrieval-2021'], 'machineShape': 'NvidiaTeslaT4'}
     assert code_line.startswith('code_file: lmkkit-retrieval.ipynb (') and code_line.endswith(' bytes sent)')
 
 
@@ -148,7 +151,7 @@ def test_wheelhouse_without_downloads(tmp_path, capsys):
 def test_install_cell():
     "The cell the kernels run; its behaviour on a simulated image is in test_kaggle_sim.py."
     cell = lk.install_cell_source('someone/lmkkit-wheelhouse')
-    assert "('../input/lmkkit-wheelhouse', '/kaggle/input/lmkkit-wheelhouse')" in cell
+    assert "('../input', '/kaggle/input')" in cell and "n.startswith('lmkkit-') and n.endswith('.whl')" in cell
     assert "'install', '--no-index', '--find-links', _wheelhouse, 'lmkkit'" in cell
     compile(cell, 'cell', 'exec')
 

@@ -193,7 +193,7 @@ def test_install_cell_is_loud(image, tmp_path):
     res = run(bare/'bin'/'python', '-c', install_cell(), cwd=tmp_path/'working')
     assert res.returncode == 1
     assert res.stderr.strip().splitlines()[-1] == (
-        f"RuntimeError: lmkkit is not installed and no wheelhouse 'lmkkit-wheelhouse' is attached: ../input (from "
+        f"RuntimeError: lmkkit is not installed and no wheelhouse (a folder with lmkkit-*.whl) is attached: ../input (from "
         f"{tmp_path/'working'}) holds ['lmkkit-wheelhouse-v2']; attach <owner>/lmkkit-wheelhouse (dataset_sources) or build "
         "it with `lmkkit kernels wheelhouse`")
 

@@ -41,7 +41,7 @@ def test_rehearse_command(tmp_path, capsys):
     assert by.gap.iloc[0] > 0.1  # a random submission: about 0.01
     assert not (tmp_path / 'data').exists() and not (tmp_path / 'cache').exists()  # removed unless --keep
     assert (tmp_path / 'projection.png').stat().st_size > 10_000
-    assert 'projected full recognition kernel on a P100' in printed and 'peak RSS of the run' in printed
+    assert 'projected full recognition kernel on T4 x2 (2 GPUs, 4 CPU cores)' in printed and 'peak RSS of the run' in printed
 
 
 def _steps(**rows) -> pd.DataFrame:
@@ -57,22 +57,41 @@ def test_projection_by_hand():
     p = project_run(steps, a).set_index('step')
     assert p.loc['load_model', 'seconds'] == 3.0  # a fixed cost, as measured
     assert np.isclose(p.loc['read_train', 'seconds'], 2.0 / 100_000 * GLDV2_TRAIN)
-    assert np.isclose(p.loc['embed_train', 'seconds'], GLDV2_TRAIN / 100.0)
-    assert np.isclose(p.loc['knn', 'seconds'], 2 * GLDV2_TEST * GLDV2_TRAIN * 512 / (0.5 * 9.3e12))
+    assert np.isclose(p.loc['embed_train', 'seconds'], GLDV2_TRAIN / 200.0)  # 100/s on each of T4 x2's GPUs
+    assert np.isclose(p.loc['knn', 'seconds'], 2 * GLDV2_TEST * GLDV2_TRAIN * 512 / (0.5 * 8.1e12 * 2))  # the index split over both
     assert np.isclose(p.loc['lgbm', 'seconds'], 100.0)  # 25,000 held-out queries in both
-    # verification gets what is left of 0.8 x 12 h: at 50 ms a pair over 142,577 queries, floor(left / 7,128.85 s) pairs each
+    # verification gets what is left of 0.8 x 12 h: at 50 ms a pair split over 2 GPUs for 142,577 queries
     left = 0.8 * 12 * 3600 - p.seconds.drop('verify').sum()
-    top = min(10, int(left / (0.05 * full['query'])))
-    assert np.isclose(p.loc['verify', 'seconds'], top * 0.05 * full['query'])
+    top = min(10, int(left / (0.025 * full['query'])))
+    assert np.isclose(p.loc['verify', 'seconds'], top * 0.025 * full['query'])
     assert f'shortened to top {top} (time)' in p.loc['verify', 'basis']
-    # 0.5 s a pair: one pair each for all queries does not fit, so the kernel verifies a share of them with all that is left
+    # 0.5 s a pair (0.25 on each GPU): one pair each for all queries does not fit, so the kernel verifies a share of them with all that is left
     slow = project_run(_steps(**{**dict(load_model=(3.0, np.nan), knn=(10.0, 1e12), lgbm=(100.0, 25_000)), 'verify': (50.0, 100)}), a)
     v = slow.set_index('step').loc['verify']
     assert np.isclose(slow.end_h.iloc[-1], 0.8 * 12) and f'of the queries (time)' in v.basis
-    assert f"top 1 for about {v.seconds / (0.5 * full['query']):.0%}" in v.basis
+    assert f"top 1 for about {v.seconds / (0.25 * full['query']):.0%}" in v.basis
     assert slow.step.tolist()[-2:] == ['lgbm', 'verify']  # in the order the rehearsal ran them
     cpu = project_run(steps, RunAssumptions(search_on='cpu')).set_index('step')
     assert np.isclose(cpu.loc['knn', 'seconds'], 10.0 / 1e12 * GLDV2_TEST * GLDV2_TRAIN * 512)  # scaled from the rehearsal
+
+
+def test_projection_is_for_kaggles_machines_now():
+    "T4 x2 by default (both GPUs extract, search and verify; 4 cores decode), L4 on request, the P100 gone; a 3-model ensemble."
+    from lmkkit.core import ConfigError
+    from lmkkit.rehearse import GPUS, extraction_rate
+    assert sorted(GPUS) == ['L4', 'T4x2'] and RunAssumptions().gpu == 'T4x2'
+    with pytest.raises(ConfigError, match='the P100 is gone'): RunAssumptions(gpu='P100')
+    t4 = RunAssumptions()
+    assert np.isclose(extraction_rate(t4)[0], 2 * 0.3 * 65e12 / 79e9) and t4.n_cores == 4 and t4.n_verify == 2
+    assert extraction_rate(RunAssumptions(mfu=1.0))[1] == 'JPEG decoding'  # 4 cores x 125/s = 500/s bind first
+    assert extraction_rate(RunAssumptions(mfu=1.0, decode='nvjpeg', nvjpeg_rate=400.0)) == (800.0, 'nvJPEG decoding')
+    steps = _steps(load_model=(3.0, np.nan), embed_train=(0.5, np.nan), knn=(10.0, 1e12), lgbm=(100.0, 25_000),
+                   verify=(50.0, 1000))
+    three = project_run(steps, RunAssumptions(models=3)).set_index('step')
+    assert np.isclose(three.loc['embed_train', 'seconds'], 3 * GLDV2_TRAIN / extraction_rate(t4)[0])
+    assert three.end_h.iloc[-1] <= 0.8 * 12 and 'x 3 models' in three.loc['embed_train', 'basis']
+    l4 = project_run(steps, RunAssumptions(gpu='L4')).set_index('step')
+    assert np.isclose(l4.loc['knn', 'seconds'], 2 * GLDV2_TEST * GLDV2_TRAIN * 512 / (0.5 * 30.3e12))
 
 
 @pytest.mark.parametrize('args, message', [
