@@ -19,10 +19,11 @@ from .search import CHUNK_QUERIES, Candidates, _str_ids, knn, search
 from .whiten import Whitening, learn_whitening
 
 # %% auto #0
-__all__ = ['STAGES', 'COST_UNITS', 'S_PER_MAC', 'RerankContext', 'StageSpec', 'register_stage', 'stage_spec', 'stage_settings',
-           'check_settings', 'expand', 'query_expansion', 'database_augment', 'dba', 'whiten', 'class_votes',
-           'vote_share', 'soft_vote', 'per_candidate', 'nonlandmark_similarity', 'nonlandmark_penalty',
-           'recognition_predictions', 'retrieval_predictions', 'assign_labels', 'boost_agreeing', 'label_boost']
+__all__ = ['STAGES', 'COST_UNITS', 'S_PER_MAC', 'SG_CHUNK', 'SG_MACS', 'SG_NEEDS', 'RerankContext', 'StageSpec', 'register_stage',
+           'stage_spec', 'stage_settings', 'check_settings', 'expand', 'query_expansion', 'database_augment', 'dba',
+           'whiten', 'class_votes', 'vote_share', 'soft_vote', 'per_candidate', 'nonlandmark_similarity',
+           'nonlandmark_penalty', 'recognition_predictions', 'retrieval_predictions', 'assign_labels', 'boost_agreeing',
+           'label_boost', 'mdescaug', 'rerank_mda', 'superglobal_order', 'superglobal_ranks', 'superglobal']
 
 # %% ../nbs/40_rerank.ipynb #768ebd7a
 @dataclass
@@ -344,3 +345,104 @@ def label_boost(cands: Candidates, ctx: RerankContext,
     uniq, inv = np.unique(rows, return_inverse=True)  # each distinct candidate labelled once
     labels = lab(np.asarray(ctx.index_ids)[uniq], np.asarray(ctx.index_emb[uniq], np.float32))[inv.reshape(cands.ids.shape)]
     return boost_agreeing(cands.replace(labels=labels), lab(cands.query_ids, ctx.query_emb_of(cands.query_ids)), bonus)
+
+# %% ../nbs/40_rerank.ipynb #d0563643
+SG_CHUNK = 32  # queries refined together: (chunk, M, M) similarities and their argsort in memory (~60 MB at M = 400)
+
+def _desc(s: np.ndarray) -> np.ndarray:
+    "Indices sorting the last axis of `s` from highest to lowest; ties keep their order."
+    return np.argsort(-s, axis=-1, kind='stable')
+
+def _gather(x: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    "`x[q, idx[q, ...]]` for every q: rows of (Q, M, D) `x` picked by a (Q, ...) index -> (Q, ..., D)."
+    return x[np.arange(len(x)).reshape(-1, *[1] * (idx.ndim - 1)), idx]
+
+def mdescaug(top: np.ndarray,  # (Q, M, D) descriptors of each query's top M, in kNN order
+             k: int = 9, beta: float = 0.15) -> np.ndarray:
+    "SuperGlobal's MDescAug: each of the M mixed with its `k` nearest among them (weights 1 and β·sim) -> (Q, M, D)."
+    s = top @ top.transpose(0, 2, 1)  # (Q, M, M)
+    nn = _desc(s)[..., :k + 1]  # the most similar (itself) and its k nearest
+    w = np.take_along_axis(s, nn, -1)
+    w[..., 1:] *= beta
+    w[..., 0] = 1
+    out = np.zeros_like(top)
+    for j in range(nn.shape[-1]): out += w[..., j, None] * _gather(top, nn[..., j])
+    return out / w.sum(-1, keepdims=True)
+
+def rerank_mda(q: np.ndarray, refined: np.ndarray, k: int = 9) -> tuple[np.ndarray, np.ndarray]:
+    "SuperGlobal's RerankwMDA on (Q, D) queries and their (Q, M, D) refined top M: (order (Q, M) of positions, scores (Q, M) in that order)."
+    s = np.einsum('qd,qmd->qm', q, refined)
+    pre = _desc(s)  # MDescAug's own order, by the refined similarities
+    ref = _gather(refined, pre)
+    q_ref = ref[:, :k + 1].max(1)  # the max over the first k + 1 refined descriptors
+    final = (np.take_along_axis(s, pre, 1) + np.einsum('qd,qmd->qm', q_ref, ref)) / 2
+    order = _desc(final)
+    return np.take_along_axis(pre, order, 1), np.take_along_axis(final, order, 1)
+
+# %% ../nbs/40_rerank.ipynb #c0ee5e46
+def superglobal_order(q: np.ndarray, top: np.ndarray, k: int = 9, beta: float = 0.15,
+                      chunk: int = SG_CHUNK) -> tuple[np.ndarray, np.ndarray]:
+    "MDescAug then RerankwMDA on (Q, D) queries and their (Q, M, D) top M, `chunk` queries at a time: (order (Q, M), scores (Q, M))."
+    dt = np.result_type(q, top, np.float32)  # float32, or float64 for float64 inputs
+    parts = [rerank_mda(np.asarray(q[s:s + chunk], dt), mdescaug(np.asarray(top[s:s + chunk], dt), k, beta), k)
+             for s in range(0, len(q), chunk)]
+    if not parts: return np.zeros((0, top.shape[1]), np.int64), np.zeros((0, top.shape[1]), dt)
+    return np.concatenate([o for o, _ in parts]), np.concatenate([f for _, f in parts])
+
+def superglobal_ranks(q_emb: np.ndarray,  # (Q, D) query descriptors
+                      db_emb: np.ndarray,  # (N, D) database descriptors
+                      M: int = 400,  # re-ranked top rows per query
+                      K: int = 9,  # neighbours of each top row (and K + 1 rows max-pooled into the query)
+                      beta: float = 0.15,  # weight of a neighbour per unit of similarity
+                      ) -> np.ndarray:
+    "SuperGlobal's ranking (official MDescAug then RerankwMDA, transposed): (Q, N) int64 database rows, best first."
+    q, x = np.asarray(q_emb), np.asarray(db_emb)
+    dt = np.result_type(q, x, np.float32)
+    ranks = _desc(np.asarray(q, dt) @ np.asarray(x, dt).T)
+    top = ranks[:, :M]
+    order, _ = superglobal_order(q, x[top], K, beta)
+    ranks[:, :M] = np.take_along_axis(top, order, 1)
+    return ranks
+
+# %% ../nbs/40_rerank.ipynb #36f2343e
+SG_MACS = 400 * 400 * 512  # multiply-adds per query at the published M = 400, D = 512
+SG_NEEDS = ('index_ids', 'index_emb', 'query_ids', 'query_emb')
+
+def _sg_rows(top: Candidates, ctx: RerankContext) -> np.ndarray:
+    "(Q, M) index rows of the candidates (-1: not in the index)."
+    if top.rows is not None: return top.rows
+    return ctx._index_pos.get_indexer(top.ids.ravel()).reshape(top.ids.shape)
+
+def _sg_embeddings(top: Candidates, ctx: RerankContext) -> np.ndarray:
+    "(Q, M, D) float32 embeddings of the candidates; zero for a missing row or a non-finite embedding."
+    rows = _sg_rows(top, ctx)
+    emb = np.asarray(ctx.index_emb[np.maximum(rows, 0)], np.float32)
+    ok = (rows >= 0)[..., None] & np.isfinite(emb)
+    return np.where(ok, emb, 0).astype(np.float32)
+
+def _sg_take(cands: Candidates, order: np.ndarray, score: np.ndarray, valid: np.ndarray) -> Candidates:
+    "`cands` with its top M reordered by `order` (real candidates first) and scored; the rest in their order, capped."
+    m = order.shape[1]
+    first = np.argsort(~np.take_along_axis(valid, order, 1), axis=1, kind='stable')
+    order, score = np.take_along_axis(order, first, 1), np.take_along_axis(score, first, 1)
+    score = np.where(np.take_along_axis(valid, order, 1), score, -np.inf).astype(np.float32)
+    rest = np.broadcast_to(np.arange(m, cands.k), (len(cands), cands.k - m))
+    out = cands.take(np.concatenate([order, rest], 1))
+    sims = np.concatenate([score, np.minimum(out.sims[:, m:], score[:, -1:])], 1)
+    return out.replace(sims=sims).with_features(**({} if 'sim_raw' in cands.features else dict(sim_raw=out.sims)))
+
+@register_stage('superglobal', cost_s=S_PER_MAC * SG_MACS, per='query', needs=SG_NEEDS)
+def superglobal(cands: Candidates, ctx: RerankContext,
+                m: int = 400,  # top candidates re-ranked (at most the search's k)
+                k: int = 9,  # neighbours of each (and k + 1 refined rows max-pooled into the query)
+                beta: float = 0.15,  # weight of a neighbour per unit of similarity
+                ) -> Candidates:
+    "SuperGlobal re-ranking (MDescAug + RerankwMDA) of each query's top `m` candidates; features 'sim_raw'."
+    ctx.need('superglobal', *SG_NEEDS)
+    if not len(cands) or min(m, cands.k) < 2: return cands
+    top = cands.topk(m)
+    emb = _sg_embeddings(top, ctx)
+    valid = (_sg_rows(top, ctx) >= 0) & np.isfinite(top.sims)
+    q = np.nan_to_num(ctx.query_emb_of(cands.query_ids), nan=0.0, posinf=0.0, neginf=0.0)
+    order, score = superglobal_order(q, emb, k, beta)
+    return _sg_take(cands, order, score, valid)
