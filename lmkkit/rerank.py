@@ -353,6 +353,12 @@ def _desc(s: np.ndarray) -> np.ndarray:
     "Indices sorting the last axis of `s` from highest to lowest; ties keep their order."
     return np.argsort(-s, axis=-1, kind='stable')
 
+def _top(s: np.ndarray, n: int) -> np.ndarray:
+    "Indices of the `n` largest along the last axis of `s`, largest first; ties: lower index first (but for ties at the n-th)."
+    if n >= s.shape[-1]: return _desc(s)
+    idx = np.sort(np.argpartition(-s, n - 1, axis=-1)[..., :n], axis=-1)
+    return np.take_along_axis(idx, _desc(np.take_along_axis(s, idx, -1)), -1)
+
 def _gather(x: np.ndarray, idx: np.ndarray) -> np.ndarray:
     "`x[q, idx[q, ...]]` for every q: rows of (Q, M, D) `x` picked by a (Q, ...) index -> (Q, ..., D)."
     return x[np.arange(len(x)).reshape(-1, *[1] * (idx.ndim - 1)), idx]
@@ -361,13 +367,13 @@ def mdescaug(top: np.ndarray,  # (Q, M, D) descriptors of each query's top M, in
              k: int = 9, beta: float = 0.15) -> np.ndarray:
     "SuperGlobal's MDescAug: each of the M mixed with its `k` nearest among them (weights 1 and β·sim) -> (Q, M, D)."
     s = top @ top.transpose(0, 2, 1)  # (Q, M, M)
-    nn = _desc(s)[..., :k + 1]  # the most similar (itself) and its k nearest
+    nn = _top(s, k + 1)  # the most similar (itself) and its k nearest
     w = np.take_along_axis(s, nn, -1)
     w[..., 1:] *= beta
     w[..., 0] = 1
-    out = np.zeros_like(top)
-    for j in range(nn.shape[-1]): out += w[..., j, None] * _gather(top, nn[..., j])
-    return out / w.sum(-1, keepdims=True)
+    mix = np.zeros_like(s)  # the weights as an (M, M) matrix per query: one matmul instead of k + 1 gathers
+    np.put_along_axis(mix, nn, w, -1)
+    return (mix @ top) / w.sum(-1, keepdims=True)
 
 def rerank_mda(q: np.ndarray, refined: np.ndarray, k: int = 9) -> tuple[np.ndarray, np.ndarray]:
     "SuperGlobal's RerankwMDA on (Q, D) queries and their (Q, M, D) refined top M: (order (Q, M) of positions, scores (Q, M) in that order)."
