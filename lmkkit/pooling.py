@@ -154,12 +154,12 @@ class GeMPlus(nn.Module):
 
 # %% ../nbs/10_pooling.ipynb #a7e07519
 def _reflect_window(size: int, side: int) -> tuple[int, int]:
-    "(kernel, pad) along one side: `size` (odd) and its half as reflection padding, shrunk to what a `side`-long map can reflect."
+    "(kernel, pad) along one side: `size` (odd) and half of it as padding, shrunk to what a `side`-long map can reflect."
     pad = min((size - 1) // 2, side - 1)
     return 2 * pad + 1, pad
 
 def window_lp(x: torch.Tensor, p: float = 2.5, size: int = 5, fmt: str = 'NCHW') -> torch.Tensor:
-    "SuperGlobal's `rgem` map filter: ½·(LP-pool `p` over a `size`² reflection-padded window, as a mean) + ½·x; same shape."
+    "SuperGlobal's `rgem` map filter: ½·(power mean `p` over a reflection-padded `size`² window) + ½·x; same shape."
     hd, wd = spatial_dims(fmt)
     y = x.float() if fmt == 'NCHW' else x.float().permute(0, 3, 1, 2)
     (kh, ph), (kw, pw) = _reflect_window(size, y.shape[2]), _reflect_window(size, y.shape[3])
@@ -183,11 +183,11 @@ class WindowGeM(nn.Module):
 
 # %% ../nbs/10_pooling.ipynb #f0a9e468
 def scale_max(views: Sequence[torch.Tensor]) -> torch.Tensor:
-    "Scale-GeM with p → ∞ (SuperGlobal's `sgem`, its default): the element-wise max of the L2-normalised views (S × (B, D)) -> (B, D)."
+    "Scale-GeM, p → ∞ (SuperGlobal's `sgem` default): element-wise max of the L2-normalised views, S × (B, D) -> (B, D)."
     return F.normalize(torch.stack([v.float() for v in views]), dim=-1).amax(0)
 
 def scale_gem(views: Sequence[torch.Tensor], p: float = 10.0) -> torch.Tensor:
-    "Scale-GeM with a finite `p` (`sgem(infinity=False)`): power mean of the views shifted by their smallest entry γ; (B, D)."
+    "Scale-GeM, finite `p` (`sgem(infinity=False)`): power mean of the views shifted by their smallest entry γ; (B, D)."
     x = torch.stack([v.float() for v in views])
     gamma = x.min()  # over every view, image and dimension of the batch, as the official code does
     return (x - gamma).pow(p).mean(0).pow(1.0 / p) + gamma

@@ -234,7 +234,7 @@ def gem_across_scales(views: np.ndarray,  # (S, N, D) L2-normalised descriptors 
 
 def merge_scales(views: np.ndarray,  # (S, N, D) descriptors of the same images at S scales
                  merge: str) -> np.ndarray:
-    "(N, D) L2-normalised merge of the views by `lmkkit.pooling.SCALE_MERGES[merge]`, image by image (the official batch of one)."
+    "(N, D) L2-normalised merge of the views by `SCALE_MERGES[merge]`, image by image (the official batch of one)."
     fn = SCALE_MERGES.get(merge)
     views = torch.as_tensor(np.asarray(views, np.float32))
     out = torch.cat([fn(list(views[:, i:i + 1])) for i in range(views.shape[1])] or [views[0]])
@@ -243,7 +243,7 @@ def merge_scales(views: np.ndarray,  # (S, N, D) descriptors of the same images 
 def multiscale_embeddings(model, paths: Sequence[str | Path], size: int, scales: Sequence[float] = MULTISCALE,
                           p: float = 1.0, merge: str | None = None,  # a SCALE_MERGES name instead of GeM with power `p`
                           **extract_kwargs) -> tuple[np.ndarray, np.ndarray]:
-    "Embeddings of `paths` GeM-pooled (power `p`) over `scales` with `lmkkit.embed.extract_embeddings`, or merged by `merge`: (emb (N, D), ok (N,))."
+    "Embeddings of `paths` over `scales` (`extract_embeddings`), GeM-pooled (power `p`) or merged by `merge`: (emb, ok)."
     if merge is not None and merge != 'mean':
         per_scale = [extract_embeddings(model, paths, size, scales=(s,), **extract_kwargs) for s in scales]
         ok = np.logical_and.reduce([o for _, o in per_scale])
@@ -377,8 +377,10 @@ def main(argv: list[str] | None = None) -> int:
                    help='SuperGlobal re-ranking of the top M images (0: off; the paper uses 400); --sg-k, --sg-beta')
     p.add_argument('--sg-k', type=int, default=9)
     p.add_argument('--sg-beta', type=float, default=0.15)
-    p.add_argument('--pool', default=None, choices=POOLS.names, help="replace the checkpoint's pooling, training-free (SuperGlobal: window_gem)")
-    p.add_argument('--scale-merge', default=None, choices=SCALE_MERGES.names, help='merge the scales so instead of GeM (SuperGlobal: scale_max)')
+    p.add_argument('--pool', default=None, choices=POOLS.names,
+                   help="replace the checkpoint's pooling, training-free (SuperGlobal: window_gem)")
+    p.add_argument('--scale-merge', default=None, choices=SCALE_MERGES.names,
+                   help='merge the scales so instead of GeM (SuperGlobal: scale_max)')
     p.add_argument('--whiten', default=None, metavar='FILE', help='a learned whitening (lmkkit.whiten.Whitening.save)')
     p.add_argument('--distractors', default=None, metavar='DIR', help='R1M-style distractor folder (revisitop1m.txt + jpg/)')
     p.add_argument('--out', default=None, metavar='CSV', help='write the table here')

@@ -68,7 +68,8 @@ def test_benchmark_superglobal_options(data, checkpoint, tmp_path, capsys):
     assert code == 0, text
     assert text.splitlines()[0].endswith('superglobal 400, pool window_gem, scale merge scale_max'), text
     code, text = _run_cli('benchmark', 'roxford5k', root, '--checkpoint', checkpoint, '--superglobal', -1, '--quiet')
-    assert code == 2 and '--superglobal must be 0 (off) or the number of top images to re-rank, got -1' in capsys.readouterr().err
+    assert code == 2
+    assert '--superglobal must be 0 (off) or the number of top images to re-rank, got -1' in capsys.readouterr().err
 
 
 def test_bad_images_are_counted_not_fatal(data, checkpoint, tmp_path):

@@ -122,9 +122,11 @@ def gldv2(out: Path, ckpt: Path) -> dict:
         print(f'| chain | {metric} | held-out | adopted |\n|---|---:|---:|---|')
         for name, chain in GLDV2_CHAINS.items():
             settings = {'qe': dict(alpha=3.0)} if name.startswith('alpha') else {}
-            r = run_inference(data_dir=str(out / 'data'), checkpoint=str(ckpt), out_dir=str(out / 'runs' / track / name.split()[0]),
-                              cache_dir=str(out / 'cache'), track=track, stages=chain, stage_settings=settings, k=100,
-                              retrieval_k=100, time_limit_hours=24.0, reserve_minutes=1.0, verbose=False, device='cpu')
+            run_dir = out / 'runs' / track / name.split()[0]
+            r = run_inference(data_dir=str(out / 'data'), checkpoint=str(ckpt), out_dir=str(run_dir),
+                              cache_dir=str(out / 'cache'), track=track, stages=chain, stage_settings=settings,
+                              k=100, retrieval_k=100, time_limit_hours=24.0, reserve_minutes=1.0, verbose=False,
+                              device='cpu')
             m = r.metrics()
             rows = [s for s in m['stages'] if s['stage'] not in ('final',)]
             last = rows[-1]
