@@ -419,12 +419,17 @@ def _sg_rows(top: Candidates, ctx: RerankContext) -> np.ndarray:
     if top.rows is not None: return top.rows
     return ctx._index_pos.get_indexer(top.ids.ravel()).reshape(top.ids.shape)
 
-def _sg_embeddings(top: Candidates, ctx: RerankContext) -> np.ndarray:
-    "(Q, M, D) float32 embeddings of the candidates; zero for a missing row or a non-finite embedding."
-    rows = _sg_rows(top, ctx)
-    emb = np.asarray(ctx.index_emb[np.maximum(rows, 0)], np.float32)
-    ok = (rows >= 0)[..., None] & np.isfinite(emb)
-    return np.where(ok, emb, 0).astype(np.float32)
+def _sg_embeddings(rows: np.ndarray, index_emb: np.ndarray) -> np.ndarray:
+    "(c, M, D) float32 embeddings of (c, M) index `rows`; zero for a missing row (-1) or a non-finite embedding."
+    emb = np.asarray(index_emb[np.maximum(rows, 0)], np.float32)
+    emb[~np.isfinite(emb) | (rows < 0)[..., None]] = 0
+    return emb
+
+def _sg_chunks(q: np.ndarray, rows: np.ndarray, ctx: RerankContext, k: int, beta: float):
+    "Yield (order, score) of `SG_CHUNK` queries at a time, gathering only their embeddings; stop when the deadline passes."
+    for s in range(0, len(q), SG_CHUNK):
+        if ctx.deadline is not None and ctx.deadline.expired: return
+        yield superglobal_order(q[s:s + SG_CHUNK], _sg_embeddings(rows[s:s + SG_CHUNK], ctx.index_emb), k, beta)
 
 def _sg_take(cands: Candidates, order: np.ndarray, score: np.ndarray, valid: np.ndarray) -> Candidates:
     "`cands` with its top M reordered by `order` (real candidates first) and scored; the rest in their order, capped."
@@ -447,8 +452,15 @@ def superglobal(cands: Candidates, ctx: RerankContext,
     ctx.need('superglobal', *SG_NEEDS)
     if not len(cands) or min(m, cands.k) < 2: return cands
     top = cands.topk(m)
-    emb = _sg_embeddings(top, ctx)
-    valid = (_sg_rows(top, ctx) >= 0) & np.isfinite(top.sims)
+    rows = _sg_rows(top, ctx)
     q = np.nan_to_num(ctx.query_emb_of(cands.query_ids), nan=0.0, posinf=0.0, neginf=0.0)
-    order, score = superglobal_order(q, emb, k, beta)
-    return _sg_take(cands, order, score, valid)
+    parts = list(_sg_chunks(q, rows, ctx, k, beta))
+    done = sum(len(o) for o, _ in parts)
+    ctx.work['superglobal'] = done  # queries re-ranked before the deadline: the planner's unit
+    if not done: return cands
+    order, score = np.concatenate([o for o, _ in parts]), np.concatenate([f for _, f in parts])
+    valid = (rows[:done] >= 0) & np.isfinite(top.sims[:done])
+    head = _sg_take(cands.select(np.arange(done)), order, score, valid)
+    if done == len(cands): return head
+    rest = cands.select(np.arange(done, len(cands))).replace(skipped={})  # the deadline's leftovers keep their kNN answer
+    return Candidates.concat([head, rest if 'sim_raw' in rest.features else rest.with_features(sim_raw=rest.sims)])

@@ -217,3 +217,19 @@ def test_superglobal_stage_judged_on_held_out_queries(track):
         assert score(out, truth(tc, tlab)) >= score(tc, truth(tc, tlab)) - 0.05
     else:
         assert out is tc
+
+
+def test_superglobal_stage_stops_at_the_deadline():
+    "Queries past the deadline keep their kNN answer; the work done is reported to the planner; no double counts."
+    from lmkkit.rerank import SG_CHUNK, superglobal
+    (tc, tctx, _), _, _, _ = _sg_world(0)
+    cands = Candidates.concat([tc, tc.replace(query_ids=np.char.add(tc.query_ids, 'b'), skipped={})])  # 80 queries
+    cands = cands.replace(skipped={'unreadable': 2})
+    ctx = dataclasses.replace(tctx, query_ids=cands.query_ids, query_emb=np.concatenate([tctx.query_emb] * 2), work={})
+    ticks = iter(range(100))
+    ctx.deadline = Deadline(0.5, clock=lambda: float(next(ticks)), start=0.0)  # expires at the second chunk's check
+    out = superglobal(cands, ctx, m=50)
+    assert ctx.work['superglobal'] == SG_CHUNK and out.skipped == {'unreadable': 2}
+    assert not np.array_equal(out.ids[:SG_CHUNK], cands.ids[:SG_CHUNK])
+    np.testing.assert_array_equal(out.ids[SG_CHUNK:], cands.ids[SG_CHUNK:])
+    np.testing.assert_array_equal(out.features['sim_raw'][SG_CHUNK:], cands.sims[SG_CHUNK:])
