@@ -405,9 +405,9 @@ def superglobal_ranks(q_emb: np.ndarray,  # (Q, D) query descriptors
     q, x = np.asarray(q_emb), np.asarray(db_emb)
     dt = np.result_type(q, x, np.float32)
     ranks = _desc(np.asarray(q, dt) @ np.asarray(x, dt).T)
-    top = ranks[:, :M]
-    order, _ = superglobal_order(q, x[top], K, beta)
-    ranks[:, :M] = np.take_along_axis(top, order, 1)
+    for s in range(0, len(q) if M > 0 else 0, SG_CHUNK):  # the (chunk, M, D) descriptors gathered chunk by chunk
+        top = ranks[s:s + SG_CHUNK, :M]
+        ranks[s:s + SG_CHUNK, :M] = np.take_along_axis(top, superglobal_order(q[s:s + SG_CHUNK], x[top], K, beta)[0], 1)
     return ranks
 
 # %% ../nbs/40_rerank.ipynb #36f2343e
