@@ -1,8 +1,9 @@
 """Benchmark: SuperGlobal (issue 25): its CPU cost at M = 400, D = 512, and what it is worth on the two synthetic sets.
 
 Run:  python tests/benchmarks/bench_superglobal.py timing    (one thread; about 2 minutes on a busy 2-core machine)
-      python tests/benchmarks/bench_superglobal.py quality   (about 10 minutes: trains the demo model once, then
-                                                               benchmarks; OUT defaults to runs/bench_superglobal)
+      python tests/benchmarks/bench_superglobal.py quality [OUT]   (OUT defaults to runs/bench_superglobal)
+quality trains the demo model once into OUT/model (half a minute on an idle 2-core machine, 40+ minutes at load 20;
+an OUT/model/model.pt already there is used as it is), then runs about 20 minutes at load 20.
 timing: CPU seconds (process time, one thread, numpy included) per 1,000 queries of the `superglobal` stage on
 Candidates of the top 400 at D = 512, next to baselines measured in the same run on the same queries: the exact kNN
 that makes those candidates (top 400 of N = 100,000 rows), α-QE (expansion + a second search), and the two parts of
@@ -89,6 +90,7 @@ def _train(out: Path) -> Path:
 
 REVISITED_SETUPS = {'kNN': {}, 'QE (k 2)': dict(qe=2), 'alpha-QE (k 2, alpha 3)': dict(qe=2, qe_alpha=3.0),
                     'DBA (k 2)': dict(dba=2), 'SuperGlobal re-ranking (M 400)': dict(superglobal=400),
+                    'SuperGlobal re-ranking (M 400, K 2)': dict(superglobal=400, sg_k=2),
                     'SuperGlobal full (window GeM + scale max + re-ranking)':
                         dict(superglobal=400, pool='window_gem', scale_merge='scale_max')}
 
