@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import pickle
 import pickletools
 import sys
@@ -17,6 +18,7 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
+import torch
 from PIL import Image
 
 from .core import CliParser, ConfigError, atomic_write, claim_folder
@@ -24,7 +26,8 @@ from .data import load_image, name_problem
 from .embed import extract_embeddings
 from .metrics import REVISITED_SETUPS, revisited_map
 from .model import load_checkpoint, trained_size
-from .rerank import database_augment, expand
+from .pooling import POOLS, SCALE_MERGES, create_pool
+from .rerank import database_augment, expand, superglobal_ranks
 from .search import knn
 from .synth import draw_nonlandmark, draw_scene, encode_jpeg, family_style, out_folder, render_view
 from .whiten import Whitening
@@ -33,8 +36,8 @@ from .whiten import Whitening
 __all__ = ['REVISITED', 'DISTRACTORS', 'PLAIN_KINDS', 'STRENGTH', 'MULTISCALE', 'TABLE_HEADER', 'read_ground_truth',
            'distractor_paths', 'RevisitedSet', 'load_revisited', 'UnsafePickle', 'plain_dtype', 'plain_array',
            'read_plain_pickle', 'crop_box', 'crop_queries', 'make_revisited_synthetic', 'gem_across_scales',
-           'multiscale_embeddings', 'rank_database', 'expand_queries', 'run_benchmark', 'check_table_path',
-           'write_benchmark', 'format_benchmark', 'main']
+           'merge_scales', 'multiscale_embeddings', 'rank_database', 'expand_queries', 'with_pool', 'run_benchmark',
+           'check_table_path', 'write_benchmark', 'format_benchmark', 'main']
 
 # %% ../nbs/33_revisited.ipynb #41a6b985
 REVISITED = ('roxford5k', 'rparis6k')
@@ -416,9 +419,22 @@ def gem_across_scales(views: np.ndarray,  # (S, N, D) L2-normalised descriptors 
     pooled = np.mean(views ** p, axis=0) ** (1 / p)
     return (pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
+def merge_scales(views: np.ndarray,  # (S, N, D) descriptors of the same images at S scales
+                 merge: str) -> np.ndarray:
+    "(N, D) L2-normalised merge of the views by `SCALE_MERGES[merge]`, image by image (the official batch of one)."
+    fn = SCALE_MERGES.get(merge)
+    views = torch.as_tensor(np.asarray(views, np.float32))
+    out = torch.cat([fn(list(views[:, i:i + 1])) for i in range(views.shape[1])] or [views[0]])
+    return torch.nn.functional.normalize(out, dim=-1).numpy()
+
 def multiscale_embeddings(model, paths: Sequence[str | Path], size: int, scales: Sequence[float] = MULTISCALE,
-                          p: float = 1.0, **extract_kwargs) -> tuple[np.ndarray, np.ndarray]:
-    "Embeddings of `paths` GeM-pooled (power `p`) over `scales` with `lmkkit.embed.extract_embeddings`: (emb (N, D), ok (N,))."
+                          p: float = 1.0, merge: str | None = None,  # a SCALE_MERGES name instead of GeM with power `p`
+                          **extract_kwargs) -> tuple[np.ndarray, np.ndarray]:
+    "Embeddings of `paths` over `scales` (`extract_embeddings`), GeM-pooled (power `p`) or merged by `merge`: (emb, ok)."
+    if merge is not None and merge != 'mean':
+        per_scale = [extract_embeddings(model, paths, size, scales=(s,), **extract_kwargs) for s in scales]
+        ok = np.logical_and.reduce([o for _, o in per_scale])
+        return merge_scales(np.stack([e for e, _ in per_scale]), merge) * ok[:, None], ok
     if p == 1:  # extract_embeddings averages the L2-normalised views of every scale: GeM with p = 1, in one pass
         return extract_embeddings(model, paths, size, scales=tuple(scales), **extract_kwargs)
     per_scale = [extract_embeddings(model, paths, size, scales=(s,), **extract_kwargs) for s in scales]
@@ -445,12 +461,22 @@ def _table(scores: dict, n_scored: dict, settings: dict) -> pd.DataFrame:
     for k, v in settings.items(): df[k] = v
     return df
 
+def with_pool(model, pool: str):
+    "A copy of an lmkkit model whose pooling is `lmkkit.pooling.create_pool(pool)` (SuperGlobal's pools need no training)."
+    model = copy.deepcopy(model)
+    model.pool = create_pool(pool, fmt='NCHW' if model.feature_fmt == 'NCHW' else 'NHWC')
+    return model
+
 def run_benchmark(dataset: str, data: str | Path, checkpoint: str | Path,
                   size: int | None = None,  # square input side (None: the checkpoint's last training size)
                   scales: Sequence[float] = MULTISCALE, scale_p: float = 1.0,  # GeM power across scales
                   qe: int = 0, qe_alpha: float = 0.0,  # α-QE with the top `qe` images (0: off)
                   dba: int = 0, dba_alpha: float = 0.0,  # database-side augmentation with `dba` neighbours (0: off)
                   whiten: str | Path | None = None,  # a `lmkkit.whiten.Whitening` file applied to both sides
+                  superglobal: int = 0,  # SuperGlobal re-ranking of the top `superglobal` images (0: off; the paper: 400)
+                  sg_k: int = 9, sg_beta: float = 0.15,  # its K and β (lmkkit.rerank.superglobal_ranks)
+                  pool: str | None = None,  # replace the checkpoint's pooling by this lmkkit.pooling.POOLS name, training-free
+                  scale_merge: str | None = None,  # merge the scales by this SCALE_MERGES name instead of GeM (`scale_p`)
                   distractors: str | Path | None = None,  # R1M-style folder added to the database
                   out: str | Path | None = None,  # CSV to write the table to
                   device: str = 'cpu', batch_size: int = 32, num_workers: int = 0, amp: str | None = None,
@@ -467,22 +493,24 @@ def run_benchmark(dataset: str, data: str | Path, checkpoint: str | Path,
     extra = None
     if model is None: model, _, extra = load_checkpoint(checkpoint, map_location=device)
     size = size or trained_size(extra)
+    if pool is not None: model = with_pool(model, pool)
     kw = dict(batch_size=batch_size, num_workers=num_workers, device=device, amp=amp, verbose=verbose)
     with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
         query_paths, problems = crop_queries(ds, tmp)
-        q, q_ok = multiscale_embeddings(model, query_paths, size, scales, scale_p, **kw)
-        x, x_ok = multiscale_embeddings(model, ds.database_paths, size, scales, scale_p, **kw)
+        q, q_ok = multiscale_embeddings(model, query_paths, size, scales, scale_p, scale_merge, **kw)
+        x, x_ok = multiscale_embeddings(model, ds.database_paths, size, scales, scale_p, scale_merge, **kw)
     problems.update({'unreadable query image (crop)': int((~q_ok).sum()) - problems['unreadable query image'],
                      'unreadable database image': int((~x_ok).sum())})
     if whitening is not None: q, x = whitening.apply(q), whitening.apply(x)
     x = x * x_ok[:, None]  # unreadable images stay zero vectors, whitened or augmented: they match nothing
     if dba > 0: x = database_augment(x, dba, dba_alpha) * x_ok[:, None]
     q = expand_queries(q * q_ok[:, None], x, qe, qe_alpha) * q_ok[:, None]
-    ranks, _ = rank_database(q, x)
+    ranks = superglobal_ranks(q, x, superglobal, sg_k, sg_beta) if superglobal > 0 else rank_database(q, x)[0]
     scores = revisited_map(ranks, ds.gnd, kappas)
     n_scored = {s: sum(any(len(np.ravel(g[k])) for k in REVISITED_SETUPS[s][0]) for g in ds.gnd) for s in REVISITED_SETUPS}
     settings = dict(dataset=dataset, checkpoint=str(checkpoint), size=size, scales=' '.join(f'{s:.4g}' for s in scales),
-                    scale_p=scale_p, qe=qe, dba=dba, whiten=str(whiten or ''), n_database=len(ds.imlist),
+                    scale_p=scale_p, qe=qe, dba=dba, whiten=str(whiten or ''), superglobal=superglobal,
+                    pool=pool or '', scale_merge=scale_merge or '', n_database=len(ds.imlist),
                     n_distractors=len(ds.distractors))
     table = _table(scores, n_scored, settings)
     table.attrs['problems'] = {k: v for k, v in problems.items() if v}
@@ -512,7 +540,8 @@ def format_benchmark(table: pd.DataFrame) -> str:
     "The table as the papers print it: percentages with two decimals, one row per setup; problems on the last lines."
     s = table.iloc[0]
     head = (f"{s['dataset']}: {s['n_database']} images + {s['n_distractors']} distractors, {s['checkpoint']} at {s['size']}px, "
-            f"scales {s['scales']}, qe {s['qe']}, dba {s['dba']}" + (f", whitening {s['whiten']}" if s['whiten'] else ''))
+            f"scales {s['scales']}, qe {s['qe']}, dba {s['dba']}" + (f", whitening {s['whiten']}" if s['whiten'] else '')
+            + ''.join(f", {k.replace('_', ' ')} {s[k]}" for k in ('superglobal', 'pool', 'scale_merge') if s.get(k)))
     metrics = [c for c in table.columns if c == 'map' or c.startswith('mp@')]
     body = (table[metrics] * 100).rename(columns=lambda c: c.replace('map', 'mAP').replace('mp@', 'mP@'))
     body.index = [i.capitalize() for i in body.index]
@@ -526,6 +555,7 @@ def _check_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
     "Refuse impossible values before any image is read: `CliParser`'s one-line error."
     if a.size is not None and a.size < 8: p.error(f"--size must be at least 8 pixels, got {a.size}")
     if any(s <= 0 for s in a.scales): p.error(f"--scales must be positive factors, got {' '.join(map(str, a.scales))}")
+    if a.superglobal < 0: p.error(f"--superglobal must be 0 (off) or the number of top images to re-rank, got {a.superglobal}")
     for name in ('qe', 'dba'):
         if getattr(a, name) < 0: p.error(f"--{name} must be 0 (off) or a number of neighbours, got {getattr(a, name)}")
     if a.batch_size < 1: p.error(f"--batch-size must be at least 1, got {a.batch_size}")
@@ -545,6 +575,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('--qe-alpha', type=float, default=0.0)
     p.add_argument('--dba', type=int, default=0, metavar='K', help='database-side augmentation with K neighbours (0: off)')
     p.add_argument('--dba-alpha', type=float, default=0.0)
+    p.add_argument('--superglobal', type=int, default=0, metavar='M',
+                   help='SuperGlobal re-ranking of the top M images (0: off; the paper uses 400); --sg-k, --sg-beta')
+    p.add_argument('--sg-k', type=int, default=9)
+    p.add_argument('--sg-beta', type=float, default=0.15)
+    p.add_argument('--pool', default=None, choices=POOLS.names,
+                   help="replace the checkpoint's pooling, training-free (SuperGlobal: window_gem)")
+    p.add_argument('--scale-merge', default=None, choices=SCALE_MERGES.names,
+                   help='merge the scales so instead of GeM (SuperGlobal: scale_max)')
     p.add_argument('--whiten', default=None, metavar='FILE', help='a learned whitening (lmkkit.whiten.Whitening.save)')
     p.add_argument('--distractors', default=None, metavar='DIR', help='R1M-style distractor folder (revisitop1m.txt + jpg/)')
     p.add_argument('--out', default=None, metavar='CSV', help='write the table here')
@@ -557,6 +595,7 @@ def main(argv: list[str] | None = None) -> int:
     from lmkkit.core import default_device
     table = run_benchmark(a.dataset, a.data, a.checkpoint, size=a.size, scales=a.scales, scale_p=a.scale_p,
                           qe=a.qe, qe_alpha=a.qe_alpha, dba=a.dba, dba_alpha=a.dba_alpha, whiten=a.whiten,
+                          superglobal=a.superglobal, sg_k=a.sg_k, sg_beta=a.sg_beta, pool=a.pool, scale_merge=a.scale_merge,
                           distractors=a.distractors, out=a.out, device=a.device or default_device(),
                           batch_size=a.batch_size, num_workers=a.num_workers, verbose=not a.quiet)
     print(format_benchmark(table))

@@ -46,7 +46,7 @@ def test_benchmark_command_end_to_end(data, checkpoint, tmp_path):
     assert lines[0].startswith('roxford5k: 40 images + 3 distractors'), text
     assert [line.split()[0] for line in lines[2:5]] == ['Easy', 'Medium', 'Hard'], text
     table = pd.read_csv(csv, index_col='setup')
-    assert table.shape == (3, 15)
+    assert table.shape == (3, 18)  # 5 metrics + 13 settings (superglobal, pool, scale_merge: issue 25)
     assert list(table.index) == ['easy', 'medium', 'hard']
     assert list(table.columns[:5]) == [*METRICS, 'queries']
     assert table['queries'].tolist() == [8, 8, 8]
@@ -58,6 +58,18 @@ def test_benchmark_command_end_to_end(data, checkpoint, tmp_path):
     # the printed percentages are the CSV's fractions
     easy_map = float(lines[2].split()[1])
     assert easy_map == pytest.approx(100 * table.loc['easy', 'map'], abs=0.006)
+
+
+def test_benchmark_superglobal_options(data, checkpoint, tmp_path, capsys):
+    "SuperGlobal's re-ranking, pooling and scale merge reach the run from the command line (issue 25)."
+    root, _ = data
+    code, text = _run_cli('benchmark', 'roxford5k', root, '--checkpoint', checkpoint, '--size', 64, '--device', 'cpu',
+                          '--superglobal', 400, '--pool', 'window_gem', '--scale-merge', 'scale_max', '--quiet')
+    assert code == 0, text
+    assert text.splitlines()[0].endswith('superglobal 400, pool window_gem, scale merge scale_max'), text
+    code, text = _run_cli('benchmark', 'roxford5k', root, '--checkpoint', checkpoint, '--superglobal', -1, '--quiet')
+    assert code == 2
+    assert '--superglobal must be 0 (off) or the number of top images to re-rank, got -1' in capsys.readouterr().err
 
 
 def test_bad_images_are_counted_not_fatal(data, checkpoint, tmp_path):

@@ -12,6 +12,7 @@ from .whiten import Whiten
 from .soft_vote import SoftVote
 from .nonlandmark_penalty import NonlandmarkPenalty
 from .label_boost import LabelBoost
+from .superglobal import SuperGlobal
 from ..verify import Verify
 from ..lgbm import Lgbm
 
