@@ -121,8 +121,8 @@ class InferenceConfig:
 
 # %% ../nbs/50_pipeline.ipynb #d44d98cb
 def kernel_config(track: str,
-                  verifier: str = 'sift_magsac',  # lmkkit.verify.VERIFIERS name
-                  verifier_weights: dict | None = None,  # weight files of the verifier, e.g. {'weights': path}
+                  verifier: str = 'auto',  # lmkkit.verify.VERIFIERS name, or 'auto': chosen from the attached weights and the device
+                  verifier_weights: dict | None = None,  # weight files of the verifier, e.g. {'weights': path}; 'auto': {'weights_dir': folder}
                   overrides: dict | None = None,  # any other InferenceConfig setting
                   **params) -> InferenceConfig:
     "The `InferenceConfig` of an inference kernel from its parameters (`lmkkit.core.notebook_parameters(globals())`): names and types checked, the verifier, then `overrides`."

@@ -259,6 +259,7 @@ def run_stages(cands: Candidates, ctx: RerankContext, stages: Sequence[str],
         else: todo.append(s)
     for s in todo:
         if stage_spec(s).prepare is not None: settings[s] = stage_spec(s).prepare(settings[s], device or ctx.device)
+        report.update({f'{s}_{k}': v for k, v in settings[s].pop('_report', {}).items()})  # what the hook chose, and why
     n_hold, hc = (0, None) if holdout is None else (len(holdout.cands), holdout.cands)
     best = None if holdout is None or score is None else float(score(hc, holdout.truth))
     if holdout is not None: report.update(holdout_queries=n_hold, holdout_landmarks=holdout.n_landmarks, holdout_start=best)
