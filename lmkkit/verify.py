@@ -180,7 +180,7 @@ def mutual_matches(da: np.ndarray, db: np.ndarray, ratio: float = 0.9) -> np.nda
 class SiftMagsac(Verifier):
     "OpenCV SIFT, mutual ratio-test matching, MAGSAC++ fundamental matrix (or homography) distinct inliers."
     name = 'sift_magsac'
-    max_side, model, threshold, min_inliers, inlier_cap = 320, 'fundamental', 4.0, 10, 50  # calibrated (see below)
+    max_side, model, threshold, min_inliers, inlier_cap = 320, 'fundamental', 4.0, 16, 35  # calibrated (see below)
     def __init__(self, max_side: int | None = None, n_features: int = 1000, ratio: float = 0.9, model: str | None = None,
                  threshold: float | None = None, min_inliers: int | None = None, inlier_cap: int | None = None):
         super().__init__(max_side, model, threshold, min_inliers, inlier_cap)
@@ -452,7 +452,7 @@ class XFeatLighterGlue(_XFeatExtract, LightGlueVerifier):
                           width_confidence=0.95, filter_threshold=0.1)  # kornia's LightGlue.features['xfeat']
     max_side, model, threshold, min_inliers, inlier_cap = 640, 'fundamental', 4.0, 10, 50  # calibrated (see below)
     def __init__(self, xfeat_weights: str | Path | None = None, lightglue_weights: str | Path | None = None,
-                 max_side: int | None = None, max_keypoints: int = 2048, device: str = 'cpu', model: str | None = None,
+                 max_side: int | None = None, max_keypoints: int = 1024, device: str = 'cpu', model: str | None = None,
                  threshold: float | None = None, min_inliers: int | None = None, inlier_cap: int | None = None,
                  batch_size: int | None = None):
         self.weights = (str(xfeat_weights), str(lightglue_weights))

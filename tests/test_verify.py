@@ -48,7 +48,7 @@ def test_same_scene_beats_unrelated(images):
     inl = out.features['inliers']
     same = inl[cands.ids == np.array(['s0b', 's1b', 's2b'])[:, None]]
     other = inl[(cands.ids != np.array(['s0b', 's1b', 's2b'])[:, None]) & (inl > 0)]
-    assert same.min() > 2 * other.max(), (same, other)  # every true pair ranks above every false one, by 2x
+    assert same.min() > 2 * other.max(initial=0), (same, other)  # every true pair ranks above every false one, by 2x
     assert rep.bad_images == ['corrupt', 'missing'] and rep.failed_pairs == 3
     assert inl[0, 2] == 0 and inl[1, 1] == 0 and out.features['inlier_ratio'][0, 2] == 0
 
@@ -135,7 +135,7 @@ def test_real_photos_same_landmark_vs_unrelated(real_run):
     assert (len(same), len(unrelated)) == (45, 90)
     assert all(inl[a, b] == inl[b, a] for i, a in enumerate(landmarks) for b in landmarks[i + 1:])  # symmetric
     auc = roc_auc(same, unrelated)
-    assert auc >= 0.92, (auc, sorted(same), sorted(unrelated))
+    assert auc >= 0.88, (auc, sorted(same), sorted(unrelated))  # 0.943 in raw counts; SIFT's calibrated minimum zeroes 9 weak true pairs
     a, b = landmarks[0], indoor[0]  # the stage used the verifier's own defaults: same answer as VERIFIERS.create('sift_magsac')
     v = VERIFIERS.create('sift_magsac')
     assert inl[a, b] == v.verify_pair(load_image(paths[a], v.max_side), load_image(paths[b], v.max_side)).inliers
@@ -146,8 +146,9 @@ def test_real_photos_unrelated_never_get_the_top_bonus(real_run):
     out, inl, landmarks, indoor, paths = real_run
     bonus = out.sims  # similarities were 0: what is left is the stage's bonus w * min(inliers, cap) / cap, w = 1
     unrelated = np.isin(out.ids, indoor)
-    cap = stage_settings('verify')['inlier_cap']
-    assert bonus[unrelated].max() < 1.0 and max(inl[a, b] for a in landmarks for b in indoor) < cap
+    cap = VERIFIERS.create('sift_magsac').inlier_cap  # the stage's cap is the verifier's own
+    assert stage_settings('verify')['inlier_cap'] is None
+    assert bonus[unrelated].max() <= 0.1 and max(inl[a, b] for a in landmarks for b in indoor) <= 0.1 * cap
     assert (bonus[~unrelated] == 1.0).sum() >= 10  # while well-overlapping landmark pairs do reach it
 
 
@@ -185,7 +186,7 @@ def test_facade_of_identical_windows_against_one_window():
         res = v.verify_pair(a, b)
         assert res.inliers < 15 and res.matches <= 30, res  # a handful: one window's worth, under a third of the bonus cap
     true = v.verify_pair(*(load_image(REAL/'landmark'/f'sacre_coeur_{n}.jpg') for n in ('10265353_3838484249', '60584745_2207571072')))
-    assert true.inliers >= stage_settings('verify')['inlier_cap'], true  # a true pair keeps the top bonus
+    assert true.inliers >= v.inlier_cap, true  # a true pair keeps the top bonus
 
 
 # --- issue 24: the published weights, calibration per verifier, the run's choice of verifier, batching -------------------

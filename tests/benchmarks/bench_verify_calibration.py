@@ -1,6 +1,6 @@
 """Benchmark: each verifier on the real photos, in its own units, to calibrate it (issue 24).
 
-Run: python tests/benchmarks/bench_verify_calibration.py [out.json]   (CPU, 2 threads; needs ../shared/real-photos and
+Run: python tests/benchmarks/bench_verify_calibration.py [out.json] [verifier,verifier,...]   (CPU, 2 threads; needs ../shared/real-photos and
 ../shared/weights; about 10 minutes on a busy 2-core machine). For each verifier: features of the 19 photos, tentative
 matches of the 45 same-landmark and 90 unrelated pairs, then the inliers under several geometric models and thresholds
 (the matches are made once; only MAGSAC++ reruns). Prints per verifier and geometry: ROC AUC, the worst unrelated pair,
@@ -45,7 +45,7 @@ def correspondences(v, paths, pairs):
     return found, t_ext, (time.process_time() - t0) / len(pairs)
 
 
-def main(out: str | None = None):
+def main(out: str | None = None, names: str = 'sift_magsac,xfeat_mnn,xfeat_lighterglue,aliked_lightglue,disk_lightglue'):
     torch.set_num_threads(2); cv2.setNumThreads(2)
     root = real_photos()
     if root is None or not WEIGHTS.is_dir(): sys.exit("needs ../shared/real-photos and ../shared/weights")
@@ -54,7 +54,7 @@ def main(out: str | None = None):
     unrelated = [(i, 10 + j) for i in range(10) for j in range(9)]
     print(f"load before: {open('/proc/loadavg').read().strip()}", flush=True)
     rows, base = [], None
-    for name in ('sift_magsac', 'xfeat_mnn', 'xfeat_lighterglue', 'aliked_lightglue', 'disk_lightglue'):
+    for name in names.split(','):  # SIFT first: the ratios are against the first verifier
         v = VERIFIERS.create(name, **({} if name == 'sift_magsac' else learned(name)), min_inliers=9)
         found, t_ext, t_match = correspondences(v, paths, same + unrelated)
         for model, thr in GEOMETRIES:
@@ -72,8 +72,8 @@ def main(out: str | None = None):
             rows.append(row)
             print(f"| {name} | {model[0].upper()} {thr:g} px | {row['auc']:.3f} | {max(row['unrelated'])} | "
                   f"{np.median(row['same']):.0f} | {ms:.0f} | {row['vs_sift']:.1f}x |", flush=True)
+        if out: Path(out).write_text(json.dumps(rows))  # after each verifier: a slow one leaves the others' rows
     print(f"load after: {open('/proc/loadavg').read().strip()}")
-    if out: Path(out).write_text(json.dumps(rows))
 
 
 if __name__ == '__main__':
