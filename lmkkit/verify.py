@@ -422,7 +422,7 @@ class XFeatMnn(_XFeatExtract, Verifier):
     "kornia XFeat keypoints (local weight file), mutual nearest neighbours, MAGSAC++ distinct inliers: the CPU-affordable learned verifier."
     name = 'xfeat_mnn'
     files = dict(xfeat_weights='xfeat.pt')
-    max_side, model, threshold, min_inliers, inlier_cap = 640, 'fundamental', 4.0, 10, 50  # calibrated (see below)
+    max_side, model, threshold, min_inliers, inlier_cap = 640, 'fundamental', 4.0, 27, 480  # calibrated (see below)
     def __init__(self, xfeat_weights: str | Path | None = None, max_side: int | None = None, max_keypoints: int = 2048,
                  min_cossim: float = 0.82, device: str = 'cpu', model: str | None = None, threshold: float | None = None,
                  min_inliers: int | None = None, inlier_cap: int | None = None, batch_size: int | None = None):

@@ -15,7 +15,8 @@ import time
 from pathlib import Path
 
 os.environ.setdefault('HF_HUB_OFFLINE', '1'); os.environ.setdefault('NO_ALBUMENTATIONS_UPDATE', '1')
-for _var in ('OMP_NUM_THREADS', 'OPENBLAS_NUM_THREADS', 'MKL_NUM_THREADS'): os.environ[_var] = '2'
+THREADS = int(os.environ.get('BENCH_THREADS', '2'))  # 1 on an oversubscribed machine: idle OpenMP threads spin and count as CPU
+for _var in ('OMP_NUM_THREADS', 'OPENBLAS_NUM_THREADS', 'MKL_NUM_THREADS'): os.environ[_var] = str(THREADS)
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import cv2
@@ -46,13 +47,13 @@ def correspondences(v, paths, pairs):
 
 
 def main(out: str | None = None, names: str = 'sift_magsac,xfeat_mnn,xfeat_lighterglue,aliked_lightglue,disk_lightglue'):
-    torch.set_num_threads(2); cv2.setNumThreads(2)
+    torch.set_num_threads(THREADS); cv2.setNumThreads(THREADS)
     root = real_photos()
     if root is None or not WEIGHTS.is_dir(): sys.exit("needs ../shared/real-photos and ../shared/weights")
     paths = sorted((root/'landmark').glob('*.jpg')) + sorted((root/'indoor').glob('*.jpg'))
     same = list(itertools.combinations(range(10), 2))
     unrelated = [(i, 10 + j) for i in range(10) for j in range(9)]
-    print(f"load before: {open('/proc/loadavg').read().strip()}", flush=True)
+    print(f"threads {THREADS}; load before: {open('/proc/loadavg').read().strip()}", flush=True)
     rows, base = [], None
     for name in names.split(','):  # SIFT first: the ratios are against the first verifier
         v = VERIFIERS.create(name, **({} if name == 'sift_magsac' else learned(name)), min_inliers=9)
