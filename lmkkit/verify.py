@@ -450,7 +450,7 @@ class XFeatLighterGlue(_XFeatExtract, LightGlueVerifier):
     files = dict(xfeat_weights='xfeat.pt', lightglue_weights='xfeat-lighterglue.pt')
     lightglue_conf = dict(input_dim=64, descriptor_dim=96, n_layers=6, num_heads=1, depth_confidence=-1,
                           width_confidence=0.95, filter_threshold=0.1)  # kornia's LightGlue.features['xfeat']
-    max_side, model, threshold, min_inliers, inlier_cap = 640, 'fundamental', 4.0, 10, 50  # calibrated (see below)
+    max_side, model, threshold, min_inliers, inlier_cap = 640, 'fundamental', 4.0, 29, 315  # calibrated (see below)
     def __init__(self, xfeat_weights: str | Path | None = None, lightglue_weights: str | Path | None = None,
                  max_side: int | None = None, max_keypoints: int = 1024, device: str = 'cpu', model: str | None = None,
                  threshold: float | None = None, min_inliers: int | None = None, inlier_cap: int | None = None,
