@@ -158,9 +158,6 @@ class Verifier:
     def verify_pair(self, img_a: np.ndarray, img_b: np.ndarray) -> PairResult:
         "Verify one pair of RGB uint8 images."
         return self.match(self.extract(img_a), self.extract(img_b))
-    def bonus(self, inliers) -> np.ndarray:
-        "The stage's re-scoring bonus per unit weight: min(inliers, inlier_cap) / inlier_cap, in [0, 1]."
-        return np.minimum(np.asarray(inliers, np.float64), self.inlier_cap) / self.inlier_cap
     def __repr__(self): return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.settings().items())})"
 
 # %% ../nbs/41_verify.ipynb #c624c425
@@ -279,8 +276,9 @@ class Loftr(Verifier):
 _LEGACY_SCALAR = re.compile(r'^log_assignment\.\d+\.r$')  # a per-layer scalar of the first LightGlue release, unused
 
 def lightglue_state(state: dict) -> dict:
-    "A published LightGlue state dict in kornia's key names: `matcher.` prefix and `extractor.` keys (LighterGlue's file) "
-    "dropped, `self_attn.<i>.` -> `transformers.<i>.self_attn.`, the original release's `log_assignment.<i>.r` scalars dropped."
+    "A published LightGlue state dict in kornia's key names (original release's names and legacy scalars, LighterGlue's prefix)."
+    # `matcher.` prefix and `extractor.` keys (LighterGlue's file) dropped, `self_attn.<i>.` -> `transformers.<i>.self_attn.`,
+    # the original release's `log_assignment.<i>.r` scalars dropped (no LightGlue code reads them)
     out = {}
     for k, v in state.items():
         k = k.removeprefix('matcher.')
@@ -480,8 +478,8 @@ def sample_descriptors(kps: torch.Tensor, desc: torch.Tensor, s: int = 8) -> tor
     return F.normalize(out.reshape(b, c, -1), p=2, dim=1)
 
 class SuperPointNet(torch.nn.Module):
-    "SuperPoint (DeTone et al., CVPRW 2018): a VGG encoder, a 65-channel keypoint head, a 256-d descriptor head; "
-    "parameter names of Magic Leap's `superpoint_v1.pth`."
+    "SuperPoint (DeTone et al., CVPRW 2018) with the parameter names of Magic Leap's `superpoint_v1.pth`."
+    # a VGG encoder to 1/8 resolution, a 65-channel keypoint head, a 256-d descriptor head
     def __init__(self, nms_radius: int = 4, keypoint_threshold: float = 0.005, max_keypoints: int = 1024,
                  remove_borders: int = 4, descriptor_dim: int = 256):
         super().__init__()
@@ -593,8 +591,8 @@ def mutual_assignment(log_p: torch.Tensor, threshold: float) -> torch.Tensor:
     return torch.stack([i[keep], best0.indices[keep]], 1).cpu()
 
 class SuperGlueNet(torch.nn.Module):
-    "SuperGlue (Sarlin et al., CVPR 2020): keypoint encoder, 9 x (self, cross) attention, optimal transport with a dustbin; "
-    "parameter names of Magic Leap's `superglue_outdoor.pth` / `superglue_indoor.pth`."
+    "SuperGlue (Sarlin et al., CVPR 2020) with the parameter names of Magic Leap's `superglue_outdoor.pth` / `_indoor.pth`."
+    # keypoint encoder, 9 x (self, cross) attention, optimal transport with a dustbin
     def __init__(self, descriptor_dim: int = 256, keypoint_encoder: tuple = (32, 64, 128, 256), layers: int = 9,
                  sinkhorn_iterations: int = 100, match_threshold: float = 0.2):
         super().__init__()

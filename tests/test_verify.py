@@ -242,8 +242,8 @@ def test_a_file_that_does_not_fit_gets_one_line_naming_the_verifier_and_the_file
 
 
 def stage_on_real_photos(name: str, queries: int = 10, **verifier_kwargs):
-    "The verify stage with verifier `name` (its own calibration), re-scoring w = 1 from similarity 0: each of the first "
-    "`queries` landmark photos against the other 9 and the 9 indoor frames. (inliers by pair, bonus by pair, verifier)."
+    "The verify stage with verifier `name` (its own calibration), w = 1 from similarity 0: (inliers, bonus, verifier, indoor)."
+    # each of the first `queries` landmark photos against the other 9 and the 9 indoor frames
     landmarks, indoor = sorted((REAL/'landmark').glob('*.jpg')), sorted((REAL/'indoor').glob('*.jpg'))
     paths = {p.stem: p for p in landmarks + indoor}
     qs = landmarks[:queries]
