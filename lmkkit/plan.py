@@ -226,6 +226,7 @@ def _proof_missing(holdout: Holdout | None, min_landmarks: int) -> str | None:
         return (f'{holdout.n_landmarks} held-out landmark queries, fewer than the {min_landmarks} needed to resolve '
                 f'a score difference of 0.1 (lmkkit.plan.min_holdout_landmarks)')
 
+
 # %% ../nbs/51_plan.ipynb #b41de0b5
 class StageRunner:
     "Plans, applies and judges a chain of stages under the context's deadline, one `step` each."
@@ -257,8 +258,14 @@ class StageRunner:
         for s in stages:
             why = ctx.missing(s.needs)
             if why: self.tl.skip(s.name, None, why)
-            else: todo.append(s.prepare(self.device))
+            else: todo.append(self.prepared(s))
         return todo
+
+    def prepared(self, stage: Stage) -> Stage:
+        "`stage` prepared for this run; what it chose, and why, goes into the report (e.g. `verify_verifier_why`)."
+        ready = stage.prepare(self.device)
+        self.report.update({f'{ready.name}_{k}': v for k, v in ready.chosen.items()})
+        return ready
 
     def start(self, stages: Sequence[Stage]) -> None:
         "Score the held-out answer before any stage; calibrate the stages costed per multiply-add on the run's kNN."

@@ -151,6 +151,7 @@ class Stage:
     learns: ClassVar[bool] = False  # trains or re-weights, so it must prove itself on held-out queries
     params: ClassVar[dict[str, str]] = {}  # flat kernel parameter -> the setting it fills (kept for the kernels)
     Settings: ClassVar[type] = NoSettings  # a frozen dataclass: the settings and their defaults
+    chosen: dict = {}  # what `prepare` chose for this run and why (e.g. the verifier): goes into the run's report
 
     def __init__(self, **settings):
         self.settings = make_settings(self.Settings, self.name, settings)

@@ -19,15 +19,21 @@ from typing import Callable
 import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .core import ConfigError, Deadline, Registry, atomic_write
 from .rerank import Answer, RerankContext, Stage, StageError, register
 
 # %% auto #0
-__all__ = ['MIN_POINTS', 'VERIFIERS', 'VERIFIER_TITLES', 'PairResult', 'prepare_image', 'distinct_points', 'degenerate_model',
-           'check_model', 'count_inliers', 'Verifier', 'mutual_matches', 'SiftMagsac', 'load_weights', 'Loftr',
-           'LightGlueVerifier', 'DiskLightGlue', 'AlikedLightGlue', 'PairCache', 'VerifyReport', 'FeatureCache',
-           'verify_candidates', 'check_verifier', 'verify_settings', 'VerifySettings', 'Verify']
+__all__ = ['MIN_POINTS', 'VERIFIERS', 'LEARNED', 'VERIFIER_TITLES', 'PairResult', 'prepare_image', 'distinct_points',
+           'degenerate_model', 'check_model', 'count_inliers', 'Verifier', 'mutual_matches', 'SiftMagsac',
+           'WeightsError', 'load_weights', 'load_strict', 'Loftr', 'lightglue_state', 'LightGlueVerifier',
+           'batch_groups', 'DiskLightGlue', 'AlikedLightGlue', 'xfeat_detector', 'mutual_nn', 'XFeatMnn',
+           'XFeatLighterGlue', 'simple_nms', 'sample_descriptors', 'SuperPointNet', 'mlp', 'KeypointEncoder',
+           'MultiHeadedAttention', 'AttentionalPropagation', 'AttentionalGNN', 'log_optimal_transport',
+           'mutual_assignment', 'SuperGlueNet', 'SuperPointSuperGlue', 'SuperPointLightGlue', 'PairCache',
+           'VerifyReport', 'FeatureCache', 'verify_candidates', 'batched_results', 'choose_verifier', 'check_verifier',
+           'resolve_verifier', 'verify_settings', 'VerifySettings', 'Verify']
 
 # %% ../nbs/41_verify.ipynb #3d542c54
 @dataclasses.dataclass(frozen=True)
@@ -109,14 +115,25 @@ def count_inliers(src: np.ndarray, dst: np.ndarray, model: str = 'fundamental', 
 VERIFIERS = Registry('verifier')
 
 class Verifier:
-    "Base of the pairwise verifiers: `extract` features of one image, `match` two feature sets."
+    "Base of the pairwise verifiers: `extract` features of one image, `correspond` two feature sets, count inliers."
     name = 'verifier'
-    def __init__(self, max_side: int = 320, model: str = 'fundamental', threshold: float = 4.0, min_inliers: int = 10):
-        if max_side < 16: raise ValueError(f"max_side must be at least 16, got {max_side}")
-        check_model(model, min_inliers)
-        self.max_side, self.model, self.threshold, self.min_inliers = max_side, model, threshold, min_inliers
+    # Calibration, measured per verifier on ../shared/real-photos (see "Calibration per verifier"); a `None` argument
+    # of the constructor means this value. The stage reads `inlier_cap` from the verifier.
+    max_side, model, threshold, min_inliers, inlier_cap = 320, 'fundamental', 4.0, 10, 50
+    batch_size = 1  # pairs matched in one call of `match_many` (learned matchers on CUDA batch a query's candidates)
+
+    def __init__(self, max_side: int | None = None, model: str | None = None, threshold: float | None = None,
+                 min_inliers: int | None = None, inlier_cap: int | None = None):
+        pick = lambda v, k: getattr(type(self), k) if v is None else v
+        self.max_side, self.model, self.threshold = pick(max_side, 'max_side'), pick(model, 'model'), pick(threshold, 'threshold')
+        self.min_inliers, self.inlier_cap = pick(min_inliers, 'min_inliers'), pick(inlier_cap, 'inlier_cap')
+        if self.max_side < 16: raise ValueError(f"max_side must be at least 16, got {self.max_side}")
+        check_model(self.model, self.min_inliers)
+        if self.inlier_cap < self.min_inliers:
+            raise ValueError(f"inlier_cap must be at least min_inliers ({self.min_inliers}), got {self.inlier_cap}")
 
     def settings(self) -> dict:
+        "What decides the inlier count of a pair (the pair cache's key); `inlier_cap` only scales the stage's bonus."
         return dict(max_side=self.max_side, model=self.model, threshold=self.threshold, min_inliers=self.min_inliers)
     @property
     def cache_key(self) -> str:
@@ -125,10 +142,19 @@ class Verifier:
         return f"{self.name}@{self.max_side}:{digest}"
 
     def extract(self, img: np.ndarray): raise NotImplementedError
-    def match(self, fa, fb) -> PairResult: raise NotImplementedError
+    def correspond(self, fa, fb) -> tuple[np.ndarray, np.ndarray]:
+        "Tentative one-to-one matches of two feature sets: pixel positions `src`, `dst` ((M, 2) float32 each)."
+        raise NotImplementedError
     def geometry(self, src: np.ndarray, dst: np.ndarray) -> PairResult:
         "`count_inliers` of the matches `src` <-> `dst` with this verifier's model, threshold and minimum."
         return count_inliers(src, dst, self.model, self.threshold, self.min_inliers)
+    def extract_many(self, imgs: list[np.ndarray]) -> list:
+        "Features of each image (one `extract` call per image unless a subclass batches)."
+        return [self.extract(i) for i in imgs]
+    def match(self, fa, fb) -> PairResult: return self.geometry(*self.correspond(fa, fb))
+    def match_many(self, fq, fcs: list) -> list[PairResult]:
+        "Results of the query's features `fq` against each of `fcs` (one call per pair unless a subclass batches)."
+        return [self.match(fq, fc) for fc in fcs]
     def verify_pair(self, img_a: np.ndarray, img_b: np.ndarray) -> PairResult:
         "Verify one pair of RGB uint8 images."
         return self.match(self.extract(img_a), self.extract(img_b))
@@ -151,9 +177,10 @@ def mutual_matches(da: np.ndarray, db: np.ndarray, ratio: float = 0.9) -> np.nda
 class SiftMagsac(Verifier):
     "OpenCV SIFT, mutual ratio-test matching, MAGSAC++ fundamental matrix (or homography) distinct inliers."
     name = 'sift_magsac'
-    def __init__(self, max_side: int = 320, n_features: int = 1000, ratio: float = 0.9,
-                 model: str = 'fundamental', threshold: float = 4.0, min_inliers: int = 10):
-        super().__init__(max_side, model, threshold, min_inliers)
+    max_side, model, threshold, min_inliers, inlier_cap = 320, 'fundamental', 4.0, 16, 35  # calibrated (see below)
+    def __init__(self, max_side: int | None = None, n_features: int = 1000, ratio: float = 0.9, model: str | None = None,
+                 threshold: float | None = None, min_inliers: int | None = None, inlier_cap: int | None = None):
+        super().__init__(max_side, model, threshold, min_inliers, inlier_cap)
         self.n_features, self.ratio = n_features, ratio  # keypoint cap per image; Lowe's ratio, applied both ways
         self._sift = cv2.SIFT_create(nfeatures=n_features)
 
@@ -165,6 +192,11 @@ class SiftMagsac(Verifier):
         kps, desc = self._sift.detectAndCompute(gray, None)
         return np.float32([k.pt for k in kps]).reshape(-1, 2), desc
 
+    def correspond(self, fa, fb) -> tuple[np.ndarray, np.ndarray]:
+        (pa, da), (pb, db) = fa, fb
+        idx = mutual_matches(da, db, self.ratio)
+        return pa[idx[:, 0]], pb[idx[:, 1]]
+
     def match(self, fa, fb) -> PairResult:
         (pa, da), (pb, db) = fa, fb
         if da is None or db is None: return PairResult(0, 0, 'no keypoints')
@@ -172,13 +204,36 @@ class SiftMagsac(Verifier):
         return self.geometry(pa[idx[:, 0]], pb[idx[:, 1]])
 
 # %% ../nbs/41_verify.ipynb #ded27281
-def load_weights(path: str | Path | None, what: str, key: str | None = None) -> dict:
-    "State dict stored in the local file `path` (under `key` when the file nests it)."
+class WeightsError(ConfigError):
+    "A weights file that is not the published one of its verifier (one line: the verifier and the file)."
+
+def load_weights(path: str | Path | None, what: str, key: str | None = None, verifier: str = '') -> dict:
+    "State dict stored in the local file `path` (under `key` when the file nests it); one-line errors name `verifier` and the file."
+    who = f"verifier {verifier!r}: " if verifier else ''
     if path is None or not Path(path).is_file():
-        raise FileNotFoundError(f"{what} weights not found at {str(path)!r}: pass the path of a local weights file "
+        raise FileNotFoundError(f"{who}{what} weights not found at {str(path)!r}: pass the path of a local weights file "
                                 f"(e.g. from an attached Kaggle dataset); weights are never downloaded")
-    state = torch.load(path, map_location='cpu', weights_only=True)
-    return state[key] if key and isinstance(state, dict) and key in state else state
+    try: state = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:  # a truncated download, an HTML page, a pickle with code in it
+        raise WeightsError(f"{who}{what} weights file {str(path)!r} is not a torch state dict ({type(e).__name__}); "
+                           f"attach the published file unchanged") from None
+    state = state[key] if key and isinstance(state, dict) and key in state else state
+    if not isinstance(state, dict):
+        raise WeightsError(f"{who}{what} weights file {str(path)!r} holds no state dict; attach the published file")
+    return state
+
+def load_strict(net: torch.nn.Module, state: dict, path, verifier: str) -> None:
+    "Load `state` into `net`, tolerating missing buffers but not missing parameters or unknown keys (one-line `WeightsError`)."
+    try: res = net.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shape mismatches
+        keys = re.findall(r'size mismatch for ([\w.]+)', str(e))
+        raise WeightsError(f"verifier {verifier!r}: weights file {str(path)!r} does not fit {type(net).__name__}: "
+                           f"shapes differ at {keys[:3]}") from None
+    params = dict(net.named_parameters())
+    missing = [k for k in res.missing_keys if k in params]
+    if missing or res.unexpected_keys:
+        raise WeightsError(f"verifier {verifier!r}: weights file {str(path)!r} does not fit {type(net).__name__}: "
+                           f"missing {missing[:3]}, unexpected {res.unexpected_keys[:3]}")
 
 def _grayscale_tensor(img: np.ndarray, device: str) -> torch.Tensor:
     "(1, 1, H, W) float tensor in [0, 1]."
@@ -194,14 +249,16 @@ def _rgb_tensor(img: np.ndarray, device: str) -> torch.Tensor:
 class Loftr(Verifier):
     "kornia LoFTR matches (local checkpoint) + MAGSAC++ distinct inliers."
     name = 'loftr'
-    def __init__(self, weights: str | Path | None = None, max_side: int = 256, device: str = 'cpu',
-                 model: str = 'fundamental', threshold: float = 4.0, min_inliers: int = 10):
+    max_side, model, threshold, min_inliers, inlier_cap = 256, 'fundamental', 4.0, 10, 50  # not calibrated: no published file here
+    def __init__(self, weights: str | Path | None = None, max_side: int | None = None, device: str = 'cpu',
+                 model: str | None = None, threshold: float | None = None, min_inliers: int | None = None,
+                 inlier_cap: int | None = None):
         from kornia.feature import LoFTR
-        super().__init__(max_side, model, threshold, min_inliers)
-        state = load_weights(weights, 'LoFTR', 'state_dict')
+        super().__init__(max_side, model, threshold, min_inliers, inlier_cap)
+        state = load_weights(weights, 'LoFTR', 'state_dict', self.name)
         self.device, self.weights = device, str(weights)
         self.net = LoFTR(pretrained=None)
-        self.net.load_state_dict(state)
+        load_strict(self.net, state, weights, self.name)
         self.net.eval().to(device)
 
     def settings(self) -> dict: return dict(super().settings(), weights=Path(self.weights).name)
@@ -211,86 +268,406 @@ class Loftr(Verifier):
         return self.net.extract_features(_grayscale_tensor(prepare_image(img, self.max_side), self.device))
 
     @torch.inference_mode()
-    def match(self, fa, fb) -> PairResult:
+    def correspond(self, fa, fb) -> tuple[np.ndarray, np.ndarray]:
         out = self.net({'features0': fa, 'features1': fb})
-        return self.geometry(out['keypoints0'].cpu().numpy(), out['keypoints1'].cpu().numpy())
+        return out['keypoints0'].cpu().numpy(), out['keypoints1'].cpu().numpy()
 
 # %% ../nbs/41_verify.ipynb #6544e0c9
-def _rename_lightglue_keys(state: dict) -> dict:
-    "Map the published LightGlue key names (`self_attn.<i>.`) onto kornia's (`transformers.<i>.self_attn.`)."
-    return {re.sub(r'^(self_attn|cross_attn)\.(\d+)\.', r'transformers.\2.\1.', k): v for k, v in state.items()}
+_LEGACY_SCALAR = re.compile(r'^log_assignment\.\d+\.r$')  # a per-layer scalar of the first LightGlue release, unused
 
-def _load_strict_params(net: torch.nn.Module, state: dict, path) -> None:
-    "Load `state` into `net`, tolerating missing buffers but not missing parameters or unknown keys."
-    res = net.load_state_dict(state, strict=False)
-    params = dict(net.named_parameters())
-    missing = [k for k in res.missing_keys if k in params]
-    if missing or res.unexpected_keys:
-        raise ValueError(f"weights file {str(path)!r} does not fit {type(net).__name__}: missing {missing[:3]}, "
-                         f"unexpected {res.unexpected_keys[:3]}")
+def lightglue_state(state: dict) -> dict:
+    "A published LightGlue state dict in kornia's key names (original release's names and legacy scalars, LighterGlue's prefix)."
+    # `matcher.` prefix and `extractor.` keys (LighterGlue's file) dropped, `self_attn.<i>.` -> `transformers.<i>.self_attn.`,
+    # the original release's `log_assignment.<i>.r` scalars dropped (no LightGlue code reads them)
+    out = {}
+    for k, v in state.items():
+        k = k.removeprefix('matcher.')
+        if k.startswith('extractor.') or _LEGACY_SCALAR.match(k): continue
+        out[re.sub(r'^(self_attn|cross_attn)\.(\d+)\.', r'transformers.\2.\1.', k)] = v
+    return out
 
 class LightGlueVerifier(Verifier):
     "Base of learned keypoints + LightGlue matches (local weight files) + MAGSAC++ distinct inliers."
-    def __init__(self, detector: torch.nn.Module, lightglue_weights: str | Path | None, max_side: int,
-                 max_keypoints: int, device: str, model: str, threshold: float, min_inliers: int):
+    lightglue_conf = dict(input_dim=128)  # kornia LightGlue configuration of this detector's matcher (DISK, ALIKED: 128-d)
+    def __init__(self, detector: torch.nn.Module, lightglue_weights: str | Path | None, max_side: int | None,
+                 max_keypoints: int, device: str, model: str | None, threshold: float | None, min_inliers: int | None,
+                 inlier_cap: int | None = None, batch_size: int | None = None):
         from kornia.feature import LightGlue
-        super().__init__(max_side, model, threshold, min_inliers)
-        lg_state = _rename_lightglue_keys(load_weights(lightglue_weights, 'LightGlue'))
+        super().__init__(max_side, model, threshold, min_inliers, inlier_cap)
+        lg_state = lightglue_state(load_weights(lightglue_weights, 'LightGlue', verifier=self.name))
         self.device, self.max_keypoints, self.detector = device, max_keypoints, detector
-        self.lightglue = LightGlue(features=None, input_dim=128)  # DISK and ALIKED descriptors are 128-d
-        _load_strict_params(self.lightglue, lg_state, lightglue_weights)
+        self.batch_size = batch_size or (16 if str(device).startswith('cuda') else 1)  # a query's candidates per call on CUDA
+        self.lightglue = LightGlue(features=None, **self.lightglue_conf)
+        load_strict(self.lightglue, lg_state, lightglue_weights, self.name)
+        if self.batch_size > 1: self.lightglue.conf.width_confidence = -1  # pruning would make kornia run a batch pair by pair
         self.detector.eval().to(device); self.lightglue.eval().to(device)
 
     def settings(self) -> dict:
         return dict(super().settings(), max_keypoints=self.max_keypoints, weights=[Path(w).name for w in self.weights])
 
-    def detect(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: raise NotImplementedError
+    def detect(self, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        "Keypoints (K, 2) pixels and descriptors (K, D) of each image of the batch `x` (B, 3, H, W) in [0, 1]."
+        raise NotImplementedError
+
+    def extract(self, img: np.ndarray) -> dict: return self.extract_many([img])[0]
 
     @torch.inference_mode()
-    def extract(self, img: np.ndarray) -> dict:
-        img = prepare_image(img, self.max_side)
-        kps, desc = self.detect(_rgb_tensor(img, self.device))
-        size = torch.tensor([[img.shape[1], img.shape[0]]], device=self.device)  # (W, H)
-        return dict(keypoints=kps[None], descriptors=desc[None], image_size=size)
+    def extract_many(self, imgs: list[np.ndarray]) -> list[dict]:
+        "Features of each RGB uint8 image; images of one size after `prepare_image` go through `detect` together, `batch_size` at a time."
+        imgs, out = [prepare_image(i, self.max_side) for i in imgs], [None] * len(imgs)
+        for group in batch_groups([i.shape for i in imgs], self.batch_size):
+            found = self.detect(torch.cat([_rgb_tensor(imgs[i], self.device) for i in group]))
+            for i, (kps, desc) in zip(group, found):
+                size = torch.tensor([[imgs[i].shape[1], imgs[i].shape[0]]], device=self.device)  # (W, H)
+                out[i] = dict(keypoints=kps[None], descriptors=desc[None], image_size=size)
+        return out
 
     @torch.inference_mode()
-    def match(self, fa, fb) -> PairResult:
+    def correspond(self, fa, fb) -> tuple[np.ndarray, np.ndarray]:
         idx = self.lightglue({'image0': fa, 'image1': fb})['matches'][0].cpu().numpy()
-        return self.geometry(fa['keypoints'][0].cpu().numpy()[idx[:, 0]], fb['keypoints'][0].cpu().numpy()[idx[:, 1]])
+        return fa['keypoints'][0].cpu().numpy()[idx[:, 0]], fb['keypoints'][0].cpu().numpy()[idx[:, 1]]
+
+    def match_many(self, fq, fcs: list) -> list[PairResult]:
+        "The query's features against each candidate's; up to `batch_size` candidates with as many keypoints per LightGlue call."
+        if self.batch_size <= 1: return super().match_many(fq, fcs)
+        out = [None] * len(fcs)
+        for group in batch_groups([f['keypoints'].shape[1] for f in fcs], self.batch_size):
+            for i, (src, dst) in zip(group, self._correspond_batch(fq, [fcs[i] for i in group])): out[i] = self.geometry(src, dst)
+        return out
+
+    @torch.inference_mode()
+    def _correspond_batch(self, fq, fcs: list) -> list[tuple[np.ndarray, np.ndarray]]:
+        "Matches of `fq` with each of `fcs` (equal keypoint counts) in one LightGlue call."
+        cat = lambda fs, k: torch.cat([f[k] for f in fs])
+        q = {k: v.expand(len(fcs), *v.shape[1:]) for k, v in fq.items()}
+        c = {k: cat(fcs, k) for k in fq}
+        matches = self.lightglue({'image0': q, 'image1': c})['matches']
+        kq, kc = fq['keypoints'][0].cpu().numpy(), c['keypoints'].cpu().numpy()
+        return [(kq[m[:, 0]], kc[b][m[:, 1]]) for b, m in enumerate(m.cpu().numpy() for m in matches)]
+
+def batch_groups(sizes: list, batch_size: int) -> list[list[int]]:
+    "Indices of `sizes` (keypoint counts, image shapes) in groups of equal size, at most `batch_size` each, in first-seen order."
+    by = {}
+    for i, s in enumerate(sizes): by.setdefault(s, []).append(i)
+    return [g[k:k + batch_size] for g in by.values() for k in range(0, len(g), batch_size)]
 
 @VERIFIERS.register('disk_lightglue')
 class DiskLightGlue(LightGlueVerifier):
     "kornia DISK keypoints + LightGlue matches (local weight files) + MAGSAC++ distinct inliers."
     name = 'disk_lightglue'
+    files = dict(disk_weights='disk-depth-save.pth', lightglue_weights='disk_lightglue.pth')  # the published file names
+    max_side, model, threshold, min_inliers, inlier_cap = 512, 'fundamental', 4.0, 49, 485  # calibrated (see below)
     def __init__(self, disk_weights: str | Path | None = None, lightglue_weights: str | Path | None = None,
-                 max_side: int = 256, max_keypoints: int = 1024, device: str = 'cpu',
-                 model: str = 'fundamental', threshold: float = 4.0, min_inliers: int = 10):
+                 max_side: int | None = None, max_keypoints: int = 1024, device: str = 'cpu', model: str | None = None,
+                 threshold: float | None = None, min_inliers: int | None = None, inlier_cap: int | None = None,
+                 batch_size: int | None = None):
         from kornia.feature import DISK
         disk = DISK()
-        disk.load_state_dict(load_weights(disk_weights, 'DISK', 'extractor'))
+        load_strict(disk, load_weights(disk_weights, 'DISK', 'extractor', self.name), disk_weights, self.name)
         self.weights = (str(disk_weights), str(lightglue_weights))
-        super().__init__(disk, lightglue_weights, max_side, max_keypoints, device, model, threshold, min_inliers)
+        super().__init__(disk, lightglue_weights, max_side, max_keypoints, device, model, threshold, min_inliers,
+                         inlier_cap, batch_size)
 
     def detect(self, x):
-        f = self.detector(x, n=self.max_keypoints, pad_if_not_divisible=True)[0]
-        return f.keypoints, f.descriptors
+        return [(f.keypoints, f.descriptors) for f in self.detector(x, n=self.max_keypoints, pad_if_not_divisible=True)]
 
 @VERIFIERS.register('aliked_lightglue')
 class AlikedLightGlue(LightGlueVerifier):
     "kornia ALIKED keypoints + LightGlue matches (local weight files) + MAGSAC++ distinct inliers."
     name = 'aliked_lightglue'
+    files = dict(aliked_weights='aliked-n16.pth', lightglue_weights='aliked_lightglue.pth')
+    max_side, model, threshold, min_inliers, inlier_cap = 512, 'fundamental', 4.0, 30, 420  # calibrated (see below)
     def __init__(self, aliked_weights: str | Path | None = None, lightglue_weights: str | Path | None = None,
-                 max_side: int = 512, max_keypoints: int = 1024, device: str = 'cpu', aliked_model: str = 'aliked-n16',
-                 model: str = 'fundamental', threshold: float = 4.0, min_inliers: int = 10):
+                 max_side: int | None = None, max_keypoints: int = 1024, device: str = 'cpu', aliked_model: str = 'aliked-n16',
+                 model: str | None = None, threshold: float | None = None, min_inliers: int | None = None,
+                 inlier_cap: int | None = None, batch_size: int | None = None):
         from kornia.feature import ALIKED
         aliked = ALIKED(aliked_model, max_num_keypoints=max_keypoints, detection_threshold=-1)  # top-k keypoints
-        _load_strict_params(aliked, load_weights(aliked_weights, 'ALIKED'), aliked_weights)
+        load_strict(aliked, load_weights(aliked_weights, 'ALIKED', verifier=self.name), aliked_weights, self.name)
         self.weights = (str(aliked_weights), str(lightglue_weights))
-        super().__init__(aliked, lightglue_weights, max_side, max_keypoints, device, model, threshold, min_inliers)
+        super().__init__(aliked, lightglue_weights, max_side, max_keypoints, device, model, threshold, min_inliers,
+                         inlier_cap, batch_size)
 
+    def detect(self, x): return [(f.keypoints, f.descriptors) for f in self.detector(x)]
+
+# %% ../nbs/41_verify.ipynb #ab57469e
+def xfeat_detector(weights: str | Path | None, top_k: int, verifier: str) -> torch.nn.Module:
+    "kornia `XFeat` keeping the `top_k` best keypoints, with the published backbone `weights` (`xfeat.pt`), in eval mode."
+    from kornia.feature import XFeat
+    xf = XFeat(top_k=top_k)
+    state = load_weights(weights, 'XFeat', verifier=verifier)
+    prefix = 'extractor.model.net.'  # the backbone as bundled in xfeat-lighterglue.pt
+    if any(k.startswith(prefix) for k in state): state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    load_strict(xf.net, state, weights, verifier)
+    return xf.eval()
+
+def mutual_nn(da: torch.Tensor, db: torch.Tensor, min_cossim: float = 0.0) -> torch.Tensor:
+    "(M, 2) indices (i, j) of L2-normalised descriptors `da` (A, D), `db` (B, D) that are each other's nearest, cosine > `min_cossim`."
+    if len(da) == 0 or len(db) == 0: return torch.zeros((0, 2), dtype=torch.long)
+    sim = da @ db.T
+    best, ab = sim.max(1)
+    i = torch.arange(len(da), device=da.device)
+    keep = (sim.argmax(0)[ab] == i) & (best > min_cossim)
+    return torch.stack([i[keep], ab[keep]], 1).cpu()
+
+class _XFeatExtract:
+    "XFeat extraction shared by the XFeat verifiers: keypoints (1, K, 2) pixels, descriptors (1, K, 64), image size (W, H)."
     def detect(self, x):
-        f = self.detector(x)[0]
-        return f.keypoints, f.descriptors
+        return [(f['keypoints'], f['descriptors']) for f in self.detector.detectAndCompute(x, top_k=self.max_keypoints)]
+
+@VERIFIERS.register('xfeat_mnn')
+class XFeatMnn(_XFeatExtract, Verifier):
+    "kornia XFeat keypoints (local weight file), mutual nearest neighbours, MAGSAC++ distinct inliers: the CPU-affordable learned verifier."
+    name = 'xfeat_mnn'
+    files = dict(xfeat_weights='xfeat.pt')
+    max_side, model, threshold, min_inliers, inlier_cap = 640, 'fundamental', 4.0, 27, 480  # calibrated (see below)
+    def __init__(self, xfeat_weights: str | Path | None = None, max_side: int | None = None, max_keypoints: int = 2048,
+                 min_cossim: float = 0.82, device: str = 'cpu', model: str | None = None, threshold: float | None = None,
+                 min_inliers: int | None = None, inlier_cap: int | None = None, batch_size: int | None = None):
+        super().__init__(max_side, model, threshold, min_inliers, inlier_cap)
+        self.detector = xfeat_detector(xfeat_weights, max_keypoints, self.name).to(device)
+        self.batch_size = batch_size or (16 if str(device).startswith('cuda') else 1)  # images per extraction call
+        self.device, self.max_keypoints, self.min_cossim = device, max_keypoints, min_cossim  # XFeat's own MNN cut: 0.82
+        self.weights = (str(xfeat_weights),)
+
+    def settings(self) -> dict:
+        return dict(super().settings(), max_keypoints=self.max_keypoints, min_cossim=self.min_cossim,
+                    weights=[Path(w).name for w in self.weights])
+
+    extract, extract_many = LightGlueVerifier.extract, LightGlueVerifier.extract_many
+
+    @torch.inference_mode()
+    def correspond(self, fa, fb) -> tuple[np.ndarray, np.ndarray]:
+        idx = mutual_nn(fa['descriptors'][0], fb['descriptors'][0], self.min_cossim).numpy()
+        return fa['keypoints'][0].cpu().numpy()[idx[:, 0]], fb['keypoints'][0].cpu().numpy()[idx[:, 1]]
+
+@VERIFIERS.register('xfeat_lighterglue')
+class XFeatLighterGlue(_XFeatExtract, LightGlueVerifier):
+    "kornia XFeat keypoints + LighterGlue matches (kornia LightGlue, XFeat configuration; local weight files) + MAGSAC++."
+    name = 'xfeat_lighterglue'
+    files = dict(xfeat_weights='xfeat.pt', lightglue_weights='xfeat-lighterglue.pt')
+    lightglue_conf = dict(input_dim=64, descriptor_dim=96, n_layers=6, num_heads=1, depth_confidence=-1,
+                          width_confidence=0.95, filter_threshold=0.1)  # kornia's LightGlue.features['xfeat']
+    max_side, model, threshold, min_inliers, inlier_cap = 640, 'fundamental', 4.0, 29, 315  # calibrated (see below)
+    def __init__(self, xfeat_weights: str | Path | None = None, lightglue_weights: str | Path | None = None,
+                 max_side: int | None = None, max_keypoints: int = 1024, device: str = 'cpu', model: str | None = None,
+                 threshold: float | None = None, min_inliers: int | None = None, inlier_cap: int | None = None,
+                 batch_size: int | None = None):
+        self.weights = (str(xfeat_weights), str(lightglue_weights))
+        super().__init__(xfeat_detector(xfeat_weights, max_keypoints, self.name), lightglue_weights, max_side,
+                         max_keypoints, device, model, threshold, min_inliers, inlier_cap, batch_size)
+
+
+# %% ../nbs/41_verify.ipynb #e4913b9d
+def simple_nms(scores: torch.Tensor, radius: int) -> torch.Tensor:
+    "Scores (B, H, W) with every non-maximum of its (2 `radius` + 1)² window set to 0 (SuperPoint's NMS, two suppression rounds)."
+    pool = lambda x: F.max_pool2d(x, kernel_size=2 * radius + 1, stride=1, padding=radius)
+    zeros = torch.zeros_like(scores)
+    keep = scores == pool(scores)
+    for _ in range(2):
+        supp = pool(keep.float()) > 0
+        supp_scores = torch.where(supp, zeros, scores)
+        keep = keep | ((supp_scores == pool(supp_scores)) & ~supp)
+    return torch.where(keep, scores, zeros)
+
+def sample_descriptors(kps: torch.Tensor, desc: torch.Tensor, s: int = 8) -> torch.Tensor:
+    "Descriptors (B, D, N) interpolated from the 1/`s` map `desc` (B, D, h, w) at pixels `kps` (B, N, 2), L2-normalised."
+    b, c, h, w = desc.shape
+    kps = (kps - s / 2 + 0.5) / kps.new_tensor([w * s - s / 2 - 0.5, h * s - s / 2 - 0.5]) * 2 - 1
+    out = F.grid_sample(desc, kps.view(b, 1, -1, 2), mode='bilinear', align_corners=True)
+    return F.normalize(out.reshape(b, c, -1), p=2, dim=1)
+
+class SuperPointNet(torch.nn.Module):
+    "SuperPoint (DeTone et al., CVPRW 2018) with the parameter names of Magic Leap's `superpoint_v1.pth`."
+    # a VGG encoder to 1/8 resolution, a 65-channel keypoint head, a 256-d descriptor head
+    def __init__(self, nms_radius: int = 4, keypoint_threshold: float = 0.005, max_keypoints: int = 1024,
+                 remove_borders: int = 4, descriptor_dim: int = 256):
+        super().__init__()
+        conv = lambda i, o, k=3: torch.nn.Conv2d(i, o, k, 1, k // 2)
+        for name, (i, o) in dict(conv1a=(1, 64), conv1b=(64, 64), conv2a=(64, 64), conv2b=(64, 64), conv3a=(64, 128),
+                                 conv3b=(128, 128), conv4a=(128, 128), conv4b=(128, 128), convPa=(128, 256),
+                                 convDa=(128, 256)).items(): setattr(self, name, conv(i, o))
+        self.convPb, self.convDb = conv(256, 65, 1), conv(256, descriptor_dim, 1)
+        self.nms_radius, self.threshold, self.max_keypoints, self.border = nms_radius, keypoint_threshold, max_keypoints, remove_borders
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        "The shared 1/8-resolution features (B, 128, H/8, W/8) of grey images `x` (B, 1, H, W) in [0, 1]."
+        for i, block in enumerate('1234'):
+            x = F.relu(getattr(self, f'conv{block}b')(F.relu(getattr(self, f'conv{block}a')(x))))
+            if i < 3: x = F.max_pool2d(x, 2, 2)
+        return x
+
+    def heatmap(self, x: torch.Tensor) -> torch.Tensor:
+        "Keypoint probability (B, H, W) at full resolution, after NMS."
+        s = F.softmax(self.convPb(F.relu(self.convPa(x))), 1)[:, :-1]  # 64 cells of an 8 x 8 block, the 65th: no keypoint
+        b, _, h, w = s.shape
+        s = s.permute(0, 2, 3, 1).reshape(b, h, w, 8, 8).permute(0, 1, 3, 2, 4).reshape(b, h * 8, w * 8)
+        return simple_nms(s, self.nms_radius)
+
+    def forward(self, image: torch.Tensor) -> list[dict]:
+        "Per image of `image` (B, 1, H, W): keypoints (N, 2) x, y pixels, scores (N,), descriptors (D, N)."
+        x = self.encode(image)
+        heat, desc = self.heatmap(x), F.normalize(self.convDb(F.relu(self.convDa(x))), p=2, dim=1)
+        out = []
+        for hm, d in zip(heat, desc):
+            yx = torch.nonzero(hm > self.threshold)
+            h, w = hm.shape
+            ok = (yx[:, 0] >= self.border) & (yx[:, 0] < h - self.border) & (yx[:, 1] >= self.border) & (yx[:, 1] < w - self.border)
+            yx = yx[ok]
+            sc = hm[yx[:, 0], yx[:, 1]]
+            if 0 <= self.max_keypoints < len(sc): sc, top = sc.topk(self.max_keypoints); yx = yx[top]
+            kps = yx.flip(1).float()
+            out.append(dict(keypoints=kps, scores=sc, descriptors=sample_descriptors(kps[None], d[None])[0]))
+        return out
+
+# %% ../nbs/41_verify.ipynb #32f3daa1
+def mlp(channels: list[int], bn: bool = True) -> torch.nn.Sequential:
+    "1x1 convolutions over points with BatchNorm and ReLU between them (SuperGlue's `MLP`)."
+    layers = []
+    for i in range(1, len(channels)):
+        layers.append(torch.nn.Conv1d(channels[i - 1], channels[i], 1, bias=True))
+        if i < len(channels) - 1: layers += [torch.nn.BatchNorm1d(channels[i])] * bn + [torch.nn.ReLU()]
+    return torch.nn.Sequential(*layers)
+
+class KeypointEncoder(torch.nn.Module):
+    "Position and detection score of each keypoint -> a D-d vector added to its descriptor."
+    def __init__(self, dim: int, layers: list[int]):
+        super().__init__()
+        self.encoder = mlp([3, *layers, dim])
+    def forward(self, kps, scores): return self.encoder(torch.cat([kps.transpose(1, 2), scores[:, None]], 1))
+
+class MultiHeadedAttention(torch.nn.Module):
+    "Attention with `heads` heads over (B, D, N) point features; names as in SuperGlue (`proj`, `merge`)."
+    def __init__(self, heads: int, dim: int):
+        super().__init__()
+        self.dim, self.heads = dim // heads, heads
+        self.merge = torch.nn.Conv1d(dim, dim, 1)
+        self.proj = torch.nn.ModuleList([torch.nn.Conv1d(dim, dim, 1) for _ in range(3)])
+    def forward(self, q, k, v):
+        b = q.size(0)
+        q, k, v = [p(x).view(b, self.dim, self.heads, -1) for p, x in zip(self.proj, (q, k, v))]
+        prob = torch.einsum('bdhn,bdhm->bhnm', q, k).div(self.dim ** 0.5).softmax(-1)
+        return self.merge(torch.einsum('bhnm,bdhm->bdhn', prob, v).contiguous().view(b, self.dim * self.heads, -1))
+
+class AttentionalPropagation(torch.nn.Module):
+    "One message-passing layer: attention to `source`, then an MLP of [x, message]."
+    def __init__(self, dim: int, heads: int = 4):
+        super().__init__()
+        self.attn, self.mlp = MultiHeadedAttention(heads, dim), mlp([2 * dim, 2 * dim, dim])
+    def forward(self, x, source): return self.mlp(torch.cat([x, self.attn(x, source, source)], 1))
+
+class AttentionalGNN(torch.nn.Module):
+    "Alternating self- and cross-attention layers, residual."
+    def __init__(self, dim: int, names: list[str]):
+        super().__init__()
+        self.names, self.layers = list(names), torch.nn.ModuleList([AttentionalPropagation(dim) for _ in names])
+    def forward(self, d0, d1):
+        for layer, name in zip(self.layers, self.names):
+            s0, s1 = (d1, d0) if name == 'cross' else (d0, d1)
+            d0, d1 = d0 + layer(d0, s0), d1 + layer(d1, s1)
+        return d0, d1
+
+def log_optimal_transport(scores: torch.Tensor, alpha: torch.Tensor, iters: int) -> torch.Tensor:
+    "Log assignment (B, M+1, N+1) of scores (B, M, N) with a dustbin row and column scored `alpha`: Sinkhorn in log space."
+    b, m, n = scores.shape
+    ms, ns = scores.new_tensor(m), scores.new_tensor(n)
+    couplings = torch.cat([torch.cat([scores, alpha.expand(b, m, 1)], -1), torch.cat([alpha.expand(b, 1, n), alpha.expand(b, 1, 1)], -1)], 1)
+    norm = -(ms + ns).log()
+    log_mu = torch.cat([norm.expand(m), ns.log()[None] + norm])[None].expand(b, -1)
+    log_nu = torch.cat([norm.expand(n), ms.log()[None] + norm])[None].expand(b, -1)
+    u, v = torch.zeros_like(log_mu), torch.zeros_like(log_nu)
+    for _ in range(iters):
+        u = log_mu - torch.logsumexp(couplings + v[:, None], 2)
+        v = log_nu - torch.logsumexp(couplings + u[:, :, None], 1)
+    return couplings + u[:, :, None] + v[:, None] - norm
+
+def mutual_assignment(log_p: torch.Tensor, threshold: float) -> torch.Tensor:
+    "(M, 2) pairs (i, j) of a log assignment (1, M+1, N+1) that are each other's best and more likely than `threshold`."
+    p = log_p[0, :-1, :-1]
+    if p.numel() == 0: return torch.zeros((0, 2), dtype=torch.long)
+    best0, best1 = p.max(1), p.max(0)
+    i = torch.arange(p.shape[0], device=p.device)
+    keep = (best1.indices[best0.indices] == i) & (best0.values.exp() > threshold)
+    return torch.stack([i[keep], best0.indices[keep]], 1).cpu()
+
+class SuperGlueNet(torch.nn.Module):
+    "SuperGlue (Sarlin et al., CVPR 2020) with the parameter names of Magic Leap's `superglue_outdoor.pth` / `_indoor.pth`."
+    # keypoint encoder, 9 x (self, cross) attention, optimal transport with a dustbin
+    def __init__(self, descriptor_dim: int = 256, keypoint_encoder: tuple = (32, 64, 128, 256), layers: int = 9,
+                 sinkhorn_iterations: int = 100, match_threshold: float = 0.2):
+        super().__init__()
+        self.kenc = KeypointEncoder(descriptor_dim, list(keypoint_encoder))
+        self.gnn = AttentionalGNN(descriptor_dim, ['self', 'cross'] * layers)
+        self.final_proj = torch.nn.Conv1d(descriptor_dim, descriptor_dim, 1, bias=True)
+        self.register_parameter('bin_score', torch.nn.Parameter(torch.tensor(1.)))
+        self.dim, self.iters, self.match_threshold = descriptor_dim, sinkhorn_iterations, match_threshold
+
+    def forward(self, f0: dict, f1: dict) -> torch.Tensor:
+        "Matches (M, 2) between two images' SuperPoint features (keypoints (N, 2), scores (N,), descriptors (D, N), size (W, H))."
+        if len(f0['keypoints']) == 0 or len(f1['keypoints']) == 0: return torch.zeros((0, 2), dtype=torch.long)
+        def embed(f):
+            size = f['keypoints'].new_tensor(f['image_size'])
+            kps = (f['keypoints'] - size / 2) / (size.max() * 0.7)  # SuperGlue's keypoint normalisation
+            return f['descriptors'][None] + self.kenc(kps[None], f['scores'][None])
+        d0, d1 = self.gnn(embed(f0), embed(f1))
+        scores = torch.einsum('bdn,bdm->bnm', self.final_proj(d0), self.final_proj(d1)) / self.dim ** 0.5
+        return mutual_assignment(log_optimal_transport(scores, self.bin_score, self.iters), self.match_threshold)
+
+# %% ../nbs/41_verify.ipynb #185e59c8
+def _gray_batch(x: torch.Tensor) -> torch.Tensor:
+    "(B, 1, H, W) luminance (ITU-R 601, as OpenCV's grey) of RGB `x` (B, 3, H, W)."
+    return (x * x.new_tensor([0.299, 0.587, 0.114])[:, None, None]).sum(1, keepdim=True)
+
+@VERIFIERS.register('superpoint_superglue')
+class SuperPointSuperGlue(Verifier):
+    "SuperPoint keypoints + SuperGlue matches (the kit's own modules; Magic Leap's weight files, local) + MAGSAC++. Not calibrated."
+    name = 'superpoint_superglue'
+    files = dict(superpoint_weights='superpoint_v1.pth', superglue_weights='superglue_outdoor.pth')
+    max_side, model, threshold, min_inliers, inlier_cap = 640, 'fundamental', 4.0, 10, 50  # NOT measured: no weights here
+    def __init__(self, superpoint_weights: str | Path | None = None, superglue_weights: str | Path | None = None,
+                 max_side: int | None = None, max_keypoints: int = 1024, device: str = 'cpu', sinkhorn_iterations: int = 100,
+                 match_threshold: float = 0.2, model: str | None = None, threshold: float | None = None,
+                 min_inliers: int | None = None, inlier_cap: int | None = None):
+        super().__init__(max_side, model, threshold, min_inliers, inlier_cap)
+        self.detector, self.matcher = SuperPointNet(max_keypoints=max_keypoints), SuperGlueNet(
+            sinkhorn_iterations=sinkhorn_iterations, match_threshold=match_threshold)
+        for net, path, what in ((self.detector, superpoint_weights, 'SuperPoint'), (self.matcher, superglue_weights, 'SuperGlue')):
+            load_strict(net, load_weights(path, what, verifier=self.name), path, self.name)
+            net.eval().to(device)
+        self.device, self.max_keypoints, self.weights = device, max_keypoints, (str(superpoint_weights), str(superglue_weights))
+
+    def settings(self) -> dict:
+        return dict(super().settings(), max_keypoints=self.max_keypoints, match_threshold=self.matcher.match_threshold,
+                    weights=[Path(w).name for w in self.weights])
+
+    @torch.inference_mode()
+    def extract(self, img: np.ndarray) -> dict:
+        img = prepare_image(img, self.max_side)
+        return dict(self.detector(_grayscale_tensor(img, self.device))[0], image_size=(img.shape[1], img.shape[0]))
+
+    @torch.inference_mode()
+    def correspond(self, fa, fb) -> tuple[np.ndarray, np.ndarray]:
+        idx = self.matcher(fa, fb).numpy()
+        return fa['keypoints'].cpu().numpy()[idx[:, 0]], fb['keypoints'].cpu().numpy()[idx[:, 1]]
+
+@VERIFIERS.register('superpoint_lightglue')
+class SuperPointLightGlue(LightGlueVerifier):
+    "SuperPoint keypoints (the kit's module, Magic Leap's file) + kornia LightGlue for SuperPoint (local file) + MAGSAC++. Not calibrated."
+    name = 'superpoint_lightglue'
+    files = dict(superpoint_weights='superpoint_v1.pth', lightglue_weights='superpoint_lightglue.pth')
+    lightglue_conf = dict(input_dim=256)
+    max_side, model, threshold, min_inliers, inlier_cap = 640, 'fundamental', 4.0, 10, 50  # NOT measured: no weights here
+    def __init__(self, superpoint_weights: str | Path | None = None, lightglue_weights: str | Path | None = None,
+                 max_side: int | None = None, max_keypoints: int = 1024, device: str = 'cpu', model: str | None = None,
+                 threshold: float | None = None, min_inliers: int | None = None, inlier_cap: int | None = None,
+                 batch_size: int | None = None):
+        sp = SuperPointNet(max_keypoints=max_keypoints)
+        load_strict(sp, load_weights(superpoint_weights, 'SuperPoint', verifier=self.name), superpoint_weights, self.name)
+        self.weights = (str(superpoint_weights), str(lightglue_weights))
+        super().__init__(sp, lightglue_weights, max_side, max_keypoints, device, model, threshold, min_inliers,
+                         inlier_cap, batch_size)
+
+    def detect(self, x): return [(f['keypoints'], f['descriptors'].T) for f in self.detector(_gray_batch(x))]
 
 # %% ../nbs/41_verify.ipynb #1a8d7eaa
 class PairCache:
@@ -364,6 +741,8 @@ class FeatureCache:
     "Local features of the `size` most recently used images, by (verifier cache key, image id); kept across calls (warm)."
     def __init__(self, size: int = 32): self.size, self._items = size, OrderedDict()
     def get(self, key, make): return _lru_get(self._items, key, make, self.size)
+    def put(self, key, value) -> None: _lru_get(self._items, key, lambda: value, self.size)
+    def __contains__(self, key) -> bool: return key in self._items
     def __len__(self) -> int: return len(self._items)
     def __repr__(self): return f"FeatureCache({len(self)}/{self.size} images)"
 
@@ -372,7 +751,7 @@ def verify_candidates(cands, image_path: Callable[[str], str | Path | None], ver
                       top_n: int = 10, max_pairs: int | None = None, deadline: Deadline | None = None,
                       cache: PairCache | None = None,
                       rescore_weight: float = 0.0,  # w in s' = s + w * min(inliers, cap) / cap; 0 keeps the order
-                      inlier_cap: int = 50,
+                      inlier_cap: int | None = None,  # cap; None: the verifier's own, calibrated for it
                       feature_cache: int | FeatureCache = 32,  # images whose features are kept (LRU); a FeatureCache stays warm across calls
                       verbose: bool = False):
     "Add 'inliers' and 'inlier_ratio' for the first `top_n` candidates of each query: (Candidates, VerifyReport)."
@@ -384,10 +763,14 @@ def verify_candidates(cands, image_path: Callable[[str], str | Path | None], ver
     report, key, start = VerifyReport(), verifier.cache_key, time.perf_counter()
     feats = feature_cache if isinstance(feature_cache, FeatureCache) else FeatureCache(feature_cache)
 
-    def extract(image_id: str):
+    def load(image_id: str) -> np.ndarray | None:
         path = image_path(image_id)
         img = None if path is None else load_image(path, verifier.max_side)
         if img is None and image_id not in report.bad_images: report.bad_images.append(image_id)
+        return img
+
+    def extract(image_id: str):
+        img = load(image_id)
         return None if img is None else verifier.extract(img)
 
     def run(qid: str, cid: str) -> PairResult | str:
@@ -399,49 +782,96 @@ def verify_candidates(cands, image_path: Callable[[str], str | Path | None], ver
         except cv2.error as e: return _cv2_reason(e)
         except Exception as e: return f'{type(e).__name__}: {str(e)[:80]}'  # third-party code (torch, kornia, a plug-in) on an odd image
 
+    def run_query(qid: str, cids: list[str]) -> list[PairResult | str]:
+        "The results of one query's pairs: batched when the verifier batches, else (or when a batch fails) pair by pair."
+        if verifier.batch_size <= 1 or len(cids) < 2: return [run(qid, c) for c in cids]
+        try: return batched_results(verifier, feats, key, load, qid, cids)
+        except Exception: return [run(qid, c) for c in cids]  # find the pair that fails, and answer the others
+
     spent = 0.0
     for qi in progress(range(len(cands)), verbose, desc='verify'):
-        qid = str(cands.query_ids[qi])
+        qid, todo = str(cands.query_ids[qi]), []
         for j in range(n):
             cid = str(cands.ids[qi, j])
             res = cache.get(qid, cid, key) if cache is not None else None
-            if res is not None: report.cached += 1
-            elif deadline is not None and not deadline.fits(spent / max(report.pairs + report.failed_pairs, 1)):
+            if res is not None:
+                report.cached += 1
+                inliers[qi, j], matches[qi, j] = res.inliers, res.matches
+            elif deadline is not None and not deadline.fits(spent / max(report.pairs + report.failed_pairs, 1) * (len(todo) + 1)):
                 report.skipped += 1
+            else: todo.append(j)
+        t0 = time.perf_counter()
+        results = run_query(qid, [str(cands.ids[qi, j]) for j in todo])
+        spent += time.perf_counter() - t0
+        for j, res in zip(todo, results):
+            if isinstance(res, str):
+                report.failed_pairs += 1; report.count(res)
                 continue
-            else:
-                t0 = time.perf_counter()
-                res = run(qid, cid)
-                spent += time.perf_counter() - t0
-                if isinstance(res, str):
-                    report.failed_pairs += 1; report.count(res)
-                    continue
-                if res.note: report.count(res.note)
-                report.pairs += 1
-                if cache is not None: cache.put(qid, cid, key, res)
+            if res.note: report.count(res.note)
+            report.pairs += 1
+            if cache is not None: cache.put(qid, str(cands.ids[qi, j]), key, res)
             inliers[qi, j], matches[qi, j] = res.inliers, res.matches
     if cache is not None: cache.save()
     ratio = np.divide(inliers, matches, out=np.zeros(inliers.shape, np.float32), where=matches > 0).astype(np.float32)
     out = cands.with_features(inliers=inliers, inlier_ratio=ratio)
     if rescore_weight:
-        out = out.replace(sims=out.sims + rescore_weight * np.minimum(inliers, inlier_cap) / inlier_cap).sort()
+        cap = inlier_cap or verifier.inlier_cap
+        out = out.replace(sims=out.sims + rescore_weight * np.minimum(inliers, cap) / cap).sort()
     report.seconds = time.perf_counter() - start
     return out, report
 
+def batched_results(verifier: Verifier, feats: FeatureCache, key: str, load: Callable, qid: str,
+                    cids: list[str]) -> list[PairResult | str]:
+    "One query's pairs: `verifier.extract_many` on the images not in `feats` (`load(id)`: RGB uint8 or None), one `match_many`."
+    ids = list(dict.fromkeys([qid, *cids]))
+    got = {i: feats.get((key, i), lambda: None) for i in ids if (key, i) in feats}
+    imgs = {i: load(i) for i in ids if i not in got}
+    ok = [i for i, img in imgs.items() if img is not None]
+    got.update(zip(ok, verifier.extract_many([imgs[i] for i in ok])))
+    for i in ok: feats.put((key, i), got[i])
+    out = ['unreadable image'] * len(cids)
+    if got.get(qid) is None: return out
+    good = [k for k, c in enumerate(cids) if got.get(c) is not None]
+    for k, res in zip(good, verifier.match_many(got[qid], [got[cids[k]] for k in good])): out[k] = res
+    return out
+
 # %% ../nbs/41_verify.ipynb #696b9222
+LEARNED = ('aliked_lightglue', 'disk_lightglue', 'xfeat_lighterglue', 'xfeat_mnn')  # by calibrated AUC, then cost (table above)
+
+def choose_verifier(weights_dir: str | Path | None, device: str) -> tuple[str, dict, str]:
+    "The verifier of a run that names none: (name, its weight files as keyword arguments, why), from what is attached."
+    if weights_dir is None: return 'sift_magsac', {}, 'sift_magsac: no weights_dir of verifier weights given'
+    d = Path(weights_dir)
+    have = [n for n in LEARNED if all((d/f).is_file() for f in VERIFIERS.get(n).files.values())]
+    if not have: return 'sift_magsac', {}, f"sift_magsac: no published verifier weights in {d}"
+    if not str(device).startswith('cuda'):
+        return 'sift_magsac', {}, f"sift_magsac: {have[0]} weights are in {d}, but on {device} a learned verifier costs 3-46x SIFT's time per pair"
+    files = {k: str(d/f) for k, f in VERIFIERS.get(have[0]).files.items()}
+    return have[0], files, f"{have[0]}: its weights are in {d} and a GPU ({device}) is present"
+
 def check_verifier(settings: dict) -> None:
     "Raise a `ConfigError` on an unknown verifier or a weight file that is not there."
     name = settings.get('verifier', 'sift_magsac')
-    if name not in VERIFIERS:
-        raise ConfigError(f"parameter 'verifier': unknown {name!r}; choose from {', '.join(VERIFIERS.names)}")
+    if name not in VERIFIERS and name != 'auto':
+        raise ConfigError(f"parameter 'verifier': unknown {name!r}; choose from 'auto', {', '.join(VERIFIERS.names)}")
     for key, path in (settings.get('verifier_kwargs') or {}).items():
         if key.endswith('weights') and not Path(path).is_file():
             raise ConfigError(f"verifier {name!r}: {key} file {path} not found; attach the dataset that holds it "
                               f"and give its path (weights are never downloaded)")
+        if key == 'weights_dir' and not Path(path).is_dir():
+            raise ConfigError(f"verifier {name!r}: weights_dir {path} is not a folder; give the attached dataset's folder")
+
+def resolve_verifier(settings: dict, device: str) -> dict:
+    "`settings` with verifier 'auto' replaced by `choose_verifier`'s answer, the reason in `_report` for the run's report."
+    if settings.get('verifier') != 'auto': return settings
+    kw = dict(settings.get('verifier_kwargs') or {})
+    name, files, why = choose_verifier(kw.pop('weights_dir', None), device)
+    return {**settings, 'verifier': name, 'verifier_kwargs': {**files, **kw},
+            '_report': {**settings.get('_report', {}), 'verifier': name, 'verifier_why': why}}
 
 def verify_settings(settings: dict, device: str) -> dict:
-    "The `verify` stage's settings for one run: a fresh pair cache (unless one is given), a feature cache kept warm between calls, and the run's device for a GPU verifier."
-    kw = {'cache': PairCache(), **settings}
+    "The `verify` stage's settings for one run: the verifier ('auto': chosen), a fresh pair cache (unless one is given), a feature cache kept warm between calls, and the run's device for a GPU verifier."
+    kw = {'cache': PairCache(), **resolve_verifier(settings, device)}
     if not isinstance(kw.get('feature_cache'), FeatureCache): kw['feature_cache'] = FeatureCache(kw.get('feature_cache', 32))
     if 'device' in inspect.signature(VERIFIERS.get(kw.get('verifier', 'sift_magsac'))).parameters:
         kw['verifier_kwargs'] = {'device': device, **(kw.get('verifier_kwargs') or {})}
@@ -449,17 +879,19 @@ def verify_settings(settings: dict, device: str) -> dict:
 
 # %% ../nbs/41_verify.ipynb #1b6829c5
 VERIFIER_TITLES = {'sift_magsac': 'SIFT + MAGSAC', 'loftr': 'LoFTR', 'disk_lightglue': 'DISK + LightGlue',
-                   'aliked_lightglue': 'ALIKED + LightGlue'}  # for reports; a verifier not listed: its name
+                   'aliked_lightglue': 'ALIKED + LightGlue', 'xfeat_mnn': 'XFeat', 'xfeat_lighterglue': 'XFeat + LighterGlue',
+                   'superpoint_superglue': 'SuperPoint + SuperGlue', 'superpoint_lightglue': 'SuperPoint + LightGlue',
+                   'auto': 'chosen'}  # for reports; a verifier not listed: its name
 
 @dataclasses.dataclass(frozen=True)
 class VerifySettings:
-    verifier: str = 'sift_magsac'  # a VERIFIERS name
+    verifier: str = 'sift_magsac'  # a VERIFIERS name, or 'auto': `choose_verifier` from verifier_kwargs['weights_dir']
     verifier_kwargs: dict | None = None  # e.g. {'max_side': 512} or {'weights': '/kaggle/input/.../loftr_outdoor.ckpt'}
     top_n: int = 10  # candidates verified per query (the planner may lower it)
     max_pairs: int | None = None
     cache: str | PairCache | None = None  # JSON pair-cache path, or a PairCache
     rescore_weight: float = 0.0  # w in s' = s + w * min(inliers, cap) / cap; 0 keeps the order
-    inlier_cap: int = 50
+    inlier_cap: int | None = None  # None: the verifier's calibrated cap
     feature_cache: int | FeatureCache = 32  # a FeatureCache (from `prepare`) stays warm between calls
 
 @register
@@ -480,16 +912,21 @@ class Verify(Stage):
 
     def prepare(self, device: str) -> Verify:
         given = {k: v for k, v in self.setting_values().items() if v is not None}  # None: the run's own cache
-        return self.with_settings(**verify_settings(given, device))
+        kw = verify_settings(given, device)
+        prepared = self.with_settings(**{k: v for k, v in kw.items() if k != '_report'})
+        prepared.chosen = kw.get('_report', {})
+        return prepared
 
     def apply(self, cands, ctx: RerankContext) -> Answer:
         "The verified candidates and the pairs that cost time (verified or failed; not cached, not skipped)."
         s = self.settings
         pairs = PairCache(s.cache) if isinstance(s.cache, (str, Path)) else s.cache
-        verifier = VERIFIERS.create(s.verifier, **(s.verifier_kwargs or {}))
+        chosen = resolve_verifier(dict(verifier=s.verifier, verifier_kwargs=s.verifier_kwargs), ctx.device)  # unprepared 'auto'
+        verifier = VERIFIERS.create(chosen['verifier'], **(chosen['verifier_kwargs'] or {}))
         out, report = verify_candidates(cands, ctx.image_path, verifier, s.top_n, s.max_pairs, ctx.deadline, pairs,
                                         s.rescore_weight, s.inlier_cap, s.feature_cache, ctx.verbose)
         if ctx.verbose or report.skipped or report.failed_pairs: print(report.summary())
         return Answer(out, ctx, report.pairs + report.failed_pairs)
 
     def __call__(self, cands, ctx: RerankContext): return self.apply(cands, ctx).cands
+
