@@ -12,6 +12,7 @@ import json
 import math
 import os
 import random
+import re
 import sys
 import tempfile
 import time
@@ -20,6 +21,9 @@ import typing
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
+
+try: import fcntl  # POSIX: a writer locks its temporary file, so a stale one can be told apart
+except ImportError: fcntl = None
 
 import numpy as np
 
@@ -55,21 +59,62 @@ class Registry:
     def __repr__(self): return f"Registry({self.kind}: {', '.join(self.names)})"
 
 # %% ../nbs/00_core.ipynb #c6b08eed
+def _umask() -> int:
+    "The process's umask (Linux reads it without changing it; elsewhere it is set and put back)."
+    try: return int(re.search(r'^Umask:\s*([0-7]+)', Path('/proc/self/status').read_text(), re.M).group(1), 8)
+    except (OSError, AttributeError):
+        mask = os.umask(0o022)
+        os.umask(mask)
+        return mask
+
+def _target_mode(path: Path) -> int:
+    "Permission bits for `path`: those of the file it replaces, else 0666 less the umask."
+    try: return path.stat().st_mode & 0o7777
+    except FileNotFoundError: return 0o666 & ~_umask()
+
+def _remove_stale_temps(path: Path) -> list[Path]:
+    "Remove temporary files of `path` left by killed writes (no writer holds their lock); the removed paths."
+    if fcntl is None: return []
+    pattern, removed = re.compile(rf'\.{re.escape(path.name)}\.[a-z0-9_]{{8}}\.tmp'), []
+    for p in path.parent.glob('.*.tmp'):
+        if not pattern.fullmatch(p.name): continue
+        try:
+            with open(p, 'rb') as f:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)  # fails while a live writer holds it
+                p.unlink()
+            removed.append(p)
+        except OSError: pass
+    return removed
+
+def _locked_temp(path: Path) -> tuple[int, str]:
+    "A new temporary file beside `path`, locked by this process: (fd, name)."
+    while True:
+        fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
+        if fcntl is None: return fd, tmp
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            if os.path.samestat(os.fstat(fd), os.stat(tmp)): return fd, tmp
+        except FileNotFoundError: pass  # another writer's clean-up took it before the lock: take a new one
+        os.close(fd)
+
 @contextmanager
 def atomic_write(path: str | Path, mode: str = 'w', **open_kwargs):
     "Open a temporary file beside `path`; on success it replaces `path` atomically, on error it is removed."
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
+    _remove_stale_temps(path)
+    fd, tmp = _locked_temp(path)
     try:
+        os.fchmod(fd, _target_mode(path))
         with os.fdopen(fd, mode, **open_kwargs) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+            os.replace(tmp, path)  # while locked: no clean-up can take the file first
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
 
 # %% ../nbs/00_core.ipynb #7251378b
 def seed_everything(seed: int) -> None:
