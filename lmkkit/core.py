@@ -8,11 +8,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import functools
 import json
 import math
 import os
 import random
 import re
+import shutil
 import sys
 import tempfile
 import time
@@ -28,10 +30,10 @@ except ImportError: fcntl = None
 import numpy as np
 
 # %% auto #0
-__all__ = ['KERNEL_START_ENV', 'Registry', 'atomic_write', 'seed_everything', 'on_kaggle', 'default_device', 'progress',
-           'Deadline', 'deadline_reserve', 'memory_mib', 'reset_peak', 'ConfigError', 'CliParser', 'TrainingDiverged',
-           'value_kind', 'example_number', 'papermill_hint', 'check_parameters', 'make_config', 'notebook_parameters',
-           'require_at_least_one', 'process_start_time', 'kernel_start_time']
+__all__ = ['KERNEL_START_ENV', 'Registry', 'atomic_write', 'copy_atomic', 'kernel_manager_class', 'seed_everything', 'on_kaggle',
+           'default_device', 'progress', 'Deadline', 'deadline_reserve', 'memory_mib', 'reset_peak', 'ConfigError',
+           'CliParser', 'TrainingDiverged', 'value_kind', 'example_number', 'papermill_hint', 'check_parameters',
+           'make_config', 'notebook_parameters', 'require_at_least_one', 'process_start_time', 'kernel_start_time']
 
 # %% ../nbs/00_core.ipynb #b7c27d48
 class Registry:
@@ -114,6 +116,28 @@ def atomic_write(path: str | Path, mode: str = 'w', **open_kwargs):
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+# %% ../nbs/00_core.ipynb #a7e20c03
+def copy_atomic(src: str | Path, dst: str | Path) -> Path:
+    "Copy the file `src` to `dst` through `atomic_write`: a kill mid-copy leaves `dst` as it was, never cut short."
+    with open(src, 'rb') as s, atomic_write(dst, 'wb') as d: shutil.copyfileobj(s, d, 1 << 20)
+    return Path(dst)
+
+
+# %% ../nbs/00_core.ipynb #a7e20c06
+@functools.cache
+def kernel_manager_class() -> type:
+    "A jupyter_client kernel manager (for papermill's `kernel_manager_class`) whose kernels use IPC, not TCP."
+    from jupyter_client.manager import AsyncKernelManager
+    from traitlets import default
+    if os.name == 'nt': return AsyncKernelManager
+
+    class IpcKernelManager(AsyncKernelManager):
+        "Kernels on local Unix sockets: no open TCP port, so ipykernel has no plain-text transport to warn about."
+        @default('transport')
+        def _default_transport(self): return 'ipc'
+    return IpcKernelManager
 
 
 # %% ../nbs/00_core.ipynb #7251378b
