@@ -74,12 +74,17 @@ def _target_mode(path: Path) -> int:
     try: return path.stat().st_mode & 0o7777
     except FileNotFoundError: return 0o666 & ~_umask()
 
-def _remove_stale_temps(path: Path) -> list[Path]:
-    "Remove temporary files of `path` left by killed writes (no writer holds their lock); the removed paths."
-    if fcntl is None: return []
-    pattern, removed = re.compile(rf'\.{re.escape(path.name)}\.[a-z0-9_]{{8}}\.tmp'), []
-    for p in path.parent.glob('.*.tmp'):
-        if not pattern.fullmatch(p.name): continue
+_SCANNED: set[tuple[str, int]] = set()  # folders this process has cleaned: (path, inode)
+_TEMP = re.compile(r'\..+\.[a-z0-9_]{8}\.tmp')  # what `atomic_write`'s mkstemp names look like
+
+def _remove_stale_temps(folder: Path) -> list[Path]:
+    "On this process's first write into `folder`, remove temporary files of killed writes (unlocked); the removed paths."
+    key = (str(folder.resolve()), folder.stat().st_ino)
+    if fcntl is None or key in _SCANNED: return []
+    _SCANNED.add(key)
+    removed = []
+    for p in folder.glob('.*.tmp'):
+        if not _TEMP.fullmatch(p.name): continue
         try:
             with open(p, 'rb') as f:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)  # fails while a live writer holds it
@@ -104,7 +109,7 @@ def atomic_write(path: str | Path, mode: str = 'w', **open_kwargs):
     "Open a temporary file beside `path`; on success it replaces `path` atomically, on error it is removed."
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temps(path)
+    _remove_stale_temps(path.parent)
     fd, tmp = _locked_temp(path)
     try:
         os.fchmod(fd, _target_mode(path))

@@ -201,10 +201,10 @@ def _read_record(r) -> dict:
 
 def seed_spread(records: list) -> dict:
     "The final scores of several demo runs (records, record.json files or demo folders): each run's, and their range."
-    runs = [dict(seed=r['seed'], cpus=r.get('cpus'), **{k: [round(v, 4) for v in fk] for k, fk in final_scores(r).items()})
+    runs = [dict(seed=r['seed'], cpus=r.get('cpus'), **{k: [round(v, 4) for v in s] for k, s in final_scores(r).items()})
             for r in map(_read_record, records)]
-    return dict(runs=runs, **{m: dict(min=min(r[m][0] for r in runs), max=max(r[m][0] for r in runs),
-                                      mean=round(sum(r[m][0] for r in runs) / len(runs), 4)) for m in METRIC.values()})
+    finals = {m: [r[m][0] for r in runs] for m in METRIC.values()}
+    return dict(runs=runs, **{m: dict(min=min(v), max=max(v), mean=round(sum(v) / len(v), 4)) for m, v in finals.items()})
 
 def spread_markdown(record: dict) -> str:
     "The README's caveat: one run's digits are not the result; the spread over the recorded seeds when there is one."
@@ -215,13 +215,14 @@ def spread_markdown(record: dict) -> str:
     runs, same = spread['runs'], [r for r in spread['runs'] if r['seed'] == record['seed']]
     rng = lambda m: f"{spread[m]['min']:.3f}-{spread[m]['max']:.3f} (mean {spread[m]['mean']:.3f})"
     lifted = {m: sum(r[m][0] > r[m][1] for r in runs) for m in METRIC.values()}
-    text = (f" Rerun with seeds {', '.join(str(r['seed']) for r in runs)} on one machine ({runs[0]['cpus']} CPU cores), "
+    seeds = ', '.join(str(r['seed']) for r in runs)
+    text = (f" Rerun with seeds {seeds} on one machine ({runs[0]['cpus']} CPU cores), "
             f"the final GAP ranged {rng('gap')} and mAP@100 {rng('map@100')}")
     if same:
         text += f"; seed {record['seed']} itself scored {same[0]['gap'][0]:.3f} / {same[0]['map@100'][0]:.3f} there"
-    return (head + text + f". The final answer beat plain kNN in {lifted['gap']} of {len(runs)} runs on recognition and "
-            f"{lifted['map@100']} of {len(runs)} on retrieval: read the table for what each stage is worth, not for its "
-            "third digit.")
+    n = len(runs)
+    return (head + text + f". The final answer beat plain kNN in {lifted['gap']} of {n} runs on recognition and "
+            f"{lifted['map@100']} of {n} on retrieval: read the table for what each stage is worth, not for its third digit.")
 
 def add_spread(record_path: str | Path, runs: list) -> dict:
     "Write `seed_spread(runs)` into the record file `record_path` (atomically); returns the record."

@@ -428,11 +428,13 @@ def _read_state(path: Path) -> tuple[dict | None, str]:
     missing = [k for k in STATE_KEYS if not isinstance(state, dict) or k not in state]
     return (None, f"not a training state (no {', '.join(missing)})") if missing else (state, '')
 
-def find_resume_state(out_dir: str | Path, resume_from: str | Path | None = None) -> tuple[dict | None, Path | None, list[str]]:
+def find_resume_state(out_dir: str | Path,
+                      resume_from: str | Path | None = None) -> tuple[dict | None, Path | None, list[str]]:
     "The state to resume: `out_dir/last.pt`, else `resume_from/last.pt` (a folder or the file) -> (state, file, notes)."
     check_torch_loads_safely()
-    fallback = None if resume_from is None else Path(resume_from)
-    paths = [Path(out_dir)/'last.pt'] + ([] if fallback is None else [fallback/'last.pt' if fallback.is_dir() else fallback])
+    paths = [Path(out_dir)/'last.pt']
+    if resume_from is not None:  # an earlier run's folder, or its last.pt
+        paths.append(Path(resume_from)/'last.pt' if Path(resume_from).is_dir() else Path(resume_from))
     notes = []
     for path in (p for p in paths if p.is_file()):
         state, why = _read_state(path)
