@@ -15,6 +15,10 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 # torch and torchvision as the lock pins them (e.g. torch==2.14.1): a public version also matches a build's local
 # label, so TORCH_INDEX's CPU build (2.14.1+cpu) satisfies the lock's pin.
 TORCH_PINS = $(shell grep -E '^(torch|torchvision)==' $(LOCK))
+# The lock was made on Python 3.11 (several of its releases need 3.11+: numpy, pandas, matplotlib...); an older
+# Python installs without it (the newest releases the ranges allow) and says so.
+LOCKED := $(shell $(PYTHON) -c 'import sys; print(int(sys.version_info >= (3, 11)))' 2>/dev/null)
+PIN := $(if $(filter 1,$(LOCKED)),-c $(LOCK))
 
 .PHONY: setup system-deps demo test test-latest lock bench docs lab clean
 
@@ -25,9 +29,10 @@ setup: $(VENV)/.installed
 # lock's versions; their dependencies from that index are then moved to the lock's versions by the next install.
 $(VENV)/.installed: settings.ini setup.py $(LOCK)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -c $(LOCK) pip
-	$(if $(TORCH_INDEX),$(BIN)/python -m pip install --index-url $(TORCH_INDEX) $(TORCH_PINS))
-	$(BIN)/python -m pip install -c $(LOCK) --progress-bar on -e '.[dev]'
+	$(if $(PIN),,@echo "note: $(PYTHON) is older than Python 3.11, which $(LOCK) was made on: installing without it")
+	$(BIN)/python -m pip install $(PIN) pip
+	$(if $(TORCH_INDEX),$(BIN)/python -m pip install --index-url $(TORCH_INDEX) $(if $(PIN),$(TORCH_PINS),torch torchvision))
+	$(BIN)/python -m pip install $(PIN) --progress-bar on -e '.[dev]'
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name python3 >/dev/null
 	touch $@
 

@@ -142,6 +142,9 @@ def kernel_manager_class() -> type:
         "Kernels on local Unix sockets: no open TCP port, so ipykernel has no plain-text transport to warn about."
         @default('transport')
         def _default_transport(self): return 'ipc'
+
+        @default('ip')  # the sockets' path prefix, absolute: the kernel may start in another folder than this process
+        def _default_ip(self): return os.path.join(tempfile.gettempdir(), f'lmkkit-kernel-{os.urandom(6).hex()}')
     return IpcKernelManager
 
 
