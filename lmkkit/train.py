@@ -480,7 +480,7 @@ class Trainer:
     def _adopt(self, src: Path, notes: list[str]) -> None:
         "Copy the earlier run's `last.pt` (and `metrics.csv`) into `out_dir` atomically (rank 0), after saying why."
         if not self.env.is_main: return
-        print(*notes, sep='\n', flush=True)
+        if notes: print(*notes, sep='\n', flush=True)
         for name in ('last.pt', 'metrics.csv'):
             if (src.parent/name).is_file(): copy_atomic(src.parent/name, self.out/name)
 
