@@ -216,8 +216,8 @@ def spread_markdown(record: dict) -> str:
     rng = lambda m: f"{spread[m]['min']:.3f}-{spread[m]['max']:.3f} (mean {spread[m]['mean']:.3f})"
     lifted = {m: sum(r[m][0] > r[m][1] for r in runs) for m in METRIC.values()}
     seeds = ', '.join(str(r['seed']) for r in runs)
-    text = (f" Rerun with seeds {seeds} on one machine ({runs[0]['cpus']} CPU cores), "
-            f"the final GAP ranged {rng('gap')} and mAP@100 {rng('map@100')}")
+    text = (f" Runs with seeds {seeds} on one machine ({runs[0]['cpus']} CPU cores) ended at a GAP of {rng('gap')} "
+            f"and an mAP@100 of {rng('map@100')}")
     if same:
         text += f"; seed {record['seed']} itself scored {same[0]['gap'][0]:.3f} / {same[0]['map@100'][0]:.3f} there"
     n = len(runs)

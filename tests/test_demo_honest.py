@@ -29,5 +29,5 @@ def test_committed_record_carries_a_spread_over_seeds_and_the_readme_says_so():
     for m in ('gap', 'map@100'):
         assert spread[m]['min'] <= spread[m]['mean'] <= spread[m]['max']
     text = demo.record_markdown(record)
-    assert "one run's digits, not the kit's score" in text and 'the final GAP ranged' in text
+    assert "one run's digits, not the kit's score" in text and 'ended at a GAP of' in text
     assert text in (ROOT/'README.md').read_text()
