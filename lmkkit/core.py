@@ -13,8 +13,8 @@ import json
 import math
 import os
 import random
-import shutil
 import re
+import shutil
 import sys
 import tempfile
 import time
@@ -24,15 +24,19 @@ import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
+try: import fcntl  # POSIX: a writer locks its temporary file, so a stale one can be told apart
+except ImportError: fcntl = None
+
 import numpy as np
 
 # %% auto #0
-__all__ = ['KAGGLE_TEMP', 'OWNER_MARKER', 'KERNEL_START_ENV', 'Registry', 'atomic_write', 'seed_everything', 'on_kaggle',
-           'cuda_problem', 'cuda_devices', 'default_device', 'run_devices', 'resolve_device', 'default_cache_dir',
-           'progress', 'Deadline', 'deadline_reserve', 'memory_mib', 'reset_peak', 'LmkkitError', 'ConfigError',
-           'StageError', 'CliParser', 'TrainingDiverged', 'value_kind', 'example_number', 'papermill_hint',
-           'check_parameters', 'make_config', 'notebook_parameters', 'require_at_least_one', 'FolderNotOwned',
-           'owner_of', 'claim_folder', 'remove_owned', 'process_start_time', 'kernel_start_time']
+__all__ = ['KAGGLE_TEMP', 'OWNER_MARKER', 'KERNEL_START_ENV', 'Registry', 'atomic_write', 'copy_atomic', 'kernel_manager_class',
+           'seed_everything', 'on_kaggle', 'cuda_problem', 'cuda_devices', 'default_device', 'run_devices',
+           'resolve_device', 'default_cache_dir', 'progress', 'Deadline', 'deadline_reserve', 'memory_mib',
+           'reset_peak', 'LmkkitError', 'ConfigError', 'StageError', 'CliParser', 'TrainingDiverged', 'value_kind',
+           'example_number', 'papermill_hint', 'check_parameters', 'make_config', 'notebook_parameters',
+           'require_at_least_one', 'FolderNotOwned', 'owner_of', 'claim_folder', 'remove_owned', 'process_start_time',
+           'kernel_start_time']
 
 # %% ../nbs/00_core.ipynb #b7c27d48
 class Registry:
@@ -60,21 +64,92 @@ class Registry:
     def __repr__(self): return f"Registry({self.kind}: {', '.join(self.names)})"
 
 # %% ../nbs/00_core.ipynb #c6b08eed
+def _umask() -> int:
+    "The process's umask (Linux reads it without changing it; elsewhere it is set and put back)."
+    try: return int(re.search(r'^Umask:\s*([0-7]+)', Path('/proc/self/status').read_text(), re.M).group(1), 8)
+    except (OSError, AttributeError):
+        mask = os.umask(0o022)
+        os.umask(mask)
+        return mask
+
+def _target_mode(path: Path) -> int:
+    "Permission bits for `path`: those of the file it replaces, else 0666 less the umask."
+    try: return path.stat().st_mode & 0o7777
+    except FileNotFoundError: return 0o666 & ~_umask()
+
+_SCANNED: set[tuple[str, int]] = set()  # folders this process has cleaned: (path, inode)
+_TEMP = re.compile(r'\..+\.[a-z0-9_]{8}\.tmp')  # what `atomic_write`'s mkstemp names look like
+
+def _remove_stale_temps(folder: Path) -> list[Path]:
+    "On this process's first write into `folder`, remove temporary files of killed writes (unlocked); the removed paths."
+    key = (str(folder.resolve()), folder.stat().st_ino)
+    if fcntl is None or key in _SCANNED: return []
+    _SCANNED.add(key)
+    removed = []
+    for p in folder.glob('.*.tmp'):
+        if not _TEMP.fullmatch(p.name): continue
+        try:
+            with open(p, 'rb') as f:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)  # fails while a live writer holds it
+                p.unlink()
+            removed.append(p)
+        except OSError: pass
+    return removed
+
+def _locked_temp(path: Path) -> tuple[int, str]:
+    "A new temporary file beside `path`, locked by this process: (fd, name)."
+    while True:
+        fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
+        if fcntl is None: return fd, tmp
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            if os.path.samestat(os.fstat(fd), os.stat(tmp)): return fd, tmp
+        except FileNotFoundError: pass  # another writer's clean-up took it before the lock: take a new one
+        os.close(fd)
+
 @contextmanager
 def atomic_write(path: str | Path, mode: str = 'w', **open_kwargs):
     "Open a temporary file beside `path`; on success it replaces `path` atomically, on error it is removed."
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
+    _remove_stale_temps(path.parent)
+    fd, tmp = _locked_temp(path)
     try:
+        os.fchmod(fd, _target_mode(path))
         with os.fdopen(fd, mode, **open_kwargs) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+            os.replace(tmp, path)  # while locked: no clean-up can take the file first
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+# %% ../nbs/00_core.ipynb #a7e20c03
+def copy_atomic(src: str | Path, dst: str | Path) -> Path:
+    "Copy the file `src` to `dst` through `atomic_write`: a kill mid-copy leaves `dst` as it was, never cut short."
+    with open(src, 'rb') as s, atomic_write(dst, 'wb') as d: shutil.copyfileobj(s, d, 1 << 20)
+    return Path(dst)
+
+
+# %% ../nbs/00_core.ipynb #a7e20c06
+@functools.cache
+def kernel_manager_class() -> type:
+    "A jupyter_client kernel manager (for papermill's `kernel_manager_class`) whose kernels use IPC, not TCP."
+    from jupyter_client.manager import AsyncKernelManager
+    from traitlets import default
+    if os.name == 'nt': return AsyncKernelManager
+
+    class IpcKernelManager(AsyncKernelManager):
+        "Kernels on local Unix sockets: no open TCP port, so ipykernel has no plain-text transport to warn about."
+        @default('transport')
+        def _default_transport(self): return 'ipc'
+
+        @default('ip')  # the sockets' path prefix, absolute: the kernel may start in another folder than this process
+        def _default_ip(self): return os.path.join(tempfile.gettempdir(), f'lmkkit-kernel-{os.urandom(6).hex()}')
+    return IpcKernelManager
+
 
 # %% ../nbs/00_core.ipynb #7251378b
 def seed_everything(seed: int) -> None:

@@ -14,12 +14,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from .core import CliParser, atomic_write, claim_folder
+from .core import CliParser, atomic_write, claim_folder, kernel_manager_class
+
 
 # %% auto #0
 __all__ = ['KERNELS', 'METRIC', 'DEMO_TRAIN', 'DEMO_INFERENCE', 'kernels_dir', 'kernel_notebook', 'run_kernel', 'cut_steps',
-           'collect_metrics', 'ablation_table', 'kernel_params', 'run_demo', 'plots', 'record_table', 'record_markdown',
-           'main']
+           'collect_metrics', 'ablation_table', 'kernel_params', 'run_demo', 'plots', 'record_table', 'final_scores',
+           'seed_spread', 'spread_markdown', 'add_spread', 'record_markdown', 'main']
 
 # %% ../nbs/55_demo.ipynb #2af0a9bc
 KERNELS = {'train': 'lmkkit-train', 'recognition': 'lmkkit-recognition', 'retrieval': 'lmkkit-retrieval'}
@@ -48,7 +49,8 @@ def run_kernel(name: str, out_nb: str | Path, parameters: dict, kernel_name: str
     import papermill as pm
     nb = kernel_notebook(name)
     pm.execute_notebook(str(nb), str(out_nb), parameters=parameters, kernel_name=kernel_name, language='python',
-                        cwd=str(nb.parent), progress_bar=False, stdout_file=sys.stdout if echo else None)
+                        cwd=str(nb.parent), progress_bar=False, stdout_file=sys.stdout if echo else None,
+                        kernel_manager_class=kernel_manager_class())  # IPC sockets: no unencrypted-TCP warning
     return Path(out_nb)
 
 # %% ../nbs/55_demo.ipynb #b9a9600d
@@ -162,6 +164,7 @@ def _report(out: Path, record: dict) -> None:
     fmt = lambda v: 'n/a' if v is None else f'{v:.4f}'
     print(f"GAP {fmt(gap)}   mAP@100 {fmt(map100)}   ({record['wall_s']:.0f} s, {record['cpu_s']:.0f} CPU s, peak {record['peak_mb']} MB: "
           + ', '.join(f"{k} {v['wall_s']:.0f} s" for k, v in record['steps'].items()) + ')')
+    print("one run's scores: another seed or another CPU gives other digits (README: the spread over seeds)")
     print(f"executed notebooks: {out/'train.ipynb'}, {out/'recognition.ipynb'}, {out/'retrieval.ipynb'}")
     print(f"submissions:        {out/'recognition'/'submission.csv'}, {out/'retrieval'/'submission.csv'}")
     print(f"plots:              {', '.join(str(p) for p in plots(out))}")
@@ -192,6 +195,46 @@ def record_table(record: dict) -> str:
     lines = ['| recognition stage | GAP | | retrieval stage | mAP@100 |', '|---|---:|---|---|---:|']
     return '\n'.join(lines + [f"| {a} | {b} | | {c} | {d} |" for (a, b), (c, d) in zip(rec, ret)])
 
+def final_scores(record: dict) -> dict:
+    "A demo record's final score and plain-kNN score per track: {'gap': (final, knn), 'map@100': (final, knn)}."
+    return {METRIC[t]: (record[t]['stages'][-1][METRIC[t]], record[t]['stages'][0][METRIC[t]]) for t in METRIC}
+
+def _read_record(r) -> dict:
+    "A record dict, or the record.json file (or the demo folder holding it) read."
+    if isinstance(r, dict): return r
+    return json.loads((Path(r)/'record.json' if Path(r).is_dir() else Path(r)).read_text())
+
+def seed_spread(records: list) -> dict:
+    "The final scores of several demo runs (records, record.json files or demo folders): each run's, and their range."
+    runs = [dict(seed=r['seed'], cpus=r.get('cpus'), **{k: [round(v, 4) for v in s] for k, s in final_scores(r).items()})
+            for r in map(_read_record, records)]
+    finals = {m: [r[m][0] for r in runs] for m in METRIC.values()}
+    return dict(runs=runs, **{m: dict(min=min(v), max=max(v), mean=round(sum(v) / len(v), 4)) for m, v in finals.items()})
+
+def spread_markdown(record: dict) -> str:
+    "The README's caveat: one run's digits are not the result; the spread over the recorded seeds when there is one."
+    head = ("These are one run's digits, not the kit's score: the same command gives other digits on another CPU "
+            "(float sums in another order) and with another seed.")
+    spread = record.get('spread')
+    if not spread: return head + " No spread over seeds was recorded with this run."
+    runs, same = spread['runs'], [r for r in spread['runs'] if r['seed'] == record['seed']]
+    rng = lambda m: f"{spread[m]['min']:.3f}-{spread[m]['max']:.3f} (mean {spread[m]['mean']:.3f})"
+    lifted = {m: sum(r[m][0] > r[m][1] for r in runs) for m in METRIC.values()}
+    seeds = ', '.join(str(r['seed']) for r in runs)
+    text = (f" Runs with seeds {seeds} on one machine ({runs[0]['cpus']} CPU cores) ended at a GAP of {rng('gap')} "
+            f"and an mAP@100 of {rng('map@100')}")
+    if same:
+        text += f"; seed {record['seed']} itself scored {same[0]['gap'][0]:.3f} / {same[0]['map@100'][0]:.3f} there"
+    n = len(runs)
+    return (head + text + f". The final answer beat plain kNN in {lifted['gap']} of {n} runs on recognition and "
+            f"{lifted['map@100']} of {n} on retrieval: read the table for what each stage is worth, not for its third digit.")
+
+def add_spread(record_path: str | Path, runs: list) -> dict:
+    "Write `seed_spread(runs)` into the record file `record_path` (atomically); returns the record."
+    record = _read_record(record_path) | {'spread': seed_spread(runs)}
+    with atomic_write(record_path) as f: json.dump(record, f, indent=1)
+    return record
+
 def record_markdown(record: dict | str | Path) -> str:
     "The README's account of a demo run, from its record (a dict or the record's file): time, memory, the ablation, what was cut."
     if not isinstance(record, dict): record = json.loads(Path(record).read_text())
@@ -199,7 +242,7 @@ def record_markdown(record: dict | str | Path) -> str:
     parts = [f"The recorded run (seed {record['seed']}) took {record['wall_s']:.0f} s on {record['cpus']} CPU cores "
              f"({record['cpu_s']:.0f} CPU seconds, {record['peak_mb'] / 1024:.1f} GB peak memory) and scored each re-ranking "
              f"stage on the test set; a stage replaces the answer only when held-out train queries say it is not worse "
-             f"(a learning stage: better):", record_table(record)]
+             f"(a learning stage: better):", record_table(record), spread_markdown(record)]
     if conf.get('nonlandmark') is not None and conf.get('landmark') is not None:
         parts.append(f"After the final stage, non-landmark test images get a mean confidence of {conf['nonlandmark']:.2f} against "
                      f"{conf['landmark']:.2f} for landmark images.")
@@ -213,10 +256,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('--seed', type=int, default=0, help='seed of the synthetic data set')
     p.add_argument('--out', default='runs/demo', help='folder for data, model, executed notebooks, submissions')
     p.add_argument('--record', default=None, help="also copy the run's record.json here (the README's table: nbs/demo_record.json)")
+    p.add_argument('--spread', nargs='+', default=None, metavar='RUN',
+                   help="with --record: demo folders (or record.json files) of runs with other seeds; the record keeps "
+                        "the spread of their final scores (the README says it)")
     p.add_argument('--quiet', action='store_true')
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     run_demo(args.out, args.seed, verbose=not args.quiet)
     if args.record:
         with atomic_write(args.record) as f: f.write((Path(args.out)/'record.json').read_text())
+        if args.spread: add_spread(args.record, [args.out, *args.spread])
         print(f"record:             {args.record} (regenerate the README: lmkkit docs --readme)")
     return 0

@@ -212,13 +212,15 @@ def execute_notebook(nb, cwd: str | Path, skip_flags: tuple[str, ...] = ('slow',
                      stderr: bool = False): # keep what cells print to stderr (warnings, progress bars)
     "A copy of `nb` run top to bottom in `cwd` by nbclient, skipping cells flagged with `skip_flags`."
     from nbclient import NotebookClient
+    from lmkkit.core import kernel_manager_class  # IPC, not TCP: no unencrypted-transport warning per kernel
     run = copy.deepcopy(nb)
     skipped = {}
     for i, cell in enumerate(run.cells):
         if cell.cell_type != 'code': continue
         if directives(cell.source).keys() & set(skip_flags) or 'nbdev_export' + '(' in cell.source:
             skipped[i], cell.source = cell.source, ''
-    NotebookClient(run, timeout=timeout, kernel_name=kernel_name, resources={'metadata': {'path': str(cwd)}}).execute()
+    NotebookClient(run, timeout=timeout, kernel_name=kernel_name, resources={'metadata': {'path': str(cwd)}},
+                   kernel_manager_class=kernel_manager_class()).execute()
     for i, src in skipped.items(): run.cells[i].source, run.cells[i].outputs = src, []
     if not stderr:
         for cell in run.cells:

@@ -25,10 +25,10 @@ from .heads import create_head
 from .pooling import create_pool
 
 # %% auto #0
-__all__ = ['CHECKPOINT_FORMAT', 'CHECKPOINT_VERSION', 'create_backbone', 'unused_parts', 'drop_unused', 'load_backbone_weights',
-           'feature_format', 'tokens_to_map', 'ModelConfig', 'LandmarkModel', 'create_model', 'SizeRule', 'size_rule',
-           'valid_image_size', 'valid_scale_sizes', 'CheckpointError', 'unwrap_model', 'save_checkpoint',
-           'load_checkpoint', 'trained_size']
+__all__ = ['CHECKPOINT_FORMAT', 'CHECKPOINT_VERSION', 'SAFE_TORCH', 'create_backbone', 'unused_parts', 'drop_unused',
+           'load_backbone_weights', 'feature_format', 'tokens_to_map', 'ModelConfig', 'LandmarkModel', 'create_model',
+           'SizeRule', 'size_rule', 'valid_image_size', 'valid_scale_sizes', 'CheckpointError',
+           'check_torch_loads_safely', 'unwrap_model', 'save_checkpoint', 'load_checkpoint', 'trained_size']
 
 # %% ../nbs/12_model.ipynb #c62dd329
 def create_backbone(name: str, pretrained: str | Path | None = None, **kwargs) -> nn.Module:
@@ -309,6 +309,15 @@ CHECKPOINT_FORMAT, CHECKPOINT_VERSION = 'lmkkit.checkpoint', 1
 class CheckpointError(LmkkitError, ValueError):
     "A file that is not a loadable lmkkit checkpoint."
 
+SAFE_TORCH = (2, 6)  # before 2.6, torch.load(weights_only=True) can be made to run code (CVE-2025-32434)
+
+def check_torch_loads_safely(version: str | None = None) -> None:
+    "Raise `CheckpointError` before any `torch.load` of a file when torch (`version`, default: installed) is older than 2.6."
+    version = version or torch.__version__
+    if tuple(int(x) for x in re.findall(r'\d+', version)[:2]) < SAFE_TORCH:
+        raise CheckpointError(f"torch {version} can run code from a crafted checkpoint even with weights_only=True "
+                              f"(CVE-2025-32434); upgrade torch to 2.6 or newer (pip install 'torch>=2.6')")
+
 _PLAIN = (type(None), bool, int, float, str, torch.Tensor)
 
 def _check_plain(value, where: str = 'extra') -> None:
@@ -362,6 +371,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = 'cpu') 
         raise CheckpointError(f"checkpoint {path} is a folder; pass the checkpoint file in it, e.g. {path/'model.pt'} "
                               f"(`lmkkit train` writes model.pt into its OUT_DIR)")
     if not path.is_file(): raise FileNotFoundError(f"checkpoint {str(path)!r} not found")
+    check_torch_loads_safely()
     try:
         with warnings.catch_warnings():  # a foreign pickle's protocol warning: the error below says what the file is
             warnings.filterwarnings('ignore', message='Detected pickle protocol')

@@ -144,6 +144,7 @@ def _language(notebook: Path) -> str:
 def run_one(sweep: Sweep, values: dict) -> dict:
     "Run the notebook with the fixed parameters and `values` in its run folder; returns the run record."
     import papermill as pm
+    from lmkkit.core import kernel_manager_class  # IPC, not TCP: no unencrypted-transport warning per kernel
     run_dir = sweep.out/'runs'/run_name(values)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir/RUN_RECORD).unlink(missing_ok=True)
@@ -154,7 +155,8 @@ def run_one(sweep: Sweep, values: dict) -> dict:
         pm.execute_notebook(str(sweep.notebook), str(run_dir/EXECUTED_NB),
                             parameters={**params, sweep.run_dir_param: str(run_dir)},
                             kernel_name=sweep.kernel_name, language=_language(sweep.notebook),
-                            cwd=str(sweep.notebook.parent), progress_bar=False, log_output=False)
+                            cwd=str(sweep.notebook.parent), progress_bar=False, log_output=False,
+                            kernel_manager_class=kernel_manager_class())
         if not (run_dir/METRICS_FILE).is_file():
             status, error = 'failed', f"the notebook wrote no {METRICS_FILE} into its {sweep.run_dir_param}"
     except _run_failures() as e:

@@ -27,23 +27,23 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from fastcore.basics import patch
 
-from .core import ConfigError, Deadline, LmkkitError, TrainingDiverged, atomic_write, check_parameters, make_config, progress, require_at_least_one, resolve_device, seed_everything
+from .core import ConfigError, Deadline, LmkkitError, TrainingDiverged, atomic_write, check_parameters, copy_atomic, make_config, progress, require_at_least_one, resolve_device, seed_everything
 from .data import (SHM, SHM_FIX, ImageDataset, disk_full, eval_transforms, id_to_path, read_train_csv, seed_transform, shm_exhausted,
                          shm_free_bytes, shm_workers, split_by_class, train_transforms)
 from .embed import AMP_DTYPES, AMP_MODES, extract_embeddings, resolve_amp
 from .heads import HEADS
 from .pooling import POOLS
 from .metrics import gap
-from .model import create_model, save_checkpoint, valid_image_size
+from .model import _load_failure, check_torch_loads_safely, create_model, save_checkpoint, valid_image_size
 from .search import knn
 
 # %% auto #0
-__all__ = ['PRESETS', 'METRIC_COLUMNS', 'TrainConfig', 'TrainKernelParams', 'kernel_data_dir', 'kernel_config', 'stage_bounds',
-           'cosine_warmup', 'lr_factor', 'make_scheduler', 'EpochSampler', 'AugSeeded', 'param_groups',
+__all__ = ['PRESETS', 'METRIC_COLUMNS', 'STATE_KEYS', 'TrainConfig', 'TrainKernelParams', 'kernel_data_dir', 'kernel_config',
+           'stage_bounds', 'cosine_warmup', 'lr_factor', 'make_scheduler', 'EpochSampler', 'AugSeeded', 'param_groups',
            'make_optimizer', 'rng_state', 'set_rng_state', 'save_state', 'load_state', 'TimeBudget', 'state_bytes',
            'DistEnv', 'init_distributed', 'all_sum', 'TrainError', 'TrainData', 'prepare_data', 'val_gap', 'MetricsLog',
-           'TrainResult', 'head_kwargs', 'Position', 'Meter', 'Trainer', 'nonfinite_tensors', 'train', 'valid_stages',
-           'plot_history', 'recipe_hours', 'parse_overrides', 'main']
+           'TrainResult', 'head_kwargs', 'Position', 'Meter', 'find_resume_state', 'Trainer', 'nonfinite_tensors',
+           'train', 'valid_stages', 'plot_history', 'recipe_hours', 'parse_overrides', 'main']
 
 # %% ../nbs/20_train.ipynb #d597e2c2
 @dataclass(frozen=True)
@@ -247,6 +247,7 @@ def save_state(path: str | Path, state: dict) -> float:
 
 def load_state(path: str | Path) -> dict:
     "Read a training state written by `save_state` (tensors and plain values only)."
+    check_torch_loads_safely()
     return torch.load(path, map_location='cpu', weights_only=True)
 
 # %% ../nbs/20_train.ipynb #bb53d565
@@ -425,13 +426,41 @@ def _check_resumable(state: dict, cfg: TrainConfig, env: DistEnv) -> None:
         raise TrainError(f"the checkpoint to resume was trained with other settings: {', '.join(diff)}; "
                          f"use the same settings to continue, or a new out_dir to start over")
 
+# %% ../nbs/20_train.ipynb #e20a8d02
+STATE_KEYS = ('model', 'optimizer', 'scheduler', 'scaler', 'position', 'meter', 'sampler', 'rng', 'config', 'class_ids')
+
+def _read_state(path: Path) -> tuple[dict | None, str]:
+    "(the training state in `path`, '') or (None, why a run cannot resume from it)."
+    try: state = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e: return None, f"unreadable, truncated or corrupt ({_load_failure(e)})"
+    missing = [k for k in STATE_KEYS if not isinstance(state, dict) or k not in state]
+    return (None, f"not a training state (no {', '.join(missing)})") if missing else (state, '')
+
+def find_resume_state(out_dir: str | Path,
+                      resume_from: str | Path | None = None) -> tuple[dict | None, Path | None, list[str]]:
+    "The state to resume: `out_dir/last.pt`, else `resume_from/last.pt` (a folder or the file) -> (state, file, notes)."
+    check_torch_loads_safely()
+    paths = [Path(out_dir)/'last.pt']
+    if resume_from is not None:  # an earlier run's folder, or its last.pt
+        paths.append(Path(resume_from)/'last.pt' if Path(resume_from).is_dir() else Path(resume_from))
+    notes = []
+    for path in (p for p in paths if p.is_file()):
+        state, why = _read_state(path)
+        if state is not None: return state, path, [f"{n}; resuming from {path}" for n in notes]
+        notes.append(f"{path}: {why}")
+    if notes: raise TrainError(f"cannot resume: {'; '.join(notes)}; move it away to start over in {out_dir}, "
+                               f"or pass resume_from (an earlier run's folder with a good last.pt)")
+    return None, None, []
+
+
 # %% ../nbs/20_train.ipynb #b79cb671
 class Trainer:
     "One training run: model, optimiser, position and logs; `fit()` runs it to the end or to the time budget."
     def __init__(self, data_dir, out_dir, cfg: TrainConfig, env: DistEnv, deadline: Deadline | None = None,
-                 verbose: bool = True):
+                 verbose: bool = True, resume_from: str | Path | None = None):
         self.data_dir, self.out, self.cfg, self.env, self.verbose = Path(data_dir), Path(out_dir), cfg, env, verbose
-        state = load_state(self.out/'last.pt') if (self.out/'last.pt').is_file() else None
+        state, src, notes = find_resume_state(self.out, resume_from)
+        if src is not None and src != self.out/'last.pt': self._adopt(src, notes)
         if state is not None: _check_resumable(state, cfg, env)
         self.data = prepare_data(data_dir, cfg, None if state is None else state['class_ids'].numpy())
         seed_everything(cfg.seed)
@@ -456,6 +485,13 @@ class Trainer:
         self.log = MetricsLog(self.out/'metrics.csv', None if state is None else self.pos.step, write=env.is_main)
         self.budget = TimeBudget(deadline, save_s=1.0 + 3 * state_bytes(self.model) / 50e6)
         self.t0, self.last_gap = time.monotonic(), None
+
+    def _adopt(self, src: Path, notes: list[str]) -> None:
+        "Copy the earlier run's `last.pt` (and `metrics.csv`) into `out_dir` atomically (rank 0), after saying why."
+        if not self.env.is_main: return
+        if notes: print(*notes, sep='\n', flush=True)
+        for name in ('last.pt', 'metrics.csv'):
+            if (src.parent/name).is_file(): copy_atomic(src.parent/name, self.out/name)
 
     def _wrap(self, model):
         if not self.env.distributed: return model
@@ -715,8 +751,8 @@ def _stopped(self: Trainer) -> TrainResult:
 
 # %% ../nbs/20_train.ipynb #fcfa3bb2
 def train(data_dir: str | Path, out_dir: str | Path, cfg: TrainConfig | None = None, deadline: Deadline | None = None,
-          device: str | None = None, verbose: bool = True) -> TrainResult:
-    "Train `cfg` on the GLDv2 folder `data_dir` into `out_dir`, resuming from `out_dir/last.pt` if present."
+          device: str | None = None, verbose: bool = True, resume_from: str | Path | None = None) -> TrainResult:
+    "Train `cfg` on `data_dir` into `out_dir`, resuming from `out_dir/last.pt`, else from `resume_from`'s `last.pt`."
     cfg, notes = valid_stages(cfg or TrainConfig())
     env = init_distributed(device)
     if verbose and env.is_main: print(*notes, sep='\n')
@@ -726,7 +762,7 @@ def train(data_dir: str | Path, out_dir: str | Path, cfg: TrainConfig | None = N
     elif env.device.startswith('cuda'): torch.backends.cudnn.benchmark = True
     if deadline is None and cfg.time_limit_hours: deadline = Deadline.from_hours(cfg.time_limit_hours)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
-    return Trainer(data_dir, out_dir, cfg, env, deadline, verbose).fit()
+    return Trainer(data_dir, out_dir, cfg, env, deadline, verbose, resume_from).fit()
 
 # %% ../nbs/20_train.ipynb #eb532921
 def valid_stages(cfg: TrainConfig) -> tuple[TrainConfig, list[str]]:

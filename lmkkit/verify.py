@@ -190,6 +190,7 @@ class SiftMagsac(Verifier):
         "Keypoint positions (K, 2) and SIFT descriptors (K, 128) (None when there is no keypoint)."
         gray = cv2.cvtColor(prepare_image(img, self.max_side), cv2.COLOR_RGB2GRAY)
         kps, desc = self._sift.detectAndCompute(gray, None)
+        desc = desc if desc is not None and len(desc) else None  # no keypoint: OpenCV 5.0 None, 5.1 (0, 128)
         return np.float32([k.pt for k in kps]).reshape(-1, 2), desc
 
     def correspond(self, fa, fb) -> tuple[np.ndarray, np.ndarray]:
@@ -199,7 +200,7 @@ class SiftMagsac(Verifier):
 
     def match(self, fa, fb) -> PairResult:
         (pa, da), (pb, db) = fa, fb
-        if da is None or db is None: return PairResult(0, 0, 'no keypoints')
+        if da is None or db is None or not len(da) or not len(db): return PairResult(0, 0, 'no keypoints')
         idx = mutual_matches(da, db, self.ratio)
         return self.geometry(pa[idx[:, 0]], pb[idx[:, 1]])
 
