@@ -555,7 +555,10 @@ def _check_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
     "Refuse impossible values before any image is read: `CliParser`'s one-line error."
     if a.size is not None and a.size < 8: p.error(f"--size must be at least 8 pixels, got {a.size}")
     if any(s <= 0 for s in a.scales): p.error(f"--scales must be positive factors, got {' '.join(map(str, a.scales))}")
-    if a.superglobal < 0: p.error(f"--superglobal must be 0 (off) or the number of top images to re-rank, got {a.superglobal}")
+    if a.superglobal < 0 or a.superglobal == 1:
+        p.error(f"--superglobal must be 0 (off) or the number of top images to re-rank (at least 2), got {a.superglobal}")
+    if a.sg_k < 1: p.error(f"--sg-k must be at least 1 neighbour, got {a.sg_k}")
+    if a.sg_beta < 0: p.error(f"--sg-beta must be at least 0, got {a.sg_beta}")
     for name in ('qe', 'dba'):
         if getattr(a, name) < 0: p.error(f"--{name} must be 0 (off) or a number of neighbours, got {getattr(a, name)}")
     if a.batch_size < 1: p.error(f"--batch-size must be at least 1, got {a.batch_size}")
@@ -577,8 +580,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('--dba-alpha', type=float, default=0.0)
     p.add_argument('--superglobal', type=int, default=0, metavar='M',
                    help='SuperGlobal re-ranking of the top M images (0: off; the paper uses 400); --sg-k, --sg-beta')
-    p.add_argument('--sg-k', type=int, default=9)
-    p.add_argument('--sg-beta', type=float, default=0.15)
+    p.add_argument('--sg-k', type=int, default=9, help='SuperGlobal K: neighbours of each candidate (default: 9)')
+    p.add_argument('--sg-beta', type=float, default=0.15, help='SuperGlobal beta: weight per unit of similarity (default: 0.15)')
     p.add_argument('--pool', default=None, choices=POOLS.names,
                    help="replace the checkpoint's pooling, training-free (SuperGlobal: window_gem)")
     p.add_argument('--scale-merge', default=None, choices=SCALE_MERGES.names,

@@ -32,8 +32,8 @@ __all__ = ['MIN_POINTS', 'VERIFIERS', 'LEARNED', 'VERIFIER_TITLES', 'PairResult'
            'XFeatLighterGlue', 'simple_nms', 'sample_descriptors', 'SuperPointNet', 'mlp', 'KeypointEncoder',
            'MultiHeadedAttention', 'AttentionalPropagation', 'AttentionalGNN', 'log_optimal_transport',
            'mutual_assignment', 'SuperGlueNet', 'SuperPointSuperGlue', 'SuperPointLightGlue', 'PairCache',
-           'VerifyReport', 'FeatureCache', 'verify_candidates', 'batched_results', 'choose_verifier', 'check_verifier',
-           'resolve_verifier', 'verify_settings', 'VerifySettings', 'Verify']
+           'VerifyReport', 'FeatureCache', 'verify_candidates', 'batched_results', 'choose_verifier', 'verifier_keys',
+           'check_verifier', 'resolve_verifier', 'verify_settings', 'VerifySettings', 'Verify']
 
 # %% ../nbs/41_verify.ipynb #3d542c54
 @dataclasses.dataclass(frozen=True)
@@ -850,11 +850,21 @@ def choose_verifier(weights_dir: str | Path | None, device: str) -> tuple[str, d
     files = {k: str(d/f) for k, f in VERIFIERS.get(have[0]).files.items()}
     return have[0], files, f"{have[0]}: its weights are in {d} and a GPU ({device}) is present"
 
+def verifier_keys(name: str) -> set[str] | None:
+    "The keyword arguments verifier `name` takes ('auto': 'weights_dir' and any verifier's); None: any."
+    if name == 'auto': return {'weights_dir'}.union(*(verifier_keys(n) or set() for n in VERIFIERS.names))
+    params = inspect.signature(VERIFIERS.get(name)).parameters.values()
+    return None if any(p.kind == p.VAR_KEYWORD for p in params) else {p.name for p in params}
+
 def check_verifier(settings: dict) -> None:
-    "Raise a `ConfigError` on an unknown verifier or a weight file that is not there."
+    "Raise a `ConfigError` on an unknown verifier, a keyword it does not take, or a weight file that is not there."
     name = settings.get('verifier', 'sift_magsac')
     if name not in VERIFIERS and name != 'auto':
         raise ConfigError(f"parameter 'verifier': unknown {name!r}; choose from 'auto', {', '.join(VERIFIERS.names)}")
+    keys, given = verifier_keys(name), set(settings.get('verifier_kwargs') or {})
+    if keys is not None and given - keys:
+        raise ConfigError(f"verifier {name!r}: unknown key {sorted(given - keys)[0]!r} in verifier_weights; "
+                          f"it takes {', '.join(sorted(keys))}")
     for key, path in (settings.get('verifier_kwargs') or {}).items():
         if key.endswith('weights') and not Path(path).is_file():
             raise ConfigError(f"verifier {name!r}: {key} file {path} not found; attach the dataset that holds it "

@@ -67,9 +67,12 @@ def test_benchmark_superglobal_options(data, checkpoint, tmp_path, capsys):
                           '--superglobal', 400, '--pool', 'window_gem', '--scale-merge', 'scale_max', '--quiet')
     assert code == 0, text
     assert text.splitlines()[0].endswith('superglobal 400, pool window_gem, scale merge scale_max'), text
-    code, text = _run_cli('benchmark', 'roxford5k', root, '--checkpoint', checkpoint, '--superglobal', -1, '--quiet')
-    assert code == 2
-    assert '--superglobal must be 0 (off) or the number of top images to re-rank, got -1' in capsys.readouterr().err
+    for flags, says in [(('--superglobal', -1), '--superglobal must be 0 (off) or the number of top images to re-rank'),
+                        (('--superglobal', 1), 'to re-rank (at least 2), got 1'),
+                        (('--superglobal', 10, '--sg-k', 0), '--sg-k must be at least 1 neighbour, got 0'),
+                        (('--superglobal', 10, '--sg-beta', -1), '--sg-beta must be at least 0, got -1')]:
+        code, text = _run_cli('benchmark', 'roxford5k', root, '--checkpoint', checkpoint, *flags, '--quiet')
+        assert code == 2 and says in capsys.readouterr().err, flags
 
 
 def test_bad_images_are_counted_not_fatal(data, checkpoint, tmp_path):
