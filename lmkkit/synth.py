@@ -23,10 +23,10 @@ from .data import SPLITS, LoadStats, id_to_path, load_image, load_image_reason, 
 
 # %% auto #0
 __all__ = ['STREAM_IDS', 'STREAM_FAMILY', 'STREAM_LANDMARK', 'STREAM_IMAGE', 'STREAM_PLAN', 'MOTIFS', 'BACKGROUNDS', 'TEXTURES',
-           'FONTS', 'SCALED_COUNTS', 'SynthConfig', 'hex_ids', 'Style', 'family_style', 'landmark_style', 'draw_scene',
-           'view_shape', 'view_homography', 'render_view', 'encode_jpeg', 'draw_nonlandmark', 'plan_synthetic',
-           'synthetic_tables', 'scaled_sizes', 'landmark_scenes', 'render_image', 'summarize_plan', 'check_config',
-           'out_folder', 'make_synthetic', 'colour_histogram', 'tiny_pixels', 'knn_top1_accuracy']
+           'FONTS', 'SCALED_COUNTS', 'SYNTH_CSVS', 'SynthConfig', 'hex_ids', 'Style', 'family_style', 'landmark_style',
+           'draw_scene', 'view_shape', 'view_homography', 'render_view', 'encode_jpeg', 'draw_nonlandmark',
+           'plan_synthetic', 'synthetic_tables', 'scaled_sizes', 'landmark_scenes', 'render_image', 'summarize_plan',
+           'check_config', 'out_folder', 'make_synthetic', 'colour_histogram', 'tiny_pixels', 'knn_top1_accuracy']
 
 # %% ../nbs/02_synth.ipynb #34c3c3a7
 @dataclass(frozen=True)
@@ -422,13 +422,16 @@ def out_folder(path: str | Path) -> Path:
         raise ConfigError(f"{path} is a file; pass a folder to write the data set into (it is created if missing)")
     return path
 
+SYNTH_CSVS = ('train.csv', 'nonlandmarks.csv', 'index_image_to_landmark.csv', 'recognition_solution.csv',
+              'retrieval_solution.csv', 'recognition_sample_submission.csv', 'retrieval_sample_submission.csv')
+
 def _clear(out: Path, overwrite: bool) -> None:
-    "Refuse to write over an earlier set unless `overwrite`, and into a folder `lmkkit synth` did not create; then remove its split folders and CSVs."
-    old = [out/s for s in SPLITS if (out/s).exists()] + sorted(out.glob('*.csv')) if out.exists() else []
+    "Refuse a folder `lmkkit synth` did not create, and an earlier set unless `overwrite`; then remove its splits and CSVs."
+    claim_folder(out, 'synth', "choose an empty or new folder: synth writes (and with --overwrite deletes) only in folders it created")
+    old = [out/s for s in SPLITS if (out/s).exists()] + [out/n for n in SYNTH_CSVS if (out/n).exists()] if out.exists() else []
     if old and not overwrite:
         raise FileExistsError(f"{out} already holds a data set ({old[0].name}); choose an empty folder or pass overwrite=True "
                               f"(`--overwrite` on the command line)")
-    claim_folder(out, 'synth', "choose an empty or new folder: synth writes (and with --overwrite deletes) only in folders it created")
     for p in old:
         if p.is_dir(): shutil.rmtree(p)
         else: p.unlink()
