@@ -379,6 +379,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = 'cpu') 
     except Exception as e:
         raise CheckpointError(f"{path} is not an lmkkit checkpoint (torch.load failed: {_load_failure(e)}); fix: pass the model.pt "
                               f"that `lmkkit train` or lmkkit.model.save_checkpoint wrote, copied again if this copy was cut short") from e
+    if isinstance(obj, dict) and {'model', 'optimizer'} <= obj.keys():  # `lmkkit train`'s resume state (last.pt)
+        raise CheckpointError(f"{path} is a training run's resume state, not a model; fix: pass the model.pt in the same "
+                              f"folder (written when training ends)")
     if not isinstance(obj, dict) or obj.get('format') != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is a torch file but not an lmkkit checkpoint (no {CHECKPOINT_FORMAT!r} marker); "
                               "a bare state dict loads with create_model(...).load_state_dict(...)")

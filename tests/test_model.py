@@ -83,8 +83,10 @@ def test_checkpoint_bad_files(tmp_path):
     torch.save(model.state_dict(), tmp_path / 'state_dict.pt')
     (tmp_path / 'text.pt').write_text('not a checkpoint\n')
     (tmp_path / 'empty.pt').write_bytes(b'')
+    torch.save(dict(model=model.state_dict(), optimizer={}, scheduler={}, step=3), tmp_path / 'last.pt')
     unreadable = r'is not an lmkkit checkpoint \(torch.load failed: .*\); fix: pass the model.pt'
     for name, msg in [('cut.pt', unreadable), ('state_dict.pt', 'is a torch file but not an lmkkit checkpoint'),
+                      ('last.pt', "resume state, not a model; fix: pass the model.pt in the same folder"),
                       ('text.pt', unreadable), ('empty.pt', r'\(torch.load failed: EOFError\)'), ('.', 'is a folder; pass the checkpoint file')]:
         with pytest.raises(CheckpointError, match=msg) as e:
             load_checkpoint(tmp_path / name)
