@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from .core import CliParser, ConfigError, atomic_write, claim_folder
+from .core import CliParser, ConfigError, LmkkitError, atomic_write, claim_folder
 from .data import load_image, name_problem
 from .embed import extract_embeddings
 from .metrics import REVISITED_SETUPS, revisited_map
@@ -138,7 +138,7 @@ def load_revisited(root: str | Path, dataset: str, distractors: str | Path | Non
     return RevisitedSet(dataset, images, [str(n) for n in cfg['imlist']], [str(n) for n in cfg['qimlist']], list(cfg['gnd']), extra)
 
 # %% ../nbs/33_revisited.ipynb #af7aa13b
-class UnsafePickle(ValueError):
+class UnsafePickle(LmkkitError, ValueError):
     "A pickle that asks for more than plain data: an opcode or a callable a data file never needs."
 
 PLAIN_KINDS = 'biufcUS'  # bool, ints, floats, complex, fixed-width text: no object pointers in the bytes
