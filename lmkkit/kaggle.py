@@ -223,7 +223,11 @@ def shape_problems(meta: dict) -> list[str]:
     if shape.lower() == 'nvidiateslap100' and not meta.get('docker_image'):
         return [f"machine_shape NvidiaTeslaP100: the default image's torch (cu128) has no P100 (sm_60) kernels, "
                 f"so the first CUDA operation fails; {fix}"]
-    if gpu and not shape: return [f"enable_gpu without machine_shape leaves the GPU to Kaggle (by default a P100, which the image's torch cannot run); {fix}"]
+    if gpu and not shape:
+        return [f"enable_gpu without machine_shape leaves the GPU to Kaggle's default (the P100 in older kaggle releases, "
+                f"which the image's torch cannot run); {fix}"]
+    if shape and shape not in MACHINE_SHAPES:
+        return [f"machine_shape {shape!r} is not one lmkkit knows; {fix}"]
     return []
 
 def _metadata_problems(meta: dict, require_gpu: bool) -> list[str]:
@@ -317,13 +321,12 @@ def check_kernel(folder: str | Path, require_gpu: bool = True) -> None:
 
 # %% ../nbs/60_kaggle.ipynb #shape002
 def set_machine_shape(folder: str | Path, shape: str) -> dict:
-    "Rewrite `folder`'s kernel-metadata.json to run on `shape` (a `MACHINE_SHAPES` name, or another Kaggle accelerator id); returns the new metadata."
+    "Rewrite `folder`'s kernel-metadata.json to run on `shape` (a `MACHINE_SHAPES` name the default image can use); returns the new metadata."
     path = kernel_folder(folder)/KERNEL_METADATA
     try: meta = json.loads(path.read_text(encoding='utf-8'))
     except (OSError, ValueError) as e: raise ConfigError(f"{path}: cannot read the kernel metadata ({e})") from None
-    if not re.fullmatch(r'[A-Za-z0-9]+', shape):
-        raise ConfigError(f"machine shape {shape!r} is not a Kaggle accelerator id; choose one of {', '.join(MACHINE_SHAPES)}")
     meta = {**meta, 'machine_shape': shape}
+    if problems := shape_problems({**meta, 'enable_gpu': True}): raise ConfigError(problems[0])
     with atomic_write(path) as f: json.dump(meta, f, indent=1)
     return meta
 
