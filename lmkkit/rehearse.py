@@ -31,7 +31,7 @@ __all__ = ['GLDV2_TRAIN', 'GLDV2_CLASSES', 'GLDV2_TEST', 'REHEARSAL_SPREAD', 'RE
            'STEP_UNITS', 'EXTRACTION', 'MAC_UNITS', 'GPUS', 'DECODE', 'synthetic_ids', 'long_tail_pmf', 'class_centres',
            'clustered_rows', 'RehearsalData', 'write_rehearsal_data', 'synthetic_photo_pool', 'photo_folders',
            'PhotoPool', 'run_units', 'step_unit', 'rehearse', 'rehearsal_steps', 'RunAssumptions', 'extraction_rate',
-           'project_run', 'plot_projection', 'positive_float', 'count', 'main']
+           'project_run', 'plot_projection', 'positive_float', 'count', 'DefaultsOnce', 'main']
 
 # %% ../nbs/56_rehearse.ipynb #ac4ec10b
 GLDV2_TRAIN, GLDV2_CLASSES, GLDV2_TEST = 1_580_470, 81_313, 117_577  # recognition 2021 train (clean) and test sizes
@@ -371,9 +371,16 @@ def _print_steps(steps: pd.DataFrame) -> None:
     print(steps[cols].to_string(index=False, na_rep='-', max_colwidth=70,
                                 formatters={'work': lambda v: '-' if pd.isna(v) else f'{v:.3g}'}, float_format=lambda v: f'{v:,.1f}'))
 
+class DefaultsOnce(argparse.ArgumentDefaultsHelpFormatter):
+    "Help that shows a flag's default once: not where its text already says it, nor for None or a required flag."
+    def _get_help_string(self, action):
+        text = action.help or ''
+        if 'default' in text or action.default is None or action.required: return text
+        return super()._get_help_string(action)
+
 def main(argv: Sequence[str] | None = None) -> int:
     "`lmkkit rehearse`: the recognition kernel after extraction at the given sizes; prints each step and the projected full run."
-    ap = CliParser(prog='lmkkit rehearse', description=main.__doc__.split(': ', 1)[1], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap = CliParser(prog='lmkkit rehearse', description=main.__doc__.split(': ', 1)[1], formatter_class=DefaultsOnce)
     ap.add_argument('--train', type=count, required=True, help='train (index) embeddings, e.g. 1.58M')
     ap.add_argument('--test', type=count, required=True, help='test queries, e.g. 117577')
     ap.add_argument('--dim', type=count, default=512, help='embedding size')

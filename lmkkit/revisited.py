@@ -585,7 +585,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('--pool', default=None, choices=POOLS.names,
                    help="replace the checkpoint's pooling, training-free (SuperGlobal: window_gem)")
     p.add_argument('--scale-merge', default=None, choices=SCALE_MERGES.names,
-                   help='merge the scales so instead of GeM (SuperGlobal: scale_max)')
+                   help='how the scales\' descriptors are merged instead of their mean (SuperGlobal: scale_max)')
     p.add_argument('--whiten', default=None, metavar='FILE', help='a learned whitening (lmkkit.whiten.Whitening.save)')
     p.add_argument('--distractors', default=None, metavar='DIR', help='R1M-style distractor folder (revisitop1m.txt + jpg/)')
     p.add_argument('--out', default=None, metavar='CSV', help='write the table here')
