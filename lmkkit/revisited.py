@@ -555,6 +555,8 @@ def _check_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
     "Refuse impossible values before any image is read: `CliParser`'s one-line error."
     if a.size is not None and a.size < 8: p.error(f"--size must be at least 8 pixels, got {a.size}")
     if any(s <= 0 for s in a.scales): p.error(f"--scales must be positive factors, got {' '.join(map(str, a.scales))}")
+    if (a.device or '').startswith('cuda') and not torch.cuda.is_available():
+        p.error(f"--device {a.device}: no CUDA GPU is visible here; use --device cpu (or leave it out)")
     if a.superglobal < 0 or a.superglobal == 1:
         p.error(f"--superglobal must be 0 (off) or the number of top images to re-rank (at least 2), got {a.superglobal}")
     if a.sg_k < 1: p.error(f"--sg-k must be at least 1 neighbour, got {a.sg_k}")

@@ -70,7 +70,8 @@ def test_benchmark_superglobal_options(data, checkpoint, tmp_path, capsys):
     for flags, says in [(('--superglobal', -1), '--superglobal must be 0 (off) or the number of top images to re-rank'),
                         (('--superglobal', 1), 'to re-rank (at least 2), got 1'),
                         (('--superglobal', 10, '--sg-k', 0), '--sg-k must be at least 1 neighbour, got 0'),
-                        (('--superglobal', 10, '--sg-beta', -1), '--sg-beta must be at least 0, got -1')]:
+                        (('--superglobal', 10, '--sg-beta', -1), '--sg-beta must be at least 0, got -1')] + \
+                       ([] if torch.cuda.is_available() else [(('--device', 'cuda'), 'no CUDA GPU is visible here; use --device cpu')]):
         code, text = _run_cli('benchmark', 'roxford5k', root, '--checkpoint', checkpoint, *flags, '--quiet')
         assert code == 2 and says in capsys.readouterr().err, flags
 
