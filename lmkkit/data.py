@@ -155,14 +155,12 @@ def submission_ids(data_dir: str | Path, track: str,
                    rejected: list | None = None,  # test file names left out for not being UTF-8 (`list_ids`)
                    ) -> list[str]:
     "The ids a submission must list: the sample submission's (if present), else the test folder's."
-    data_dir = Path(data_dir)
-    for name in (SAMPLE[track], 'sample_submission.csv'):
-        if (data_dir/name).is_file():
-            df = pd.read_csv(data_dir/name, dtype=str, keep_default_na=False)
-            if 'id' not in df.columns: raise DataError(f"{data_dir/name}, line 1: no column 'id'; fix: the header must start with id")
-            refuse_bad_ids(ids := df['id'].str.strip(), data_dir/name)
-            return list(dict.fromkeys(ids))
-    return list_ids(data_dir, 'test', rejected) if (data_dir/'test').is_dir() else []
+    data_dir, sample = Path(data_dir), sample_submission(data_dir, track)
+    if sample is None: return list_ids(data_dir, 'test', rejected) if (data_dir/'test').is_dir() else []
+    df = pd.read_csv(sample, dtype=str, keep_default_na=False)
+    if 'id' not in df.columns: raise DataError(f"{sample}, line 1: no column 'id'; fix: the header must start with id")
+    refuse_bad_ids(ids := df['id'].str.strip(), sample)
+    return list(dict.fromkeys(ids))
 
 def unlisted_test_ids(data_dir: str | Path, ids, rejected: list | None = None) -> list[str]:
     "Ids of the test folder's images that `ids` (the sample submission's) do not list: on disk, never predicted."

@@ -11,7 +11,6 @@ os.environ.setdefault('HF_HUB_OFFLINE', '1')
 os.environ.setdefault('NO_ALBUMENTATIONS_UPDATE', '1')
 
 from lmkkit.core import make_config
-from lmkkit.synth import make_synthetic
 from lmkkit.train import PRESETS, TrainConfig, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,14 +20,6 @@ TINY = dict(stages=((32, 1),), batch_size=8, embedding_size=16, num_workers=0, l
 LMKKIT = [sys.executable, '-c', 'import sys; from lmkkit.cli import main; sys.exit(main(sys.argv[1:]))']
 
 def tiny(**kw) -> TrainConfig: return make_config(TrainConfig, base=PRESETS['demo'], **{**TINY, **kw})
-
-@pytest.fixture(scope='module')
-def gld(tmp_path_factory):
-    d = tmp_path_factory.mktemp('gld')
-    make_synthetic(d, seed=0, verbose=False, n_landmarks=6, n_unseen=1, n_families=2, train_per_landmark=4,
-                   n_train_nonlandmarks=2, n_index_nonlandmarks=2, n_test_nonlandmarks=2, index_per_landmark=1,
-                   test_per_landmark=1, image_size=40)
-    return d
 
 @pytest.fixture(scope='module')
 def earlier(gld, tmp_path_factory):

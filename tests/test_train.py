@@ -18,7 +18,6 @@ os.environ.setdefault('NO_ALBUMENTATIONS_UPDATE', '1')
 
 from lmkkit.core import ConfigError, Deadline, make_config
 from lmkkit.data import DataError
-from lmkkit.synth import make_synthetic
 from lmkkit.train import PRESETS, TrainConfig, TrainError, main, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,15 +43,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
-
-@pytest.fixture(scope='session')
-def gld(tmp_path_factory):
-    "A tiny synthetic GLDv2 folder: 8 landmarks, about 48 train images of 48 px."
-    d = tmp_path_factory.mktemp('gld')
-    make_synthetic(d, seed=0, verbose=False, n_landmarks=8, n_unseen=1, n_families=2, train_per_landmark=6,
-                   n_train_nonlandmarks=2, n_index_nonlandmarks=2, n_test_nonlandmarks=2, index_per_landmark=1,
-                   test_per_landmark=1, image_size=48)
-    return d
 
 @pytest.fixture(scope='session')
 def reference(gld, tmp_path_factory):
