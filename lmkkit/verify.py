@@ -909,7 +909,7 @@ class VerifySettings:
 class Verify(Stage):
     "RANSAC inliers of the top `top_n` candidates as features 'inliers' and 'inlier_ratio' (and a rescored order)."
     name, Settings, needs = 'verify', VerifySettings, ('image_path',)
-    cost_s, per = 0.05, 'pair'  # 51 ms of CPU a pair at the defaults (the table above)
+    cost_s, per = 0.05, 'pair'  # a first guess (51 ms a pair, idle machine); the run's warm probe replaces it
     params = {'verify_top_n': 'top_n', 'verifier': 'verifier', 'verifier_weights': 'verifier_kwargs'}
 
     @property
