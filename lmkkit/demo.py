@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from .core import CliParser, atomic_write, claim_folder, kernel_manager_class
+from .core import CliParser, ConfigError, atomic_write, claim_folder, kernel_manager_class
 
 
 # %% auto #0
-__all__ = ['KERNELS', 'METRIC', 'DEMO_TRAIN', 'DEMO_INFERENCE', 'kernels_dir', 'kernel_notebook', 'run_kernel', 'cut_steps',
-           'collect_metrics', 'ablation_table', 'kernel_params', 'run_demo', 'plots', 'record_table', 'final_scores',
-           'seed_spread', 'spread_markdown', 'add_spread', 'record_markdown', 'main']
+__all__ = ['KERNELS', 'METRIC', 'DEMO_TRAIN', 'DEMO_MEMBERS', 'DEMO_INFERENCE', 'kernels_dir', 'kernel_notebook', 'run_kernel',
+           'cut_steps', 'collect_metrics', 'ablation_table', 'ensemble_table', 'kernel_params', 'run_demo', 'plots',
+           'record_table', 'final_scores', 'seed_spread', 'spread_markdown', 'add_spread', 'record_markdown', 'main']
 
 # %% ../nbs/55_demo.ipynb #2af0a9bc
 KERNELS = {'train': 'lmkkit-train', 'recognition': 'lmkkit-recognition', 'retrieval': 'lmkkit-retrieval'}
@@ -54,25 +54,31 @@ def run_kernel(name: str, out_nb: str | Path, parameters: dict, kernel_name: str
     return Path(out_nb)
 
 # %% ../nbs/55_demo.ipynb #b9a9600d
-def cut_steps(train_dir: str | Path | None, recognition_dir: str | Path, retrieval_dir: str | Path) -> list[str]:
+def _dirs(train_dir) -> list[Path]:
+    "The training kernels' folders: none, one, or one per model."
+    return [] if train_dir is None else [Path(train_dir)] if isinstance(train_dir, (str, Path)) else [Path(d) for d in train_dir]
+
+def cut_steps(train_dir: str | Path | list | None,  # a training kernel's out_dir, or one per model
+              recognition_dir: str | Path, retrieval_dir: str | Path) -> list[str]:
     "Every step that a time limit stopped or dropped, with the reason, from the kernels' metrics.json files."
-    cut = []
-    if train_dir is not None:
-        t = json.loads((Path(train_dir)/'metrics.json').read_text())
+    cut, dirs = [], _dirs(train_dir)
+    for i, d in enumerate(dirs):
+        t = json.loads((d/'metrics.json').read_text())
         if not t['finished']:
-            cut.append(f"training: stopped by its time limit at step {t['step']} of {t['total_steps']} (the model is the last checkpoint)")
+            who = 'training' if len(dirs) == 1 else f'training of model {i + 1}'
+            cut.append(f"{who}: stopped by its time limit at step {t['step']} of {t['total_steps']} (the model is the last checkpoint)")
     for track, d in (('recognition', recognition_dir), ('retrieval', retrieval_dir)):  # only the deadline's cuts: other skips are verdicts
         cut += [f"{track}: {note}" for note in json.loads((Path(d)/'metrics.json').read_text()).get('cut', [])]
     return cut
 
-def collect_metrics(recognition_dir: str | Path, retrieval_dir: str | Path, train_dir: str | Path | None = None) -> dict:
+def collect_metrics(recognition_dir: str | Path, retrieval_dir: str | Path, train_dir: str | Path | list | None = None) -> dict:
     "The demo's metrics.json content from the kernels' metrics.json files."
     out = {}
     for track, d in (('recognition', recognition_dir), ('retrieval', retrieval_dir)):
         m = json.loads((Path(d)/'metrics.json').read_text())
         keep = lambda r: {'stage': r['stage'], METRIC[track]: r[METRIC[track]], 'holdout': r.get('holdout'),
                           'adopted': r.get('adopted', True), 'title': r.get('title') or r['stage']}
-        out[track] = {'stages': [keep(r) for r in m['stages']]}
+        out[track] = {'stages': [keep(r) for r in m['stages']], **({'ensemble': m['ensemble']} if 'ensemble' in m else {})}
     return out | {'cut': cut_steps(train_dir, recognition_dir, retrieval_dir)}
 
 def ablation_table(metrics: dict, track: str) -> pd.DataFrame:
@@ -81,9 +87,19 @@ def ablation_table(metrics: dict, track: str) -> pd.DataFrame:
     col = METRIC[track]
     return df.assign(delta=df[col].diff(), vs_knn=df[col] - df[col].iloc[0])
 
+def ensemble_table(metrics: dict, track: str) -> pd.DataFrame:
+    "One track's models alone, then each ensemble tried: held-out and test kNN scores; `used`: in the submission's descriptor (alone) or adopted (an addition)."
+    ens, col = metrics[track].get('ensemble'), METRIC[track]
+    rows = [] if not ens else [dict(models=f"model {m['member'] + 1}", holdout=m.get('holdout'), **{col: m.get(col)}, used=m['member'] in ens['adopted'])
+                               for m in ens['members'] if m.get('ran', True)]
+    rows += [] if not ens else [dict(models=' + '.join(f'model {i + 1}' for i in a['members']), holdout=a['holdout'], **{col: a[col]},
+                                     used=a['adopted']) for a in ens['additions']]
+    return pd.DataFrame(rows, columns=['models', 'holdout', col, 'used'])
+
 # %% ../nbs/55_demo.ipynb #15115d43
 DEMO_TRAIN = dict(preset='demo', stages=[[64, 40]], time_limit_hours=None,
                   overrides={'head': 'adacos', 'batch_size': 64, 'lr': 3e-3, 'embedding_size': 64, 'val_every_epochs': 10})
+DEMO_MEMBERS = 2  # models the demo trains (the same recipe, training seeds 0, 1, ...) and submits as one ensemble
 DEMO_INFERENCE = dict(time_limit_hours=24.0, reserve_minutes=1.0, verbose=False, overrides={'verify_top_n': 5})
 
 def kernel_params(base: dict, extra: dict | None) -> dict:
@@ -117,8 +133,9 @@ def run_demo(out: str | Path = 'runs/demo', seed: int = 0,
              synth: dict | None = None,  # lmkkit.synth.SynthConfig sizes (default: the standard synthetic set)
              train: dict | None = None,  # training kernel parameters over DEMO_TRAIN (e.g. {'stages': [[64, 1]], 'overrides': {'lr': 1e-3}})
              inference: dict | None = None,  # inference kernel parameters over DEMO_INFERENCE (e.g. {'overrides': {'verify_top_n': 2}})
-             kernel_name: str = 'python3', verbose: bool = True) -> dict:
-    "Synthetic data → training kernel → recognition and retrieval kernels; writes `out/metrics.json` and `out/record.json`, returns the metrics."
+             kernel_name: str = 'python3', verbose: bool = True,
+             members: int = DEMO_MEMBERS) -> dict:  # models trained (training seeds 0, 1, ...) and given to the inference kernels together
+    "Synthetic data → training kernel (once per model) → recognition and retrieval kernels; writes `out/metrics.json` and `out/record.json`, returns the metrics."
     from lmkkit.synth import make_synthetic
     out = claim_folder(Path(out).resolve(), 'demo', "pass a new or empty folder as --out (out=): the demo replaces what it writes there")
     say = print if verbose else (lambda *a: None)
@@ -131,23 +148,35 @@ def run_demo(out: str | Path = 'runs/demo', seed: int = 0,
             make_synthetic(data, seed=seed, verbose=False, overwrite=True, **(synth or {}))  # only a set synth made
             with atomic_write(data/'synth.json') as f: json.dump(marker, f)
         else: say(f"[1/4] synthetic data: reusing {data}")
-    say(f"[2/4] training kernel -> {out/'train.ipynb'} (epoch lines follow)")
-    with steps('train'): run_kernel('train', out/'train.ipynb', train_params, kernel_name, echo=verbose)
+    model_dirs = _train_members(out, train_params, members, steps, kernel_name, verbose, say)
     infer_params = kernel_params(DEMO_INFERENCE, inference)
+    ckpts = [str(d/'model.pt') for d in model_dirs]
+    models = dict(checkpoint=ckpts[0]) if members == 1 else dict(checkpoints=ckpts)
     for i, track in enumerate(('recognition', 'retrieval'), 3):
         say(f"[{i}/4] {track} kernel -> {out/f'{track}.ipynb'}")
         with steps(track):
-            run_kernel(track, out/f'{track}.ipynb', dict(data_dir=str(data), checkpoint=str(out/'model'/'model.pt'),
-                                                         out_dir=str(out/track), cache_dir=str(out/'cache'), **infer_params), kernel_name)
-    metrics = collect_metrics(out/'recognition', out/'retrieval', out/'model')
+            run_kernel(track, out/f'{track}.ipynb', dict(data_dir=str(data), **models, out_dir=str(out/track), cache_dir=str(out/'cache'),
+                                                         **infer_params), kernel_name)
+    metrics = collect_metrics(out/'recognition', out/'retrieval', model_dirs)
     with atomic_write(out/'metrics.json') as f: json.dump(metrics, f, indent=1)
-    record = dict(seed=seed, synth=synth or {}, train={k: v for k, v in train_params.items() if not k.endswith('_dir')},
+    record = dict(seed=seed, synth=synth or {}, train={k: v for k, v in train_params.items() if not k.endswith('_dir')}, members=members,
                   inference=infer_params, **metrics, confidences=_confidences(out/'recognition'), steps=steps.rows,
                   wall_s=round(time.perf_counter() - start, 1), cpu_s=round(sum(r['cpu_s'] for r in steps.rows.values()), 1),
                   peak_mb=round(_peak_mb(out)), cpus=os.cpu_count())
     with atomic_write(out/'record.json') as f: json.dump(record, f, indent=1)
     if verbose: _report(out, record)
     return metrics
+
+def _train_members(out: Path, train_params: dict, members: int, steps, kernel_name: str, verbose: bool, say) -> list[Path]:
+    "Run the training kernel once per model (model i with training seed + i, into `model/`, `model_2/`, ...): their folders."
+    if members < 1: raise ConfigError(f"parameter 'members' must be >= 1, got {members}")
+    dirs = [out/('model' if i == 0 else f'model_{i + 1}') for i in range(members)]
+    for i, d in enumerate(dirs):
+        nb, seed = out/('train.ipynb' if i == 0 else f'train_{i + 1}.ipynb'), train_params['overrides'].get('seed', 0) + i
+        params = train_params if i == 0 else kernel_params(train_params, {'out_dir': str(d), 'overrides': {'seed': seed}})
+        say(f"[2/4] training kernel{f', model {i + 1} of {members} (seed {seed})' if members > 1 else ''} -> {nb} (epoch lines follow)")
+        with steps('train' if i == 0 else f'train_{i + 1}'): run_kernel('train', nb, params, kernel_name, echo=verbose)
+    return dirs
 
 def _confidences(recognition_dir: Path) -> dict:
     "Mean final confidence of non-landmark and landmark test images (the recognition kernel's report)."
@@ -159,6 +188,9 @@ def _report(out: Path, record: dict) -> None:
     for track in ('recognition', 'retrieval'):
         print(f"\n{track} ablation ({METRIC[track]}):")
         print(ablation_table(record, track).to_string(index=False, float_format=lambda v: f'{v:.4f}'))
+        if len(ens := ensemble_table(record, track)):
+            print(f"{track} models and ensemble (kNN {METRIC[track]}; held-out: train queries, empty when unjudged):")
+            print(ens.to_string(index=False, float_format=lambda v: f'{v:.4f}', na_rep='-'))
     print('\ncut by a time limit: ' + ('; '.join(record['cut']) if record['cut'] else 'nothing'))
     gap, map100 = (record[t]['stages'][-1][METRIC[t]] for t in ('recognition', 'retrieval'))
     fmt = lambda v: 'n/a' if v is None else f'{v:.4f}'

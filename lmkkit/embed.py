@@ -42,7 +42,7 @@ __all__ = ['TTA_VIEWS', 'AMP_DTYPES', 'AMP_MODES', 'DECODE_MODES', 'DECODERS', '
            'plain_jpeg_bytes', 'EncodedImages', 'collate_lists', 'eval_on_device', 'decode_jpegs', 'decode_batch',
            'shm_safe_batches', 'default_workers', 'embed_batches', 'extract_embeddings', 'shard_rows', 'model_replicas',
            'embed_sharded', 'file_sha1', 'image_stamps', 'compact_ids', 'id_strings', 'SplitCache', 'EmbeddingCache',
-           'EmbedResult', 'Embedder', 'cached_embeddings', 'MemorySplit']
+           'EmbedResult', 'Embedder', 'cached_embeddings', 'MemorySplit', 'embed_together']
 
 # %% ../nbs/30_embed.ipynb #0dbfcc92
 TTA_VIEWS = ('none', 'flip')
@@ -658,3 +658,10 @@ def _cache_failed(self: Embedder, e: OSError, folder: Path) -> None:
     warnings.warn(f"embedding cache {self.cache_off} for the rest of this run; fix: free space under {self.cache.dir.parent} "
                   f"or pass another cache_dir")
     shutil.rmtree(folder, ignore_errors=True)
+
+# %% ../nbs/30_embed.ipynb #ensrun01
+def embed_together(embedders: Sequence[Embedder], ids, paths: Sequence[str | Path] | Callable[[str], Path],
+                   deadline: Deadline | None = None, split: str = 'images') -> list[EmbedResult]:
+    "One `EmbedResult` per embedder for `ids` (images at `paths`, or `paths(id)`), each under its own cache key."
+    # replaced by ens-extract at merge: this stand-in runs the embedders one after the other (a decode pass each)
+    return [e(ids, paths, deadline, split=split) for e in embedders]

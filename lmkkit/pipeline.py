@@ -5,11 +5,12 @@
 # %% ../nbs/50_pipeline.ipynb #a56c362c
 from __future__ import annotations
 
+import functools
 import json
 import re
 import time
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -19,7 +20,8 @@ import pandas as pd
 from .core import ConfigError, Deadline, atomic_write, check_parameters, deadline_reserve, default_cache_dir, kernel_start_time, make_config, require_at_least_one, resolve_device, run_devices, seed_everything
 from .data import (IMAGE_FAILURES, list_ids, nonlandmark_ids, paths_for, read_train_csv, sample_submission, split_by_class,
                          submission_ids, unlisted_test_ids)
-from .embed import DECODE_MODES, NONFINITE, EmbedResult, Embedder, compact_ids, id_strings
+from .embed import DECODE_MODES, NONFINITE, EmbedResult, Embedder, compact_ids, default_workers, embed_together, id_strings
+from .ensemble import Member, adopt_members, combine_embeddings, parse_members, plan_members, probe_members
 from .model import trained_size, valid_image_size, valid_scale_sizes
 from .metrics import TRACKS, load_solution, score, write_recognition_submission, write_retrieval_submission
 from .plan import MIN_HOLDOUT_LANDMARKS, Holdout, Timeline, run_stages
@@ -28,7 +30,7 @@ from .stages import DEFAULT_STAGES, SEED_STAGES, chain_settings, flat_parameter_
 from .search import Candidates, search
 
 # %% auto #0
-__all__ = ['KNN_TITLES', 'InferenceConfig', 'kernel_config', 'InferenceResult', 'run_embedder', 'public_sample',
+__all__ = ['KNN_TITLES', 'KNN_S_PER_MAC', 'InferenceConfig', 'kernel_config', 'InferenceResult', 'run_embedder', 'public_sample',
            'public_sample_size', 'make_holdout', 'run_recognition', 'run_retrieval', 'run_inference']
 
 # %% ../nbs/50_pipeline.ipynb #fd33583d
@@ -37,6 +39,8 @@ class InferenceConfig:
     "Every setting of an inference run (recognition or retrieval)."
     data_dir: str = '../input/landmark-recognition-2021'  # GLDv2 folder: train.csv, train/, index/, test/
     checkpoint: str = 'model.pt'  # lmkkit.model checkpoint
+    checkpoints: list | tuple | None = None  # an ensemble: paths, or dicts {'path', 'weight', 'image_size'} (lmkkit.ensemble); None: `checkpoint` alone
+    ensemble_stage_share: float = 0.3  # with several checkpoints: share of the time left kept for kNN's stages when choosing how many models run
     out_dir: str = '.'  # submission.csv, timeline.csv, metrics.json go here
     track: str = 'recognition'  # 'recognition' or 'retrieval'
     time_limit_hours: float = 12.0  # the kernel's wall-time limit, counted from `kernel_start`
@@ -79,6 +83,10 @@ class InferenceConfig:
         if self.time_limit_hours <= 0 or self.reserve_minutes < 0:  # a reserve too large for the limit shrinks (core.deadline_reserve)
             raise ConfigError(f"need time_limit_hours > 0 and reserve_minutes >= 0, got "
                               f"{self.time_limit_hours} h and {self.reserve_minutes} min")
+        if not 0 <= self.ensemble_stage_share < 1:
+            raise ConfigError(f"parameter 'ensemble_stage_share' must be in [0, 1), got {self.ensemble_stage_share}")
+        if self.checkpoints is not None: object.__setattr__(self, 'checkpoints', tuple(self.checkpoints) if isinstance(self.checkpoints, list) else self.checkpoints)
+        self.members  # a bad member spec stops here, in one line
         if self.public_budget_s <= 0: raise ConfigError(f"parameter 'public_budget_s' must be > 0 seconds, got {self.public_budget_s}")
         if isinstance(self.stages, (list, str)): object.__setattr__(self, 'stages', tuple([self.stages] if isinstance(self.stages, str) else self.stages))
         object.__setattr__(self, 'tta', tuple(self.tta))
@@ -101,6 +109,11 @@ class InferenceConfig:
         return make_chain(self.chain, self.track)
 
     @property
+    def members(self) -> tuple[Member, ...]:
+        "The models of the run, in the user's order (`lmkkit.ensemble.parse_members`): `checkpoints`, else `checkpoint` alone."
+        return parse_members(self.checkpoints, self.checkpoint)
+
+    @property
     def deadline_reserve_s(self) -> float: return 60 * self.reserve_minutes
 
 # %% ../nbs/50_pipeline.ipynb #d44d98cb
@@ -109,7 +122,8 @@ def _found_inputs(track: str, params: dict) -> dict:
     from lmkkit.kaggle import find_input
     found = {}
     if 'data_dir' in params and params['data_dir'] is None: found['data_dir'] = str(find_input(track))
-    if 'checkpoint' in params and params['checkpoint'] is None: found['checkpoint'] = str(find_input('weights')/'model.pt')
+    if 'checkpoint' in params and params['checkpoint'] is None:  # with `checkpoints` given, `checkpoint` is not used
+        found['checkpoint'] = InferenceConfig.checkpoint if params.get('checkpoints') else str(find_input('weights')/'model.pt')
     return found
 
 def kernel_config(track: str,
@@ -201,9 +215,9 @@ def _public(cfg: InferenceConfig) -> tuple[bool, str]:
     public = is_public_run(data, cfg.track, cfg.public_max_test, rows)
     return public, ('public run: few test images' + (f', train.csv has {rows} rows' if rows else '')) if public else 'full run'
 
-def _image_size(cfg: InferenceConfig, extra: dict | None, model) -> tuple[int, list[str]]:
-    "The configured size (else the checkpoint's last training size, else 224) made valid for `model`'s backbone; the notes on it and on the TTA scales."
-    size, note = valid_image_size(model, cfg.image_size or trained_size(extra))
+def _image_size(cfg: InferenceConfig, extra: dict | None, model, image_size: int | None = None) -> tuple[int, list[str]]:
+    "The size asked for (`image_size`, else the config's, else the checkpoint's last training size, else 224) made valid for `model`'s backbone; the notes on it and on the TTA scales."
+    size, note = valid_image_size(model, image_size or cfg.image_size or trained_size(extra))
     return size, [n for n in [note, *valid_scale_sizes(model, size, cfg.scales)[1]] if n]
 
 def _start(cfg: InferenceConfig, locate: Callable[[str, str], str] | None = None) -> _Run:
@@ -239,36 +253,49 @@ def _read_train(run: _Run) -> pd.DataFrame:
         row['note'] = f'{len(train)} rows'
     return train
 
-def _load_model(run: _Run):
-    with run.timeline.step('load_model') as row:
+def _member_name(i: int) -> str: return 'load_model' if i == 0 else f'load_model[{i}]'
+
+def _load_model(run: _Run, i: int = 0) -> Embedder:
+    "The `Embedder` of member `i` of the run (`checkpoints[i]`, else `checkpoint`) at its image size; a step of the timeline."
+    member = run.cfg.members[i]
+    with run.timeline.step(_member_name(i)) as row:
         from lmkkit.model import load_checkpoint  # timm's import (seconds) is part of the step
-        model, _, extra = load_checkpoint(run.cfg.checkpoint, map_location=run.device)
-        run.size, notes = _image_size(run.cfg, extra, model)
-        embedder = run_embedder(run.cfg, model, run.size, run.device, run.devices)
-        row['note'] = '; '.join([f"{run.cfg.checkpoint} at {run.size}px on {', '.join(run.devices)}", f'JPEGs decoded by {embedder.decoding}', *notes])
-    if notes: run.report['size_notes'] = notes
+        model, _, extra = load_checkpoint(member.path, map_location=run.device)
+        size, notes = _image_size(run.cfg, extra, model, member.image_size)
+        embedder = run_embedder(run.cfg, model, size, run.device, run.devices, checkpoint=member.path)
+        row['note'] = '; '.join([f"{member.path} at {size}px on {', '.join(run.devices)}", f'JPEGs decoded by {embedder.decoding}', *notes])
+    if i == 0: run.size = size
+    if notes: run.report.setdefault('size_notes', []).extend(notes)
     return embedder
 
-def run_embedder(cfg: InferenceConfig, model, size: int, device: str, devices: Sequence[str] | None = None) -> Embedder:
+def run_embedder(cfg: InferenceConfig, model, size: int, device: str, devices: Sequence[str] | None = None,
+                 checkpoint: str | None = None) -> Embedder:  # the member's checkpoint (its cache key); None: cfg.checkpoint
     "The `Embedder` of a run of `cfg` (its cache folder and key) at `size` on `device`, sharded over `devices` (None: `device` alone); `model` None: loaded when first needed."
-    return Embedder(model, cfg.checkpoint, cfg.cache_dir or default_cache_dir(cfg.out_dir), size, device, devices=devices, batch_size=cfg.batch_size,
-                    num_workers=cfg.num_workers, tta=cfg.tta, scales=cfg.scales, decode=cfg.decode)
+    return Embedder(model, checkpoint or cfg.checkpoint, cfg.cache_dir or default_cache_dir(cfg.out_dir), size, device, devices=devices,
+                    batch_size=cfg.batch_size, num_workers=cfg.num_workers, tta=cfg.tta, scales=cfg.scales, decode=cfg.decode)
 
 def _embed(run: _Run, embedder: Embedder, name: str, split: str, ids: Sequence[str]) -> EmbedResult:
     "Embed the images `ids` of `split` as timeline step `name`; count what could not be embedded."
-    with run.timeline.step(name, planned_s=embedder.eta(len(ids))) as row:
-        res = embedder(ids, lambda i: run.locate(split, i), run.deadline, split=name)  # a path only for an image it reads
+    return _embed_members(run, [embedder], name, split, ids)[0]
+
+def _embed_members(run: _Run, embedders: Sequence[Embedder], name: str, split: str, ids: Sequence[str]) -> list[EmbedResult]:
+    "Embed the images `ids` of `split` with every member, each image decoded once (`embed_together`), as timeline step `name`; count what could not be embedded."
+    with run.timeline.step(name, planned_s=sum(e.eta(len(ids)) for e in embedders)) as row:
+        results = embed_together(embedders, ids, lambda i: run.locate(split, i), run.deadline, split=name)  # a path only for an image it reads
+        res = results[0]
         reasons = {r: res.reasons.get(r, 0) for r in (*IMAGE_FAILURES, NONFINITE)}  # every reason, zeros included
         row['note'] = f'{int(res.ok.sum())}/{len(ids)} images' + (f', {res.skipped} skipped (time)' if res.skipped else '') \
             + (f", {len(res.unreadable)} unreadable ({', '.join(f'{r}: {n}' for r, n in reasons.items() if n)})" if res.unreadable else '') \
-            + (f'; cache off: {embedder.cache_off}' if embedder.cache_off else '')
+            + (f'; {len(embedders)} models' if len(embedders) > 1 else '') \
+            + ''.join(f'; cache off: {e.cache_off}' for e in embedders if e.cache_off)
     run.report[f'{name}_unreadable'] = len(res.unreadable)
     run.report[f'{name}_failures'] = reasons
-    if embedder.cache.dropped: run.report['embed_cache_nonfinite'] = len(embedder.cache.dropped)
-    if embedder.cache_off: run.report['embed_cache_off'] = embedder.cache_off
+    if dropped := sum(len(e.cache.dropped) for e in embedders): run.report['embed_cache_nonfinite'] = dropped
+    if off := [e.cache_off for e in embedders if e.cache_off]: run.report['embed_cache_off'] = '; '.join(off)
     if res.unreadable: run.report.setdefault('unreadable_examples', []).extend(res.unreadable[:3])
     if res.skipped: run.timeline.cut_short(name, f'{res.skipped} images not embedded (time)')
-    return res
+    return results
+
 
 # %% ../nbs/50_pipeline.ipynb #pub00002
 def public_sample(n_rows: int, n: int, seed: int = 0) -> np.ndarray:
@@ -338,6 +365,87 @@ def make_holdout(train: pd.DataFrame,  # id, landmark_id of the train images, ro
     truth = {**{i: [int(l)] for i, l in zip(held['id'], held['landmark_id'])}, **{i: [] for i in nl_str}}
     return Holdout(ctx, cands, truth)
 
+# %% ../nbs/50_pipeline.ipynb #ens00002
+KNN_S_PER_MAC = {'cpu': 5e-11, 'cuda': 2e-13}  # first guess of kNN seconds per multiply-add (float32 on a few CPU cores; fp16 on a T4) when planning models
+
+def _load_members(run: _Run) -> list[Embedder]:
+    "One `Embedder` per model of the run, in the user's order."
+    return [_load_model(run, i) for i in range(len(run.cfg.members))]
+
+def _embedding_size(e: Embedder, default: int = 512) -> int:
+    return int(getattr(getattr(e.model, 'config', None), 'embedding_size', None) or default)
+
+def _choose_members(run: _Run, embedders: list[Embedder], n_images: int, n_queries: int, n_db: int) -> list[int]:
+    "Which models run (positions in `checkpoints`): the only one; else probed and added in order while the plan fits (`plan_members`)."
+    if len(embedders) == 1: return [0]
+    rows = [dict(member=i, checkpoint=m.path, weight=m.weight, image_size=e.size) for i, (m, e) in enumerate(zip(run.cfg.members, embedders))]
+    run.report['ensemble'] = dict(members=rows)
+    if run.public: plans = [dict(member=i, run=i == 0, planned_s=None, note='' if i == 0 else 'skipped: public run, the first model only') for i in range(len(rows))]
+    else:
+        with run.timeline.step('probe_models') as row:
+            workers = default_workers() if run.cfg.num_workers is None else run.cfg.num_workers
+            probe = probe_members(embedders, [run.locate('test', i) for i in run.ids[:min(run.cfg.batch_size, 16)]], workers)
+            rate = lambda s: f'{1 / s:.0f} images/s' if s > 0 else 'not measured'
+            row['note'] = f"{probe['images']} test images: decode {rate(probe['decode_s'])}; " + ', '.join(f'checkpoints[{i}] {rate(s)}' for i, s in enumerate(probe['model_s']))
+        knn_s = [n_queries * n_db * _embedding_size(e) * KNN_S_PER_MAC['cpu' if run.device == 'cpu' else 'cuda'] for e in embedders]
+        plans = plan_members(probe['model_s'], probe['decode_s'], n_images, run.deadline.remaining, run.cfg.ensemble_stage_share, knn_s)
+        for r, s in zip(rows, probe['model_s']): r['images_per_s'] = float(f'{1 / s:.3g}') if s > 0 else None
+    for r, p in zip(rows, plans):
+        r.update(ran=p['run'], planned_s=p['planned_s'], note=p['note'])
+        if not p['run']: run.timeline.skip(f"model[{p['member']}]", p['planned_s'], p['note'], time=not run.public)
+    return [p['member'] for p in plans if p['run']]
+
+def _combined(results: dict[int, EmbedResult], members: Sequence[int], weights: Sequence[float]) -> EmbedResult:
+    "The `EmbedResult` of the ensemble of `members` (`combine_embeddings`; ok where every member is ok); one member: its own."
+    if len(members) == 1: return results[members[0]]
+    rs = [results[m] for m in members]
+    return EmbedResult(rs[0].ids, combine_embeddings([r.emb for r in rs], [weights[m] for m in members]), np.logical_and.reduce([r.ok for r in rs]),
+                       rs[0].unreadable, max(r.skipped for r in rs), rs[0].reasons, rs[0].stale)
+
+def _uncut(run: _Run, models: list[int], splits: list[list[EmbedResult]]) -> list[int]:
+    "The models whose extraction the deadline did not cut shorter than the first model's; the others are left out, said in the timeline."
+    ran = [models[0]]
+    for j, m in enumerate(models[1:], 1):
+        if not any(s[j].skipped > s[0].skipped for s in splits):
+            ran.append(m)
+            continue
+        note = 'left out: the deadline cut its extraction short (the run keeps the models it has)'
+        run.timeline.cut_short(f'model[{m}]', note)
+        run.report['ensemble']['members'][m].update(ran=False, note=note)
+    return ran
+
+def _ensemble(run: _Run, models: list[int], splits: list[list[EmbedResult]],  # per split, one result per model in `models`
+              holdout_score: Callable | None,  # (*combined splits) -> (held-out score, held-out landmark queries)
+              test_score: Callable,  # (*combined splits) -> test score or None
+              unjudged: str | None = None) -> list[EmbedResult]:
+    "Each split's descriptors of the models adopted on held-out queries (`adopt_members`); the report's `ensemble` holds every score and verdict."
+    if len(models) == 1: return [s[0] for s in splits]
+    by, ens = [dict(zip(models, s)) for s in splits], run.report['ensemble']
+    ran, weights = _uncut(run, models, splits), [m.weight for m in run.cfg.members]
+    @functools.cache
+    def scores(ms: tuple) -> tuple:  # (held-out, landmarks, test) of the ensemble of `ms`; its descriptors are made, scored and let go
+        parts = [_combined(b, ms, weights) for b in by]
+        return (*((None, 0) if holdout_score is None else holdout_score(*parts)), test_score(*parts))
+    few = lambda ms: scores(ms)[1] < run.cfg.min_holdout_landmarks  # too few held-out landmarks to resolve a difference
+    with run.timeline.step('ensemble') as row:
+        judge = None if holdout_score is None else (lambda idx: None if few(ms := tuple(ran[j] for j in idx)) else scores(ms)[0])
+        verdicts = adopt_members(len(ran), judge, unjudged)
+        for m in ran: ens['members'][m].update(holdout=scores((m,))[0], **{run.metric: scores((m,))[2]})
+        ens['additions'] = [dict(member=ran[v['member']], members=[ran[j] for j in v['members']], holdout=scores(ms)[0],
+                                 **{run.metric: scores(ms)[2]}, adopted=v['adopted'], note=v['note'])
+                            for v in verdicts[1:] for ms in [tuple(ran[j] for j in v['members'])]]
+        adopted = tuple(ran[v['member']] for v in verdicts if v['adopted'])
+        ens.update(adopted=list(adopted), holdout=scores(adopted)[0], **{run.metric: scores(adopted)[2]})
+        why = (f'{scores((ran[0],))[1]} held-out landmark queries, fewer than the {run.cfg.min_holdout_landmarks} needed to judge a model '
+               f'(min_holdout_landmarks)') if holdout_score is not None and few((ran[0],)) else ''
+        row['note'] = '; '.join(filter(None, [*(f"checkpoints[{a['member']}]: {a['note']}" for a in ens['additions']), why,
+                                             f'descriptor of checkpoints {list(adopted)}']))
+    return [_combined(b, adopted, weights) for b in by]
+
+def _test_score(run: _Run, predictions: dict) -> float | None:
+    "The test score of `predictions` when the folder has a solution, else None."
+    return None if run.solution is None else score({q: p for q, p in predictions.items() if q in run.id_set}, run.solution, run.cfg.track)
+
 # %% ../nbs/50_pipeline.ipynb #5d1a4229
 def _rerank(run: _Run, cands: Candidates, ctx: RerankContext, predict, holdout: Holdout | None = None) -> Candidates:
     "Plan, run, judge and (when adopted) write each stage of the chain in turn; skipped, failing and rejected stages are logged."
@@ -359,13 +467,17 @@ def run_recognition(cfg: InferenceConfig, locate: Callable[[str, str], str] | No
     seed_everything(cfg.seed)
     run = _start(cfg, locate)
     train = _read_train(run)
-    embedder = _load_model(run)
-    test = _embed(run, embedder, 'embed_test', 'test', run.ids)
-    if run.public: train = _public_database(run, embedder, train)
-    nl = _embed(run, embedder, 'embed_nonlandmarks', 'train', [] if run.public else nonlandmark_ids(cfg.data_dir))
-    db = _embed(run, embedder, 'embed_train', 'train', train['id'].tolist())
-    q_ids, q_emb, db_ids, db_emb = test.ids, test.emb, db.ids, db.emb  # memory-mapped; rows not embedded are NaN, which search skips
+    nl_list = [] if run.public else nonlandmark_ids(cfg.data_dir)
+    embedders = _load_members(run)
+    models = _choose_members(run, embedders, len(run.ids) + len(train) + len(nl_list), len(run.ids), len(train))
+    chosen = [embedders[i] for i in models]
+    tests = _embed_members(run, chosen, 'embed_test', 'test', run.ids)
+    if run.public: train = _public_database(run, chosen[0], train)
+    nls = _embed_members(run, chosen, 'embed_nonlandmarks', 'train', nl_list)
+    dbs = _embed_members(run, chosen, 'embed_train', 'train', train['id'].tolist())
     labels = train['landmark_id'].to_numpy()
+    test, nl, db = _ensemble(run, models, [tests, nls, dbs], _recognition_holdout_score(run, train), _recognition_test_score(run, labels))
+    q_ids, q_emb, db_ids, db_emb = test.ids, test.emb, db.ids, db.emb  # memory-mapped; rows not embedded are NaN, which search skips
     with run.timeline.step('knn') as row:
         t0 = time.perf_counter()
         cands = search(q_ids, q_emb, db_ids, db_emb, cfg.k, labels, deadline=run.deadline, device=run.device, devices=run.devices)
@@ -387,18 +499,43 @@ def run_recognition(cfg: InferenceConfig, locate: Callable[[str, str], str] | No
     _confidences(run)
     return _finish(run)
 
+def _recognition_holdout_score(run: _Run, train: pd.DataFrame) -> Callable:
+    "(test, non-landmarks, train) -> (top-1 kNN GAP of held-out train queries (`make_holdout`), how many of them are landmarks)."
+    cfg = run.cfg
+    def held(test: EmbedResult, nl: EmbedResult, db: EmbedResult) -> tuple[float, int]:
+        nl_ids, nl_emb = nl.ids[nl.ok], nl.emb[nl.ok]
+        h = make_holdout(train, db.emb, nl_ids[1::2], nl_emb[1::2], nl_emb[0::2] if len(nl_emb) else None, cfg.k, cfg, ok=db.ok,
+                         image_path=run.image_path, deadline=run.deadline, device=run.device)
+        return float(score(recognition_predictions(h.cands), h.truth, 'recognition') or 0.0), h.n_landmarks
+    return held
+
+def _recognition_test_score(run: _Run, labels: np.ndarray) -> Callable:
+    "(test, non-landmarks, train) -> top-1 kNN GAP on the test set (None without a solution: no search)."
+    def tested(test: EmbedResult, nl: EmbedResult, db: EmbedResult) -> float | None:
+        if run.solution is None: return None
+        cands = search(test.ids, test.emb, db.ids, db.emb, run.cfg.k, labels, deadline=run.deadline, device=run.device, devices=run.devices)
+        return _test_score(run, recognition_predictions(cands))
+    return tested
+
 def run_retrieval(cfg: InferenceConfig, locate: Callable[[str, str], str] | None = None) -> InferenceResult:
     "Retrieval: 100 index ids per test query, improved stage by stage under the deadline; `locate(split, id)` finds an image (default: GLDv2's layout)."
     seed_everything(cfg.seed)
     run = _start(cfg, locate)
-    embedder = _load_model(run)
-    test = _embed(run, embedder, 'embed_test', 'test', run.ids)
     index_ids = list_ids(cfg.data_dir, 'index') if (Path(cfg.data_dir)/'index').is_dir() else []
-    if run.public: index_ids = _public_database(run, embedder, index_ids)
-    index = _embed(run, embedder, 'embed_index', 'index', index_ids)
     needs_train = not run.public and _wants(cfg, 'train_emb') and (Path(cfg.data_dir)/'train.csv').is_file()
     train = _read_train(run) if needs_train else pd.DataFrame({'id': [], 'landmark_id': []})
-    tr = _embed(run, embedder, 'embed_train', 'train', train['id'].tolist()) if needs_train else None
+    embedders = _load_members(run)
+    models = _choose_members(run, embedders, len(run.ids) + len(index_ids) + len(train), len(run.ids), len(index_ids))
+    chosen = [embedders[i] for i in models]
+    tests = _embed_members(run, chosen, 'embed_test', 'test', run.ids)
+    if run.public: index_ids = _public_database(run, chosen[0], index_ids)
+    indexes = _embed_members(run, chosen, 'embed_index', 'index', index_ids)
+    trs = _embed_members(run, chosen, 'embed_train', 'train', train['id'].tolist()) if needs_train else None
+    test_score = lambda test, index, *_: None if run.solution is None else _test_score(run, retrieval_predictions(
+        search(test.ids, test.emb, index.ids, index.emb, cfg.retrieval_k, deadline=run.deadline, device=run.device, devices=run.devices), cfg.retrieval_k))
+    test, index, *tr = _ensemble(run, models, [tests, indexes, *([trs] if needs_train else [])], None, test_score,
+                                 unjudged='no retrieval held-out set')  # wire the retrieval held-out score here when there is one
+    tr = tr[0] if tr else None
     q_ids, q_emb, x_ids, x_emb = test.ids, test.emb, index.ids, index.emb  # rows not embedded are NaN, which search skips
     with run.timeline.step('knn') as row:
         cands = search(q_ids, q_emb, x_ids, x_emb, cfg.retrieval_k, deadline=run.deadline, device=run.device, devices=run.devices)

@@ -26,16 +26,23 @@ def test_reduced_demo(tmp_path, capsys):
     assert json.loads((out/'model'/'metrics.json').read_text())['finished'] is True
     for track, first in (('recognition', 'knn_top1'), ('retrieval', 'knn')):
         stages = metrics[track]['stages']
-        assert list(metrics[track]) == ['stages']
+        assert list(metrics[track]) == ['stages', 'ensemble']  # two models: each alone and together (issue 23)
+        ens = metrics[track]['ensemble']
+        assert [m['ran'] for m in ens['members']] == [True, True] and isinstance(ens['additions'][0]['adopted'], bool)
+        assert all(isinstance(r[METRIC[track]], float) for r in [*ens['members'], *ens['additions']])
+        assert ens[METRIC[track]] == stages[0][METRIC[track]]  # the kNN answer is the adopted models' descriptor
+        if track == 'recognition': assert all(isinstance(r['holdout'], float) for r in [*ens['members'], *ens['additions']])
+        else: assert ens['additions'][0]['note'] == 'adopted unjudged: no retrieval held-out set'
+        assert f'{track} models and ensemble' in printed
         assert stages[0]['stage'] == first and stages[-1]['stage'] == 'final' and len(stages) >= 3
         assert all(set(r) == {'stage', METRIC[track], 'holdout', 'adopted', 'title'} and 0 <= r[METRIC[track]] <= 1 for r in stages)
         assert [r['title'] for r in stages if r['stage'] == 'verify'] == ['SIFT + MAGSAC verification']  # the verifier that ran
         assert validate_submission(out/track/'submission.csv', submission_ids(out/'data', track))[0] == track
         assert (out/f'{track}.ipynb').is_file() and (out/track/'timeline.png').is_file()
-    assert (out/'model'/'model.pt').is_file()
+    assert (out/'model'/'model.pt').is_file() and (out/'model_2'/'model.pt').is_file()
     record = json.loads((out/'record.json').read_text())
     assert record['recognition'] == metrics['recognition'] and record['train']['time_limit_hours'] is None
-    assert list(record['steps']) == ['synth', 'train', 'recognition', 'retrieval']
+    assert list(record['steps']) == ['synth', 'train', 'train_2', 'recognition', 'retrieval'] and record['members'] == 2
     assert all(s['cpu_s'] > 0 and s['wall_s'] > 0 for s in record['steps'].values())
     assert record['peak_mb'] > 100 and record['cpu_s'] == round(sum(s['cpu_s'] for s in record['steps'].values()), 1)
     assert record_markdown(record).count('\n|') == 2 + max(len(metrics[t]['stages']) - 1 for t in METRIC)
