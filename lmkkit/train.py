@@ -107,6 +107,10 @@ class TrainConfig:
 
 PRESETS = {
     'seed': TrainConfig(),
+    # the seed's three ensemble members, each with the seed's sizes 448 -> 512 -> 640 -> 736 (train one per kernel run, attach all: `checkpoints`)
+    'seed_swin': TrainConfig(backbone='swin_base_patch4_window12_384'),
+    'seed_seresnet101': TrainConfig(backbone='legacy_seresnet101'),
+    'seed_nfnet': TrainConfig(backbone='dm_nfnet_f0'),
     'demo': TrainConfig(stages=((64, 10), (96, 15), (128, 5)), backbone='test_resnet', embedding_size=128, lr=1e-3,
                         head_lr_mult=10.0, warmup_epochs=0.2, batch_size=16, grad_accum=1, num_workers=0,
                         checkpoint_every_steps=50, log_every_steps=5, val_frac=0.1, val_unseen_class_frac=0.1,

@@ -98,3 +98,19 @@ def test_the_deadline_chooses_how_many_models_run(world, tmp_path, monkeypatch):
     assert any(c.startswith('model[2]: skipped') for c in res.cut), res.cut
     assert 'load_model[2]' in set(res.timeline['step'])  # loaded (its size and rate known), never extracted
     assert res.ablation[0]['map@100'] == ens['map@100']
+
+
+def test_presets_train_the_seeds_three_members_and_the_training_kernel_says_how_to_attach_them():
+    import re
+    import nbformat
+    import timm
+    from lmkkit.train import PRESETS
+    for name, backbone in [('seed_swin', 'swin_base_patch4_window12_384'), ('seed_seresnet101', 'legacy_seresnet101'),
+                           ('seed_nfnet', 'dm_nfnet_f0')]:
+        assert PRESETS[name].backbone == backbone and timm.is_model(backbone)
+        assert PRESETS[name].stages == ((448, 8), (512, 8), (640, 8), (736, 4))  # the seed's schedule
+    root = __import__('pathlib').Path(__file__).resolve().parents[1]
+    nb = nbformat.read(root/'kaggle_kernels'/'lmkkit-train'/'lmkkit-train.ipynb', as_version=4)
+    text = '\n'.join(c.source for c in nb.cells if c.cell_type == 'markdown')
+    named = set(re.findall(r"'(seed_\w+)'", text))
+    assert named == {'seed_swin', 'seed_seresnet101', 'seed_nfnet'} <= set(PRESETS) and '`checkpoints`' in text

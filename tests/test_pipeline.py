@@ -140,6 +140,7 @@ KERNELS = Path(__file__).resolve().parents[1] / 'kaggle_kernels'
     ('recognition', dict(time_limit_hours='twelve'), "parameter 'time_limit_hours' must be float"),
     ('recognition', dict(verifier='loftr', verifier_weights={'weights': '/missing/loftr.ckpt'}), 'loftr.ckpt not found'),
     ('retrieval', dict(verifier='orb'), "parameter 'verifier': unknown 'orb'"),
+    ('retrieval', dict(checkpoints=['a.pt', {'path': 'b.pt', 'weight': 0}]), r"parameter 'checkpoints'\[1\] 'weight' must be a number > 0"),
 ])
 def test_inference_kernel_stops_in_its_first_cells_on_bad_parameters(world, tmp_path, track, bad, message):
     import papermill as pm
