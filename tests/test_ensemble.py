@@ -84,20 +84,29 @@ def test_a_member_is_adopted_only_when_held_out_queries_say_it_helps(world, tmp_
 
 
 def test_the_deadline_chooses_how_many_models_run(world, tmp_path, monkeypatch):
-    "Retrieval with three models: the third is probed too slow for the time left and skipped (the timeline says why); the second joins unjudged."
+    "Retrieval with three models: the third is probed too slow for the time left and never extracted; the deadline cuts the second's index extraction short, so it is left out and the run keeps the first's submission."
     monkeypatch.setattr(pipeline, 'probe_members', lambda embedders, paths, workers=0: dict(decode_s=0.0, model_s=[1e-4, 1e-4, 1e4], images=len(paths)))
+    real = pipeline.embed_together
+    def cut_second(embedders, ids, paths, deadline=None, split='images'):
+        res = real(embedders, ids, paths, deadline, split=split)
+        assert len(res) == 2  # the third model is never extracted
+        if split == 'embed_index':  # as if the deadline stopped the second model 3 images early
+            r, ok = res[1], res[1].ok.copy()
+            ok[-3:] = False
+            res[1] = replace(r, ok=ok, emb=np.where(ok[:, None], r.emb, np.nan).astype(np.float32), skipped=3)
+        return res
+    monkeypatch.setattr(pipeline, 'embed_together', cut_second)
     res = pipeline.run_inference(data_dir=str(world/'data'), checkpoints=[str(world/f'm{i}.pt') for i in range(3)], track='retrieval',
                                  out_dir=str(tmp_path), cache_dir=str(tmp_path/'cache'), **FAST)
     validate_submission(res.submission, submission_ids(world/'data', 'retrieval'))
     ens = json.loads((tmp_path/'metrics.json').read_text())['ensemble']
-    assert [m['ran'] for m in ens['members']] == [True, True, False] and ens['adopted'] == [0, 1]
-    assert ens['additions'][0]['note'] == 'adopted unjudged: no retrieval held-out set'
-    assert all(isinstance(m['map@100'], float) for m in ens['members'][:2]) and isinstance(ens['map@100'], float)
+    assert [m['ran'] for m in ens['members']] == [True, False, False] and ens['adopted'] == [0] and ens['additions'] == []
+    assert ens['members'][1]['note'].startswith('left out: the deadline cut its extraction short')
     skipped = res.timeline.set_index('step').loc['model[2]']
     assert not skipped.ran and 'checkpoints[2] needs' in skipped.note and 'not kept for the stages' in skipped.note
-    assert any(c.startswith('model[2]: skipped') for c in res.cut), res.cut
-    assert 'load_model[2]' in set(res.timeline['step'])  # loaded (its size and rate known), never extracted
-    assert res.ablation[0]['map@100'] == ens['map@100']
+    assert any(c.startswith('model[2]: skipped') for c in res.cut) and any(c.startswith('model[1]: left out') for c in res.cut), res.cut
+    assert isinstance(ens['members'][0]['map@100'], float) and res.ablation[0]['map@100'] == ens['members'][0]['map@100'] == ens['map@100']
+    assert int(res.timeline.set_index('step').loc['knn', 'note'].split(' x ')[1].split()[0]) == 19  # all of the first model's index
 
 
 def test_presets_train_the_seeds_three_members_and_the_training_kernel_says_how_to_attach_them():
