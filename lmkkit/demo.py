@@ -197,7 +197,8 @@ def _report(out: Path, record: dict) -> None:
     print(f"GAP {fmt(gap)}   mAP@100 {fmt(map100)}   ({record['wall_s']:.0f} s, {record['cpu_s']:.0f} CPU s, peak {record['peak_mb']} MB: "
           + ', '.join(f"{k} {v['wall_s']:.0f} s" for k, v in record['steps'].items()) + ')')
     print("one run's scores: another seed or another CPU gives other digits (README: the spread over seeds)")
-    print(f"executed notebooks: {out/'train.ipynb'}, {out/'recognition.ipynb'}, {out/'retrieval.ipynb'}")
+    print(f"executed notebooks: {', '.join(str(p) for p in sorted(out.glob('train*.ipynb')))}, {out/'recognition.ipynb'}, "
+          f"{out/'retrieval.ipynb'}")
     print(f"submissions:        {out/'recognition'/'submission.csv'}, {out/'retrieval'/'submission.csv'}")
     print(f"plots:              {', '.join(str(p) for p in plots(out))}")
     print(f"metrics:            {out/'metrics.json'}, {out/'record.json'}")
