@@ -10,7 +10,7 @@ import json
 import re
 import time
 import typing
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -273,10 +273,6 @@ def run_embedder(cfg: InferenceConfig, model, size: int, device: str, devices: S
     "The `Embedder` of a run of `cfg` (its cache folder and key) at `size` on `device`, sharded over `devices` (None: `device` alone); `model` None: loaded when first needed."
     return Embedder(model, checkpoint or cfg.checkpoint, cfg.cache_dir or default_cache_dir(cfg.out_dir), size, device, devices=devices,
                     batch_size=cfg.batch_size, num_workers=cfg.num_workers, tta=cfg.tta, scales=cfg.scales, decode=cfg.decode)
-
-def _embed(run: _Run, embedder: Embedder, name: str, split: str, ids: Sequence[str]) -> EmbedResult:
-    "Embed the images `ids` of `split` as timeline step `name`; count what could not be embedded."
-    return _embed_members(run, [embedder], name, split, ids)[0]
 
 def _embed_members(run: _Run, embedders: Sequence[Embedder], name: str, split: str, ids: Sequence[str]) -> list[EmbedResult]:
     "Embed the images `ids` of `split` with every member, each image decoded once (`embed_together`), as timeline step `name`; count what could not be embedded."
