@@ -44,7 +44,7 @@ __all__ = ['TTA_VIEWS', 'AMP_DTYPES', 'AMP_MODES', 'DECODE_MODES', 'DECODERS', '
            'shm_safe_batches', 'default_workers', 'embed_batches', 'extract_embeddings', 'shard_rows', 'model_replicas',
            'embed_sharded', 'file_sha1', 'image_stamps', 'compact_ids', 'id_strings', 'SplitCache', 'EmbeddingCache',
            'EmbedResult', 'Embedder', 'cached_embeddings', 'MemorySplit', 'decode_image', 'DecodedImages',
-           'device_images', 'member_batch', 'embed_members', 'embed_together']
+           'collate_decoded', 'device_images', 'member_batch', 'embed_members', 'embed_together']
 
 # %% ../nbs/30_embed.ipynb #0dbfcc92
 TTA_VIEWS = ('none', 'flip')
@@ -728,15 +728,25 @@ class DecodedImages(torch.utils.data.Dataset):
         img, reason = (None, None) if data is not None else decode_image(self.paths[i], self.load_size)
         return dict(index=i, data=data, image=img, ok=reason is None, reason=reason or '')
 
+def collate_decoded(items: list[dict]) -> dict:
+    "`DecodedImages` items as one batch (`collate_lists`), the decoded images packed in one flat uint8 tensor `pixels` (from a worker: one shared-memory file a batch) and `image` their (H, W, 3) shapes (None: not decoded)."
+    batch = collate_lists(items)
+    arrays = [a for a in batch['image'] if a is not None]
+    flat = np.concatenate([a.ravel() for a in arrays]) if arrays else np.zeros(0, np.uint8)
+    return dict(batch, pixels=torch.from_numpy(flat), image=[None if a is None else a.shape for a in batch['image']])
+
 def device_images(batch: dict, ds: DecodedImages, device: str) -> tuple[list[torch.Tensor | None], torch.Tensor, list[str]]:
-    "A collated `DecodedImages` batch on `device`: RGB uint8 (3, H, W) per image (None: unreadable), ok (B,) bool, reasons; file bytes decoded there in one call (`decode_jpegs`)."
-    up = lambda a: None if a is None else torch.from_numpy(a).to(device).permute(2, 0, 1)
-    images, ok, reasons = [up(a) for a in batch['image']], list(batch['ok']), list(batch['reason'])
+    "A `collate_decoded` batch on `device`: RGB uint8 (3, H, W) per image (None: unreadable), ok (B,) bool, reasons; the pixels copied in one transfer, file bytes decoded there in one call (`decode_jpegs`)."
+    pixels, at, images = batch['pixels'].to(device, non_blocking=True), 0, []
+    for shape in batch['image']:
+        images.append(None if shape is None else pixels[at:at + int(np.prod(shape))].view(*shape).permute(2, 0, 1))
+        at += 0 if shape is None else int(np.prod(shape))
+    ok, reasons = list(batch['ok']), list(batch['reason'])
     todo = [j for j, d in enumerate(batch['data']) if d is not None]
     for j, img in zip(todo, decode_jpegs([batch['data'][j] for j in todo], device) if todo else []):
         if img is None:  # e.g. a truncated JPEG: Pillow decodes what is there, as on the CPU path
             a, r = decode_image(ds.paths[int(batch['index'][j])], ds.load_size)
-            img, ok[j], reasons[j] = up(a), r is None, r or ''
+            img, ok[j], reasons[j] = None if a is None else torch.from_numpy(a).to(device).permute(2, 0, 1), r is None, r or ''
         images[j] = img
     return images, torch.tensor(ok), reasons
 
@@ -751,7 +761,7 @@ def embed_members(models: Sequence[torch.nn.Module], ds: DecodedImages, batch_si
                   verbose: bool = True):
     "Yield (index (B,) int64, outs, load_s, model_s) per batch of `ds`, decoded once: outs[m] = (positions (b,) of the images model m needs, emb (b, D), ok (b,), reasons) or None; seconds spent loading and in each model."
     num_workers, cuda = default_workers() if num_workers is None else num_workers, str(device).startswith('cuda')
-    dl = _loader_batches(ds, batch_size, num_workers, cuda, collate_lists, batch_size * 3 * ds.load_size ** 2)
+    dl = _loader_batches(ds, batch_size, num_workers, cuda, collate_decoded, batch_size * 3 * ds.load_size ** 2)
     amps = [resolve_amp(m['amp'], device) for m in members]
     with ExitStack() as stack, torch.inference_mode():
         fmts = [stack.enter_context(_eval_mode(model, device, m['channels_last'])) for model, m in zip(models, members)]
@@ -825,6 +835,7 @@ def embed_together(embedders: Sequence[Embedder],  # one per ensemble member, ea
                    chunk: int = 4096, probe: int | None = None) -> list[EmbedResult]:  # as `Embedder.__call__`'s
     "One EmbedResult per embedder, as each `embedder(ids, paths, deadline, split=split)` would give, but every image read and decoded once for all of them: a member gets only the rows its cache lacks, a row every cache holds is not read."
     if len(embedders) == 1: return [embedders[0](ids, paths, deadline, chunk, probe, split)]
+    paths = paths if callable(paths) else list(paths)  # read once for every member
     _check_members(embedders)
     opened = [e._open(ids, paths, split) for e in embedders]
     ids, path_of_row = opened[0][:2]
