@@ -571,13 +571,13 @@ class Embedder:
         return self._replicas
 
     def missing(self, ids, split: str = 'default') -> int:
-        "How many of `ids` the cache of `split` does not hold (no image is read, so a stale row counts as held): with `eta`, a plan's cost."
+        "How many of `ids` the cache of `split` lacks (no image is read: a stale row counts as held); `eta` of it: the cost."
         now, ids = SplitCache.existing(self.cache.dir/split), compact_ids(ids)
         if now is None or now.ids.dtype.kind != ids.dtype.kind: return len(ids)
         return int((~np.isin(ids, now.ids[now.ok])).sum())
 
     def _open(self, ids, paths, split: str) -> tuple[np.ndarray, Callable[[int], Path], np.ndarray]:
-        "Open the cache of `split` for `ids` (images at `paths`, or `paths(id)`): (ids, path of a row, rows to extract); stale rows forgotten, this call's counts reset."
+        "Open the cache of `split` for `ids` at `paths` (or `paths(id)`): (ids, path of a row, rows to extract); stale rows forgotten."
         ids = compact_ids(ids)
         if callable(paths): path_of_row = lambda r: paths(str(id_strings(ids[r:r + 1])[0]))
         else:
@@ -591,8 +591,9 @@ class Embedder:
         if self.verbose: print(f"embed cache {self.cache.key}/{split}: {len(ids) - len(todo)} cached, {len(todo)} to extract")
         return ids, path_of_row, todo
 
-    def _write(self, split: str, ids: np.ndarray, rows: np.ndarray, emb: np.ndarray, status: np.ndarray, path_of_row) -> None:
-        "Store the extracted `rows` (`_status_codes` `status`) in the cache of `split` (made now if not yet) and note the failed ones."
+    def _write(self, split: str, ids: np.ndarray, rows: np.ndarray, emb: np.ndarray, status: np.ndarray,
+               path_of_row) -> None:
+        "Store extracted `rows` (`_status_codes` `status`) in the cache of `split` (made now if not yet); note the failed."
         if self.sc is None: self.sc = self._split(split, ids, emb.shape[1])
         self._store(rows, emb, status, image_stamps([path_of_row(int(r)) for r in rows]))
         self.failed.extend(id_strings(self.sc.ids[rows[(status != STATUS.index('ok'))]]).tolist())
@@ -708,7 +709,7 @@ def _cache_failed(self: Embedder, e: OSError, folder: Path) -> None:
 
 # %% ../nbs/30_embed.ipynb #ens00002
 def decode_image(path: str | Path, load_size: int | None) -> tuple[np.ndarray | None, str | None]:
-    "(RGB uint8 (H, W, 3) upright, None): the file decoded once for several models, a JPEG in draft mode for a longer side `load_size` but not resized; or (None, reason) as `load_image_reason` gives it."
+    "(RGB uint8 (H, W, 3) upright, None): a JPEG in draft mode for a longer side `load_size`, not resized; or (None, reason)."
     try:
         with _truncated_images_ok(), _open_within_limit(path, load_size) as img:
             return np.asarray(_to_rgb(_exif_upright(img)), dtype=np.uint8).copy(), None
@@ -717,9 +718,9 @@ def decode_image(path: str | Path, load_size: int | None) -> tuple[np.ndarray | 
     except Exception: return None, 'corrupt'  # bad content of any kind, as `load_image_reason`
 
 class DecodedImages(torch.utils.data.Dataset):
-    "The images at `paths` for several models (`embed_members`): dict(index, data, image, ok, reason); `data` the file's bytes for the device's decoder (`plain_jpeg_bytes`), else None and `image` from `decode_image`."
+    "Images for several models: dict(index, data (`plain_jpeg_bytes` or None), image (`decode_image` or None), ok, reason)."
     def __init__(self, paths, load_size: int,  # the largest member's size
-                 on_device: bool,  # torchvision decodes plain JPEGs on the device; the rest (or all: False) PIL in the workers
+                 on_device: bool,  # True: plain JPEGs are decoded on the device (bytes only here), the rest by PIL
                  need: np.ndarray):  # (M, N) bool: which of M models needs each image
         self.paths, self.load_size, self.on_device, self.need = paths, load_size, on_device, need
     def __len__(self): return len(self.paths)
@@ -729,24 +730,28 @@ class DecodedImages(torch.utils.data.Dataset):
         return dict(index=i, data=data, image=img, ok=reason is None, reason=reason or '')
 
 def collate_decoded(items: list[dict]) -> dict:
-    "`DecodedImages` items as one batch (`collate_lists`), the decoded images packed in one flat uint8 tensor `pixels` (from a worker: one shared-memory file a batch) and `image` their (H, W, 3) shapes (None: not decoded)."
-    batch = collate_lists(items)
+    "`collate_lists` of `DecodedImages` items, the images packed in one flat uint8 tensor `pixels`, `image` their shapes."
+    batch = collate_lists(items)  # one tensor: a worker hands over one shared-memory file per batch, not one per image
     arrays = [a for a in batch['image'] if a is not None]
     flat = np.concatenate([a.ravel() for a in arrays]) if arrays else np.zeros(0, np.uint8)
     return dict(batch, pixels=torch.from_numpy(flat), image=[None if a is None else a.shape for a in batch['image']])
 
+def _chw(a: np.ndarray | None, device) -> torch.Tensor | None:
+    return None if a is None else torch.from_numpy(a).to(device).permute(2, 0, 1)
+
 def device_images(batch: dict, ds: DecodedImages, device: str) -> tuple[list[torch.Tensor | None], torch.Tensor, list[str]]:
-    "A `collate_decoded` batch on `device`: RGB uint8 (3, H, W) per image (None: unreadable), ok (B,) bool, reasons; the pixels copied in one transfer, file bytes decoded there in one call (`decode_jpegs`)."
-    pixels, at, images = batch['pixels'].to(device, non_blocking=True), 0, []
+    "A `collate_decoded` batch on `device`: RGB uint8 (3, H, W) per image (None: unreadable), ok (B,) bool, reasons."
+    pixels, at, images = batch['pixels'].to(device, non_blocking=True), 0, []  # one copy for the batch
     for shape in batch['image']:
-        images.append(None if shape is None else pixels[at:at + int(np.prod(shape))].view(*shape).permute(2, 0, 1))
-        at += 0 if shape is None else int(np.prod(shape))
+        n = 0 if shape is None else int(np.prod(shape))
+        images.append(None if shape is None else pixels[at:at + n].view(*shape).permute(2, 0, 1))
+        at += n
     ok, reasons = list(batch['ok']), list(batch['reason'])
     todo = [j for j, d in enumerate(batch['data']) if d is not None]
     for j, img in zip(todo, decode_jpegs([batch['data'][j] for j in todo], device) if todo else []):
         if img is None:  # e.g. a truncated JPEG: Pillow decodes what is there, as on the CPU path
             a, r = decode_image(ds.paths[int(batch['index'][j])], ds.load_size)
-            img, ok[j], reasons[j] = None if a is None else torch.from_numpy(a).to(device).permute(2, 0, 1), r is None, r or ''
+            img, ok[j], reasons[j] = _chw(a, device), r is None, r or ''
         images[j] = img
     return images, torch.tensor(ok), reasons
 
@@ -755,11 +760,12 @@ def member_batch(images: Sequence[torch.Tensor | None], size: int, device: str) 
     blank = torch.zeros(3, size, size, device=device)
     return torch.stack([blank if im is None else eval_on_device(im, size, size) for im in images])
 
-def embed_members(models: Sequence[torch.nn.Module], ds: DecodedImages, batch_size: int = 32, num_workers: int | None = None,
-                  device: str = 'cpu', stats: LoadStats | None = None,  # unused: each member counts its own
+def embed_members(models: Sequence[torch.nn.Module], ds: DecodedImages, batch_size: int = 32,
+                  num_workers: int | None = None, device: str = 'cpu',
+                  stats: LoadStats | None = None,  # unused: each member counts its own
                   members: Sequence[dict] = (),  # per model: size, tta, scales, amp, channels_last
                   verbose: bool = True):
-    "Yield (index (B,) int64, outs, load_s, model_s) per batch of `ds`, decoded once: outs[m] = (positions (b,) of the images model m needs, emb (b, D), ok (b,), reasons) or None; seconds spent loading and in each model."
+    "Yield (index (B,) int64, outs, load_s, model_s) per batch of `ds`; outs[m]: (positions, emb, ok, reasons) or None."
     num_workers, cuda = default_workers() if num_workers is None else num_workers, str(device).startswith('cuda')
     dl = _loader_batches(ds, batch_size, num_workers, cuda, collate_decoded, batch_size * 3 * ds.load_size ** 2)
     amps = [resolve_amp(m['amp'], device) for m in members]
@@ -771,13 +777,12 @@ def embed_members(models: Sequence[torch.nn.Module], ds: DecodedImages, batch_si
             images, ok, reasons = device_images(batch, ds, device)
             index, outs, model_s, load_s = batch['index'].numpy(), [], [], time.perf_counter() - t
             for model, m, amp, fmt, views, need in zip(models, members, amps, fmts, sizes, ds.need):
-                t, j = time.perf_counter(), np.flatnonzero(need[index])
-                if not len(j):
-                    outs.append(None); model_s.append(0.0)
-                    continue
-                with _autocast(device, amp):
-                    x = member_batch([images[k] for k in j], m['size'], device).contiguous(memory_format=fmt)
-                    outs.append((j, *_embed_step(model, x, m['tta'], views, ok[torch.from_numpy(j)], [reasons[k] for k in j])))
+                t, j = time.perf_counter(), np.flatnonzero(need[index])  # positions of the images model m lacks
+                if len(j):
+                    with _autocast(device, amp):
+                        x = member_batch([images[k] for k in j], m['size'], device).contiguous(memory_format=fmt)
+                        out = _embed_step(model, x, m['tta'], views, ok[torch.from_numpy(j)], [reasons[k] for k in j])
+                outs.append((j, *out) if len(j) else None)
                 model_s.append(time.perf_counter() - t)
             yield index, outs, load_s, model_s
             t = time.perf_counter()
@@ -785,26 +790,28 @@ def embed_members(models: Sequence[torch.nn.Module], ds: DecodedImages, batch_si
 def _check_members(embedders: Sequence[Embedder]) -> None:
     "`ConfigError` unless the members decode alike on the same devices and each has its own cache folder."
     if len({(e.decoder, tuple(e.devices)) for e in embedders}) > 1:
-        raise ConfigError(f"embed_together: the members decode with {[e.decoder for e in embedders]} on {[e.devices for e in embedders]}; "
-                          f"fix: give every member the same decode and devices")
+        raise ConfigError(f"embed_together: the members decode with {[e.decoder for e in embedders]} on "
+                          f"{[e.devices for e in embedders]}; fix: give every member the same decode and devices")
     dirs = [e.cache.dir for e in embedders]
     if len(set(dirs)) < len(dirs):
-        raise ConfigError(f"embed_together: two members share the cache {str(max(dirs, key=dirs.count))!r} (the same model and "
-                          f"settings); fix: pass each member once")
+        raise ConfigError(f"embed_together: two members share the cache {str(max(dirs, key=dirs.count))!r} (the same "
+                          f"model and settings); fix: pass each member once")
 
 def _eta(embedders: Sequence[Embedder], need: np.ndarray, rows: np.ndarray) -> float:
-    "Estimated seconds for every member to embed what it needs of `rows` (the members' measured shares add up to the wall time)."
+    "Estimated seconds for the members to embed what each needs of `rows` (their measured shares add up to the pass)."
     return sum(e.eta(int(need[m, rows].sum())) for m, e in enumerate(embedders))
 
-def _extract_together(embedders, split: str, ids: np.ndarray, rows: np.ndarray, need: np.ndarray, path_of_row, deadline,
-                      chunk: int, first: int) -> np.ndarray:
-    "Extract `rows` (what any member needs) in one decode pass, writing each member's cache every `chunk` rows (the first time after `first`); the rows done."
-    lead, load = embedders[0], max(e.size for e in embedders)
-    dataset_of = lambda part: DecodedImages(_RowPaths(path_of_row, rows[part]), load, lead.decoder == 'torchvision', need[:, rows[part]])
-    members = [dict(size=e.size, **{k: e.extract_kwargs[k] for k in ('tta', 'scales', 'amp', 'channels_last')}) for e in embedders]
+def _extract_together(embedders, split: str, ids: np.ndarray, rows: np.ndarray, need: np.ndarray, path_of_row,
+                      deadline, chunk: int, first: int) -> np.ndarray:
+    "Extract `rows` in one decode pass, writing each member's cache every `chunk` rows (first after `first`); rows done."
+    lead, load, on_device = embedders[0], max(e.size for e in embedders), embedders[0].decoder == 'torchvision'
+    dataset_of = lambda part: DecodedImages(_RowPaths(path_of_row, rows[part]), load, on_device, need[:, rows[part]])
+    settings = ('tta', 'scales', 'amp', 'channels_last')
+    members = [dict(size=e.size, **{k: e.extract_kwargs[k] for k in settings}) for e in embedders]
     per_device = [list(ms) for ms in zip(*(e._models() for e in embedders))]
     batches = embed_sharded(per_device, dataset_of, len(rows), lead.devices, min(e.batch_size for e in embedders),
-                            lead.extract_kwargs['num_workers'], batches_of=embed_members, members=members, verbose=lead.verbose)
+                            lead.extract_kwargs['num_workers'], batches_of=embed_members, members=members,
+                            verbose=lead.verbose)
     bufs, busy, done = [[] for _ in embedders], np.zeros(len(embedders)), np.zeros(len(rows), bool)
     since, want, t0 = 0, first, time.perf_counter()
     try:
@@ -815,7 +822,7 @@ def _extract_together(embedders, split: str, ids: np.ndarray, rows: np.ndarray, 
                 j, emb, ok, reasons = out
                 buf.append((rows[pos[j]], emb, _status_codes(ok, reasons, emb)))
                 e.stats.add_batch(ok, [path_of_row(int(r)) for r in rows[pos[j]]], reasons)
-            busy += np.asarray(model_s) + load_s * n / n.sum()  # the decode shared by the images each member took
+            busy += np.asarray(model_s) + load_s * n / n.sum()  # its model, and the decoding of the images it took
             done[pos], since = True, since + len(pos)
             if since < want and not done.all(): continue
             for e, buf in zip(embedders, bufs):
@@ -833,16 +840,17 @@ def embed_together(embedders: Sequence[Embedder],  # one per ensemble member, ea
                    ids: Sequence[str], paths,  # as Embedder.__call__ takes them (list of paths or callable id -> path)
                    deadline: Deadline | None = None, split: str = 'images',
                    chunk: int = 4096, probe: int | None = None) -> list[EmbedResult]:  # as `Embedder.__call__`'s
-    "One EmbedResult per embedder, as each `embedder(ids, paths, deadline, split=split)` would give, but every image read and decoded once for all of them: a member gets only the rows its cache lacks, a row every cache holds is not read."
+    "One EmbedResult per embedder, as each `embedder(ids, paths, deadline, split=split)` would give, but every image read and decoded once: a member runs only on the rows its cache lacks, and a row every cache holds is not read."
     if len(embedders) == 1: return [embedders[0](ids, paths, deadline, chunk, probe, split)]
-    paths = paths if callable(paths) else list(paths)  # read once for every member
     _check_members(embedders)
+    paths = paths if callable(paths) else list(paths)  # read once for every member
     opened = [e._open(ids, paths, split) for e in embedders]
     ids, path_of_row = opened[0][:2]
     need = np.zeros((len(embedders), len(ids)), bool)
     for m, (_, _, todo) in enumerate(opened): need[m, todo] = True
     rows, first = np.flatnonzero(need.any(0)), probe or 2 * min(e.batch_size for e in embedders)
     fits = deadline is None or deadline.fits(_eta(embedders, need, rows[:first]))
-    done = _extract_together(embedders, split, ids, rows, need, path_of_row, deadline, chunk, first) if len(rows) and fits else rows[:0]
+    done = rows[:0] if not len(rows) or not fits else \
+        _extract_together(embedders, split, ids, rows, need, path_of_row, deadline, chunk, first)
     need[:, done] = False  # what is left: skipped for lack of time
     return [e._result(ids, int(left.sum())) for e, left in zip(embedders, need)]

@@ -90,14 +90,14 @@ def run(a, tmp: Path, ids, paths, files):
     print(f"{a.n} images ({len(files)} files, {Image.open(files[0]).size[0]}x{Image.open(files[0]).size[1]}), batch {a.batch}, "
           f"{a.workers} workers, {a.threads} torch threads, decode={a.decode}, device {a.device}, median of {a.repeat}; "
           f"load average at start {start_load} ({os.cpu_count()} CPUs)\n")
-    print('| member | own run s | its loader alone s | decode share | own run CPU s | loader CPU s |')
+    print('| member | own run s | its loader alone s | decode share (CPU) | own run CPU s | loader CPU s |')
     print('|---|---:|---:|---:|---:|---:|')
     own = {}
     for k, (name, size) in enumerate(MEMBERS):
         ds = ImageDataset(paths, transform=eval_transforms(size), load_size=size)
         loader = _clock(lambda: [ds[i] for i in range(len(ds))], a.repeat)
         own[name] = _clock(lambda: members(k + 1)[k](ids, paths), a.repeat)
-        print(f'| {name} at {size} px | {own[name][0]:.2f} | {loader[0]:.2f} | {loader[0] / own[name][0]:.0%} | '
+        print(f'| {name} at {size} px | {own[name][0]:.2f} | {loader[0]:.2f} | {loader[1] / own[name][1]:.0%} | '
               f'{own[name][1]:.2f} | {loader[1]:.2f} |')
     shared = _clock(lambda: [decode_image(p, MEMBERS[-1][1]) for p in paths], a.repeat)
     print(f'\none decode for every member (`decode_image`, draft for {MEMBERS[-1][1]} px, not resized): {shared[0]:.2f} s wall, '
