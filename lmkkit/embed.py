@@ -148,7 +148,7 @@ def collate_lists(items: list[dict]) -> dict:
 def _draft_scale(w: int, h: int, size: int) -> int:
     "The 1/s DCT scaling `Image.draft` picks for a longer side of `size`: the largest s of 8, 4, 2, 1 at most min(w // tw, h // th)."
     tw, th = _target_size(w, h, size)
-    return next(s for s in (8, 4, 2, 1) if min(w // tw, h // th) >= s)
+    return next((s for s in (8, 4, 2) if min(w // tw, h // th) >= s), 1)  # 1: no scaling, as for an image smaller than `size`
 
 def eval_on_device(img: torch.Tensor,  # RGB uint8 (3, H, W), on any device
                    size: int, load_size: int | None = None) -> torch.Tensor:
