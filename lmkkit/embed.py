@@ -18,7 +18,7 @@ import threading
 import time
 import warnings
 from collections import Counter
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -31,8 +31,9 @@ from PIL import Image
 
 from . import __version__
 from .core import ConfigError, Deadline, atomic_write, progress
-from .data import (IMAGE_FAILURES, IMAGENET_MEAN, IMAGENET_STD, SHM, SHM_FIX, ImageDataset, LoadStats, _no_pixel_limit,
-                         _target_size, disk_full, eval_transforms, shm_exhausted, shm_workers)
+from .data import (IMAGE_FAILURES, IMAGENET_MEAN, IMAGENET_STD, SHM, SHM_FIX, ImageDataset, LoadStats, _exif_upright,
+                         _no_pixel_limit, _open_within_limit, _target_size, _to_rgb, _TooLarge, _truncated_images_ok, disk_full,
+                         eval_transforms, shm_exhausted, shm_workers)
 from .model import valid_scale_sizes
 from .search import hex_ids_to_uint64, uint64_to_hex_ids
 
@@ -42,7 +43,8 @@ __all__ = ['TTA_VIEWS', 'AMP_DTYPES', 'AMP_MODES', 'DECODE_MODES', 'DECODERS', '
            'plain_jpeg_bytes', 'EncodedImages', 'collate_lists', 'eval_on_device', 'decode_jpegs', 'decode_batch',
            'shm_safe_batches', 'default_workers', 'embed_batches', 'extract_embeddings', 'shard_rows', 'model_replicas',
            'embed_sharded', 'file_sha1', 'image_stamps', 'compact_ids', 'id_strings', 'SplitCache', 'EmbeddingCache',
-           'EmbedResult', 'Embedder', 'cached_embeddings', 'MemorySplit', 'embed_together']
+           'EmbedResult', 'Embedder', 'cached_embeddings', 'MemorySplit', 'decode_image', 'DecodedImages',
+           'collate_decoded', 'device_images', 'member_batch', 'embed_members', 'embed_together']
 
 # %% ../nbs/30_embed.ipynb #0dbfcc92
 TTA_VIEWS = ('none', 'flip')
@@ -146,7 +148,7 @@ def collate_lists(items: list[dict]) -> dict:
 def _draft_scale(w: int, h: int, size: int) -> int:
     "The 1/s DCT scaling `Image.draft` picks for a longer side of `size`: the largest s of 8, 4, 2, 1 at most min(w // tw, h // th)."
     tw, th = _target_size(w, h, size)
-    return next(s for s in (8, 4, 2, 1) if min(w // tw, h // th) >= s)
+    return next((s for s in (8, 4, 2) if min(w // tw, h // th) >= s), 1)  # 1: no scaling, as for an image smaller than `size`
 
 def eval_on_device(img: torch.Tensor,  # RGB uint8 (3, H, W), on any device
                    size: int, load_size: int | None = None) -> torch.Tensor:
@@ -212,6 +214,33 @@ def default_workers() -> int:
     try: return min(8, len(os.sched_getaffinity(0)))
     except AttributeError: return min(8, os.cpu_count() or 0)  # not Linux
 
+def _loader_batches(items, batch_size: int, num_workers: int, cuda: bool, collate: Callable | None, batch_bytes: int):
+    "The batches of one DataLoader over `items`, with fewer workers where /dev/shm is small (`shm_workers`), through `shm_safe_batches`."
+    loader = lambda its, workers: torch.utils.data.DataLoader(
+        its, batch_size=batch_size, num_workers=workers, pin_memory=cuda, collate_fn=collate,
+        prefetch_factor=4 if workers else None, persistent_workers=workers > 0)
+    return shm_safe_batches(items, loader, shm_workers(num_workers, batch_bytes, prefetch=4))
+
+@contextmanager
+def _eval_mode(model: torch.nn.Module, device: str, channels_last: bool):
+    "`model` in evaluation mode on `device` for the block (its training mode restored after); yields its memory format."
+    fmt, was_training = torch.channels_last if channels_last else torch.contiguous_format, model.training
+    model.eval().to(device, memory_format=fmt)
+    try: yield fmt
+    finally: model.train(was_training)
+
+def _autocast(device: str, amp: str):
+    "Autocast on `device` for a resolved `amp` ('off', 'bf16', 'fp16')."
+    return torch.autocast(str(device).split(':')[0], dtype=AMP_DTYPES.get(amp), enabled=amp != 'off')
+
+def _embed_step(model: torch.nn.Module, x: torch.Tensor, tta: Sequence[str], sizes, ok, reasons: list[str]):
+    "(emb (B, D) float32, ok (B,) bool, reasons) of the batch `x` over its TTA views; a non-finite vector is a zero row, not ok."
+    e = mean_embedding([_embeddings(model(v)) for v in tta_views(x, tta, sizes)]).cpu()
+    finite = torch.isfinite(e).all(1)
+    ok = torch.as_tensor(ok).bool() & finite
+    reasons = [r or ('' if f else NONFINITE) for r, f in zip(reasons, finite.tolist())]
+    return torch.where(ok[:, None], e, 0.0).numpy().astype(np.float32), ok.numpy(), reasons
+
 def embed_batches(model: torch.nn.Module, ds: ImageDataset, batch_size: int = 32, num_workers: int | None = None,
                   device: str = 'cpu', tta: Sequence[str] = ('none',),
                   scales: Sequence[float] = (1.0,),  # multi-scale resize factors of the input side (made valid: `scale_sizes`)
@@ -220,28 +249,17 @@ def embed_batches(model: torch.nn.Module, ds: ImageDataset, batch_size: int = 32
     "Yield (index (B,) int64, emb (B, D) float32 L2-normalised, ok (B,) bool, reasons) per batch of `ds`, through one DataLoader; unreadable images and non-finite vectors are zero rows, not ok."
     amp, num_workers = resolve_amp(amp, device), default_workers() if num_workers is None else num_workers
     cuda, on_device = str(device).startswith('cuda'), resolve_decode(decode, device) == 'torchvision'
-    num_workers = shm_workers(num_workers, batch_size * ds.blank().numel() * 4, prefetch=4)  # fewer where /dev/shm is small
-    loader = lambda items, workers: torch.utils.data.DataLoader(
-        items, batch_size=batch_size, num_workers=workers, pin_memory=cuda, collate_fn=collate_lists if on_device else None,
-        prefetch_factor=4 if workers else None, persistent_workers=workers > 0)
-    dl = shm_safe_batches(EncodedImages(ds) if on_device else ds, loader, num_workers)
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    was_training, sizes = model.training, None  # sizes: the side of each scale's view, from the first batch
-    model.eval().to(device, memory_format=fmt)
-    try:
-        with torch.inference_mode(), torch.autocast(str(device).split(':')[0], dtype=AMP_DTYPES.get(amp), enabled=amp != 'off'):
-            for batch in progress(dl, verbose, desc='embed'):
-                if on_device: batch = decode_batch(batch, ds, device)
-                x = batch['image'].to(device, non_blocking=True).contiguous(memory_format=fmt)
-                if sizes is None: sizes = scale_sizes(model, x.shape[-1], scales)[0]
-                e = mean_embedding([_embeddings(model(v)) for v in tta_views(x, tta, sizes)]).cpu()
-                finite = torch.isfinite(e).all(1)
-                ok = batch['ok'].bool() & finite
-                reasons = [r or ('' if f else NONFINITE) for r, f in zip(batch['reason'], finite.tolist())]
-                if stats is not None: stats.add_batch(ok, [ds.paths[i] for i in batch['index']], reasons)
-                yield batch['index'].numpy(), torch.where(ok[:, None], e, 0.0).numpy().astype(np.float32), ok.numpy(), reasons
-    finally:
-        model.train(was_training)
+    dl = _loader_batches(EncodedImages(ds) if on_device else ds, batch_size, num_workers, cuda,
+                         collate_lists if on_device else None, batch_size * ds.blank().numel() * 4)
+    sizes = None  # the side of each scale's view, from the first batch
+    with _eval_mode(model, device, channels_last) as fmt, torch.inference_mode(), _autocast(device, amp):
+        for batch in progress(dl, verbose, desc='embed'):
+            if on_device: batch = decode_batch(batch, ds, device)
+            x = batch['image'].to(device, non_blocking=True).contiguous(memory_format=fmt)
+            if sizes is None: sizes = scale_sizes(model, x.shape[-1], scales)[0]
+            e, ok, reasons = _embed_step(model, x, tta, sizes, batch['ok'], batch['reason'])
+            if stats is not None: stats.add_batch(ok, [ds.paths[i] for i in batch['index']], reasons)
+            yield batch['index'].numpy(), e, ok, reasons
 
 def extract_embeddings(model: torch.nn.Module, paths: Sequence[str | Path], size: int, batch_size: int = 32,
                        num_workers: int | None = None,  # None: `default_workers()`
@@ -276,12 +294,12 @@ def _put(q: queue.Queue, item, stop: threading.Event) -> None:
         try: return q.put(item, timeout=0.1)
         except queue.Full: pass
 
-def _embed_share(q, stop, model, ds, device, rows, kwargs) -> None:
-    "A device's thread: `embed_batches` over its share `ds` (rows `rows`), each batch put on `q` with its rows and paths; then None."
+def _embed_share(q, stop, model, ds, device, rows, kwargs, batches_of: Callable) -> None:
+    "A device's thread: `batches_of` over its share `ds` (rows `rows`), each batch put on `q` with its rows and paths; then None."
     try:
-        batches = embed_batches(model, ds, device=device, stats=None, **kwargs)
-        for idx, e, ok, reasons in batches:
-            _put(q, (rows[idx], e, ok, reasons, [ds.paths[i] for i in idx]), stop)
+        batches = batches_of(model, ds, device=device, stats=None, **kwargs)
+        for idx, *rest in batches:
+            _put(q, (rows[idx], *rest, [ds.paths[i] for i in idx]), stop)
             if stop.is_set(): break
         batches.close()
     except BaseException as e: _put(q, e, stop)
@@ -290,15 +308,18 @@ def _embed_share(q, stop, model, ds, device, rows, kwargs) -> None:
 def embed_sharded(models: Sequence[torch.nn.Module],  # one per device (`model_replicas`)
                   dataset_of: Callable[[np.ndarray], ImageDataset],  # rows -> the dataset of those rows, in order
                   n: int, devices: Sequence[str], batch_size: int = 32, num_workers: int | None = None,
-                  stats: LoadStats | None = None, **kwargs):  # kwargs: the rest of `embed_batches`'s settings
+                  stats: LoadStats | None = None,
+                  batches_of: Callable | None = None,  # one device's batches: None `embed_batches`, or `embed_members`
+                  **kwargs):  # kwargs: the rest of `batches_of`'s settings
     "Yield (rows (B,) int64 in 0..n-1, emb (B, D) float32, ok (B,) bool, reasons) per batch, each device embedding its `shard_rows` share in a thread; one device: `embed_batches` itself."
+    batches_of = batches_of or embed_batches
     if len(devices) == 1:
-        yield from embed_batches(models[0], dataset_of(np.arange(n)), batch_size, num_workers, devices[0], stats=stats, **kwargs)
+        yield from batches_of(models[0], dataset_of(np.arange(n)), batch_size, num_workers, devices[0], stats=stats, **kwargs)
         return
     workers = (default_workers() if num_workers is None else num_workers) // len(devices)
     q, stop = queue.Queue(maxsize=2 * len(devices)), threading.Event()
     threads = [threading.Thread(target=_embed_share, daemon=True, args=(q, stop, m, dataset_of(rows), d, rows,
-                                dict(kwargs, batch_size=batch_size, num_workers=workers)))
+                                dict(kwargs, batch_size=batch_size, num_workers=workers), batches_of))
                for m, d, rows in zip(models, devices, shard_rows(n, len(devices), batch_size))]
     for t in threads: t.start()
     try:
@@ -308,9 +329,9 @@ def embed_sharded(models: Sequence[torch.nn.Module],  # one per device (`model_r
             if item is None: live -= 1
             elif isinstance(item, BaseException): raise item
             else:
-                rows, e, ok, reasons, paths = item
-                if stats is not None: stats.add_batch(torch.from_numpy(ok), paths, reasons)
-                yield rows, e, ok, reasons
+                rows, *rest, paths = item
+                if stats is not None: stats.add_batch(rest[1], paths, rest[2])  # `embed_batches`'s (emb, ok, reasons)
+                yield rows, *rest
     finally:
         stop.set()
         for t in threads: t.join()
@@ -544,38 +565,19 @@ class Embedder:
         d = getattr(getattr(self._model(), 'config', None), 'embedding_size', None)
         return int(d) if d else None
 
-    def _extract(self, split: str, ids: np.ndarray, todo: np.ndarray, path_of_row, deadline, chunk: int, first: int) -> int:
-        "Extract rows `todo` through one DataLoader, writing every `chunk` rows (the first write after `first`); rows left for lack of time."
-        def dataset_of(rows: np.ndarray) -> ImageDataset:
-            ds = ImageDataset([], transform=eval_transforms(self.size), load_size=self.size)
-            ds.paths = _RowPaths(path_of_row, todo[rows])
-            return ds
-        done, buf, want, t0 = 0, [], first, time.perf_counter()
+    def _models(self) -> list[torch.nn.Module]:
+        "One replica of the model per device of `devices` (`model_replicas`), made when first needed."
         if self._replicas is None: self._replicas = model_replicas(self._model(), self.devices)
-        kwargs = {k: v for k, v in self.extract_kwargs.items() if k != 'device'}
-        batches = embed_sharded(self._replicas, dataset_of, len(todo), self.devices, **kwargs, stats=self.stats)
-        try:
-            for idx, e, ok, reasons in batches:
-                buf.append((todo[idx], e, _status_codes(ok, reasons, e)))
-                if sum(len(b[0]) for b in buf) < want and done + sum(len(b[0]) for b in buf) < len(todo): continue
-                rows, emb, status = (np.concatenate(x) for x in zip(*buf))
-                if self.sc is None: self.sc = self._split(split, ids, emb.shape[1])
-                self._store(rows, emb, status, image_stamps([path_of_row(int(r)) for r in rows]))
-                sc = self.sc
-                self.failed.extend(id_strings(sc.ids[rows[(status != STATUS.index('ok'))]]).tolist())
-                now = time.perf_counter()
-                self.seconds, self.images, t0 = self.seconds + now - t0, self.images + len(rows), now
-                done, buf, want = done + len(rows), [], chunk
-                if deadline is not None and done < len(todo) and not deadline.fits(self.eta(min(chunk, len(todo) - done))): break
-        finally:
-            batches.close()
-        return len(todo) - done
+        return self._replicas
 
-    def __call__(self, ids, paths: Sequence[str | Path] | Callable[[str], Path], deadline: Deadline | None = None,
-                 chunk: int = 4096, probe: int | None = None,
-                 split: str = 'default',  # the cache folder of this list of ids (one per split of a run)
-                 ) -> EmbedResult:
-        "Embed `ids` (images at `paths`, or `paths(id)`); the first write comes after `probe` images (default: two batches) so that the rate is known early."
+    def missing(self, ids, split: str = 'default') -> int:
+        "How many of `ids` the cache of `split` lacks (no image is read: a stale row counts as held); `eta` of it: the cost."
+        now, ids = SplitCache.existing(self.cache.dir/split), compact_ids(ids)
+        if now is None or now.ids.dtype.kind != ids.dtype.kind: return len(ids)
+        return int((~np.isin(ids, now.ids[now.ok])).sum())
+
+    def _open(self, ids, paths, split: str) -> tuple[np.ndarray, Callable[[int], Path], np.ndarray]:
+        "Open the cache of `split` for `ids` at `paths` (or `paths(id)`): (ids, path of a row, rows to extract); stale rows forgotten."
         ids = compact_ids(ids)
         if callable(paths): path_of_row = lambda r: paths(str(id_strings(ids[r:r + 1])[0]))
         else:
@@ -587,11 +589,57 @@ class Embedder:
         self.stale = self._forget_stale(self.sc, path_of_row) if isinstance(self.sc, SplitCache) else 0
         todo = np.flatnonzero(~self.sc.ok) if self.sc is not None else np.arange(len(ids))
         if self.verbose: print(f"embed cache {self.cache.key}/{split}: {len(ids) - len(todo)} cached, {len(todo)} to extract")
+        return ids, path_of_row, todo
+
+    def _write(self, split: str, ids: np.ndarray, rows: np.ndarray, emb: np.ndarray, status: np.ndarray,
+               path_of_row) -> None:
+        "Store extracted `rows` (`_status_codes` `status`) in the cache of `split` (made now if not yet); note the failed."
+        if self.sc is None: self.sc = self._split(split, ids, emb.shape[1])
+        self._store(rows, emb, status, image_stamps([path_of_row(int(r)) for r in rows]))
+        self.failed.extend(id_strings(self.sc.ids[rows[(status != STATUS.index('ok'))]]).tolist())
+
+    def _count(self, images: int, seconds: float) -> None:
+        "Add to the measured rate (`images_per_s`)."
+        self.images, self.seconds = self.images + images, self.seconds + seconds
+
+    def _result(self, ids: np.ndarray, skipped: int) -> EmbedResult:
+        "This call's `EmbedResult` from the split's cache."
+        if self.sc is None: return EmbedResult(ids, np.full((len(ids), 0), np.nan, np.float32), np.zeros(len(ids), bool), self.failed, skipped, dict(self.stats.reasons))
+        return EmbedResult(self.sc.ids, self.sc.load(), self.sc.ok.copy(), self.failed, skipped, dict(self.stats.reasons), self.stale)
+
+    def _extract(self, split: str, ids: np.ndarray, todo: np.ndarray, path_of_row, deadline, chunk: int, first: int) -> int:
+        "Extract rows `todo` through one DataLoader, writing every `chunk` rows (the first write after `first`); rows left for lack of time."
+        def dataset_of(rows: np.ndarray) -> ImageDataset:
+            ds = ImageDataset([], transform=eval_transforms(self.size), load_size=self.size)
+            ds.paths = _RowPaths(path_of_row, todo[rows])
+            return ds
+        done, buf, want, t0 = 0, [], first, time.perf_counter()
+        kwargs = {k: v for k, v in self.extract_kwargs.items() if k != 'device'}
+        batches = embed_sharded(self._models(), dataset_of, len(todo), self.devices, **kwargs, stats=self.stats)
+        try:
+            for idx, e, ok, reasons in batches:
+                buf.append((todo[idx], e, _status_codes(ok, reasons, e)))
+                if sum(len(b[0]) for b in buf) < want and done + sum(len(b[0]) for b in buf) < len(todo): continue
+                rows, emb, status = (np.concatenate(x) for x in zip(*buf))
+                self._write(split, ids, rows, emb, status, path_of_row)
+                now = time.perf_counter()
+                self._count(len(rows), now - t0)
+                done, buf, want, t0 = done + len(rows), [], chunk, now
+                if deadline is not None and done < len(todo) and not deadline.fits(self.eta(min(chunk, len(todo) - done))): break
+        finally:
+            batches.close()
+        return len(todo) - done
+
+    def __call__(self, ids, paths: Sequence[str | Path] | Callable[[str], Path], deadline: Deadline | None = None,
+                 chunk: int = 4096, probe: int | None = None,
+                 split: str = 'default',  # the cache folder of this list of ids (one per split of a run)
+                 ) -> EmbedResult:
+        "Embed `ids` (images at `paths`, or `paths(id)`); the first write comes after `probe` images (default: two batches) so that the rate is known early."
+        ids, path_of_row, todo = self._open(ids, paths, split)
         first = probe or 2 * self.batch_size
         fits = deadline is None or deadline.fits(self.eta(min(first, len(todo))))
         skipped = (self._extract(split, ids, todo, path_of_row, deadline, chunk, first) if fits else len(todo)) if len(todo) else 0
-        if self.sc is None: return EmbedResult(ids, np.full((len(ids), 0), np.nan, np.float32), np.zeros(len(ids), bool), self.failed, skipped, dict(self.stats.reasons))
-        return EmbedResult(self.sc.ids, self.sc.load(), self.sc.ok.copy(), self.failed, skipped, dict(self.stats.reasons), self.stale)
+        return self._result(ids, skipped)
 
     def _forget_stale(self, sc: SplitCache, path_of_row) -> int:
         "Forget the cached rows whose image changed since it was embedded (`SplitCache.stale`), with a warning; how many."
@@ -659,9 +707,150 @@ def _cache_failed(self: Embedder, e: OSError, folder: Path) -> None:
                   f"or pass another cache_dir")
     shutil.rmtree(folder, ignore_errors=True)
 
-# %% ../nbs/30_embed.ipynb #ensrun01
-def embed_together(embedders: Sequence[Embedder], ids, paths: Sequence[str | Path] | Callable[[str], Path],
-                   deadline: Deadline | None = None, split: str = 'images') -> list[EmbedResult]:
-    "One `EmbedResult` per embedder for `ids` (images at `paths`, or `paths(id)`), each under its own cache key."
-    # replaced by ens-extract at merge: this stand-in runs the embedders one after the other (a decode pass each)
-    return [e(ids, paths, deadline, split=split) for e in embedders]
+# %% ../nbs/30_embed.ipynb #ens00002
+def decode_image(path: str | Path, load_size: int | None) -> tuple[np.ndarray | None, str | None]:
+    "(RGB uint8 (H, W, 3) upright, None): a JPEG in draft mode for a longer side `load_size`, not resized; or (None, reason)."
+    try:
+        with _truncated_images_ok(), _open_within_limit(path, load_size) as img:
+            return np.asarray(_to_rgb(_exif_upright(img)), dtype=np.uint8).copy(), None
+    except FileNotFoundError: return None, 'missing'
+    except _TooLarge: return None, 'too large'
+    except Exception: return None, 'corrupt'  # bad content of any kind, as `load_image_reason`
+
+class DecodedImages(torch.utils.data.Dataset):
+    "Images for several models: dict(index, data (`plain_jpeg_bytes` or None), image (`decode_image` or None), ok, reason)."
+    def __init__(self, paths, load_size: int,  # the largest member's size
+                 on_device: bool,  # True: plain JPEGs are decoded on the device (bytes only here), the rest by PIL
+                 need: np.ndarray):  # (M, N) bool: which of M models needs each image
+        self.paths, self.load_size, self.on_device, self.need = paths, load_size, on_device, need
+    def __len__(self): return len(self.paths)
+    def __getitem__(self, i: int) -> dict:
+        data = plain_jpeg_bytes(self.paths[i]) if self.on_device else None
+        img, reason = (None, None) if data is not None else decode_image(self.paths[i], self.load_size)
+        return dict(index=i, data=data, image=img, ok=reason is None, reason=reason or '')
+
+def collate_decoded(items: list[dict]) -> dict:
+    "`collate_lists` of `DecodedImages` items, the images packed in one flat uint8 tensor `pixels`, `image` their shapes."
+    batch = collate_lists(items)  # one tensor: a worker hands over one shared-memory file per batch, not one per image
+    arrays = [a for a in batch['image'] if a is not None]
+    flat = np.concatenate([a.ravel() for a in arrays]) if arrays else np.zeros(0, np.uint8)
+    return dict(batch, pixels=torch.from_numpy(flat), image=[None if a is None else a.shape for a in batch['image']])
+
+def _chw(a: np.ndarray | None, device) -> torch.Tensor | None:
+    return None if a is None else torch.from_numpy(a).to(device).permute(2, 0, 1)
+
+def device_images(batch: dict, ds: DecodedImages, device: str) -> tuple[list[torch.Tensor | None], torch.Tensor, list[str]]:
+    "A `collate_decoded` batch on `device`: RGB uint8 (3, H, W) per image (None: unreadable), ok (B,) bool, reasons."
+    pixels, at, images = batch['pixels'].to(device, non_blocking=True), 0, []  # one copy for the batch
+    for shape in batch['image']:
+        n = 0 if shape is None else int(np.prod(shape))
+        images.append(None if shape is None else pixels[at:at + n].view(*shape).permute(2, 0, 1))
+        at += n
+    ok, reasons = list(batch['ok']), list(batch['reason'])
+    todo = [j for j, d in enumerate(batch['data']) if d is not None]
+    for j, img in zip(todo, decode_jpegs([batch['data'][j] for j in todo], device) if todo else []):
+        if img is None:  # e.g. a truncated JPEG: Pillow decodes what is there, as on the CPU path
+            a, r = decode_image(ds.paths[int(batch['index'][j])], ds.load_size)
+            img, ok[j], reasons[j] = _chw(a, device), r is None, r or ''
+        images[j] = img
+    return images, torch.tensor(ok), reasons
+
+def member_batch(images: Sequence[torch.Tensor | None], size: int, device: str) -> torch.Tensor:
+    "float32 (B, 3, size, size) on `device`: `eval_on_device(image, size, size)` of each image, zeros where it is None."
+    blank = torch.zeros(3, size, size, device=device)
+    return torch.stack([blank if im is None else eval_on_device(im, size, size) for im in images])
+
+def embed_members(models: Sequence[torch.nn.Module], ds: DecodedImages, batch_size: int = 32,
+                  num_workers: int | None = None, device: str = 'cpu',
+                  stats: LoadStats | None = None,  # unused: each member counts its own
+                  members: Sequence[dict] = (),  # per model: size, tta, scales, amp, channels_last
+                  verbose: bool = True):
+    "Yield (index (B,) int64, outs, load_s, model_s) per batch of `ds`; outs[m]: (positions, emb, ok, reasons) or None."
+    num_workers, cuda = default_workers() if num_workers is None else num_workers, str(device).startswith('cuda')
+    dl = _loader_batches(ds, batch_size, num_workers, cuda, collate_decoded, batch_size * 3 * ds.load_size ** 2)
+    amps = [resolve_amp(m['amp'], device) for m in members]
+    with ExitStack() as stack, torch.inference_mode():
+        fmts = [stack.enter_context(_eval_mode(model, device, m['channels_last'])) for model, m in zip(models, members)]
+        sizes = [scale_sizes(model, m['size'], m['scales'])[0] for model, m in zip(models, members)]
+        t = time.perf_counter()
+        for batch in progress(dl, verbose, desc='embed'):
+            images, ok, reasons = device_images(batch, ds, device)
+            index, outs, model_s, load_s = batch['index'].numpy(), [], [], time.perf_counter() - t
+            for model, m, amp, fmt, views, need in zip(models, members, amps, fmts, sizes, ds.need):
+                t, j = time.perf_counter(), np.flatnonzero(need[index])  # positions of the images model m lacks
+                if len(j):
+                    with _autocast(device, amp):
+                        x = member_batch([images[k] for k in j], m['size'], device).contiguous(memory_format=fmt)
+                        out = _embed_step(model, x, m['tta'], views, ok[torch.from_numpy(j)], [reasons[k] for k in j])
+                outs.append((j, *out) if len(j) else None)
+                model_s.append(time.perf_counter() - t)
+            yield index, outs, load_s, model_s
+            t = time.perf_counter()
+
+def _check_members(embedders: Sequence[Embedder]) -> None:
+    "`ConfigError` unless the members decode alike on the same devices and each has its own cache folder."
+    if len({(e.decoder, tuple(e.devices)) for e in embedders}) > 1:
+        raise ConfigError(f"embed_together: the members decode with {[e.decoder for e in embedders]} on "
+                          f"{[e.devices for e in embedders]}; fix: give every member the same decode and devices")
+    dirs = [e.cache.dir for e in embedders]
+    if len(set(dirs)) < len(dirs):
+        raise ConfigError(f"embed_together: two members share the cache {str(max(dirs, key=dirs.count))!r} (the same "
+                          f"model and settings); fix: pass each member once")
+
+def _eta(embedders: Sequence[Embedder], need: np.ndarray, rows: np.ndarray) -> float:
+    "Estimated seconds for the members to embed what each needs of `rows` (their measured shares add up to the pass)."
+    return sum(e.eta(int(need[m, rows].sum())) for m, e in enumerate(embedders))
+
+def _extract_together(embedders, split: str, ids: np.ndarray, rows: np.ndarray, need: np.ndarray, path_of_row,
+                      deadline, chunk: int, first: int) -> np.ndarray:
+    "Extract `rows` in one decode pass, writing each member's cache every `chunk` rows (first after `first`); rows done."
+    lead, load, on_device = embedders[0], max(e.size for e in embedders), embedders[0].decoder == 'torchvision'
+    dataset_of = lambda part: DecodedImages(_RowPaths(path_of_row, rows[part]), load, on_device, need[:, rows[part]])
+    settings = ('tta', 'scales', 'amp', 'channels_last')
+    members = [dict(size=e.size, **{k: e.extract_kwargs[k] for k in settings}) for e in embedders]
+    per_device = [list(ms) for ms in zip(*(e._models() for e in embedders))]
+    batches = embed_sharded(per_device, dataset_of, len(rows), lead.devices, min(e.batch_size for e in embedders),
+                            lead.extract_kwargs['num_workers'], batches_of=embed_members, members=members,
+                            verbose=lead.verbose)
+    bufs, busy, done = [[] for _ in embedders], np.zeros(len(embedders)), np.zeros(len(rows), bool)
+    since, want, t0 = 0, first, time.perf_counter()
+    try:
+        for pos, outs, load_s, model_s in batches:
+            n = np.array([0 if o is None else len(o[0]) for o in outs])
+            for e, buf, out in zip(embedders, bufs, outs):
+                if out is None: continue
+                j, emb, ok, reasons = out
+                buf.append((rows[pos[j]], emb, _status_codes(ok, reasons, emb)))
+                e.stats.add_batch(ok, [path_of_row(int(r)) for r in rows[pos[j]]], reasons)
+            busy += np.asarray(model_s) + load_s * n / n.sum()  # its model, and the decoding of the images it took
+            done[pos], since = True, since + len(pos)
+            if since < want and not done.all(): continue
+            for e, buf in zip(embedders, bufs):
+                if buf: e._write(split, ids, *(np.concatenate(x) for x in zip(*buf)), path_of_row)
+            now = time.perf_counter()
+            for e, buf, b in zip(embedders, bufs, busy): e._count(sum(len(x[0]) for x in buf), (now - t0) * b / busy.sum())
+            bufs, busy, since, want, t0 = [[] for _ in embedders], np.zeros(len(embedders)), 0, chunk, now
+            left = rows[~done]
+            if deadline is not None and len(left) and not deadline.fits(_eta(embedders, need, left[:chunk])): break
+    finally:
+        batches.close()
+    return rows[done]
+
+def embed_together(embedders: Sequence[Embedder],  # one per ensemble member, each with its own model, size, cache key
+                   ids: Sequence[str], paths,  # as Embedder.__call__ takes them (list of paths or callable id -> path)
+                   deadline: Deadline | None = None, split: str = 'images',
+                   chunk: int = 4096, probe: int | None = None) -> list[EmbedResult]:  # as `Embedder.__call__`'s
+    "One EmbedResult per embedder, as each `embedder(ids, paths, deadline, split=split)` would give, but every image read and decoded once: a member runs only on the rows its cache lacks, and a row every cache holds is not read."
+    if len(embedders) == 1: return [embedders[0](ids, paths, deadline, chunk, probe, split)]
+    _check_members(embedders)
+    paths = paths if callable(paths) else list(paths)  # read once for every member
+    opened = [e._open(ids, paths, split) for e in embedders]
+    ids, path_of_row = opened[0][:2]
+    need = np.zeros((len(embedders), len(ids)), bool)
+    for m, (_, _, todo) in enumerate(opened): need[m, todo] = True
+    rows, first = np.flatnonzero(need.any(0)), probe or 2 * min(e.batch_size for e in embedders)
+    fits = deadline is None or deadline.fits(_eta(embedders, need, rows[:first]))
+    done = rows[:0] if not len(rows) or not fits else \
+        _extract_together(embedders, split, ids, rows, need, path_of_row, deadline, chunk, first)
+    need[:, done] = False  # what is left: skipped for lack of time
+    return [e._result(ids, int(left.sum())) for e, left in zip(embedders, need)]
