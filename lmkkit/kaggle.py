@@ -27,17 +27,21 @@ def _parser() -> argparse.ArgumentParser:
     p = CliParser(prog='lmkkit kernels', description='Check, build and push the Kaggle kernels and their datasets.')
     subs = p.add_subparsers(dest='action', required=True)
     v = subs.add_parser('validate', help='check kernel folders offline (kaggle rules + ours)')
-    v.add_argument('folders', nargs='+', help='kernel folders (each with kernel-metadata.json; the file itself is read as its folder)')
+    v.add_argument('folders', nargs='+',
+                   help='kernel folders (each with kernel-metadata.json; that file itself stands for its folder)')
     v.add_argument('--no-gpu', action='store_true', help='do not require enable_gpu')
     w = subs.add_parser('wheelhouse', help='build the offline wheelhouse dataset folder')
     w.add_argument('out', help='dataset folder to write')
     w.add_argument('--owner', default=None, help='Kaggle user name (default: $KAGGLE_USERNAME)')
     w.add_argument('--python-version', default=None,
                    help=f"the Kaggle image's Python (default: the --image file's, else {KAGGLE_IMAGE.python})")
-    w.add_argument('--platform', action='append', default=None, help=f'wheel platform tag (repeatable; default: {" ".join(DEFAULT_PLATFORMS)})')
-    w.add_argument('--image', default=None, help="the image's packages, captured in a kernel by lmkkit.kaggle.IMAGE_RECIPE "
+    w.add_argument('--platform', action='append', default=None,
+                   help=f'wheel platform tag (repeatable; default: {" ".join(DEFAULT_PLATFORMS)})')
+    w.add_argument('--image', default=None,
+                   help="the image's packages, captured in a kernel by lmkkit.kaggle.IMAGE_RECIPE "
                    "(default: the recorded KAGGLE_IMAGE)")
-    w.add_argument('--package', action='append', default=[], help='another requirement to ship with its closure (repeatable)')
+    w.add_argument('--package', action='append', default=[],
+                   help='another requirement to ship with its closure (repeatable)')
     w.add_argument('--no-packages', action='store_true', help="only lmkkit's own wheel")
     g = subs.add_parser('weights', help='build the weights dataset folder (checkpoint + verifier weights)')
     g.add_argument('out', help='dataset folder to write')
@@ -48,14 +52,16 @@ def _parser() -> argparse.ArgumentParser:
     o.add_argument('name', help='Kaggle user name')
     o.add_argument('folders', nargs='+', help='kernel folders to rewrite in place')
     m = subs.add_parser('shape', help='choose the machine the kernels run on (kernel-metadata.json machine_shape)')
-    m.add_argument('name', help='Kaggle accelerator id: ' + ', '.join(k + ' (' + v.split(':')[0] + ')' for k, v in MACHINE_SHAPES.items()))
+    shapes = ', '.join(f"{k} ({v.split(':')[0]})" for k, v in MACHINE_SHAPES.items())
+    m.add_argument('name', help=f'Kaggle accelerator id: {shapes}')
     m.add_argument('folders', nargs='+', help='kernel folders to rewrite in place')
     s = subs.add_parser('push', help='check and push a kernel folder')
     s.add_argument('folder', help='kernel folder')
     s.add_argument('--dry-run', action='store_true', help='print what would be sent; send nothing')
     s.add_argument('--no-gpu', action='store_true', help='do not require enable_gpu')
     s.add_argument('--owner', default=None, help='push a copy under this Kaggle user (see `owner`)')
-    s.add_argument('--machine-shape', default=None, help=f'push a copy that runs on this machine (see `shape`; default: the folder\'s, {DEFAULT_MACHINE_SHAPE})')
+    s.add_argument('--machine-shape', default=None,
+                   help=f"push a copy that runs on this machine (see `shape`; default: the folder's, {DEFAULT_MACHINE_SHAPE})")
     return p
 
 def _push(args) -> None:
@@ -72,14 +78,15 @@ def _push(args) -> None:
 def _size(folder: Path) -> str: return f"{sum(p.stat().st_size for p in folder.glob('*.whl')) / 2**20:.1f} MiB"
 
 def main(argv: list[str] | None = None) -> int:
-    "Entry point of `lmkkit kernels {validate,wheelhouse,weights,owner,shape,push}`; a mistake raises for `lmkkit.cli.main` to report."
+    "`lmkkit kernels {validate,wheelhouse,weights,owner,shape,push}`; a mistake raises for `lmkkit.cli.main` to say."
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
     if args.action == 'validate':
         bad = 0
         for folder in args.folders:
             problems = validate_kernel(folder, require_gpu=not args.no_gpu)
             bad += bool(problems)
-            print(f"{folder}: " + ('ok' if not problems else f"{len(problems)} problem(s)\n" + '\n'.join(f"  - {p}" for p in problems)))
+            listed = ''.join(f"\n  - {p}" for p in problems)
+            print(f"{folder}: " + (f"{len(problems)} problem(s){listed}" if problems else 'ok'))
         return int(bad > 0)
     if args.action == 'wheelhouse':
         image = read_image(args.image) if args.image else KAGGLE_IMAGE
@@ -93,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{out}: " + ', '.join(sorted(p.name for p in out.iterdir())))
         return 0
     if args.action == 'shape':
-        for folder in args.folders: print(f"{folder}: machine_shape {set_machine_shape(folder, args.name)['machine_shape']}")
+        for folder in args.folders:
+            print(f"{folder}: machine_shape {set_machine_shape(folder, args.name)['machine_shape']}")
         return 0
     if args.action == 'owner':
         for folder in args.folders:

@@ -3,8 +3,9 @@ papermill from `/kaggle/working` with the inputs under `../input` (read-only), w
 
 The image is `lmkkit.kaggle.KAGGLE_IMAGE`: a venv of its Python (3.12) holding exactly its recorded versions (torch
 2.10, timm 1.0.26, numpy 2.0.2, pandas 2.2.2, OpenCV 4.13...), installed once from PyPI and kept in
-`~/.cache/lmkkit` ($LMKKIT_CACHE), about 7 GB: PyPI's torch for Linux is the CUDA build (the CPU-only index is not
-reachable here), and it runs on the CPU like the dev venv's. Each session lays a fresh venv over it (a `.pth` adds
+`~/.cache/lmkkit` ($LMKKIT_CACHE): 8 GB, about 6 minutes the first time (3.9 GB downloaded in under a minute here,
+the rest is pip unpacking), nothing after. PyPI's torch for Linux is the CUDA build with its nvidia-* wheels (PyTorch's
+CPU-only index is not reachable from here or CI); it runs on the CPU like the dev venv's. Each session lays a fresh venv over it (a `.pth` adds
 the image's site-packages), so the install cell writes into that venv and the cached image stays as recorded.
 The image's Python comes from $LMKKIT_IMAGE_PYTHON, `python3.12` on PATH, or pyenv; without one the tests are
 skipped, except under CI, where they fail.
@@ -77,7 +78,7 @@ def build_image(cache: Path) -> Path:
     shutil.rmtree(root, ignore_errors=True)
     subprocess.run([base, '-m', 'venv', str(root)], check=True)
     res = subprocess.run([str(root/'bin'/'python'), '-m', 'pip', 'install', '-q', '--disable-pip-version-check',
-                          *image_requirements()], capture_output=True, text=True)
+                          '--no-compile', *image_requirements()], capture_output=True, text=True)  # compiled on import
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
     freeze = subprocess.run([str(root/'bin'/'python'), '-m', 'pip', 'list', '--format=freeze'], capture_output=True, text=True)
     (root/'image.txt').write_text(f"# python {IMAGE.python}\n" + freeze.stdout)
@@ -133,14 +134,23 @@ def venv_site(python) -> Path:
 
 
 @pytest.fixture(scope='session')
-def wheelhouse(cache, tmp_path_factory) -> Path:
-    "The real wheelhouse: dependency wheels downloaded once per requirements/baseline (pytest cache), lmkkit's built now."
-    key = hashlib.sha256(repr((IMAGE.python, IMAGE.baseline, IMAGE.platforms, (ROOT/'settings.ini').read_text()
-                               .split('requirements =')[1].splitlines()[0])).encode()).hexdigest()[:12]
-    deps = cache/f'wheelhouse-{key}'
+def freeze(image_venv, tmp_path_factory) -> Path:
+    "The image's packages as `IMAGE_RECIPE` captures them in a kernel."
+    out = tmp_path_factory.mktemp('freeze')/'image.txt'
+    res = run(image_venv, '-c', lk.IMAGE_RECIPE.replace('/kaggle/working/image.txt', str(out)))
+    assert res.returncode == 0, res.stderr[-2000:]
+    return out
+
+
+@pytest.fixture(scope='session')
+def wheelhouse(cache, freeze, tmp_path_factory) -> Path:
+    "What `lmkkit kernels wheelhouse --image` builds from the freeze: its wheels kept in pytest's cache, lmkkit's built now."
+    requirements = (ROOT/'settings.ini').read_text().split('requirements =')[1].splitlines()[0]
+    deps = cache/f"wheelhouse-{hashlib.sha256(repr((freeze.read_text(), requirements)).encode()).hexdigest()[:12]}"
     if not (deps/lk.WHEELHOUSE_LOCK).is_file():
         shutil.rmtree(deps, ignore_errors=True)
-        lk.build_wheelhouse(cache/'building', owner='someone')
+        shutil.rmtree(cache/'building', ignore_errors=True)
+        assert lk.main(['wheelhouse', str(cache/'building'), '--owner', 'someone', '--image', str(freeze)]) == 0
         (cache/'building').rename(deps)
     out = tmp_path_factory.mktemp('wh')/lk.WHEELHOUSE_SLUG
     shutil.copytree(deps, out, ignore=shutil.ignore_patterns('lmkkit-*.whl'))
@@ -196,7 +206,6 @@ def test_install_adds_exactly_what_the_image_lacks(kaggle_image, wheelhouse, tmp
     "The image lacks only faiss: the install adds it and lmkkit, and replaces nothing (timm 1.0.26 stays)."
     python, seconds, added = kaggle_image
     assert added == ['faiss-cpu', 'lmkkit']
-    assert sorted(p.name.split('-')[0] for p in wheelhouse.glob('*.whl')) == ['faiss_cpu', 'lmkkit']
     shipped = {canon(l.split('==')[0]) for l in (wheelhouse/lk.WHEELHOUSE_LOCK).read_text().splitlines() if '==' in l and not l.startswith('#')}
     assert set(added) - {'lmkkit'} <= shipped
     code = "import lmkkit, cv2, lmkkit.pipeline, lmkkit.verify, lmkkit.train; print(lmkkit.__file__)"
@@ -228,16 +237,12 @@ def test_data_loading_workers_fork_quietly(kaggle_image, kaggle_data, tmp_path):
     assert res.stdout.split()[-1] == '8' and 'fork()' not in res.stderr, res.stderr[-2000:]
 
 
-def test_wheelhouse_for_a_freeze_captured_in_a_kernel(image_venv, tmp_path):
-    "IMAGE_RECIPE's freeze of the image, read by `kernels wheelhouse --image`: its Python, no conflict, only faiss shipped."
-    recipe = lk.IMAGE_RECIPE.replace('/kaggle/working/image.txt', str(tmp_path/'image.txt'))
-    res = run(image_venv, '-c', recipe)
-    assert res.returncode == 0, res.stderr[-2000:]
-    image = lk.read_image(tmp_path/'image.txt')
+def test_wheelhouse_for_the_freeze_of_the_image(freeze, wheelhouse):
+    "The freeze (IMAGE_RECIPE) gives the image's Python and versions; the wheelhouse built for it ships only faiss."
+    image = lk.read_image(freeze)
     assert (image.python, image.packages['timm'], image.packages['torch']) == (IMAGE.python, '1.0.26', '2.10.0')
-    assert lk.main(['wheelhouse', str(tmp_path/'wh'), '--owner', 'someone', '--image', str(tmp_path/'image.txt')]) == 0
-    assert sorted(p.name.split('-')[0] for p in (tmp_path/'wh').glob('*.whl')) == ['faiss_cpu', 'lmkkit']
-    assert 'CPython 3.12' in (tmp_path/'wh'/lk.WHEELHOUSE_LOCK).read_text()
+    assert sorted(p.name.split('-')[0] for p in wheelhouse.glob('*.whl')) == ['faiss_cpu', 'lmkkit']
+    assert f'CPython {IMAGE.python}' in (wheelhouse/lk.WHEELHOUSE_LOCK).read_text()
 
 
 def test_install_cell_is_loud(image_venv, tmp_path):
