@@ -27,12 +27,12 @@ from albumentations.pytorch import ToTensorV2
 from PIL import Image, ImageFile, ImageOps
 
 # %% auto #0
-__all__ = ['SPLITS', 'SAMPLE', 'IMAGE_FAILURES', 'IMAGENET_MEAN', 'IMAGENET_STD', 'SHM', 'SHM_FIX', 'name_problem', 'bad_names',
-           'id_to_path', 'paths_for', 'utf8_name', 'list_ids', 'DataError', 'refuse_bad_ids', 'csv_engine',
-           'read_train_csv', 'sample_submission', 'submission_ids', 'unlisted_test_ids', 'nonlandmark_ids',
-           'class_counts', 'split_by_class', 'load_image_reason', 'load_image', 'LoadStats', 'train_transforms',
-           'eval_transforms', 'seed_transform', 'ImageDataset', 'shm_free_bytes', 'shm_workers', 'shm_exhausted',
-           'disk_full']
+__all__ = ['SPLITS', 'SAMPLE', 'IMAGE_FAILURES', 'IMAGENET_MEAN', 'IMAGENET_STD', 'FORK_WARNING', 'SHM', 'SHM_FIX',
+           'name_problem', 'bad_names', 'id_to_path', 'paths_for', 'utf8_name', 'list_ids', 'DataError',
+           'refuse_bad_ids', 'csv_engine', 'read_train_csv', 'sample_submission', 'submission_ids', 'unlisted_test_ids',
+           'nonlandmark_ids', 'class_counts', 'split_by_class', 'load_image_reason', 'load_image', 'LoadStats',
+           'train_transforms', 'eval_transforms', 'seed_transform', 'ImageDataset', 'shm_free_bytes', 'shm_workers',
+           'shm_exhausted', 'disk_full']
 
 # %% ../nbs/01_data.ipynb #0510a1a0
 SPLITS = ('train', 'index', 'test')
@@ -360,6 +360,10 @@ class ImageDataset(torch.utils.data.Dataset):
         except Exception: image, reason = self.blank(), 'corrupt'  # e.g. a 1-pixel image the transform rejects
         label = -1 if self.labels is None else self.labels[i]
         return dict(image=image, label=label, index=i, ok=reason is None, reason=reason or '')
+
+# %% ../nbs/01_data.ipynb #forkex01
+FORK_WARNING = r'This process \(pid=\d+\) is multi-threaded, use of fork\(\) may lead to deadlocks'
+warnings.filterwarnings('ignore', message=FORK_WARNING, category=DeprecationWarning)  # see the note above
 
 # %% ../nbs/01_data.ipynb #e492f55d
 SHM = '/dev/shm'

@@ -41,10 +41,14 @@ def create_backbone(name: str, pretrained: str | Path | None = None, **kwargs) -
 
 def _timm_backbone(name: str, **kwargs) -> nn.Module:
     "timm's `name`, headless, random weights, at any input size where it allows (`dynamic_img_size`)."
-    try: return _headless(name, dynamic_img_size=True, pretrained=False, **kwargs)
+    try: bb = _headless(name, dynamic_img_size=True, pretrained=False, **kwargs)
     except TypeError as e:
         if 'dynamic_img_size' not in str(e): raise
-    return _headless(name, pretrained=False, **kwargs)
+        return _headless(name, pretrained=False, **kwargs)
+    if getattr(getattr(bb, 'patch_embed', None), 'strict_img_size', False) and 'strict_img_size' not in kwargs:
+        try: return _headless(name, strict_img_size=False, pretrained=False, **kwargs)  # Swin before timm 1.0.31
+        except TypeError: pass
+    return bb
 
 def _headless(name: str, **kwargs) -> nn.Module:
     "timm's `name` with no classifier and no pooling; a head that insists on its token pool (distilled DeiT) keeps it."

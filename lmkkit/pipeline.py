@@ -61,8 +61,8 @@ class InferenceConfig:
     min_holdout_landmarks: int = MIN_HOLDOUT_LANDMARKS  # below it a stage that learns is skipped (lmkkit.plan.min_holdout_landmarks)
     device: str = 'auto'  # 'auto', 'cpu', 'cuda', 'cuda:1', ...
     cache_dir: str | None = None  # embedding cache; None: `lmkkit.core.default_cache_dir` (on Kaggle outside /kaggle/working)
-    public_run: str = 'auto'  # 'auto' (lmkkit.kaggle.is_public_run), 'yes' or 'no'; a public run writes top-1 kNN only
-    public_max_test: int | None = None  # public-run test images at most (None: lmkkit.kaggle.PUBLIC_TEST_MAX[track])
+    public_run: str = 'auto'  # 'auto' (lmkkit.inputs.is_public_run), 'yes' or 'no'; a public run writes top-1 kNN only
+    public_max_test: int | None = None  # public-run test images at most (None: lmkkit.inputs.PUBLIC_TEST_MAX[track])
     public_train_rows: int | None = 1_580_470  # and train.csv rows exactly (None: not checked)
     public_sample_max: int = 10_000  # public run: train (recognition) or index (retrieval) images searched, at most
     public_budget_s: float = 120.0  # public run: and no more than the measured test rate embeds in this many seconds
@@ -119,7 +119,7 @@ class InferenceConfig:
 # %% ../nbs/50_pipeline.ipynb #d44d98cb
 def _found_inputs(track: str, params: dict) -> dict:
     "The paths of `params`'s `data_dir` and `checkpoint` given as None, found under the input mounts by their files."
-    from lmkkit.kaggle import find_input
+    from lmkkit.inputs import find_input
     found = {}
     if 'data_dir' in params and params['data_dir'] is None: found['data_dir'] = str(find_input(track))
     if 'checkpoint' in params and params['checkpoint'] is None:  # with `checkpoints` given, `checkpoint` is not used
@@ -207,7 +207,7 @@ class _Run:
 def _public(cfg: InferenceConfig) -> tuple[bool, str]:
     "Whether this is the public run of a code competition (the cheap path), and why; counts files and lines, parses nothing."
     if cfg.public_run != 'auto': return cfg.public_run == 'yes', f'public_run={cfg.public_run!r}'
-    from lmkkit.kaggle import is_public_run
+    from lmkkit.inputs import is_public_run
     data = Path(cfg.data_dir)
     if not (data/'test').is_dir(): return False, 'no test folder'
     rows = cfg.public_train_rows

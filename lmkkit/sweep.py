@@ -20,7 +20,7 @@ import yaml
 from .core import progress
 
 from .core import CliParser, ConfigError, atomic_write, claim_folder
-from .kaggle import read_parameters
+from .params import read_parameters
 
 # %% auto #0
 __all__ = ['GRID_KEYS', 'RUN_RECORD', 'METRICS_FILE', 'EXECUTED_NB', 'Sweep', 'load_sweep', 'run_name', 'is_finished', 'run_one',

@@ -9,6 +9,8 @@ import nbformat
 import pytest
 
 from lmkkit import kaggle as lk
+from lmkkit import publish
+from lmkkit.core import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -102,7 +104,7 @@ def test_missing_metadata_and_code(tmp_path):
 def test_credentials_refuse_push(tmp_path, capsys, monkeypatch, name, text):
     folder = make_kernel(tmp_path / 'k')
     (folder / name).write_text(text)
-    monkeypatch.setattr(lk, 'authenticated_api', lambda: pytest.fail('must not authenticate'))
+    monkeypatch.setattr(publish, 'authenticated_api', lambda: pytest.fail('must not authenticate'))
     with pytest.raises(lk.KernelError) as e:
         lk.main(['push', str(folder)])
     assert name in str(e.value) and 'credential' in str(e.value)
@@ -110,7 +112,7 @@ def test_credentials_refuse_push(tmp_path, capsys, monkeypatch, name, text):
 
 def test_push_dry_run_sends_nothing(tmp_path, capsys, monkeypatch):
     folder = make_kernel(tmp_path / 'k')
-    monkeypatch.setattr(lk, 'authenticated_api', lambda: pytest.fail('a dry run must not authenticate'))
+    monkeypatch.setattr(publish, 'authenticated_api', lambda: pytest.fail('a dry run must not authenticate'))
     assert lk.main(['push', str(folder), '--dry-run']) == 0
     out = capsys.readouterr().out
     head, code_line = out.split('\n', 1)[0], out.strip().splitlines()[-1]
@@ -194,7 +196,7 @@ def test_owner_rewrites_ids_and_our_datasets(tmp_path, capsys):
 def test_push_under_another_owner_leaves_the_folder(tmp_path, capsys, monkeypatch):
     folder = make_kernel(tmp_path / 'k')
     before = (folder / 'kernel-metadata.json').read_text()
-    monkeypatch.setattr(lk, 'authenticated_api', lambda: pytest.fail('a dry run must not authenticate'))
+    monkeypatch.setattr(publish, 'authenticated_api', lambda: pytest.fail('a dry run must not authenticate'))
     assert lk.main(['push', str(folder), '--owner', 'ana', '--dry-run']) == 0
     out = capsys.readouterr().out
     fields = json.loads(out[out.index('{'):out.rindex('}') + 1])
@@ -215,7 +217,7 @@ def test_weights_dataset(tmp_path, capsys):
     assert meta['id'] == 'ana/lmkkit-weights' and meta['title'] == 'lmkkit weights'
     assert lk.validate_dataset(out, require_wheel=False) == []
     capsys.readouterr()
-    with pytest.raises(lk.ConfigError) as e:
+    with pytest.raises(ConfigError) as e:
         lk.main(['weights', str(tmp_path / 'w2'), '--checkpoint', str(tmp_path / 'disk.pth'), '--owner', 'ana'])
     assert str(e.value).startswith(f"--checkpoint: {tmp_path / 'disk.pth'} is not an lmkkit checkpoint (torch.load failed: ")
 
@@ -246,7 +248,7 @@ def test_public_run_detection(tmp_path):
     assert lk.is_public_run(public, 'recognition', max_public_test=5, public_train_rows=6)
     assert not lk.is_public_run(public, 'recognition', max_public_test=5, public_train_rows=7)
     assert lk.is_public_run(public, 'recognition')  # 4 images is below the default bound
-    with pytest.raises(lk.ConfigError, match='attach the competition data'):
+    with pytest.raises(ConfigError, match='attach the competition data'):
         lk.is_public_run(tmp_path / 'nothing', 'recognition')
 
 

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from lmkkit import kaggle as lk
+from lmkkit import wheelhouse as lw
 from lmkkit.model import create_model, save_checkpoint
 from lmkkit.synth import make_synthetic
 
@@ -187,8 +188,43 @@ def test_wheelhouse_checks_lmkkits_own_requirements_against_the_image(tmp_path, 
     fake = {'lmkkit': ['timm>=1.0.31', 'kornia>=0.7'], 'timm': ['torch'], 'kornia': ['torch>=2.5.1'], 'torch': []}
     resolved = {n: {'metadata': {'name': n, 'version': '0.1.0' if n == 'lmkkit' else '1.0', 'requires_dist': r}}
                 for n, r in fake.items()}
-    monkeypatch.setattr(lk, 'build_lmkkit_wheel', lambda out, *a, **k: (Path(out)/'lmkkit-0.1.0-py3-none-any.whl').touch())
-    monkeypatch.setattr(lk, 'resolve', lambda *a, **k: resolved)
-    monkeypatch.setattr(lk, 'download_wheels', lambda *a, **k: pytest.fail('nothing is downloaded for a wheelhouse that cannot install'))
+    monkeypatch.setattr(lw, 'build_lmkkit_wheel', lambda out, *a, **k: (Path(out)/'lmkkit-0.1.0-py3-none-any.whl').touch())
+    monkeypatch.setattr(lw, 'resolve', lambda *a, **k: resolved)
+    monkeypatch.setattr(lw, 'download_wheels', lambda *a, **k: pytest.fail('nothing is downloaded for a wheelhouse that cannot install'))
     with pytest.raises(lk.KernelError, match=r"lmkkit 0.1.0 needs timm>=1.0.31, the image has timm==1.0.26; lower lmkkit's"):
         lk.build_wheelhouse(tmp_path/'wh', baseline=('torch==2.10.0', 'timm==1.0.26'), owner='someone')
+
+
+# 3: the recorded image is the wheelhouse's target, and lmkkit fits its versions
+def test_the_recorded_image_is_the_wheelhouses_default_target():
+    "Python 3.12 and the image's pins by default; lmkkit's own requirements accept every recorded version (timm 1.0.26)."
+    import inspect
+    from packaging.requirements import Requirement
+    image, params = lk.KAGGLE_IMAGE, inspect.signature(lw.build_wheelhouse).parameters
+    assert (params['python_version'].default, params['baseline'].default) == (image.python, image.baseline)
+    assert image.python == '3.12' and 'timm==1.0.26' in image.baseline and 'faiss-cpu' not in image.packages
+    line = next(l for l in (ROOT/'settings.ini').read_text().splitlines() if l.startswith('requirements ='))
+    reqs = [Requirement(r) for r in line.split('=', 1)[1].split()]
+    misfits = [f"{r} against {image.packages[lw._canon(r.name)]}" for r in reqs
+               if image.packages.get(lw._canon(r.name)) and not r.specifier.contains(image.packages[lw._canon(r.name)])]
+    assert misfits == []  # a baseline package is never shipped: a misfit stops the kernel's install cell
+
+
+def test_read_image_takes_the_python_of_the_freeze(tmp_path):
+    (tmp_path/'image.txt').write_text("# python 3.13 ('glibc', '2.35')\ntimm==1.0.26\nkornia @ file:///tmp/kornia.whl\n")
+    image = lk.read_image(tmp_path/'image.txt')
+    assert (image.python, image.packages, image.baseline) == ('3.13', {'timm': '1.0.26', 'kornia': ''}, ('timm==1.0.26', 'kornia'))
+    (tmp_path/'old.txt').write_text("timm==1.0.26\n")
+    assert lk.read_image(tmp_path/'old.txt').python == lk.KAGGLE_IMAGE.python
+    assert "'--format=freeze'" in lk.IMAGE_RECIPE and '# python' in lk.IMAGE_RECIPE
+
+
+def test_swin_takes_any_size_where_timm_ignores_dynamic_img_size(monkeypatch):
+    "timm 1.0.26 (the image's) swallows dynamic_img_size for Swin: lmkkit builds it with strict_img_size=False instead."
+    import timm
+    from lmkkit import model as lm
+    real = timm.create_model
+    monkeypatch.setattr(timm, 'create_model', lambda name, **kw: real(name, **{k: v for k, v in kw.items() if k != 'dynamic_img_size'}))
+    with torch.device('meta'):
+        bb = lm._timm_backbone('swin_tiny_patch4_window7_224')
+        assert tuple(bb.forward_features(torch.empty(1, 3, 288, 288)).shape) == (1, 9, 9, 768)

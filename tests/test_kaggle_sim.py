@@ -1,20 +1,22 @@
-"""Kaggle simulated: the wheelhouse installs offline on an image that has only the declared baseline, and the three
-kernels run through papermill from `/kaggle/working` with the inputs under `../input`, writing nothing else.
+"""Kaggle simulated: the wheelhouse installs offline on the image as it is, and the three kernels run through
+papermill from `/kaggle/working` with the inputs under `../input` (read-only), writing nothing else.
 
-The simulated image is a fresh venv that sees only the baseline's distributions (`lmkkit.kaggle.BASELINE` and what
-they need): a folder of links to them, taken from this environment (torch alone is gigabytes; the links cost
-nothing), on the venv's path through a `.pth` file. pip finds them installed; what the install adds goes into the
-venv itself, and the environment the links point into is never written (pip refuses to uninstall outside its
-venv). The baseline packages this environment lacks (opencv-python, scikit-learn) are installed once into the
-pytest cache, like the downloaded wheels.
+The image is `lmkkit.kaggle.KAGGLE_IMAGE`: a venv of its Python (3.12) holding exactly its recorded versions (torch
+2.10, timm 1.0.26, numpy 2.0.2, pandas 2.2.2, OpenCV 4.13...), installed once from PyPI and kept in
+`~/.cache/lmkkit` ($LMKKIT_CACHE): 8 GB, about 6 minutes the first time (3.9 GB downloaded in under a minute here,
+the rest is pip unpacking), nothing after. PyPI's torch for Linux is the CUDA build with its nvidia-* wheels (PyTorch's
+CPU-only index is not reachable from here or CI); it runs on the CPU like the dev venv's. Each session lays a fresh venv over it (a `.pth` adds
+the image's site-packages), so the install cell writes into that venv and the cached image stays as recorded.
+The image's Python comes from $LMKKIT_IMAGE_PYTHON, `python3.12` on PATH, or pyenv; without one the tests are
+skipped, except under CI, where they fail.
 """
+import glob
 import hashlib
 import json
 import os
 import shutil
 import subprocess
 import sys
-import sysconfig
 import time
 from importlib import metadata
 from pathlib import Path
@@ -24,20 +26,19 @@ import pytest
 from packaging.requirements import Requirement
 
 from lmkkit import kaggle as lk
+from lmkkit import wheelhouse as lw
 from lmkkit.model import create_model, save_checkpoint
 from lmkkit.synth import make_synthetic
 
 ROOT = Path(__file__).resolve().parents[1]
 KERNELS = ROOT/'kaggle_kernels'
+IMAGE = lk.KAGGLE_IMAGE
 TINY = dict(n_landmarks=6, n_unseen=2, n_families=2, train_per_landmark=5, index_per_landmark=3, test_per_landmark=2,
             n_train_nonlandmarks=10, n_index_nonlandmarks=4, n_test_nonlandmarks=6, image_size=64)
-# The image's Python runs the notebook and pip: pip and the Jupyter kernel are part of the baseline too.
-IMAGE_EXTRA = ('pip',)
-MISSING_HERE = ('opencv-python', 'scikit-learn', 'joblib', 'threadpoolctl')  # baseline packages this env may lack
 SIM_ENV = {'PYTHONPATH': '', 'PIP_CONFIG_FILE': os.devnull, 'PYTHONNOUSERSITE': '1', 'PIP_NO_INPUT': '1'}
 
 
-def canon(name): return lk._canon(name)
+def canon(name): return lw._canon(Requirement(name).name)
 
 
 def installed(paths) -> dict:
@@ -48,28 +49,41 @@ def installed(paths) -> dict:
     return found
 
 
-def closure(dists: dict, roots) -> list:
-    "The installed distributions `roots` need, with every requirement whose marker holds here, recursively."
-    seen, todo = {}, [Requirement(r) for r in roots]
-    while todo:
-        req = todo.pop()
-        name, extras = canon(req.name), set(req.extras)
-        if name not in dists or (name in seen and extras <= seen[name]): continue
-        seen[name] = seen.get(name, set()) | extras
-        for text in dists[name].requires or []:
-            r = Requirement(text)
-            if r.marker is None or any(r.marker.evaluate({'extra': e}) for e in ('', *extras)): todo.append(r)
-    return [dists[n] for n in seen]
+def image_python() -> str | None:
+    "A CPython of the image's version: $LMKKIT_IMAGE_PYTHON, pythonX.Y on PATH, else pyenv's newest X.Y.*."
+    pyenv = os.environ.get('PYENV_ROOT', os.path.expanduser('~/.pyenv'))
+    found = [os.environ.get('LMKKIT_IMAGE_PYTHON'), shutil.which(f'python{IMAGE.python}'),
+             *sorted(glob.glob(f'{pyenv}/versions/{IMAGE.python}.*/bin/python'), reverse=True)]
+    for python in filter(None, found):
+        res = subprocess.run([python, '-c', 'import sys; print("%d.%d" % sys.version_info[:2])'], capture_output=True, text=True)
+        if res.returncode == 0 and res.stdout.strip() == IMAGE.python: return python
+    return None
 
 
-def link_view(view: Path, dists) -> None:
-    "Link each distribution's top-level files and its .dist-info into `view` (a site directory)."
-    view.mkdir(parents=True, exist_ok=True)
-    for d in dists:
-        base = Path(d.locate_file(''))
-        tops = {Path(str(f)).parts[0] for f in d.files or [] if not str(f).startswith('..')}
-        for top in tops:
-            if not (view/top).exists() and (base/top).exists(): (view/top).symlink_to(base/top)
+def image_requirements() -> list[str]:
+    "What the simulated image installs: every recorded version; the newest fitting release where none is recorded."
+    return list(IMAGE.baseline)
+
+
+def build_image(cache: Path) -> Path:
+    "The image's venv under `cache` (built once, marked complete); returns its python."
+    key = hashlib.sha256(repr(image_requirements()).encode()).hexdigest()[:10]
+    root = Path(cache)/f'kaggle-image-py{IMAGE.python}-{key}'
+    if (root/'.complete').is_file(): return root/'bin'/'python'
+    base = image_python()
+    if base is None:
+        why = (f"no Python {IMAGE.python} for the simulated Kaggle image: install one (pyenv install {IMAGE.python}) or "
+               "set LMKKIT_IMAGE_PYTHON")
+        pytest.fail(why) if os.environ.get('CI') else pytest.skip(why)
+    shutil.rmtree(root, ignore_errors=True)
+    subprocess.run([base, '-m', 'venv', str(root)], check=True)
+    res = subprocess.run([str(root/'bin'/'python'), '-m', 'pip', 'install', '-q', '--disable-pip-version-check',
+                          '--no-compile', *image_requirements()], capture_output=True, text=True)  # compiled on import
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    freeze = subprocess.run([str(root/'bin'/'python'), '-m', 'pip', 'list', '--format=freeze'], capture_output=True, text=True)
+    (root/'image.txt').write_text(f"# python {IMAGE.python}\n" + freeze.stdout)
+    (root/'.complete').write_text(IMAGE.source + '\n')
+    return root/'bin'/'python'
 
 
 @pytest.fixture(scope='session')
@@ -80,22 +94,35 @@ def cache(request, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope='session')
-def image(cache, tmp_path_factory) -> Path:
-    "A fresh venv whose only packages are the baseline's: the simulated Kaggle image. Returns its python."
-    here = Path(sysconfig.get_paths()['purelib'])
-    extra = cache/'baseline-extra'
-    if not installed([here, extra]).keys() >= {canon(n) for n in MISSING_HERE}:
-        subprocess.run([sys.executable, '-m', 'pip', 'install', '-q', '--no-deps', '--target', str(extra), *MISSING_HERE],
-                       check=True, capture_output=True)
-    dists = installed([here, extra])
-    root = tmp_path_factory.mktemp('image')
-    link_view(root/'baseline', closure(dists, [*lk.BASELINE, *IMAGE_EXTRA]))
-    subprocess.run([sys.executable, '-m', 'venv', '--without-pip', str(root/'venv')], check=True)
-    python = root/'venv'/'bin'/'python'
-    site = subprocess.run([str(python), '-c', 'import sysconfig; print(sysconfig.get_paths()["purelib"])'],
-                          capture_output=True, text=True, check=True).stdout.strip()
-    (Path(site)/'kaggle-image.pth').write_text(str(root/'baseline') + '\n')
+def image_venv() -> Path:
+    "The cached venv of the image (its python)."
+    return build_image(Path(os.environ.get('LMKKIT_CACHE') or os.path.expanduser('~/.cache/lmkkit')))
+
+
+def overlay(python: Path, image_python: Path) -> Path:
+    "A fresh venv at `python`'s folder whose path ends with the image's site-packages (their .pth files included)."
+    venv = python.parents[1]
+    subprocess.run([str(image_python), '-m', 'venv', '--without-pip', str(venv)], check=True)
+    image_site = run(image_python, '-c', 'import sysconfig; print(sysconfig.get_paths()["purelib"])').stdout.strip()
+    (venv_site(python)/'kaggle-image.pth').write_text(f"import site; site.addsitedir({image_site!r})\n")
     return python
+
+
+@pytest.fixture(scope='session')
+def image(image_venv, tmp_path_factory) -> Path:
+    "A fresh venv over the image's packages: the simulated Kaggle image of one session. Returns its python."
+    return overlay(tmp_path_factory.mktemp('image')/'venv'/'bin'/'python', image_venv)
+
+
+def test_the_image_is_the_recorded_one(image):
+    "The simulated image runs the recorded Python and versions (issue 22: not the dev venv's)."
+    code = "import sys, json; from importlib.metadata import version as v; print(json.dumps([sys.version_info[:2], " \
+           "{n: v(n) for n in %r}]))" % [n for n, ver in IMAGE.packages.items() if ver]
+    res = run(image, '-c', code)
+    assert res.returncode == 0, res.stderr[-2000:]
+    python, versions = json.loads(res.stdout)
+    assert '%d.%d' % tuple(python) == IMAGE.python
+    assert {n: ver.split('+')[0] for n, ver in versions.items()} == {n: v for n, v in IMAGE.packages.items() if v}
 
 
 def run(python, *args, **kw):
@@ -107,14 +134,23 @@ def venv_site(python) -> Path:
 
 
 @pytest.fixture(scope='session')
-def wheelhouse(cache, tmp_path_factory) -> Path:
-    "The real wheelhouse: dependency wheels downloaded once per requirements/baseline (pytest cache), lmkkit's built now."
-    key = hashlib.sha256(repr((lk.BASELINE, (ROOT/'settings.ini').read_text().split('requirements =')[1]
-                                .splitlines()[0], lk.DEFAULT_PLATFORMS)).encode()).hexdigest()[:12]
-    deps = cache/f'wheelhouse-{key}'
+def freeze(image_venv, tmp_path_factory) -> Path:
+    "The image's packages as `IMAGE_RECIPE` captures them in a kernel."
+    out = tmp_path_factory.mktemp('freeze')/'image.txt'
+    res = run(image_venv, '-c', lk.IMAGE_RECIPE.replace('/kaggle/working/image.txt', str(out)))
+    assert res.returncode == 0, res.stderr[-2000:]
+    return out
+
+
+@pytest.fixture(scope='session')
+def wheelhouse(cache, freeze, tmp_path_factory) -> Path:
+    "What `lmkkit kernels wheelhouse --image` builds from the freeze: its wheels kept in pytest's cache, lmkkit's built now."
+    requirements = (ROOT/'settings.ini').read_text().split('requirements =')[1].splitlines()[0]
+    deps = cache/f"wheelhouse-{hashlib.sha256(repr((freeze.read_text(), requirements)).encode()).hexdigest()[:12]}"
     if not (deps/lk.WHEELHOUSE_LOCK).is_file():
         shutil.rmtree(deps, ignore_errors=True)
-        lk.build_wheelhouse(cache/'building', owner='someone')
+        shutil.rmtree(cache/'building', ignore_errors=True)
+        assert lk.main(['wheelhouse', str(cache/'building'), '--owner', 'someone', '--image', str(freeze)]) == 0
         (cache/'building').rename(deps)
     out = tmp_path_factory.mktemp('wh')/lk.WHEELHOUSE_SLUG
     shutil.copytree(deps, out, ignore=shutil.ignore_patterns('lmkkit-*.whl'))
@@ -167,10 +203,10 @@ def kaggle_image(image, wheelhouse, tmp_path_factory):
 
 
 def test_install_adds_exactly_what_the_image_lacks(kaggle_image, wheelhouse, tmp_path):
+    "The image lacks only faiss: the install adds it and lmkkit, and replaces nothing (timm 1.0.26 stays)."
     python, seconds, added = kaggle_image
-    assert {'lmkkit', 'timm', 'faiss-cpu', 'kornia', 'lightgbm', 'albumentations', 'opencv-python-headless', 'tqdm'} <= set(added)
-    assert not {canon(b) for b in lk.BASELINE} & set(added)  # nothing of the image was replaced
-    shipped = {canon(l.split('==')[0]) for l in (wheelhouse/lk.WHEELHOUSE_LOCK).read_text().splitlines() if '==' in l}
+    assert added == ['faiss-cpu', 'lmkkit']
+    shipped = {canon(l.split('==')[0]) for l in (wheelhouse/lk.WHEELHOUSE_LOCK).read_text().splitlines() if '==' in l and not l.startswith('#')}
     assert set(added) - {'lmkkit'} <= shipped
     code = "import lmkkit, cv2, lmkkit.pipeline, lmkkit.verify, lmkkit.train; print(lmkkit.__file__)"
     res = run(python, '-c', code, cwd=tmp_path)  # not the checkout's folder, whose lmkkit/ would be imported
@@ -178,11 +214,41 @@ def test_install_adds_exactly_what_the_image_lacks(kaggle_image, wheelhouse, tmp
     assert str(venv_site(python)) in res.stdout  # the installed wheel, not a checkout
 
 
-def test_install_cell_is_loud(image, tmp_path):
+def test_swin_takes_other_sizes_on_the_images_timm(kaggle_image, tmp_path):
+    "timm 1.0.26 swallows dynamic_img_size for Swin (1.0.31 takes it): lmkkit builds Swin with strict_img_size=False."
+    code = ("import json, torch; from lmkkit.model import create_backbone\n"
+            "bb = create_backbone('swin_tiny_patch4_window7_224').eval()\n"
+            "with torch.no_grad(): print(json.dumps(list(bb.forward_features(torch.randn(1, 3, 288, 288)).shape)))")
+    res = run(kaggle_image[0], '-c', code, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert json.loads(res.stdout.splitlines()[-1]) == [1, 9, 9, 768]
+
+
+def test_data_loading_workers_fork_quietly(kaggle_image, kaggle_data, tmp_path):
+    "Python 3.12 warns at each fork() of a threaded process; lmkkit.data silences exactly that warning (01_data: why)."
+    code = ("import torch; from pathlib import Path\n"
+            "from lmkkit.data import ImageDataset, eval_transforms\n"
+            f"paths = sorted(str(p) for p in Path({str(kaggle_data/'data'/'train')!r}).rglob('*.jpg'))[:8]\n"
+            "torch.randn(300, 300) @ torch.randn(300, 300)  # torch's thread pool is running\n"
+            "ds = ImageDataset(paths, None, eval_transforms(32), load_size=32)\n"
+            "print(sum(len(b['image']) for b in torch.utils.data.DataLoader(ds, batch_size=4, num_workers=2)))")
+    res = run(kaggle_image[0], '-W', 'default', '-c', code, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.split()[-1] == '8' and 'fork()' not in res.stderr, res.stderr[-2000:]
+
+
+def test_wheelhouse_for_the_freeze_of_the_image(freeze, wheelhouse):
+    "The freeze (IMAGE_RECIPE) gives the image's Python and versions; the wheelhouse built for it ships only faiss."
+    image = lk.read_image(freeze)
+    assert (image.python, image.packages['timm'], image.packages['torch']) == (IMAGE.python, '1.0.26', '2.10.0')
+    assert sorted(p.name.split('-')[0] for p in wheelhouse.glob('*.whl')) == ['faiss_cpu', 'lmkkit']
+    assert f'CPython {IMAGE.python}' in (wheelhouse/lk.WHEELHOUSE_LOCK).read_text()
+
+
+def test_install_cell_is_loud(image_venv, tmp_path):
     "A wheelhouse that lacks a dependency stops with pip's own message; a missing wheelhouse with what ../input holds."
     bare = tmp_path/'bare'
-    subprocess.run([sys.executable, '-m', 'venv', '--without-pip', str(bare)], check=True)
-    (venv_site(bare/'bin'/'python')/'kaggle-image.pth').write_text((venv_site(image)/'kaggle-image.pth').read_text())
+    overlay(bare/'bin'/'python', image_venv)
     (tmp_path/'input'/'lmkkit-wheelhouse').mkdir(parents=True); (tmp_path/'working').mkdir()
     lk.build_lmkkit_wheel(tmp_path/'input'/'lmkkit-wheelhouse')
     res = run(bare/'bin'/'python', '-c', install_cell(), cwd=tmp_path/'working')
