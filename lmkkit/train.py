@@ -5,14 +5,12 @@
 # %% ../nbs/20_train.ipynb #dee8493d
 from __future__ import annotations
 
-import ast
 import dataclasses
 import inspect
 import math
 import os
 import random
 import shutil
-import sys
 import time
 import typing
 from contextlib import contextmanager, nullcontext
@@ -21,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import timm
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -30,81 +27,22 @@ from fastcore.basics import patch
 from .core import ConfigError, Deadline, LmkkitError, TrainingDiverged, atomic_write, check_parameters, copy_atomic, make_config, progress, require_at_least_one, resolve_device, seed_everything
 from .data import (SHM, SHM_FIX, ImageDataset, disk_full, eval_transforms, id_to_path, read_train_csv, seed_transform, shm_exhausted,
                          shm_free_bytes, shm_workers, split_by_class, train_transforms)
-from .embed import AMP_DTYPES, AMP_MODES, extract_embeddings, resolve_amp
+from .embed import AMP_DTYPES, extract_embeddings, resolve_amp
 from .heads import HEADS
-from .pooling import POOLS
 from .metrics import gap
 from .model import _load_failure, check_torch_loads_safely, create_model, save_checkpoint, valid_image_size
 from .search import knn
+from .train_config import TrainConfig, TrainKernelParams
 
 # %% auto #0
-__all__ = ['PRESETS', 'METRIC_COLUMNS', 'STATE_KEYS', 'TrainConfig', 'TrainKernelParams', 'kernel_data_dir', 'kernel_config',
-           'stage_bounds', 'cosine_warmup', 'lr_factor', 'make_scheduler', 'EpochSampler', 'AugSeeded', 'param_groups',
-           'make_optimizer', 'rng_state', 'set_rng_state', 'save_state', 'load_state', 'TimeBudget', 'state_bytes',
-           'DistEnv', 'init_distributed', 'all_sum', 'TrainError', 'TrainData', 'prepare_data', 'val_gap', 'MetricsLog',
-           'TrainResult', 'head_kwargs', 'Position', 'Meter', 'find_resume_state', 'Trainer', 'nonfinite_tensors',
-           'train', 'valid_stages', 'plot_history', 'recipe_hours', 'parse_overrides', 'main']
+__all__ = ['PRESETS', 'METRIC_COLUMNS', 'STATE_KEYS', 'kernel_data_dir', 'kernel_config', 'stage_bounds', 'cosine_warmup',
+           'lr_factor', 'make_scheduler', 'EpochSampler', 'AugSeeded', 'param_groups', 'make_optimizer', 'rng_state',
+           'set_rng_state', 'save_state', 'load_state', 'TimeBudget', 'state_bytes', 'DistEnv', 'init_distributed',
+           'all_sum', 'TrainError', 'TrainData', 'prepare_data', 'val_gap', 'MetricsLog', 'TrainResult', 'head_kwargs',
+           'Position', 'Meter', 'find_resume_state', 'Trainer', 'nonfinite_tensors', 'train', 'valid_stages',
+           'plot_history', 'recipe_hours']
 
 # %% ../nbs/20_train.ipynb #d597e2c2
-@dataclass(frozen=True)
-class TrainConfig:
-    "Everything a training run depends on (the seed's recipe by default)."
-    stages: tuple[tuple[int, int], ...] = ((448, 8), (512, 8), (640, 8), (736, 4))  # (image size, epochs) in order
-    backbone: str = 'swin_base_patch4_window12_384'  # any timm name (the seed: Swin, legacy_seresnet101, dm_nfnet_f0)
-    pretrained: str | None = None  # local timm weights file; None trains from scratch (nothing is downloaded)
-    pool: str = 'rgem'
-    embedding_size: int = 512
-    head: str = 'curricularface'
-    s: float = 30.0  # margin head scale
-    m: float = 0.4  # margin
-    lr: float = 1e-4  # peak learning rate of the backbone
-    head_lr_mult: float = 10.0  # peak lr of pooling, neck and head = lr * head_lr_mult
-    weight_decay: float = 1e-4  # AdamW decoupled decay, on weight matrices only
-    warmup_epochs: float = 0.5  # linear warm-up at the start of every cosine cycle
-    min_lr_ratio: float = 0.01  # the cosine ends at lr * min_lr_ratio
-    restart_per_stage: bool = True  # one cosine cycle per image-size stage (False: one over the whole run)
-    augment: bool = True  # lmkkit.data.train_transforms (False: eval_transforms, resize only)
-    batch_size: int = 16  # images per process and micro-batch
-    grad_accum: int = 4  # micro-batches per optimiser step
-    amp: str = 'auto'  # 'auto' (bf16 on CUDA when supported, else fp16 + GradScaler; off on CPU), 'bf16', 'fp16', 'off'
-    channels_last: bool = True  # NHWC memory format on CUDA
-    sync_bn: bool = True  # SyncBatchNorm under DistributedDataParallel on GPUs
-    freeze_bn: bool = False  # BatchNorm layers use their running statistics and do not update them
-    num_workers: int = 4
-    seed: int = 0
-    deterministic: bool = False  # torch.use_deterministic_algorithms (exact repeats, slower on GPU)
-    checkpoint_every_steps: int = 1000  # also saved at every stage end and when the time budget runs out
-    log_every_steps: int = 50  # rows in metrics.csv between epoch ends
-    time_limit_hours: float | None = None  # stop cleanly (checkpoint saved) before this much wall time
-    val_frac: float = 0.05  # share of the seen classes' images held out for validation (lmkkit.data.split_by_class)
-    val_unseen_class_frac: float = 0.05  # share of classes held out entirely (they act as distractors)
-    val_every_epochs: int = 1  # 0 turns validation off
-    val_max_index: int = 20000  # train images embedded as the kNN index of the validation pass
-    max_images: int | None = None  # use only this many train.csv rows (quick trials)
-    max_skipped_steps: int = 20  # fp16 GradScaler: optimiser steps in a row skipped for inf/NaN gradients before the run stops as diverged
-
-    def __post_init__(self):
-        stages = tuple(tuple(s) for s in self.stages)
-        if not stages or any(len(s) != 2 or s[0] < 8 or s[1] < 1 for s in stages):
-            raise ConfigError(f"parameter 'stages' must be a non-empty list of (image size >= 8, epochs >= 1) pairs, "
-                              f"got {self.stages!r}; e.g. [(448, 8), (512, 8)]")
-        object.__setattr__(self, 'stages', stages)
-        if self.amp not in AMP_MODES:
-            raise ConfigError(f"parameter 'amp' must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")
-        require_at_least_one(self, ('batch_size', 'grad_accum', 'checkpoint_every_steps', 'log_every_steps', 'max_skipped_steps', 'embedding_size'))
-        if self.lr <= 0: raise ConfigError(f"parameter 'lr' must be positive, got {self.lr}; e.g. --lr 3e-4")
-        for name, registry in (('head', HEADS), ('pool', POOLS)):
-            if getattr(self, name) not in registry:
-                raise ConfigError(f"unknown {name} {getattr(self, name)!r}; choose one of: {', '.join(registry.names)}")
-        if not timm.is_model(self.backbone):
-            raise ConfigError(f"unknown timm backbone {self.backbone!r}; see timm.list_models(), e.g. 'legacy_seresnet101' or 'test_resnet'")
-        if self.time_limit_hours is not None and self.time_limit_hours <= 0:
-            raise ConfigError(f"parameter 'time_limit_hours' must be positive or None, got {self.time_limit_hours}")
-
-    @property
-    def epochs(self) -> int: return sum(e for _, e in self.stages)
-    def to_dict(self) -> dict: return dataclasses.asdict(self)
-
 PRESETS = {
     'seed': TrainConfig(),
     'demo': TrainConfig(stages=((64, 10), (96, 15), (128, 5)), backbone='test_resnet', embedding_size=128, lr=1e-3,
@@ -114,16 +52,6 @@ PRESETS = {
 }
 
 # %% ../nbs/20_train.ipynb #ee64f900
-@dataclass(frozen=True)
-class TrainKernelParams:
-    "The training kernel's parameters that are not `TrainConfig` fields (with the kernel's defaults)."
-    data_dir: str | None = None  # GLDv2 folder with train.csv and train/; None: the attached one (`kernel_data_dir`)
-    out_dir: str = 'run'  # checkpoints and logs, relative to the working folder; a run already here is resumed
-    preset: str = 'seed'  # a name in PRESETS
-    resume_from: str | None = None  # out_dir of an earlier run to continue from
-    overrides: dict = field(default_factory=dict)  # any other TrainConfig field
-    lmkkit_src: str | None = None  # folder that holds the lmkkit package (an attached dataset); None: lmkkit is installed
-
 def kernel_data_dir(data_dir: str | None) -> str:
     "`data_dir`, or when None the attached folder holding train.csv and train/ under either input layout (`lmkkit.kaggle.find_input`)."
     if data_dir is not None: return data_dir
@@ -790,20 +718,3 @@ def recipe_hours(stages, n_images: int, images_per_s, ref_size: int | None = Non
     ref = ref_size or stages[0][0]
     rate = lambda size: images_per_s * (ref / size) ** 2
     return [n_images * epochs / rate(size) / 3600 for size, epochs in stages]
-
-# %% ../nbs/20_train.ipynb #b1166fb4
-def parse_overrides(pairs: list[str]) -> dict:
-    "`['--lr', '3e-4', '--stages', '[(64, 1)]']` -> `{'lr': 0.0003, 'stages': [(64, 1)]}`."
-    if len(pairs) % 2 or not all(p.startswith('--') for p in pairs[::2]):
-        raise ConfigError(f"options must come as `--name value` pairs, got: {' '.join(pairs)}")
-    out = {}
-    for name, text in zip(pairs[::2], pairs[1::2]):
-        try: value = ast.literal_eval(text)
-        except (ValueError, SyntaxError): value = text
-        out[name[2:].replace('-', '_')] = value
-    return out
-
-def main(argv: list[str] | None = None) -> int:
-    "`lmkkit train DATA_DIR OUT_DIR [--preset NAME] [--option value ...]`; returns 0 when finished, 3 when stopped by the time budget."
-    from lmkkit.cli import run  # the parser lives in lmkkit.cli, so that `lmkkit train --help` needs no torch
-    return run(['train', *(sys.argv[1:] if argv is None else argv)])

@@ -18,7 +18,8 @@ os.environ.setdefault('NO_ALBUMENTATIONS_UPDATE', '1')
 
 from lmkkit.core import ConfigError, Deadline, make_config
 from lmkkit.data import DataError
-from lmkkit.train import PRESETS, TrainConfig, TrainError, main, train
+from lmkkit.train import PRESETS, TrainConfig, TrainError, train
+from lmkkit.train_cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 KERNEL = ROOT/'kaggle_kernels'/'lmkkit-train'
@@ -26,7 +27,7 @@ KERNEL = ROOT/'kaggle_kernels'/'lmkkit-train'
 ENV = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1', PYTHONPATH=str(ROOT))
 TINY = dict(stages=((32, 1), (40, 1)), batch_size=8, embedding_size=16, num_workers=0, log_every_steps=1,
             checkpoint_every_steps=100, val_max_index=64, deterministic=True)
-CLI = [sys.executable, '-c', 'import sys; from lmkkit.train import main; sys.exit(main(sys.argv[1:]))']
+CLI = [sys.executable, '-c', 'import sys; from lmkkit.train_cli import main; sys.exit(main(sys.argv[1:]))']
 
 def tiny(**kw) -> TrainConfig: return make_config(TrainConfig, base=PRESETS['demo'], **{**TINY, **kw})
 def cli_args(cfg_kw: dict) -> list[str]:
