@@ -6,8 +6,11 @@
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib
 import os
+import re
+import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,8 +19,8 @@ from .core import CliParser, ConfigError, LmkkitError, Registry
 
 
 # %% auto #0
-__all__ = ['COMMANDS', 'DEBUG_ENV', 'GLDV2_ONLY', 'Command', 'command', 'build_parser', 'run', 'is_mistake', 'mistake_line',
-           'main', 'at_least', 'synth_parser', 'synth', 'need_file', 'evaluate']
+__all__ = ['COMMANDS', 'DEBUG_ENV', 'GLDV2_ONLY', 'Command', 'command', 'build_parser', 'run', 'is_mistake', 'as_flags',
+           'mistake_line', 'main', 'at_least', 'synth_parser', 'synth', 'need_file', 'evaluate']
 
 # %% ../nbs/80_cli.ipynb #367ce861
 @dataclass(frozen=True)
@@ -56,11 +59,25 @@ def is_mistake(e: BaseException) -> bool:
     "Whether `e` reports a user's mistake (see above) rather than a bug."
     return isinstance(e, (OSError, LmkkitError))
 
+_SETTING = re.compile(r"`([A-Za-z_]\w*)=([^`]+)`")  # a setting a library message suggests: `name=value`
+
+def _flag(m: re.Match) -> str:
+    "`name=value` -> `--name value` (`--name` for True; dashes for underscores, which every command takes)."
+    name, text = m.group(1).replace('_', '-'), m.group(2)
+    try: value = ast.literal_eval(text)
+    except (ValueError, SyntaxError): value = text
+    if value is True: return f"`--{name}`"
+    return f"`--{name} {shlex.quote(value if isinstance(value, str) else text)}`"
+
+def as_flags(message: str) -> str:
+    "`message` with each suggested setting `name=value` spelled as this command line's option."
+    return _SETTING.sub(_flag, message)
+
 def mistake_line(e: BaseException) -> str:
-    "The one line that reports a mistake; an OSError's path and a hint are spelled out."
+    "The one line that reports a mistake; an OSError's path and a hint are spelled out, settings as options."
     if isinstance(e, OSError) and e.filename and e.strerror:
         return f"{e.strerror}: {e.filename} (check the path)"
-    return ' '.join(str(e).split()) or type(e).__name__
+    return as_flags(' '.join(str(e).split())) or type(e).__name__
 
 def main(argv: list[str] | None = None) -> int:
     "The `lmkkit` console script: exit code 2 and one line for a user's mistake (LMKKIT_DEBUG=1: the traceback)."

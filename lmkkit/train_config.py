@@ -65,7 +65,7 @@ class TrainConfig:
         if self.amp not in AMP_MODES:
             raise ConfigError(f"parameter 'amp' must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")
         require_at_least_one(self, ('batch_size', 'grad_accum', 'checkpoint_every_steps', 'log_every_steps', 'max_skipped_steps', 'embedding_size'))
-        if self.lr <= 0: raise ConfigError(f"parameter 'lr' must be positive, got {self.lr}; e.g. --lr 3e-4")
+        if self.lr <= 0: raise ConfigError(f"parameter 'lr' must be positive, got {self.lr}; e.g. `lr=3e-4`")
         for name, registry in (('head', HEADS), ('pool', POOLS)):
             if getattr(self, name) not in registry:
                 raise ConfigError(f"unknown {name} {getattr(self, name)!r}; choose one of: {', '.join(registry.names)}")

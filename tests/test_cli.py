@@ -128,9 +128,9 @@ def test_train_stages_shows_the_syntax(synth, tmp_path):
     ('--backbone', 'resnet9999', "unknown timm backbone 'resnet9999'"),
     ('--head', 'foo', "unknown head 'foo'; choose one of:"),
     ('--pool', 'foo', "unknown pool 'foo'; choose one of:"),
-    ('--lr', -1, "parameter 'lr' must be positive, got -1"),
+    ('--lr', -1, "parameter 'lr' must be positive, got -1; e.g. `--lr 3e-4`"),
     ('--embedding_size', 0, "parameter 'embedding_size' must be >= 1, got 0"),
-    ('--device', 'cuda', "no CUDA GPU is visible here; use --device cpu"),
+    ('--device', 'cuda', "no CUDA GPU is visible here; use `--device cpu` (or leave it out)"),
 ])
 def test_train_impossible_settings(synth, tmp_path, option, value, says):
     "Settings that timm or torch would reject deep inside a traceback stop at once, in one line."

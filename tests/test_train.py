@@ -162,6 +162,15 @@ def test_wrong_parameter_type_stops(gld, tmp_path):
         train(gld, out, tiny(stages=((32, 1),), val_every_epochs=0), device='cpu', verbose=False)
         train(gld, out, tiny(stages=((32, 1),), val_every_epochs=0, batch_size=4), device='cpu', verbose=False)
 
+def test_library_messages_name_parameters_not_options():
+    "A caller of the library (a kernel, a script) reads the parameter to set; only `lmkkit.cli` turns it into `--lr`."
+    with pytest.raises(ConfigError) as e: TrainConfig(lr=-1)
+    assert "parameter 'lr' must be positive" in str(e.value) and '`lr=3e-4`' in str(e.value) and '--' not in str(e.value)
+    if not torch.cuda.is_available():
+        from lmkkit.train import init_distributed
+        with pytest.raises(ConfigError) as e: init_distributed('cuda')
+        assert "use `device='cpu'`" in str(e.value) and '--' not in str(e.value)
+
 def run_kernel(gld, out_dir, tmp_path, **params):
     import papermill as pm
     return pm.execute_notebook(str(KERNEL/'lmkkit-train.ipynb'), str(tmp_path/'out.ipynb'), kernel_name='python3',
