@@ -24,7 +24,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from fastcore.basics import patch
 
-from .core import ConfigError, Deadline, LmkkitError, TrainingDiverged, atomic_write, check_parameters, copy_atomic, make_config, progress, require_at_least_one, resolve_device, seed_everything
+from .core import ConfigError, Deadline, LmkkitError, TrainingDiverged, atomic_write, check_parameters, copy_atomic, kernel_start_time, make_config, progress, require_at_least_one, resolve_device, seed_everything
 from .data import (SHM, SHM_FIX, ImageDataset, disk_full, eval_transforms, id_to_path, read_train_csv, seed_transform, shm_exhausted,
                          shm_free_bytes, shm_workers, split_by_class, train_transforms)
 from .embed import AMP_DTYPES, extract_embeddings, resolve_amp
@@ -679,7 +679,9 @@ def _stopped(self: Trainer) -> TrainResult:
 
 # %% ../nbs/20_train.ipynb #fcfa3bb2
 def train(data_dir: str | Path, out_dir: str | Path, cfg: TrainConfig | None = None, deadline: Deadline | None = None,
-          device: str | None = None, verbose: bool = True, resume_from: str | Path | None = None) -> TrainResult:
+          device: str | None = None, verbose: bool = True, resume_from: str | Path | None = None,
+          kernel_start: float | None = None,  # epoch seconds of the kernel's first cell; None: `kernel_start_time()`
+          ) -> TrainResult:
     "Train `cfg` on `data_dir` into `out_dir`, resuming from `out_dir/last.pt`, else from `resume_from`'s `last.pt`."
     cfg, notes = valid_stages(cfg or TrainConfig())
     env = init_distributed(device)
@@ -688,7 +690,8 @@ def train(data_dir: str | Path, out_dir: str | Path, cfg: TrainConfig | None = N
         os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')
         torch.use_deterministic_algorithms(True)
     elif env.device.startswith('cuda'): torch.backends.cudnn.benchmark = True
-    if deadline is None and cfg.time_limit_hours: deadline = Deadline.from_hours(cfg.time_limit_hours)
+    if deadline is None and cfg.time_limit_hours:
+        deadline = Deadline.since(kernel_start_time(kernel_start), 3600 * cfg.time_limit_hours)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     return Trainer(data_dir, out_dir, cfg, env, deadline, verbose, resume_from).fit()
 

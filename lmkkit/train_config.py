@@ -44,7 +44,7 @@ class TrainConfig:
     deterministic: bool = False  # torch.use_deterministic_algorithms (exact repeats, slower on GPU)
     checkpoint_every_steps: int = 1000  # also saved at every stage end and when the time budget runs out
     log_every_steps: int = 50  # rows in metrics.csv between epoch ends
-    time_limit_hours: float | None = None  # stop cleanly (checkpoint saved) before this much wall time
+    time_limit_hours: float | None = None  # stop cleanly (checkpoint saved) this long after the kernel's first cell
     val_frac: float = 0.05  # share of the seen classes' images held out for validation (lmkkit.data.split_by_class)
     val_unseen_class_frac: float = 0.05  # share of classes held out entirely (they act as distractors)
     val_every_epochs: int = 1  # 0 turns validation off

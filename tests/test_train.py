@@ -102,6 +102,21 @@ def test_tiny_time_limit_stops_before_it_runs_out(gld, tmp_path, capsys):
     res = train(gld, tmp_path, tiny(), device='cpu', verbose=False)
     assert res.finished and res.step == 12
 
+def test_time_limit_counts_from_the_kernel_start(gld, tmp_path, monkeypatch):
+    "One clock: a kernel that started an hour ago (its first cell set $LMKKIT_KERNEL_START) has no time left of a 30-minute limit."
+    monkeypatch.setenv('LMKKIT_KERNEL_START', str(time.time() - 3600))
+    res = train(gld, tmp_path/'env', tiny(time_limit_hours=0.5), device='cpu', verbose=False)
+    assert (res.finished, res.step) == (False, 0) and (tmp_path/'env'/'last.pt').is_file()
+    monkeypatch.delenv('LMKKIT_KERNEL_START')
+    res = train(gld, tmp_path/'arg', tiny(time_limit_hours=0.5), device='cpu', verbose=False, kernel_start=time.time() - 3600)
+    assert (res.finished, res.step) == (False, 0)
+
+def test_training_kernel_starts_the_clock_in_its_first_cell():
+    "The training kernel's first code cell sets $LMKKIT_KERNEL_START, as the inference kernels' do."
+    nb = json.loads((KERNEL/'lmkkit-train.ipynb').read_text())
+    first = ''.join(next(c for c in nb['cells'] if c['cell_type'] == 'code')['source'])
+    assert "os.environ.setdefault('LMKKIT_KERNEL_START', str(time.time()))" in first
+
 @pytest.mark.timeout(300)  # torchrun with 2 gloo processes; runs in the default suite, kept tiny (12 steps)
 def test_ddp_two_processes_match_one(gld, tmp_path):
     """2 gloo processes x 4 images = 1 process x 8 images: the same loss at every step (relative 1e-4).
