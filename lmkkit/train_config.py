@@ -8,11 +8,11 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from .core import ConfigError, require_at_least_one
+from .core import ConfigError, LmkkitError, require_at_least_one
 
 
 # %% auto #0
-__all__ = ['TrainConfig', 'TrainKernelParams']
+__all__ = ['TrainConfig', 'TrainKernelParams', 'TrainError']
 
 # %% ../nbs/20_train_config.ipynb #e585c5f3
 @dataclass(frozen=True)
@@ -88,3 +88,7 @@ class TrainKernelParams:
     resume_from: str | None = None  # out_dir of an earlier run to continue from
     overrides: dict = field(default_factory=dict)  # any other TrainConfig field
     lmkkit_src: str | None = None  # folder that holds the lmkkit package (an attached dataset); None: lmkkit is installed
+
+# %% ../nbs/20_train_config.ipynb #c1e7beb3
+class TrainError(LmkkitError, ValueError):
+    "A training run that cannot start or continue as configured; the message names the fix."
