@@ -186,6 +186,14 @@ def test_library_messages_name_parameters_not_options():
         with pytest.raises(ConfigError) as e: init_distributed('cuda')
         assert "use `device='cpu'`" in str(e.value) and '--' not in str(e.value)
 
+def test_trainer_is_one_class_in_one_place():
+    "Every method of `Trainer` is written in its class body (no pieces added from elsewhere with `@patch`)."
+    import inspect
+    from lmkkit.train import Trainer
+    body = inspect.getsource(Trainer)
+    methods = [n for n, f in vars(Trainer).items() if inspect.isfunction(f)]
+    assert len(methods) > 20 and [n for n in methods if f"def {n}(" not in body] == []
+
 def run_kernel(gld, out_dir, tmp_path, **params):
     import papermill as pm
     return pm.execute_notebook(str(KERNEL/'lmkkit-train.ipynb'), str(tmp_path/'out.ipynb'), kernel_name='python3',
