@@ -7,55 +7,80 @@ from __future__ import annotations
 
 import argparse
 import ast
+import importlib
 import os
+import re
+import shlex
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
-from .core import CliParser, ConfigError, LmkkitError, Registry, example_number, value_kind
+from .core import CliParser, ConfigError, LmkkitError, Registry
+
 
 # %% auto #0
-__all__ = ['COMMANDS', 'DEBUG_ENV', 'GLDV2_ONLY', 'LITERALS', 'build_parser', 'run', 'is_mistake', 'mistake_line', 'main',
-           'delegate', 'at_least', 'need_file', 'source_names', 'option_hint', 'need_dataset']
+__all__ = ['COMMANDS', 'DEBUG_ENV', 'GLDV2_ONLY', 'Command', 'command', 'build_parser', 'run', 'is_mistake', 'as_flags',
+           'mistake_line', 'main', 'at_least', 'synth_parser', 'synth', 'need_file', 'evaluate']
 
 # %% ../nbs/80_cli.ipynb #367ce861
+@dataclass(frozen=True)
+class Command:
+    "A subcommand: where its `main(argv) -> int` lives (`module:function`, imported when it runs) and a summary."
+    target: str  # e.g. 'lmkkit.train_cli:main'
+    summary: str  # one line for `lmkkit --help`
+
+    def load(self):
+        "The command's function, its module imported now."
+        module, _, name = self.target.partition(':')
+        return getattr(importlib.import_module(module), name or 'main')
+
 COMMANDS = Registry('command')
 DEBUG_ENV = 'LMKKIT_DEBUG'
 
-def _first_line(fn) -> str: return (fn.__doc__ or '').strip().splitlines()[0]
+def command(name: str, target: str, summary: str) -> Command:
+    "Register `lmkkit NAME`: the function at `target` gets the arguments after NAME."
+    return COMMANDS.register(name)(Command(target, summary))
 
 def build_parser() -> argparse.ArgumentParser:
-    "The `lmkkit` parser with one subparser per registered command."
+    "The top `lmkkit` parser: it lists the commands (each command parses its own arguments)."
     parser = CliParser(prog='lmkkit', description='Landmark recognition and retrieval kit (GLDv2).')
     subs = parser.add_subparsers(dest='command', metavar='COMMAND', required=True)
-    for name in COMMANDS.names:
-        add = COMMANDS.get(name)
-        sub = subs.add_parser(name, help=_first_line(add), description=add.__doc__)
-        sub.set_defaults(run=add(sub), options=getattr(add, 'options', False))
+    for name in COMMANDS.names: subs.add_parser(name, help=COMMANDS.get(name).summary, add_help=False)
     return parser
 
 def run(argv: list[str]) -> int:
-    "Parse `argv` and run its command; a user's mistake raises (see `main`)."
+    "Hand the arguments after the command's name to its function; a user's mistake raises (see `main`)."
     argv = list(argv)
-    if argv and argv[0] in COMMANDS and hasattr(COMMANDS.get(argv[0]), 'module'):
-        return _run_delegated(COMMANDS.get(argv[0]).module, argv[1:])
-    parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
-    if extra and not args.options: parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    code = args.run(args, extra) if args.options else args.run(args)
-    return code or 0
+    if argv and argv[0] in COMMANDS: return COMMANDS.get(argv[0]).load()(argv[1:]) or 0
+    build_parser().parse_args(argv)  # `lmkkit --help` lists the commands; anything else is a usage error
+    return 2
 
 def is_mistake(e: BaseException) -> bool:
     "Whether `e` reports a user's mistake (see above) rather than a bug."
     return isinstance(e, (OSError, LmkkitError))
 
+_SETTING = re.compile(r"`([A-Za-z_]\w*)=([^`]+)`")  # a setting a library message suggests: `name=value`
+
+def _flag(m: re.Match) -> str:
+    "`name=value` -> `--name value` (`--name` for True; dashes for underscores, which every command takes)."
+    name, text = m.group(1).replace('_', '-'), m.group(2)
+    try: value = ast.literal_eval(text)
+    except (ValueError, SyntaxError): value = text
+    if value is True: return f"`--{name}`"
+    return f"`--{name} {shlex.quote(value if isinstance(value, str) else text)}`"
+
+def as_flags(message: str) -> str:
+    "`message` with each suggested setting `name=value` spelled as this command line's option."
+    return _SETTING.sub(_flag, message)
+
 def mistake_line(e: BaseException) -> str:
-    "The one line that reports a mistake; an OSError's path and a hint are spelled out."
+    "The one line that reports a mistake; an OSError's path and a hint are spelled out, settings as options."
     if isinstance(e, OSError) and e.filename and e.strerror:
         return f"{e.strerror}: {e.filename} (check the path)"
-    return ' '.join(str(e).split()) or type(e).__name__
+    return as_flags(' '.join(str(e).split())) or type(e).__name__
 
 def main(argv: list[str] | None = None) -> int:
-    "Entry point of the `lmkkit` console script: exit code 2 and one line for a user's mistake (LMKKIT_DEBUG=1: the traceback)."
+    "The `lmkkit` console script: exit code 2 and one line for a user's mistake (LMKKIT_DEBUG=1: the traceback)."
     argv = sys.argv[1:] if argv is None else list(argv)
     try: return run(argv)
     except Exception as e:
@@ -64,18 +89,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{cmd}: error: {mistake_line(e)}", file=sys.stderr)
         return 2
 
-def _run_delegated(module: str, argv: list[str]) -> int:
-    "Hand `argv` to `lmkkit.<module>.main`, which owns that command's options and `--help`."
-    import importlib
-    return importlib.import_module(f'lmkkit.{module}').main(argv) or 0
 
-def delegate(module: str, help: str):
-    "A command whose arguments and `--help` belong to `lmkkit.<module>.main(argv)`."
-    def _add(parser):
-        parser.add_argument('args', nargs='*', help=f'see `lmkkit {parser.prog.split()[-1]} --help`')
-        return lambda args: _run_delegated(module, args.args)
-    _add.__doc__, _add.module = help, module
-    return _add
+# %% ../nbs/80_cli.ipynb #3383cd2a
+command('synth', 'lmkkit.cli:synth', "Write a synthetic data set in the exact GLDv2 layout, or with --revisited a tiny "
+        "ROxford5k/RParis6k-style benchmark set.")
+command('evaluate', 'lmkkit.cli:evaluate', "Score a submission against a solution file like the official scorer; "
+        "prints the metric on its last line.")
+command('train', 'lmkkit.train_cli:main', "Train a model on a GLDv2-layout folder; resumes from OUT_DIR. "
+        "Exit code 3: stopped by the time budget.")
+command('demo', 'lmkkit.demo:main', "The main job: synthetic data → training kernel → both inference kernels through "
+        "papermill; prints the ablation tables.")
+command('docs', 'lmkkit.docs:main', "Build the documentation site from the notebooks, offline.")
+command('kernels', 'lmkkit.kaggle:main', "Check, build and push the Kaggle kernels and the offline wheelhouse.")
+command('sweep', 'lmkkit.sweep:main', "Run a notebook over a grid of papermill parameters; resumable.")
+command('rehearse', 'lmkkit.rehearse:main', "The recognition run after embedding at real sizes on synthetic embeddings: "
+        "time and peak memory per step, the projected full run.")
+command('benchmark', 'lmkkit.revisited:main', "ROxford5k/RParis6k mAP and mP@k (Easy/Medium/Hard) of a checkpoint "
+        "under the revisited protocol.");
+
 
 # %% ../nbs/80_cli.ipynb #13ff0a4e
 def at_least(low: int):
@@ -89,10 +120,38 @@ def at_least(low: int):
 
 GLDV2_ONLY = ('train_per_landmark', 'view_strength', 'family_similarity')  # options that shape only the GLDv2 set
 
+def synth_parser() -> CliParser:
+    "The options of `lmkkit synth`."
+    p = CliParser(prog='lmkkit synth', description=(
+        "Write a synthetic data set in the exact GLDv2 layout (train.csv, train/, index/, test/, solutions); "
+        "with --revisited DATASET, a tiny benchmark set in the revisited layout (OUT/DATASET/jpg/, "
+        "OUT/DATASET/gnd_DATASET.pkl) for `lmkkit benchmark DATASET OUT --checkpoint CKPT`."))
+    p.add_argument('out', help='folder to write (created)')
+    p.add_argument('--seed', type=int, default=0, help='same seed, same bytes')
+    p.add_argument('--landmarks', type=at_least(1), default=None,
+                   help='number of landmarks (default: the demo size); unseen landmarks and non-landmarks scale with it')
+    p.add_argument('--train-per-landmark', type=at_least(1), default=None,
+                   help='train images per landmark (mean); train non-landmarks scale with it')
+    p.add_argument('--image-size', type=at_least(16), default=None, help='longer side of the written images in pixels')
+    p.add_argument('--view-strength', type=float, default=None,
+                   help='0: near-identical views, 0.8: default, 2: very different')
+    p.add_argument('--family-similarity', type=float, default=None,
+                   help='0: every landmark its own style, 1: a family shares one')
+    p.add_argument('--overwrite', action='store_true', help='replace a data set already in OUT')
+    p.add_argument('--revisited', default=None, metavar='DATASET',
+                   help="write a tiny ROxford5k/RParis6k-style benchmark set instead (DATASET: roxford5k or rparis6k), "
+                        "for `lmkkit benchmark`; takes --landmarks (default 4), --image-size (default 96), --seed, "
+                        "--distractors")
+    p.add_argument('--distractors', type=at_least(1), default=None, metavar='N',
+                   help='with --revisited: also N unrelated images in OUT/revisitop1m, an R1M-style distractor set '
+                        '(`lmkkit benchmark --distractors`)')
+    return p
+
 def _write_revisited(parser, args) -> None:
     "`lmkkit synth OUT --revisited DATASET`: `lmkkit.revisited.make_revisited_synthetic`, then the command that benchmarks on it."
     if unused := [f"--{n.replace('_', '-')}" for n in GLDV2_ONLY if getattr(args, n) is not None]:
-        parser.error(f"{', '.join(unused)} shape the GLDv2 set; --revisited takes --landmarks, --image-size, --seed and --distractors")
+        parser.error(f"{', '.join(unused)} shape the GLDv2 set; --revisited takes --landmarks, --image-size, --seed "
+                     f"and --distractors")
     from lmkkit.revisited import DISTRACTORS, make_revisited_synthetic
     sizes = {k: v for k, v in dict(n_landmarks=args.landmarks, image_size=args.image_size).items() if v is not None}
     ds = make_revisited_synthetic(args.out, args.revisited, seed=args.seed, n_distractors=args.distractors or 0,
@@ -101,37 +160,20 @@ def _write_revisited(parser, args) -> None:
     print(f"benchmark a checkpoint on it: lmkkit benchmark {args.revisited} {args.out} --checkpoint CKPT"
           + (f" --distractors {Path(args.out)/DISTRACTORS}" if args.distractors else ''))
 
-@COMMANDS.register('synth')
-def _synth(parser):
-    "Write a synthetic data set in the exact GLDv2 layout, or with --revisited a tiny ROxford5k/RParis6k-style benchmark set."
-    parser.description = ("Write a synthetic data set in the exact GLDv2 layout (train.csv, train/, index/, test/, solutions); "
-                          "with --revisited DATASET, a tiny benchmark set in the revisited layout (OUT/DATASET/jpg/, "
-                          "OUT/DATASET/gnd_DATASET.pkl) for `lmkkit benchmark DATASET OUT --checkpoint CKPT`.")
-    parser.add_argument('out', help='folder to write (created)')
-    parser.add_argument('--seed', type=int, default=0, help='same seed, same bytes')
-    parser.add_argument('--landmarks', type=at_least(1), default=None,
-                        help='number of landmarks (default: the demo size); unseen landmarks and non-landmarks scale with it')
-    parser.add_argument('--train-per-landmark', type=at_least(1), default=None,
-                        help='train images per landmark (mean); train non-landmarks scale with it')
-    parser.add_argument('--image-size', type=at_least(16), default=None, help='longer side of the written images in pixels')
-    parser.add_argument('--view-strength', type=float, default=None, help='0: near-identical views, 0.8: default, 2: very different')
-    parser.add_argument('--family-similarity', type=float, default=None, help='0: every landmark its own style, 1: a family shares one')
-    parser.add_argument('--overwrite', action='store_true', help='replace a data set already in OUT')
-    parser.add_argument('--revisited', choices=source_names('revisited', 'REVISITED'), default=None, metavar='DATASET',
-                        help="write a tiny ROxford5k/RParis6k-style benchmark set instead (DATASET: %(choices)s), "
-                             "for `lmkkit benchmark`; takes --landmarks (default 4), --image-size (default 96), --seed, --distractors")
-    parser.add_argument('--distractors', type=at_least(1), default=None, metavar='N',
-                        help='with --revisited: also N unrelated images in OUT/revisitop1m, an R1M-style distractor set (`lmkkit benchmark --distractors`)')
-    def run(args):
-        if args.revisited: return _write_revisited(parser, args)
-        if args.distractors: parser.error("--distractors needs --revisited (it adds an R1M-style folder beside a benchmark set)")
-        from lmkkit.synth import make_synthetic
-        sizes = dict(n_landmarks=args.landmarks, train_per_landmark=args.train_per_landmark, image_size=args.image_size,
-                     view_strength=args.view_strength, family_similarity=args.family_similarity)
-        summary = make_synthetic(args.out, seed=args.seed, overwrite=args.overwrite,
-                                 **{k: v for k, v in sizes.items() if v is not None})
-        print('\n'.join(f'{k}: {v}' for k, v in summary.items()))
-    return run
+def synth(argv: list[str] | None = None) -> int:
+    "`lmkkit synth OUT [--landmarks N ...]`: `lmkkit.synth.make_synthetic` (or the revisited set); prints the summary."
+    parser = synth_parser()
+    args = parser.parse_args(argv)
+    if args.revisited: return _write_revisited(parser, args) or 0
+    if args.distractors: parser.error("--distractors needs --revisited (it adds an R1M-style folder beside a benchmark set)")
+    from lmkkit.synth import make_synthetic
+    sizes = dict(n_landmarks=args.landmarks, train_per_landmark=args.train_per_landmark, image_size=args.image_size,
+                 view_strength=args.view_strength, family_similarity=args.family_similarity)
+    summary = make_synthetic(args.out, seed=args.seed, overwrite=args.overwrite,
+                             **{k: v for k, v in sizes.items() if v is not None})
+    print('\n'.join(f'{k}: {v}' for k, v in summary.items()))
+    return 0
+
 
 # %% ../nbs/80_cli.ipynb #c82c770d
 def need_file(path: str, what: str) -> Path:
@@ -141,75 +183,14 @@ def need_file(path: str, what: str) -> Path:
     if not p.is_file(): raise ConfigError(f"{what} {p} not found; check the path")
     return p
 
-@COMMANDS.register('evaluate')
-def _evaluate(parser):
-    "Score a submission against a solution file like the official scorer; prints the metric on its last line."
-    parser.add_argument('submission', help='submission.csv (recognition: id,landmarks; retrieval: id,images)')
-    parser.add_argument('solution', help='recognition_solution.csv or retrieval_solution.csv (id,...,Usage)')
-    def run(args):
-        from lmkkit.metrics import evaluate_files, format_evaluation
-        print(format_evaluation(evaluate_files(need_file(args.submission, 'submission'), need_file(args.solution, 'solution'))))
-    return run
+def evaluate(argv: list[str] | None = None) -> int:
+    "`lmkkit evaluate SUBMISSION SOLUTION`: the metric of `lmkkit.metrics.evaluate_files`, on the last line."
+    p = CliParser(prog='lmkkit evaluate', description=COMMANDS.get('evaluate').summary)
+    p.add_argument('submission', help='submission.csv (recognition: id,landmarks; retrieval: id,images)')
+    p.add_argument('solution', help='recognition_solution.csv or retrieval_solution.csv (id,...,Usage)')
+    args = p.parse_args(argv)
+    from lmkkit.metrics import evaluate_files, format_evaluation
+    sub, sol = need_file(args.submission, 'submission'), need_file(args.solution, 'solution')
+    print(format_evaluation(evaluate_files(sub, sol)))
+    return 0
 
-# %% ../nbs/80_cli.ipynb #d7c4f59b
-def source_names(module: str, name: str) -> list[str]:
-    "The fields of dataclass `name`, the keys of dict `name` or the items of tuple `name`, as written in `lmkkit/<module>.py` (no import)."
-    from importlib.util import find_spec  # finds the file without running the module
-    tree = ast.parse(Path(find_spec(f'lmkkit.{module}').origin).read_text(encoding='utf-8'))
-    for node in tree.body:
-        if isinstance(node, ast.ClassDef) and node.name == name:
-            return [n.target.id for n in node.body if isinstance(n, ast.AnnAssign)]
-        if isinstance(node, ast.Assign) and any(getattr(t, 'id', None) == name for t in node.targets):
-            return [k.value for k in (node.value.keys if isinstance(node.value, ast.Dict) else node.value.elts)]
-    raise LookupError(f"lmkkit/{module}.py defines no {name}")
-
-LITERALS = "values are Python literals, e.g. --lr 3e-4 --stages '[(64, 1), (96, 2)]'"
-
-def option_hint(name: str, tp, value, default=None) -> str:
-    "How to give `TrainConfig` field `name` as `lmkkit train --name value` (a Python literal), with an example: `make_config`'s `how_to_pass` here."
-    flag, kind = f"--{name}", value_kind(tp)
-    if kind in ('list', 'dict'): return f"write a Python literal in quotes, e.g. {flag} '{default!r}'" if default else LITERALS
-    if kind == 'bool': return f"write True or False (capitalised), e.g. {flag} True"
-    if kind == 'number': return f"write a number, e.g. {flag} {example_number(default)}"
-    if kind == 'text': return f"quote text that Python would read as another value, e.g. {flag} \"'{value}'\""
-    return LITERALS
-
-def need_dataset(data_dir: str) -> Path:
-    "`data_dir` when it holds a `train.csv`; else a `ConfigError` with the fix."
-    p = Path(data_dir)
-    if p.is_file(): raise ConfigError(f"DATA_DIR {p} is a file; pass the folder that holds train.csv and train/ ({p.parent})")
-    if not (p/'train.csv').is_file():
-        raise ConfigError(f"{p/'train.csv'} not found; DATA_DIR must be a GLDv2 folder (train.csv, train/), e.g. from `lmkkit synth {p}`")
-    return p
-
-@COMMANDS.register('train')
-def _train(parser):
-    "Train a model on a GLDv2-layout folder; resumes from OUT_DIR. Exit code 3: stopped by the time budget."
-    parser.add_argument('data_dir', help='GLDv2 folder with train.csv and train/')
-    parser.add_argument('out_dir', help='checkpoints and metrics.csv go here; a run found here is resumed')
-    parser.add_argument('--preset', default='seed', choices=source_names('train', 'PRESETS'),
-                        help="'seed' (default): the write-up's recipe, Swin-B at 448-736 px for 28 epochs, GPU-days (give --pretrained a local weights file); "
-                             "'demo': timm's tiny test_resnet at 64-128 px, a minute on a CPU")
-    parser.add_argument('--device', default=None, help="e.g. cpu or cuda:0 (default: the local GPU if any)")
-    parser.add_argument('--quiet', action='store_true')
-    parser.epilog = f"other options, as --name value: {', '.join(source_names('train', 'TrainConfig'))}; {LITERALS}"
-    def run(args, options):
-        from lmkkit.core import make_config
-        from lmkkit.train import PRESETS, TrainConfig, parse_overrides, train
-        try: overrides = parse_overrides(options)
-        except ConfigError as e: raise ConfigError(f"{e}; {LITERALS}") from e
-        cfg = make_config(TrainConfig, base=PRESETS[args.preset], how_to_pass=option_hint, **overrides)
-        need_dataset(args.data_dir)
-        res = train(args.data_dir, args.out_dir, cfg, device=args.device, verbose=not args.quiet)
-        import torch.distributed as dist
-        if dist.is_initialized(): dist.destroy_process_group()
-        return 0 if res.finished else 3
-    return run
-_train.options = True  # the run takes the unparsed `--name value` pairs
-
-COMMANDS.register('demo')(delegate('demo', "The main job: synthetic data → training kernel → both inference kernels through papermill; prints the ablation tables (see `lmkkit demo -h`)."))
-COMMANDS.register('docs')(delegate('docs', "Build the documentation site from the notebooks, offline (see `lmkkit docs -h`)."))
-COMMANDS.register('kernels')(delegate('kaggle', "Check, build and push the Kaggle kernels and the offline wheelhouse (see `lmkkit kernels -h`)."))
-COMMANDS.register('sweep')(delegate('sweep', "Run a notebook over a grid of papermill parameters; resumable (see `lmkkit sweep -h`)."))
-COMMANDS.register('rehearse')(delegate('rehearse', "The recognition run after embedding at real sizes on synthetic embeddings: time and peak memory per step, the projected full run (see `lmkkit rehearse -h`)."))
-COMMANDS.register('benchmark')(delegate('revisited', "ROxford5k/RParis6k mAP and mP@k (Easy/Medium/Hard) of a checkpoint under the revisited protocol (see `lmkkit benchmark -h`)."))

@@ -376,7 +376,7 @@ def make_revisited_synthetic(root: str | Path, dataset: str = 'roxford5k', seed:
     folder = out_folder(root)/dataset
     if (folder/f'gnd_{dataset}.pkl').exists() and not overwrite:
         raise FileExistsError(f"{folder} already holds a benchmark set (gnd_{dataset}.pkl); choose another folder or pass "
-                              f"overwrite=True (`--overwrite` on the command line)")
+                              f"`overwrite=True`")
     fix = "choose an empty or new folder: synth writes over files only in folders it created"
     (claim_folder(folder, 'synth', fix)/'jpg').mkdir(parents=True, exist_ok=True)
     if n_distractors: claim_folder(Path(root)/DISTRACTORS, 'synth', fix)

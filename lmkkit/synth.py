@@ -427,11 +427,11 @@ SYNTH_CSVS = ('train.csv', 'nonlandmarks.csv', 'index_image_to_landmark.csv', 'r
 
 def _clear(out: Path, overwrite: bool) -> None:
     "Refuse a folder `lmkkit synth` did not create, and an earlier set unless `overwrite`; then remove its splits and CSVs."
-    claim_folder(out, 'synth', "choose an empty or new folder: synth writes (and with --overwrite deletes) only in folders it created")
+    claim_folder(out, 'synth', "choose an empty or new folder: synth writes (and with `overwrite=True` deletes) only in folders it created")
     old = [out/s for s in SPLITS if (out/s).exists()] + [out/n for n in SYNTH_CSVS if (out/n).exists()] if out.exists() else []
     if old and not overwrite:
-        raise FileExistsError(f"{out} already holds a data set ({old[0].name}); choose an empty folder or pass overwrite=True "
-                              f"(`--overwrite` on the command line)")
+        raise FileExistsError(f"{out} already holds a data set ({old[0].name}); choose an empty folder or pass "
+                              f"`overwrite=True`")
     for p in old:
         if p.is_dir(): shutil.rmtree(p)
         else: p.unlink()

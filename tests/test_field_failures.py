@@ -18,7 +18,8 @@ from lmkkit.metrics import validate_submission
 from lmkkit.model import create_model, save_checkpoint
 from lmkkit.pipeline import run_inference
 from lmkkit.synth import make_synthetic
-from lmkkit.train import PRESETS, TrainConfig, Trainer, init_distributed, main as train_main, nonfinite_tensors
+from lmkkit.train import PRESETS, TrainConfig, Trainer, init_distributed, nonfinite_tensors
+from lmkkit.train_cli import main as train_main
 
 ROOT = Path(__file__).resolve().parents[1]
 KERNELS = ROOT/'kaggle_kernels'

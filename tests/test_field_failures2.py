@@ -70,7 +70,7 @@ SHM_SCRIPT = '''
 import sys, warnings
 from pathlib import Path
 import pandas as pd
-from lmkkit.train import main
+from lmkkit.train_cli import main
 from lmkkit.pipeline import run_inference
 gld, out, ckpt = map(Path, sys.argv[1:4])
 assert main([str(gld), str(out/'train'), '--preset', 'demo', '--quiet', *sys.argv[4:]]) == 0
@@ -206,7 +206,7 @@ def test_pretrained_weights_of_another_architecture_stop_in_one_line(tmp_path):
 
 
 # ---- DDP and parameters forward_features never uses ------------------------------------------------------------------
-DDP_MAIN = 'import sys; from lmkkit.train import main; sys.exit(main(sys.argv[1:]))'
+DDP_MAIN = 'import sys; from lmkkit.train_cli import main; sys.exit(main(sys.argv[1:]))'
 
 @pytest.mark.timeout(600)
 def test_ddp_trains_convnext_and_checkpoints_hold_only_trained_tensors(gld, tmp_path):

@@ -18,7 +18,8 @@ os.environ.setdefault('NO_ALBUMENTATIONS_UPDATE', '1')
 
 from lmkkit.core import ConfigError, Deadline, make_config
 from lmkkit.data import DataError
-from lmkkit.train import PRESETS, TrainConfig, TrainError, main, train
+from lmkkit.train import PRESETS, TrainConfig, TrainError, train
+from lmkkit.train_cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 KERNEL = ROOT/'kaggle_kernels'/'lmkkit-train'
@@ -26,7 +27,7 @@ KERNEL = ROOT/'kaggle_kernels'/'lmkkit-train'
 ENV = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1', PYTHONPATH=str(ROOT))
 TINY = dict(stages=((32, 1), (40, 1)), batch_size=8, embedding_size=16, num_workers=0, log_every_steps=1,
             checkpoint_every_steps=100, val_max_index=64, deterministic=True)
-CLI = [sys.executable, '-c', 'import sys; from lmkkit.train import main; sys.exit(main(sys.argv[1:]))']
+CLI = [sys.executable, '-c', 'import sys; from lmkkit.train_cli import main; sys.exit(main(sys.argv[1:]))']
 
 def tiny(**kw) -> TrainConfig: return make_config(TrainConfig, base=PRESETS['demo'], **{**TINY, **kw})
 def cli_args(cfg_kw: dict) -> list[str]:
@@ -101,6 +102,21 @@ def test_tiny_time_limit_stops_before_it_runs_out(gld, tmp_path, capsys):
     res = train(gld, tmp_path, tiny(), device='cpu', verbose=False)
     assert res.finished and res.step == 12
 
+def test_time_limit_counts_from_the_kernel_start(gld, tmp_path, monkeypatch):
+    "One clock: a kernel that started an hour ago (its first cell set $LMKKIT_KERNEL_START) has no time left of a 30-minute limit."
+    monkeypatch.setenv('LMKKIT_KERNEL_START', str(time.time() - 3600))
+    res = train(gld, tmp_path/'env', tiny(time_limit_hours=0.5), device='cpu', verbose=False)
+    assert (res.finished, res.step) == (False, 0) and (tmp_path/'env'/'last.pt').is_file()
+    monkeypatch.delenv('LMKKIT_KERNEL_START')
+    res = train(gld, tmp_path/'arg', tiny(time_limit_hours=0.5), device='cpu', verbose=False, kernel_start=time.time() - 3600)
+    assert (res.finished, res.step) == (False, 0)
+
+def test_training_kernel_starts_the_clock_in_its_first_cell():
+    "The training kernel's first code cell sets $LMKKIT_KERNEL_START, as the inference kernels' do."
+    nb = json.loads((KERNEL/'lmkkit-train.ipynb').read_text())
+    first = ''.join(next(c for c in nb['cells'] if c['cell_type'] == 'code')['source'])
+    assert "os.environ.setdefault('LMKKIT_KERNEL_START', str(time.time()))" in first
+
 @pytest.mark.timeout(300)  # torchrun with 2 gloo processes; runs in the default suite, kept tiny (12 steps)
 def test_ddp_two_processes_match_one(gld, tmp_path):
     """2 gloo processes x 4 images = 1 process x 8 images: the same loss at every step (relative 1e-4).
@@ -160,6 +176,23 @@ def test_wrong_parameter_type_stops(gld, tmp_path):
         out = tmp_path/'r'
         train(gld, out, tiny(stages=((32, 1),), val_every_epochs=0), device='cpu', verbose=False)
         train(gld, out, tiny(stages=((32, 1),), val_every_epochs=0, batch_size=4), device='cpu', verbose=False)
+
+def test_library_messages_name_parameters_not_options():
+    "A caller of the library (a kernel, a script) reads the parameter to set; only `lmkkit.cli` turns it into `--lr`."
+    with pytest.raises(ConfigError) as e: TrainConfig(lr=-1)
+    assert "parameter 'lr' must be positive" in str(e.value) and '`lr=3e-4`' in str(e.value) and '--' not in str(e.value)
+    if not torch.cuda.is_available():
+        from lmkkit.train import init_distributed
+        with pytest.raises(ConfigError) as e: init_distributed('cuda')
+        assert "use `device='cpu'`" in str(e.value) and '--' not in str(e.value)
+
+def test_trainer_is_one_class_in_one_place():
+    "Every method of `Trainer` is written in its class body (no pieces added from elsewhere with `@patch`)."
+    import inspect
+    from lmkkit.train import Trainer
+    body = inspect.getsource(Trainer)
+    methods = [n for n, f in vars(Trainer).items() if inspect.isfunction(f)]
+    assert len(methods) > 20 and [n for n in methods if f"def {n}(" not in body] == []
 
 def run_kernel(gld, out_dir, tmp_path, **params):
     import papermill as pm
