@@ -49,7 +49,7 @@ def validate_dataset(folder: str | Path, require_wheel: bool = True) -> list[str
 def _owner(owner: str | None, what: str) -> str:
     owner = owner or os.environ.get('KAGGLE_USERNAME')
     if not owner:
-        raise ConfigError(f"the {what} needs an owner: pass --owner <kaggle user> (owner=) or set KAGGLE_USERNAME")
+        raise ConfigError(f"the {what} needs an owner: pass `owner='<kaggle user>'` or set KAGGLE_USERNAME")
     return check_username(owner)
 
 def _write_dataset_metadata(out: Path, meta: dict, require_wheel: bool) -> Path:

@@ -60,6 +60,7 @@ def train_parser() -> CliParser:
     p.add_argument('--preset', default='seed', metavar='NAME',
                    help="a name in lmkkit.train.PRESETS: 'seed' (default): the write-up's recipe, Swin-B at 448-736 px "
                         "for 28 epochs, GPU-days (give --pretrained a local weights file); "
+                        "'seed_swin', 'seed_seresnet101', 'seed_nfnet': the write-up's three ensemble members; "
                         "'demo': timm's tiny test_resnet at 64-128 px, a minute on a CPU")
     p.add_argument('--device', default=None, help="e.g. cpu or cuda:0 (default: the local GPU if any)")
     p.add_argument('--quiet', action='store_true')
