@@ -29,8 +29,8 @@ from .search import Candidates, search
 
 # %% auto #0
 __all__ = ['KNN_TITLES', 'InferenceConfig', 'kernel_config', 'InferenceResult', 'run_embedder', 'public_sample',
-           'public_sample_size', 'make_holdout', 'shaped_like_test', 'index_labels', 'retrieval_train_sample',
-           'make_retrieval_holdout', 'run_recognition', 'run_retrieval', 'run_inference']
+           'public_sample_size', 'make_holdout', 'model_unseen_rows', 'shaped_like_test', 'index_labels',
+           'retrieval_train_sample', 'make_retrieval_holdout', 'run_recognition', 'run_retrieval', 'run_inference']
 
 # %% ../nbs/50_pipeline.ipynb #fd33583d
 @dataclass(frozen=True)
@@ -254,6 +254,7 @@ def _load_model(run: _Run):
     with run.timeline.step('load_model') as row:
         from lmkkit.model import load_checkpoint  # timm's import (seconds) is part of the step
         model, _, extra = load_checkpoint(run.cfg.checkpoint, map_location=run.device)
+        run.train_config = (extra or {}).get('train_config')  # which train images the model never saw (lmkkit.pipeline.model_unseen_rows)
         run.size, notes = _image_size(run.cfg, extra, model)
         embedder = run_embedder(run.cfg, model, run.size, run.device, run.devices)
         row['note'] = '; '.join([f"{run.cfg.checkpoint} at {run.size}px on {', '.join(run.devices)}", f'JPEGs decoded by {embedder.decoding}', *notes])
@@ -339,10 +340,11 @@ def make_holdout(train: pd.DataFrame,  # id, landmark_id of the train images, ro
                  nl_ref_emb: np.ndarray | None, k: int, cfg: InferenceConfig,
                  ok: np.ndarray | None = None,  # (len(train),) bool: rows that were embedded (None: all)
                  test: tuple[Candidates, np.ndarray] | None = None,  # the test's kNN candidates and (Q, D) embeddings: its mix is estimated from them
+                 unseen_by_model: np.ndarray | None = None,  # (len(train),) bool: rows the model never trained on (`model_unseen_rows`): the held-out rows
                  **ctx_kwargs) -> Holdout:
     "Held-out queries (images of seen classes, whole unseen classes, non-landmarks) searched against the rest of train (`emb` itself with the held-out rows excluded, no copy), weighted to the test's mix of kinds (`cfg.holdout_mix`, else estimated from `test`; neither: unweighted)."
     rows = train.assign(row=np.arange(len(train)))
-    rest, held = split_by_class(rows if ok is None else rows[ok], cfg.holdout_frac, cfg.holdout_unseen_frac, seed=cfg.seed)
+    rest, held, origin = _held_rows(rows if ok is None else rows[ok], cfg, unseen_by_model)
     if len(held) > cfg.max_holdout: held = held.sample(cfg.max_holdout, random_state=cfg.seed)
     nl_str = id_strings(compact_ids(nl_ids))
     order = np.random.default_rng(cfg.seed).permutation(len(held) + len(nl_str))  # landmarks and non-landmarks mixed: a stage cut short by time reaches both
@@ -355,7 +357,26 @@ def make_holdout(train: pd.DataFrame,  # id, landmark_id of the train images, ro
     truth = {**{i: [int(l)] for i, l in zip(held['id'], held['landmark_id'])}, **{i: [] for i in nl_str}}
     kinds = np.concatenate([np.where(held['landmark_id'].isin(set(rest['landmark_id'])), 'landmark', 'unseen'),
                             np.full(len(nl_str), 'nonlandmark')])[order]
-    return shaped_like_test(Holdout(ctx, cands, truth), dict(zip(q_ids, kinds)), cfg, test)
+    h = shaped_like_test(Holdout(ctx, cands, truth), dict(zip(q_ids, kinds)), cfg, test)
+    return dataclasses.replace(h, note=f'{origin}; {h.note}')
+
+def model_unseen_rows(train: pd.DataFrame, train_config: dict | None) -> np.ndarray | None:
+    "(len(train),) bool: the rows the model never trained on, its training's validation split reproduced from the checkpoint's `train_config` (`lmkkit.train.prepare_data`); None: it trained on every row."
+    tc = train_config or {}
+    if not tc.get('val_every_epochs'): return None
+    df = train.iloc[:tc['max_images']] if tc.get('max_images') else train
+    _, val = split_by_class(df, tc.get('val_frac', 0.05), tc.get('val_unseen_class_frac', 0.05), seed=tc.get('seed', 0))
+    return train['id'].isin(set(val['id'])).to_numpy()
+
+def _held_rows(rows: pd.DataFrame, cfg: InferenceConfig, unseen_by_model: np.ndarray | None,
+               unseen_frac: float | None = None) -> tuple[pd.DataFrame, pd.DataFrame, str]:
+    "(rest, held-out rows, where they come from): the rows the model never trained on when there are some, else `split_by_class`."
+    if unseen_by_model is not None:
+        mask = np.asarray(unseen_by_model, bool)[rows['row'].to_numpy()]
+        if mask.any(): return rows[~mask], rows[mask], "queries: the model's validation images (it never trained on them)"
+    frac = cfg.holdout_unseen_frac if unseen_frac is None else unseen_frac
+    rest, held = split_by_class(rows, cfg.holdout_frac, frac, seed=cfg.seed)
+    return rest, held, 'queries: train images split off by class (the model may have trained on them)'
 
 def shaped_like_test(holdout: Holdout, kind: dict,  # held-out query id -> its kind (lmkkit.plan.HOLDOUT_KINDS)
                      cfg: InferenceConfig, test: tuple[Candidates, np.ndarray] | None = None) -> Holdout:
@@ -408,11 +429,13 @@ def make_retrieval_holdout(train: pd.DataFrame,  # id, landmark_id of the embedd
                            k: int, cfg: InferenceConfig,
                            ok: np.ndarray | None = None,  # (len(train),) bool: rows that were embedded (None: all)
                            index_labels: pd.Series | None = None,  # index id -> landmark (None: inferred from train)
+                           train_path: Callable[[str], str] | None = None,  # train id -> its file, for the held-out queries' images
+                           unseen_by_model: np.ndarray | None = None,  # (len(train),) bool: rows the model never trained on: the held-out rows
                            **ctx_kwargs) -> tuple[Holdout | None, str]:
     "Held-out train images of landmarks in the index, their truth that landmark's index images, searched against the index; and a note (None: no such image)."
     rows = train.assign(row=np.arange(len(train)))
     rows = rows if ok is None else rows[np.asarray(ok, bool)]
-    rest, held = split_by_class(rows, cfg.holdout_frac, 0.0, seed=cfg.seed)
+    rest, held, origin = _held_rows(rows, cfg, unseen_by_model, unseen_frac=0.0)
     rest_ids, rest_emb, rest_lab = rest['id'].to_numpy(str), emb[rest['row'].to_numpy()], rest['landmark_id'].to_numpy()
     kw = dict(device=ctx_kwargs.get('device', 'cpu'))
     if index_labels is None:
@@ -425,11 +448,14 @@ def make_retrieval_holdout(train: pd.DataFrame,  # id, landmark_id of the embedd
     if len(held) > cfg.max_holdout: held = held.sample(cfg.max_holdout, random_state=cfg.seed)
     if not len(held): return None, f'no held-out queries: no train image of a landmark with index images ({source})'
     q_ids, q_emb = held['id'].to_numpy(str), emb[held['row'].to_numpy()].astype(np.float32)
+    if train_path is not None:  # the queries' images are train images, the candidates' index images
+        index_path, queries = ctx_kwargs.get('image_path'), set(q_ids)
+        ctx_kwargs['image_path'] = lambda i: train_path(i) if i in queries else index_path(i)
     ctx = RerankContext(index_ids=index_ids, index_emb=index_emb, query_ids=q_ids, query_emb=q_emb, train_ids=rest_ids,
                         train_emb=rest_emb, train_labels=rest_lab, **ctx_kwargs)
     cands = search(q_ids, q_emb, index_ids, index_emb, k, deadline=ctx.deadline, device=ctx.device)
     truth = {i: by_lm[l] for i, l in zip(held['id'], held['landmark_id'])}
-    note = f'{len(cands)} held-out queries of {held.landmark_id.nunique()} landmarks to judge the stages on (truth: {source})'
+    note = f'{len(cands)} held-out queries of {held.landmark_id.nunique()} landmarks to judge the stages on ({origin}; truth: {source})'
     return Holdout(ctx, cands, truth, note=note), note
 
 # %% ../nbs/50_pipeline.ipynb #5d1a4229
@@ -473,7 +499,8 @@ def run_recognition(cfg: InferenceConfig, locate: Callable[[str, str], str] | No
         with run.timeline.step('holdout') as row:
             nl_ref = nl_emb[0::2]
             holdout = make_holdout(train, db_emb, nl_ids[1::2], nl_emb[1::2], nl_ref if len(nl_ref) else None, cfg.k, cfg,
-                                   ok=db.ok, test=(cands, q_emb), image_path=run.image_path, deadline=run.deadline, device=run.device)
+                                   ok=db.ok, test=(cands, q_emb), unseen_by_model=model_unseen_rows(train, getattr(run, 'train_config', None)),
+                                   image_path=run.image_path, deadline=run.deadline, device=run.device)
             row['note'] = f'{len(holdout.cands)} held-out queries ({holdout.n_landmarks} landmarks) to fit and judge the stages on; {holdout.note}'
     ctx = RerankContext(index_ids=db_ids, index_emb=db_emb, index_labels=labels, query_ids=q_ids, query_emb=q_emb,
                         nonlandmark_emb=nl_ref if len(nl_ref) else None, image_path=run.image_path,
@@ -494,6 +521,8 @@ def run_retrieval(cfg: InferenceConfig, locate: Callable[[str, str], str] | None
     has_train = not run.public and bool(cfg.chain) and (Path(cfg.data_dir)/'train.csv').is_file()  # to judge on, and to label with
     needs_train = has_train and _wants(cfg, 'train_emb')
     train = _read_train(run) if has_train else pd.DataFrame({'id': [], 'landmark_id': []})
+    unseen = model_unseen_rows(train, getattr(run, 'train_config', None)) if has_train else None
+    unseen_ids = None if unseen is None else set(train['id'][unseen])  # found on the whole of train, as the training split it
     if has_train and not needs_train: train = retrieval_train_sample(train, cfg)  # only the held-out queries' classes and their labellers
     tr = _embed(run, embedder, 'embed_train', 'train', train['id'].tolist()) if has_train else None
     q_ids, q_emb, x_ids, x_emb = test.ids, test.emb, index.ids, index.emb  # rows not embedded are NaN, which search skips
@@ -507,6 +536,8 @@ def run_retrieval(cfg: InferenceConfig, locate: Callable[[str, str], str] | None
         with run.timeline.step('holdout') as row:
             holdout, row['note'] = make_retrieval_holdout(train, tr.emb, x_ids, x_emb, cfg.retrieval_k, cfg, ok=tr.ok,
                                                           index_labels=index_labels(cfg.data_dir), image_path=run.image_path,
+                                                          train_path=lambda i: run.locate('train', i),
+                                                          unseen_by_model=None if unseen_ids is None else train['id'].isin(unseen_ids).to_numpy(),
                                                           deadline=run.deadline, device=run.device)
     keep = tr is not None and needs_train
     ctx = RerankContext(index_ids=x_ids, index_emb=x_emb, query_ids=q_ids, query_emb=q_emb, image_path=run.image_path,

@@ -112,7 +112,9 @@ def main(argv=None) -> None:
     ap.add_argument('--only', nargs='*', default=None, help='case names to run (default: all)')
     ap.add_argument('--prepare-only', action='store_true', help='make the data and models, run no inference')
     ap.add_argument('--tag', default='run', help='name of this run (its rows go to WORK/<tag>.csv)')
+    ap.add_argument('--report', nargs='*', default=None, metavar='CSV', help='only print the agreement of rows saved before')
     args = ap.parse_args(argv)
+    if args.report is not None: return print(report(pd.concat([pd.read_csv(p) for p in args.report], ignore_index=True)))
     import lmkkit
     print(f'lmkkit from {Path(lmkkit.__file__).parent}', flush=True)
     rows = []
@@ -128,7 +130,14 @@ def main(argv=None) -> None:
     if not rows: return
     rows = pd.concat(rows, ignore_index=True)
     rows.to_csv(args.work/f'{args.tag}.csv', index=False)
-    print(agreement(rows).to_markdown())
+    print(report(rows))
+
+
+def report(rows: pd.DataFrame) -> str:
+    "The agreement table and the held-out sizes, as Markdown."
+    sizes = rows.groupby(['track', 'case'])[['holdout_queries', 'holdout_landmarks']].first().groupby('track').agg(['min', 'max'])
+    sizes.columns = [f'{a}_{b}' for a, b in sizes.columns]
+    return agreement(rows).join(sizes).to_markdown()
 
 
 if __name__ == '__main__':
