@@ -66,8 +66,8 @@ def add_real_photos(root: Path) -> None:
 def cases(seeds) -> dict[str, dict]:
     "name -> dict(seed, sizes, real, epochs): the synthetic seeds (the demo's 40 epochs for the first two, 15 after: CPU time), a smaller set, the real-photo folder."
     out = {f'seed{s}': dict(seed=s, sizes={}, real=False, epochs=40 if i < 2 else 15) for i, s in enumerate(seeds)}
+    if (REAL/'landmark').is_dir(): out['real_photos'] = dict(seed=0, sizes=SMALL, real=True, epochs=15)
     out['small_seed5'] = dict(seed=5, sizes=SMALL, real=False, epochs=15)
-    if (REAL/'landmark').is_dir(): out['real_photos'] = dict(seed=0, sizes={}, real=True, epochs=15)
     return out
 
 
