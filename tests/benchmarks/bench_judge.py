@@ -137,7 +137,13 @@ def report(rows: pd.DataFrame) -> str:
     "The agreement table and the held-out sizes, as Markdown."
     sizes = rows.groupby(['track', 'case'])[['holdout_queries', 'holdout_landmarks']].first().groupby('track').agg(['min', 'max'])
     sizes.columns = [f'{a}_{b}' for a, b in sizes.columns]
-    return agreement(rows).join(sizes).to_markdown()
+    return _markdown(agreement(rows).join(sizes).reset_index())
+
+
+def _markdown(df: pd.DataFrame) -> str:
+    "A DataFrame as a Markdown table (pandas' `to_markdown` needs tabulate, which the kit does not install)."
+    lines = ['| ' + ' | '.join(map(str, df.columns)) + ' |', '|' + '---|' * len(df.columns)]
+    return '\n'.join(lines + ['| ' + ' | '.join(map(str, r)) + ' |' for r in df.itertuples(index=False)])
 
 
 if __name__ == '__main__':
