@@ -344,7 +344,7 @@ def make_holdout(train: pd.DataFrame,  # id, landmark_id of the train images, ro
                  **ctx_kwargs) -> Holdout:
     "Held-out queries (images of seen classes, whole unseen classes, non-landmarks) searched against the rest of train (`emb` itself with the held-out rows excluded, no copy), weighted to the test's mix of kinds (`cfg.holdout_mix`, else estimated from `test`; neither: unweighted)."
     rows = train.assign(row=np.arange(len(train)))
-    rest, held, origin = _held_rows(rows if ok is None else rows[ok], cfg, unseen_by_model)
+    rest, held, origin = _held_rows(rows if ok is None else rows[ok], cfg, unseen_by_model, min_rows=cfg.min_holdout_landmarks)
     if len(held) > cfg.max_holdout: held = held.sample(cfg.max_holdout, random_state=cfg.seed)
     nl_str = id_strings(compact_ids(nl_ids))
     order = np.random.default_rng(cfg.seed).permutation(len(held) + len(nl_str))  # landmarks and non-landmarks mixed: a stage cut short by time reaches both
@@ -369,11 +369,11 @@ def model_unseen_rows(train: pd.DataFrame, train_config: dict | None) -> np.ndar
     return train['id'].isin(set(val['id'])).to_numpy()
 
 def _held_rows(rows: pd.DataFrame, cfg: InferenceConfig, unseen_by_model: np.ndarray | None,
-               unseen_frac: float | None = None) -> tuple[pd.DataFrame, pd.DataFrame, str]:
-    "(rest, held-out rows, where they come from): the rows the model never trained on when there are some, else `split_by_class`."
+               unseen_frac: float | None = None, min_rows: int = 1) -> tuple[pd.DataFrame, pd.DataFrame, str]:
+    "(rest, held-out rows, where they come from): the rows the model never trained on when there are `min_rows`, else `split_by_class`."
     if unseen_by_model is not None:
         mask = np.asarray(unseen_by_model, bool)[rows['row'].to_numpy()]
-        if mask.any(): return rows[~mask], rows[mask], "queries: the model's validation images (it never trained on them)"
+        if mask.sum() >= max(min_rows, 1): return rows[~mask], rows[mask], "queries: the model's validation images (it never trained on them)"
     frac = cfg.holdout_unseen_frac if unseen_frac is None else unseen_frac
     rest, held = split_by_class(rows, cfg.holdout_frac, frac, seed=cfg.seed)
     return rest, held, 'queries: train images split off by class (the model may have trained on them)'

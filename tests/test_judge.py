@@ -55,10 +55,12 @@ def test_heldout_queries_are_not_reference_images():
     train, emb, nl_emb, _ = _world(seed=1)
     never_trained = np.zeros(len(train), bool)
     never_trained[np.arange(0, len(train), 5)] = True
-    h = make_holdout(train, emb, np.array([f'n{i}' for i in range(30)]), nl_emb[30:], nl_emb[:30], 5, InferenceConfig(),
-                     unseen_by_model=never_trained)
+    make = lambda n: make_holdout(train, emb, np.array([f'n{i}' for i in range(30)]), nl_emb[30:], nl_emb[:30], 5,
+                                  InferenceConfig(min_holdout_landmarks=n), unseen_by_model=never_trained)
+    h = make(48)
     held = [q for q, t in h.truth.items() if t]
     assert set(held) == set(train.id[never_trained]) and "never trained on" in h.note
+    assert 'may have trained' in make(49).note  # too few images it never saw for a stage that learns: split by class instead
     q_nl = h.ctx.query_emb_of(np.array([q for q, t in h.truth.items() if not t]))
     assert (q_nl @ h.ctx.nonlandmark_emb.T).max() < 1 - 1e-4  # none of them is one of the penalty's reference images
     assert not set(h.cands.query_ids) & set(h.cands.ids.ravel())  # and none is a candidate of another

@@ -110,6 +110,7 @@ def main(argv=None) -> None:
     ap.add_argument('--work', type=Path, default=Path('/tmp/bench_judge'), help='cases, models and caches (kept)')
     ap.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2, 3, 4])
     ap.add_argument('--only', nargs='*', default=None, help='case names to run (default: all)')
+    ap.add_argument('--tracks', nargs='+', default=list(CHAINS), help='tracks to run')
     ap.add_argument('--prepare-only', action='store_true', help='make the data and models, run no inference')
     ap.add_argument('--tag', default='run', help='name of this run (its rows go to WORK/<tag>.csv)')
     ap.add_argument('--report', nargs='*', default=None, metavar='CSV', help='only print the agreement of rows saved before')
@@ -123,7 +124,7 @@ def main(argv=None) -> None:
         folder = prepare(args.work, name, case)
         print(f'{name}: prepared', flush=True)
         if args.prepare_only: continue
-        for track in CHAINS:
+        for track in args.tracks:
             df = verdicts(folder, track, folder/f'{args.tag}_{track}').assign(case=name)
             print(df[['case', 'track', 'stage', 'test', 'delta', 'holdout', 'adopted', 'holdout_landmarks']].to_string(index=False), flush=True)
             rows.append(df)
