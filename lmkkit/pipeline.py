@@ -31,7 +31,8 @@ from .search import Candidates, search
 
 # %% auto #0
 __all__ = ['KNN_TITLES', 'KNN_S_PER_MAC', 'InferenceConfig', 'kernel_config', 'InferenceResult', 'run_embedder', 'public_sample',
-           'public_sample_size', 'make_holdout', 'run_recognition', 'run_retrieval', 'run_inference']
+           'public_sample_size', 'make_holdout', 'model_unseen_rows', 'shaped_like_test', 'index_labels',
+           'retrieval_train_sample', 'make_retrieval_holdout', 'run_recognition', 'run_retrieval', 'run_inference']
 
 # %% ../nbs/50_pipeline.ipynb #fd33583d
 @dataclass(frozen=True)
@@ -58,6 +59,7 @@ class InferenceConfig:
     holdout_frac: float = 0.25  # share of seen-class train images held out (the standard synthetic set: 154 landmark queries, above min_holdout_landmarks)
     holdout_unseen_frac: float = 0.1  # share of classes held out entirely (landmarks not in the database)
     max_holdout: int = 20000  # cap on held-out landmark queries
+    holdout_mix: tuple | None = None  # the test's shares of (landmark, unseen landmark, non-landmark) queries; None: estimated from the test queries (lmkkit.plan.estimate_mix)
     min_holdout_landmarks: int = MIN_HOLDOUT_LANDMARKS  # below it a stage that learns is skipped (lmkkit.plan.min_holdout_landmarks)
     device: str = 'auto'  # 'auto', 'cpu', 'cuda', 'cuda:1', ...
     cache_dir: str | None = None  # embedding cache; None: `lmkkit.core.default_cache_dir` (on Kaggle outside /kaggle/working)
@@ -87,6 +89,7 @@ class InferenceConfig:
             raise ConfigError(f"parameter 'ensemble_stage_share' must be in [0, 1), got {self.ensemble_stage_share}")
         if self.checkpoints is not None: object.__setattr__(self, 'checkpoints', tuple(self.checkpoints) if isinstance(self.checkpoints, list) else self.checkpoints)
         self.members  # a bad member spec stops here, in one line
+        if self.holdout_mix is not None: object.__setattr__(self, 'holdout_mix', _check_mix(self.holdout_mix))
         if self.public_budget_s <= 0: raise ConfigError(f"parameter 'public_budget_s' must be > 0 seconds, got {self.public_budget_s}")
         if isinstance(self.stages, (list, str)): object.__setattr__(self, 'stages', tuple([self.stages] if isinstance(self.stages, str) else self.stages))
         object.__setattr__(self, 'tta', tuple(self.tta))
@@ -115,6 +118,15 @@ class InferenceConfig:
 
     @property
     def deadline_reserve_s(self) -> float: return 60 * self.reserve_minutes
+
+def _check_mix(mix) -> tuple[float, float, float]:
+    "`holdout_mix` as three shares that sum to 1; a `ConfigError` naming the parameter otherwise."
+    try: mix = tuple(float(v) for v in mix)
+    except (TypeError, ValueError): mix = ()
+    if len(mix) != 3 or min(mix) < 0 or sum(mix) <= 0:
+        raise ConfigError(f"parameter 'holdout_mix' must be three shares >= 0 of (landmark, unseen, non-landmark) queries, e.g. (0.6, 0.15, 0.25); got {mix!r}")
+    return tuple(v / sum(mix) for v in mix)
+
 
 # %% ../nbs/50_pipeline.ipynb #d44d98cb
 def _found_inputs(track: str, params: dict) -> dict:
@@ -173,6 +185,7 @@ class _Run:
         self.db_split = 'train' if cfg.track == 'recognition' else 'index'  # where the candidates' images are
         self.submission = self.out/'submission.csv'
         self.ablation, self.report, self.predictions, self.size, self.public = [], {}, {}, None, False
+        self.train_configs = {}  # member -> its checkpoint's train_config (which train images it never saw)
         self.device = resolve_device(cfg.device)  # a GPU this torch cannot run on: the CPU, said in one line
         self.devices = run_devices(cfg.device) if self.device != 'cpu' else ['cpu']  # 'auto': every usable GPU
 
@@ -266,6 +279,7 @@ def _load_model(run: _Run, i: int = 0) -> Embedder:
         row['note'] = '; '.join([f"{member.path} at {size}px on {', '.join(run.devices)}", f'JPEGs decoded by {embedder.decoding}', *notes])
     if i == 0: run.size = size
     if notes: run.report.setdefault('size_notes', []).extend(notes)
+    run.train_configs[i] = (extra or {}).get('train_config')  # which train images the model never saw (_unseen_by_models)
     return embedder
 
 def run_embedder(cfg: InferenceConfig, model, size: int, device: str, devices: Sequence[str] | None = None,
@@ -340,15 +354,22 @@ def _finish(run: _Run) -> InferenceResult:
     return res
 
 # %% ../nbs/50_pipeline.ipynb #563ed03f
+import dataclasses
+
+from .plan import estimate_mix, mix_features, mix_weights, weighted_gap
+from .rerank import assign_labels
+
 def make_holdout(train: pd.DataFrame,  # id, landmark_id of the train images, row by row with `emb`
                  emb: np.ndarray,  # (len(train), D) their embeddings (NaN rows: not embedded)
                  nl_ids: np.ndarray, nl_emb: np.ndarray,  # non-landmark queries and their embeddings
                  nl_ref_emb: np.ndarray | None, k: int, cfg: InferenceConfig,
                  ok: np.ndarray | None = None,  # (len(train),) bool: rows that were embedded (None: all)
+                 test: tuple[Candidates, np.ndarray] | None = None,  # the test's kNN candidates and (Q, D) embeddings: its mix is estimated from them
+                 unseen_by_model: np.ndarray | None = None,  # (len(train),) bool: rows the model never trained on (`model_unseen_rows`): the held-out rows
                  **ctx_kwargs) -> Holdout:
-    "Held-out queries (images of seen classes, whole unseen classes, non-landmarks) searched against the rest of train: `emb` itself with the held-out rows excluded, no copy."
+    "Held-out queries (images of seen classes, whole unseen classes, non-landmarks) searched against the rest of train (`emb` itself with the held-out rows excluded, no copy), weighted to the test's mix of kinds (`cfg.holdout_mix`, else estimated from `test`; neither: unweighted)."
     rows = train.assign(row=np.arange(len(train)))
-    rest, held = split_by_class(rows if ok is None else rows[ok], cfg.holdout_frac, cfg.holdout_unseen_frac, seed=cfg.seed)
+    rest, held, origin = _held_rows(rows if ok is None else rows[ok], cfg, unseen_by_model, min_rows=cfg.min_holdout_landmarks)
     if len(held) > cfg.max_holdout: held = held.sample(cfg.max_holdout, random_state=cfg.seed)
     nl_str = id_strings(compact_ids(nl_ids))
     order = np.random.default_rng(cfg.seed).permutation(len(held) + len(nl_str))  # landmarks and non-landmarks mixed: a stage cut short by time reaches both
@@ -359,7 +380,51 @@ def make_holdout(train: pd.DataFrame,  # id, landmark_id of the train images, ro
                         index_exclude=exclude, query_ids=q_ids, query_emb=q_emb, nonlandmark_emb=nl_ref_emb, **ctx_kwargs)
     cands = search(q_ids, q_emb, ctx.index_ids, ctx.index_emb, k, ctx.index_labels, exclude=exclude, deadline=ctx.deadline, device=ctx.device)
     truth = {**{i: [int(l)] for i, l in zip(held['id'], held['landmark_id'])}, **{i: [] for i in nl_str}}
-    return Holdout(ctx, cands, truth)
+    kinds = np.concatenate([np.where(held['landmark_id'].isin(set(rest['landmark_id'])), 'landmark', 'unseen'),
+                            np.full(len(nl_str), 'nonlandmark')])[order]
+    h = shaped_like_test(Holdout(ctx, cands, truth), dict(zip(q_ids, kinds)), cfg, test)
+    return dataclasses.replace(h, note=f'{origin}; {h.note}')
+
+def model_unseen_rows(train: pd.DataFrame, train_config: dict | None) -> np.ndarray | None:
+    "(len(train),) bool: the rows the model never trained on, its training's validation split reproduced from the checkpoint's `train_config` (`lmkkit.train.prepare_data`); None: it trained on every row."
+    tc = train_config or {}
+    if not tc.get('val_every_epochs'): return None
+    df = train.iloc[:tc['max_images']] if tc.get('max_images') else train
+    _, val = split_by_class(df, tc.get('val_frac', 0.05), tc.get('val_unseen_class_frac', 0.05), seed=tc.get('seed', 0))
+    return train['id'].isin(set(val['id'])).to_numpy()
+
+def _held_rows(rows: pd.DataFrame, cfg: InferenceConfig, unseen_by_model: np.ndarray | None,
+               unseen_frac: float | None = None, min_rows: int = 1) -> tuple[pd.DataFrame, pd.DataFrame, str]:
+    "(rest, held-out rows, where they come from): the rows the model never trained on when there are `min_rows`, else `split_by_class`."
+    if unseen_by_model is not None:
+        mask = np.asarray(unseen_by_model, bool)[rows['row'].to_numpy()]
+        if mask.sum() >= max(min_rows, 1): return rows[~mask], rows[mask], "queries: the model's validation images (it never trained on them)"
+    frac = cfg.holdout_unseen_frac if unseen_frac is None else unseen_frac
+    rest, held = split_by_class(rows, cfg.holdout_frac, frac, seed=cfg.seed)
+    return rest, held, 'queries: train images split off by class (the model may have trained on them)'
+
+def shaped_like_test(holdout: Holdout, kind: dict,  # held-out query id -> its kind (lmkkit.plan.HOLDOUT_KINDS)
+                     cfg: InferenceConfig, test: tuple[Candidates, np.ndarray] | None = None) -> Holdout:
+    "`holdout` with weights that give it the test's mix of query kinds: `cfg.holdout_mix` when given, else estimated from the `test` (candidates, embeddings), else none."
+    c, ctx = holdout.cands, holdout.ctx
+    kinds = np.array([kind[q] for q in c.query_ids.astype(str)])
+    if cfg.holdout_mix is not None: mix, source = dict(zip(('landmark', 'unseen', 'nonlandmark'), cfg.holdout_mix)), 'given (holdout_mix)'
+    elif test is not None and len(test[0]):
+        held_x = mix_features(c.sims, ctx.query_emb_of(c.query_ids), ctx.nonlandmark_emb)
+        test_x = mix_features(test[0].sims, _test_emb(test), ctx.nonlandmark_emb)
+        mix, source = estimate_mix(held_x, kinds, test_x), f'estimated from the {len(test[0])} test queries (EM on kNN similarities)'
+    else: mix, source = None, 'no test queries to estimate it from'
+    share = {k: float((kinds == k).mean()) for k in ('landmark', 'unseen', 'nonlandmark')}
+    fmt = lambda m: ' / '.join(f"{m.get(k, 0):.0%}" for k in ('landmark', 'unseen', 'nonlandmark'))
+    if mix is None: return dataclasses.replace(holdout, note=f'held-out mix {fmt(share)} (landmark / unseen / non-landmark), unweighted: {source}')
+    w = mix_weights(kinds, mix)
+    note = f'held-out mix {fmt(share)} weighted to the test mix {fmt(mix)} (landmark / unseen / non-landmark), {source}'
+    return dataclasses.replace(holdout, weights=dict(zip(c.query_ids.astype(str), w.tolist())), note=note)
+
+def _test_emb(test: tuple[Candidates, np.ndarray]) -> np.ndarray:
+    "The embeddings of the test candidates' queries, in their order (the search skipped rows that were not embedded)."
+    cands, emb = test
+    return emb[np.isfinite(emb).all(1)] if len(emb) != len(cands) else emb
 
 # %% ../nbs/50_pipeline.ipynb #ens00002
 KNN_S_PER_MAC = {'cpu': 5e-11, 'cuda': 2e-13}  # first guess of kNN seconds per multiply-add (float32 on a few CPU cores; fp16 on a T4) when planning models
@@ -442,10 +507,68 @@ def _test_score(run: _Run, predictions: dict) -> float | None:
     "The test score of `predictions` when the folder has a solution, else None."
     return None if run.solution is None else score({q: p for q, p in predictions.items() if q in run.id_set}, run.solution, run.cfg.track)
 
+# %% ../nbs/50_pipeline.ipynb #rethold2
+def index_labels(data_dir: str | Path) -> pd.Series | None:
+    "Landmark of each index image by id, from `index_image_to_landmark.csv` (GLDv2's full release, `lmkkit synth`), or None."
+    path = Path(data_dir)/'index_image_to_landmark.csv'
+    if not path.is_file(): return None
+    df = pd.read_csv(path, dtype={'id': str})
+    return df.set_index('id')['landmark_id'].astype(int)
+
+def retrieval_train_sample(train: pd.DataFrame, cfg: InferenceConfig) -> pd.DataFrame:
+    "Whole classes of `train`, drawn in a seeded order, up to `5 * cfg.max_holdout` images: the retrieval judge's train images."
+    classes = np.random.default_rng(cfg.seed).permutation(train['landmark_id'].unique())
+    sizes = train['landmark_id'].value_counts().reindex(classes).to_numpy()
+    keep = classes[:max(1, int(np.searchsorted(np.cumsum(sizes), 5 * cfg.max_holdout, side='right')))]
+    return train[train['landmark_id'].isin(keep)].reset_index(drop=True)
+
+def _inferred_labels(index_ids, index_emb, rest_ids, rest_emb, rest_labels, held_sims: np.ndarray, **kw) -> pd.Series:
+    "Index labels inferred from the rest of train (soft vote of the top 3), kept where the top-1 similarity reaches the held-out images' median to their class."
+    labels, _ = assign_labels(index_ids, index_emb, rest_ids, rest_emb, rest_labels, k=3, **kw)
+    top = search(index_ids, index_emb, rest_ids, rest_emb, 1, **kw).sims[:, 0]
+    ok = top >= (np.median(held_sims) if len(held_sims) else np.inf)
+    return pd.Series(np.asarray(labels)[ok].astype(int), index=id_strings(compact_ids(np.asarray(index_ids)[ok])))
+
+def make_retrieval_holdout(train: pd.DataFrame,  # id, landmark_id of the embedded train images, row by row with `emb`
+                           emb: np.ndarray,  # (len(train), D) their embeddings (NaN rows: not embedded)
+                           index_ids: np.ndarray, index_emb: np.ndarray,  # the index, as the test queries search it
+                           k: int, cfg: InferenceConfig,
+                           ok: np.ndarray | None = None,  # (len(train),) bool: rows that were embedded (None: all)
+                           index_labels: pd.Series | None = None,  # index id -> landmark (None: inferred from train)
+                           train_path: Callable[[str], str] | None = None,  # train id -> its file, for the held-out queries' images
+                           unseen_by_model: np.ndarray | None = None,  # (len(train),) bool: rows the model never trained on: the held-out rows
+                           **ctx_kwargs) -> tuple[Holdout | None, str]:
+    "Held-out train images of landmarks in the index, their truth that landmark's index images, searched against the index; and a note (None: no such image)."
+    rows = train.assign(row=np.arange(len(train)))
+    rows = rows if ok is None else rows[np.asarray(ok, bool)]
+    rest, held, origin = _held_rows(rows, cfg, unseen_by_model, unseen_frac=0.0)
+    rest_ids, rest_emb, rest_lab = rest['id'].to_numpy(str), emb[rest['row'].to_numpy()], rest['landmark_id'].to_numpy()
+    kw = dict(device=ctx_kwargs.get('device', 'cpu'))
+    if index_labels is None:
+        own = search(held['id'].to_numpy(str), emb[held['row'].to_numpy()], rest_ids, rest_emb, 1, rest_lab, **kw)
+        same = own.labels[:, 0] == held.set_index('id').loc[own.query_ids.astype(str), 'landmark_id'].to_numpy()
+        index_labels, source = _inferred_labels(index_ids, index_emb, rest_ids, rest_emb, rest_lab, own.sims[same, 0], **kw), 'inferred from train'
+    else: source = 'index_image_to_landmark.csv'
+    by_lm = pd.Series(index_labels.index, index=index_labels.to_numpy()).groupby(level=0).apply(list).to_dict()
+    held = held[held['landmark_id'].isin(by_lm)]
+    if len(held) > cfg.max_holdout: held = held.sample(cfg.max_holdout, random_state=cfg.seed)
+    if not len(held): return None, f'no held-out queries: no train image of a landmark with index images ({source})'
+    q_ids, q_emb = held['id'].to_numpy(str), emb[held['row'].to_numpy()].astype(np.float32)
+    if train_path is not None:  # the queries' images are train images, the candidates' index images
+        index_path, queries = ctx_kwargs.get('image_path'), set(q_ids)
+        ctx_kwargs['image_path'] = lambda i: train_path(i) if i in queries else index_path(i)
+    ctx = RerankContext(index_ids=index_ids, index_emb=index_emb, query_ids=q_ids, query_emb=q_emb, train_ids=rest_ids,
+                        train_emb=rest_emb, train_labels=rest_lab, **ctx_kwargs)
+    cands = search(q_ids, q_emb, index_ids, index_emb, k, deadline=ctx.deadline, device=ctx.device)
+    truth = {i: by_lm[l] for i, l in zip(held['id'], held['landmark_id'])}
+    note = f'{len(cands)} held-out queries of {held.landmark_id.nunique()} landmarks to judge the stages on ({origin}; truth: {source})'
+    return Holdout(ctx, cands, truth, note=note), note
+
 # %% ../nbs/50_pipeline.ipynb #5d1a4229
 def _rerank(run: _Run, cands: Candidates, ctx: RerankContext, predict, holdout: Holdout | None = None) -> Candidates:
     "Plan, run, judge and (when adopted) write each stage of the chain in turn; skipped, failing and rejected stages are logged."
-    judge = lambda c, truth: score(predict(c), truth, run.cfg.track) or 0.0
+    weights = None if holdout is None or run.cfg.track != 'recognition' else holdout.weights
+    judge = lambda c, truth: weighted_gap(predict(c), truth, weights) if weights else score(predict(c), truth, run.cfg.track) or 0.0
     out = run_stages(cands, ctx, run.cfg.stage_chain(), timeline=run.timeline, holdout=holdout, judge=judge,
                      on_answer=lambda c, s, v: run.answer(predict(c), s, v), min_landmarks=run.cfg.min_holdout_landmarks,
                      device=run.device, seed=run.cfg.seed, out_dir=run.out, report=run.report,
@@ -486,8 +609,9 @@ def run_recognition(cfg: InferenceConfig, locate: Callable[[str, str], str] | No
         with run.timeline.step('holdout') as row:
             nl_ref = nl_emb[0::2]
             holdout = make_holdout(train, db_emb, nl_ids[1::2], nl_emb[1::2], nl_ref if len(nl_ref) else None, cfg.k, cfg,
-                                   ok=db.ok, image_path=run.image_path, deadline=run.deadline, device=run.device)
-            row['note'] = f'{len(holdout.cands)} held-out queries ({holdout.n_landmarks} landmarks) to fit and judge the stages on'
+                                   ok=db.ok, test=(cands, q_emb), unseen_by_model=_unseen_by_models(run, train),
+                                   image_path=run.image_path, deadline=run.deadline, device=run.device)
+            row['note'] = f'{len(holdout.cands)} held-out queries ({holdout.n_landmarks} landmarks) to fit and judge the stages on; {holdout.note}'
     ctx = RerankContext(index_ids=db_ids, index_emb=db_emb, index_labels=labels, query_ids=q_ids, query_emb=q_emb,
                         nonlandmark_emb=nl_ref if len(nl_ref) else None, image_path=run.image_path,
                         deadline=run.deadline, device=run.device)
@@ -497,12 +621,29 @@ def run_recognition(cfg: InferenceConfig, locate: Callable[[str, str], str] | No
 
 def _recognition_holdout_score(run: _Run, train: pd.DataFrame) -> Callable:
     "(test, non-landmarks, train) -> (top-1 kNN GAP of held-out train queries (`make_holdout`), how many of them are landmarks)."
-    cfg = run.cfg
+    cfg, unseen = run.cfg, _unseen_by_models(run, train)
     def held(test: EmbedResult, nl: EmbedResult, db: EmbedResult) -> tuple[float, int]:
         nl_ids, nl_emb = nl.ids[nl.ok], nl.emb[nl.ok]
         h = make_holdout(train, db.emb, nl_ids[1::2], nl_emb[1::2], nl_emb[0::2] if len(nl_emb) else None, cfg.k, cfg, ok=db.ok,
-                         image_path=run.image_path, deadline=run.deadline, device=run.device)
+                         unseen_by_model=unseen, image_path=run.image_path, deadline=run.deadline, device=run.device)
         return float(score(recognition_predictions(h.cands), h.truth, 'recognition') or 0.0), h.n_landmarks
+    return held
+
+def _unseen_by_models(run: _Run, train: pd.DataFrame) -> np.ndarray | None:
+    "(len(train),) bool: the rows no model of the run trained on (each checkpoint's validation split, `model_unseen_rows`); None when one trained on all."
+    rows = [model_unseen_rows(train, c) for c in run.train_configs.values()]
+    return None if not rows or any(r is None for r in rows) else np.logical_and.reduce(rows)
+
+def _retrieval_holdout_score(run: _Run, train: pd.DataFrame, unseen_ids: set | None) -> Callable:
+    "(test, index, train) -> (kNN mAP@100 of held-out train queries against the index (`make_retrieval_holdout`), how many have truth)."
+    cfg, labels = run.cfg, index_labels(run.cfg.data_dir)
+    unseen = None if unseen_ids is None else train['id'].isin(unseen_ids).to_numpy()
+    def held(test: EmbedResult, index: EmbedResult, tr: EmbedResult) -> tuple[float, int]:
+        h, _ = make_retrieval_holdout(train, tr.emb, index.ids, index.emb, cfg.retrieval_k, cfg, ok=tr.ok, index_labels=labels,
+                                      image_path=run.image_path, train_path=lambda i: run.locate('train', i), unseen_by_model=unseen,
+                                      deadline=run.deadline, device=run.device)
+        if h is None: return 0.0, 0
+        return float(score(retrieval_predictions(h.cands, cfg.retrieval_k), h.truth, 'retrieval') or 0.0), h.n_landmarks
     return held
 
 def _recognition_test_score(run: _Run, labels: np.ndarray) -> Callable:
@@ -518,19 +659,24 @@ def run_retrieval(cfg: InferenceConfig, locate: Callable[[str, str], str] | None
     seed_everything(cfg.seed)
     run = _start(cfg, locate)
     index_ids = list_ids(cfg.data_dir, 'index') if (Path(cfg.data_dir)/'index').is_dir() else []
-    needs_train = not run.public and _wants(cfg, 'train_emb') and (Path(cfg.data_dir)/'train.csv').is_file()
-    train = _read_train(run) if needs_train else pd.DataFrame({'id': [], 'landmark_id': []})
+    has_train = not run.public and bool(cfg.chain) and (Path(cfg.data_dir)/'train.csv').is_file()  # to judge on, and to label with
+    needs_train = has_train and _wants(cfg, 'train_emb')
+    train = _read_train(run) if has_train else pd.DataFrame({'id': [], 'landmark_id': []})
     embedders = _load_members(run)
+    unseen = _unseen_by_models(run, train) if has_train else None
+    unseen_ids = None if unseen is None else set(train['id'][unseen])  # found on the whole of train, as the training split it
+    if has_train and not needs_train: train = retrieval_train_sample(train, cfg)  # only the held-out queries' classes and their labellers
     models = _choose_members(run, embedders, len(run.ids) + len(index_ids) + len(train), len(run.ids), len(index_ids))
     chosen = [embedders[i] for i in models]
     tests = _embed_members(run, chosen, 'embed_test', 'test', run.ids)
     if run.public: index_ids = _public_database(run, chosen[0], index_ids)
     indexes = _embed_members(run, chosen, 'embed_index', 'index', index_ids)
-    trs = _embed_members(run, chosen, 'embed_train', 'train', train['id'].tolist()) if needs_train else None
+    trs = _embed_members(run, chosen, 'embed_train', 'train', train['id'].tolist()) if has_train else None
     test_score = lambda test, index, *_: None if run.solution is None else _test_score(run, retrieval_predictions(
         search(test.ids, test.emb, index.ids, index.emb, cfg.retrieval_k, deadline=run.deadline, device=run.device, devices=run.devices), cfg.retrieval_k))
-    test, index, *tr = _ensemble(run, models, [tests, indexes, *([trs] if needs_train else [])], None, test_score,
-                                 unjudged='no retrieval held-out set')  # wire the retrieval held-out score here when there is one
+    held = _retrieval_holdout_score(run, train, unseen_ids) if has_train else None
+    test, index, *tr = _ensemble(run, models, [tests, indexes, *([trs] if has_train else [])], held, test_score,
+                                 unjudged=None if held else 'no held-out train images (no train.csv, or no stages to judge)')
     tr = tr[0] if tr else None
     q_ids, q_emb, x_ids, x_emb = test.ids, test.emb, index.ids, index.emb  # rows not embedded are NaN, which search skips
     with run.timeline.step('knn') as row:
@@ -538,10 +684,19 @@ def run_retrieval(cfg: InferenceConfig, locate: Callable[[str, str], str] | None
         row['note'] = f'{int(test.ok.sum())} queries x {int(index.ok.sum())} index images, top {cfg.retrieval_k}'
     predict = lambda c: retrieval_predictions(c, cfg.retrieval_k)
     if done := _knn_answer(run, cands, predict, 'knn', run.public): return done
+    holdout = None
+    if tr is not None:  # held-out train images of landmarks in the index: every stage is judged on them (mAP@100)
+        with run.timeline.step('holdout') as row:
+            holdout, row['note'] = make_retrieval_holdout(train, tr.emb, x_ids, x_emb, cfg.retrieval_k, cfg, ok=tr.ok,
+                                                          index_labels=index_labels(cfg.data_dir), image_path=run.image_path,
+                                                          train_path=lambda i: run.locate('train', i),
+                                                          unseen_by_model=None if unseen_ids is None else train['id'].isin(unseen_ids).to_numpy(),
+                                                          deadline=run.deadline, device=run.device)
+    keep = tr is not None and needs_train
     ctx = RerankContext(index_ids=x_ids, index_emb=x_emb, query_ids=q_ids, query_emb=q_emb, image_path=run.image_path,
-                        deadline=run.deadline, device=run.device, train_ids=tr.ids if tr is not None else None, train_emb=tr.emb if tr is not None else None,
-                        train_labels=train['landmark_id'].to_numpy() if tr is not None else None)
-    _rerank(run, cands, ctx, predict)
+                        deadline=run.deadline, device=run.device, train_ids=tr.ids if keep else None, train_emb=tr.emb if keep else None,
+                        train_labels=train['landmark_id'].to_numpy() if keep else None)
+    _rerank(run, cands, ctx, predict, holdout)
     return _finish(run)
 
 def run_inference(cfg: InferenceConfig | None = None, locate: Callable[[str, str], str] | None = None, **overrides) -> InferenceResult:

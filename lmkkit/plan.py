@@ -21,9 +21,9 @@ from .rerank import COST_UNITS, Answer, RerankContext, Stage, make_stage
 from .search import Candidates
 
 # %% auto #0
-__all__ = ['TIMELINE', 'MIN_PAIR_SHARE', 'MIN_HOLDOUT_LANDMARKS', 'MAC_UNITS', 'Timeline', 'plot_timeline', 'plan_stages',
-           'Holdout', 'min_holdout_landmarks', 'search_units', 'probe_seconds_per_pair', 'verdict', 'StageRunner',
-           'run_stages', 'ablate']
+__all__ = ['TIMELINE', 'MIN_PAIR_SHARE', 'MIN_HOLDOUT_LANDMARKS', 'HOLDOUT_KINDS', 'MAC_UNITS', 'Timeline', 'plot_timeline',
+           'plan_stages', 'Holdout', 'min_holdout_landmarks', 'search_units', 'probe_seconds_per_pair', 'verdict',
+           'weighted_gap', 'mix_features', 'estimate_mix', 'mix_weights', 'StageRunner', 'run_stages', 'ablate']
 
 # %% ../nbs/51_plan.ipynb #d1c81d89
 TIMELINE = 'timeline.csv'
@@ -154,6 +154,8 @@ class Holdout:
     ctx: RerankContext
     cands: Candidates
     truth: dict
+    weights: dict | None = None  # query id -> weight that makes the held-out mix of query kinds the test's (None: all 1)
+    note: str = ''  # where the mix came from, for the timeline
 
     @property
     def n_landmarks(self) -> int: return sum(1 for t in self.truth.values() if len(t))
@@ -206,6 +208,66 @@ def verdict(estimate: float | None, best: float | None, proof_needed: bool) -> t
         return (False, 'not adopted: no held-out estimate') if proof_needed else (True, '')
     ok = estimate > best if proof_needed else estimate >= best
     return ok, f"held-out {estimate:.4f} vs {best:.4f} without it: {'adopted' if ok else 'not adopted'}"
+
+# %% ../nbs/51_plan.ipynb #mix00002
+HOLDOUT_KINDS = ('landmark', 'unseen', 'nonlandmark')  # held-out query kinds: a seen class, a class not in the database, no landmark
+
+def weighted_gap(predictions: dict,  # query id -> (landmark_id, confidence)
+                 truth: dict,  # query id -> [landmark_id] or [] (non-landmark)
+                 weights: dict | None = None,  # query id -> weight > 0 (None: 1, plain GAP)
+                 ) -> float:
+    "GAP with each query counted `weights[q]` times, in the ranks and in M: the GAP of a population with that mix (ties by query id, as GAP)."
+    q = np.array(sorted(truth), dtype=object)
+    w = np.array([1.0 if weights is None else float(weights.get(x, 1.0)) for x in q])
+    m = sum(wi for x, wi in zip(q, w) if truth[x])
+    pred = [predictions.get(x) for x in q]
+    has = np.array([p is not None for p in pred])
+    if not has.any() or m <= 0: return 0.0
+    conf = np.array([p[1] if p is not None else 0.0 for p in pred])
+    right = np.array([p is not None and p[0] in truth[x] for x, p in zip(q, pred)], float)
+    order = np.flatnonzero(has)[np.argsort(-conf[has], kind='stable')]  # q sorted: ties stay in id order
+    wr, wo = right[order] * w[order], w[order]
+    return float((wr * np.cumsum(wr) / np.cumsum(wo)).sum() / m)
+
+def mix_features(sims: np.ndarray,  # (Q, K) kNN similarities to the database, best first
+                 query_emb: np.ndarray,  # (Q, D) the queries' embeddings
+                 nonlandmark_emb: np.ndarray | None,  # (M, D) known non-landmarks (None: no second feature)
+                 ) -> np.ndarray:
+    "(Q, F) float64 features of the query kinds: top-1 similarity to the database, and to the known non-landmarks."
+    top = np.nan_to_num(np.asarray(sims, np.float64)[:, :1], nan=-1.0)
+    if nonlandmark_emb is None or not len(nonlandmark_emb): return top
+    nl = (np.asarray(query_emb, np.float32) @ np.asarray(nonlandmark_emb, np.float32).T).max(1, keepdims=True)
+    return np.concatenate([top, np.nan_to_num(nl.astype(np.float64), nan=-1.0)], 1)
+
+def estimate_mix(held_x: np.ndarray,  # (H, F) features of the held-out queries (`mix_features`)
+                 held_kind: np.ndarray,  # (H,) their kinds (HOLDOUT_KINDS)
+                 test_x: np.ndarray,  # (Q, F) features of the test queries
+                 iters: int = 200) -> dict[str, float] | None:
+    "The share of each kind among the test queries: EM on the mixture weights of one Gaussian per held-out kind (None: a kind has < 3 queries)."
+    kinds = [k for k in HOLDOUT_KINDS if (held_kind == k).any()]
+    if len(test_x) == 0 or any((held_kind == k).sum() < 3 for k in kinds): return None
+    dens = np.stack([_gauss_pdf(test_x, held_x[held_kind == k]) for k in kinds], 1) + 1e-300
+    pi = np.full(len(kinds), 1 / len(kinds))
+    for _ in range(iters):
+        post = dens * pi
+        pi = (post / post.sum(1, keepdims=True)).mean(0)
+    return dict(zip(kinds, pi.tolist()))
+
+def _gauss_pdf(x: np.ndarray, fit: np.ndarray) -> np.ndarray:
+    "Density at `x` of the Gaussian fitted to the rows of `fit` (covariance with a small ridge)."
+    mu, cov = fit.mean(0), np.atleast_2d(np.cov(fit.T)) + 1e-4 * np.eye(fit.shape[1])
+    d = x - mu
+    return np.exp(-0.5 * np.einsum('ij,jk,ik->i', d, np.linalg.inv(cov), d)) / np.sqrt(np.linalg.det(2 * np.pi * cov))
+
+def mix_weights(kinds: np.ndarray,  # (H,) kind of each held-out query
+                mix: dict[str, float],  # kind -> its share in the test split
+                ) -> np.ndarray:
+    "(H,) weight of each held-out query: its kind's test share over its held-out share (mean weight 1 over the kinds present)."
+    kinds = np.asarray(kinds)
+    have = {k: (kinds == k).mean() for k in HOLDOUT_KINDS if (kinds == k).any()}
+    total = sum(mix.get(k, 0.0) for k in have) or 1.0
+    return np.array([mix.get(k, 0.0) / total / have[k] for k in kinds])
+
 
 # %% ../nbs/51_plan.ipynb #ac77b681
 MAC_UNITS = tuple(u for u in COST_UNITS if u.startswith(('query_x', 'index_x')))  # stages costed per multiply-add
