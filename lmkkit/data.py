@@ -313,7 +313,7 @@ def train_transforms(size: int,
                      affine_p: float = 0.5,
                      rotate: float = 15.0,  # degrees, either way
                      cutout_p: float = 0.5) -> A.Compose:
-    "The seed's training augmentations (albumentations 2 names), resized to `size`x`size`, normalised, CHW tensor."
+    "The write-up's training augmentations (albumentations 2 names), resized to `size`x`size`, normalised, CHW tensor."
     return A.Compose([
         A.Resize(size, size),
         A.HorizontalFlip(p=flip_p),

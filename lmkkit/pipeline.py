@@ -53,7 +53,7 @@ class InferenceConfig:
     decode: str = 'cpu'  # JPEGs decoded by 'cpu' (PIL in the workers), 'gpu' (torchvision on the CUDA device) or 'auto' (the GPU where it works)
     tta: tuple[str, ...] = ('none',)  # lmkkit.embed views: 'none', 'flip'
     scales: tuple[float, ...] = (1.0,)  # multi-scale TTA: factors of image_size (each rounded to a side the backbone takes, with a note)
-    k: int = 10  # recognition: candidates recalled per query (the seed's top 10)
+    k: int = 10  # recognition: candidates recalled per query (the write-up's top 10)
     retrieval_k: int = 100  # retrieval: index ids per query
     stages: dict | list | tuple | None = None  # {name: settings} in order, or names (lmkkit.rerank.STAGES); None: the track's default chain
     holdout_frac: float = 0.25  # share of seen-class train images held out (the standard synthetic set: 154 landmark queries, above min_holdout_landmarks)

@@ -144,7 +144,7 @@ class Candidates:
         return f"Candidates(queries={len(self)}, k={self.k}, features=[{feats}]{skipped})"
 
 # %% ../nbs/31_search.ipynb #32ced10e
-AUTO_TORCH_BELOW = 10_000  # index rows under which 'auto' uses torch on the CPU (FACTS: as fast as faiss there)
+AUTO_TORCH_BELOW = 10_000  # index rows under which 'auto' uses torch on the CPU (measured: as fast as faiss there)
 CHUNK_QUERIES = 4096  # queries per chunk: the deadline is checked between chunks (faiss's own query block size)
 
 def _check_knn_inputs(queries, index, k: int) -> tuple[np.ndarray, np.ndarray]:

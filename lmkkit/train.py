@@ -37,7 +37,7 @@ from lmkkit.trainer import (
 # %% ../nbs/20_train.ipynb #d597e2c2
 PRESETS = {
     'seed': TrainConfig(),
-    # the seed's three ensemble members, each with the seed's sizes 448 -> 512 -> 640 -> 736 (train one per kernel run, attach all: `checkpoints`)
+    # the write-up's three ensemble members, each with its sizes 448 -> 512 -> 640 -> 736 (train one per kernel run, attach all: `checkpoints`)
     'seed_swin': TrainConfig(backbone='swin_base_patch4_window12_384'),
     'seed_seresnet101': TrainConfig(backbone='legacy_seresnet101'),
     'seed_nfnet': TrainConfig(backbone='dm_nfnet_f0'),

@@ -17,9 +17,9 @@ __all__ = ['TrainConfig', 'TrainKernelParams', 'TrainError']
 # %% ../nbs/20_train_config.ipynb #e585c5f3
 @dataclass(frozen=True)
 class TrainConfig:
-    "Everything a training run depends on (the seed's recipe by default)."
+    "Everything a training run depends on (the write-up's recipe by default)."
     stages: tuple[tuple[int, int], ...] = ((448, 8), (512, 8), (640, 8), (736, 4))  # (image size, epochs) in order
-    backbone: str = 'swin_base_patch4_window12_384'  # any timm name (the seed: Swin, legacy_seresnet101, dm_nfnet_f0)
+    backbone: str = 'swin_base_patch4_window12_384'  # any timm name (the write-up's: Swin, legacy_seresnet101, dm_nfnet_f0)
     pretrained: str | None = None  # local timm weights file; None trains from scratch (nothing is downloaded)
     pool: str = 'rgem'
     embedding_size: int = 512
