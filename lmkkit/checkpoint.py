@@ -63,7 +63,8 @@ class TimeBudget:
         if self.deadline is None: return False
         return not self.deadline.fits(self.next_step_s() + (self.val_s if validate_next else 0) + self.save_s)
 
-def state_bytes(module: torch.nn.Module) -> int: return sum(t.numel() * t.element_size() for t in module.state_dict().values())
+def state_bytes(module: torch.nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in module.state_dict().values())
 
 # %% ../nbs/23_checkpoint.ipynb #31b2a94e
 STATE_KEYS = ('model', 'optimizer', 'scheduler', 'scaler', 'position', 'meter', 'sampler', 'rng', 'config', 'class_ids')
@@ -96,9 +97,12 @@ _RESUME_KEYS = ('stages', 'backbone', 'pool', 'embedding_size', 'head', 'batch_s
 
 def check_resumable(state: dict, cfg: TrainConfig, env: DistEnv) -> None:
     "Stop when `last.pt` was written with settings that change what the remaining steps would do."
-    old = TrainConfig(**{k: v for k, v in state['config'].items() if k in {f.name for f in dataclasses.fields(TrainConfig)}})
+    old = TrainConfig(
+        **{k: v for k, v in state['config'].items() if k in {f.name for f in dataclasses.fields(TrainConfig)}}
+    )
     diff = [k for k in _RESUME_KEYS if getattr(old, k) != getattr(cfg, k)]
-    if state['sampler']['world_size'] != env.world_size: diff.append(f"world_size ({state['sampler']['world_size']} -> {env.world_size})")
+    if state['sampler']['world_size'] != env.world_size:
+        diff.append(f"world_size ({state['sampler']['world_size']} -> {env.world_size})")
     if diff:
         raise TrainError(f"the checkpoint to resume was trained with other settings: {', '.join(diff)}; "
                          f"use the same settings to continue, or a new out_dir to start over")

@@ -102,8 +102,12 @@ command('demo', 'lmkkit.demo:main', "The main job: synthetic data → training k
 command('docs', 'lmkkit.docs:main', "Build the documentation site from the notebooks, offline.")
 command('kernels', 'lmkkit.kaggle:main', "Check, build and push the Kaggle kernels and the offline wheelhouse.")
 command('sweep', 'lmkkit.sweep:main', "Run a notebook over a grid of papermill parameters; resumable.")
-command('rehearse', 'lmkkit.rehearse:main', "The recognition run after embedding at real sizes on synthetic embeddings: "
-        "time and peak memory per step, the projected full run.")
+command(
+    'rehearse',
+    'lmkkit.rehearse:main',
+    "The recognition run after embedding at real sizes on synthetic embeddings: "
+    "time and peak memory per step, the projected full run.",
+)
 command('benchmark', 'lmkkit.revisited:main', "ROxford5k/RParis6k mAP and mP@k (Easy/Medium/Hard) of a checkpoint "
         "under the revisited protocol.");
 
@@ -128,8 +132,12 @@ def synth_parser() -> CliParser:
         "OUT/DATASET/gnd_DATASET.pkl) for `lmkkit benchmark DATASET OUT --checkpoint CKPT`."))
     p.add_argument('out', help='folder to write (created)')
     p.add_argument('--seed', type=int, default=0, help='same seed, same bytes')
-    p.add_argument('--landmarks', type=at_least(1), default=None,
-                   help='number of landmarks (default: the demo size); unseen landmarks and non-landmarks scale with it')
+    p.add_argument(
+        '--landmarks',
+        type=at_least(1),
+        default=None,
+        help='number of landmarks (default: the demo size); unseen landmarks and non-landmarks scale with it',
+    )
     p.add_argument('--train-per-landmark', type=at_least(1), default=None,
                    help='train images per landmark (mean); train non-landmarks scale with it')
     p.add_argument('--image-size', type=at_least(16), default=None, help='longer side of the written images in pixels')
@@ -148,7 +156,8 @@ def synth_parser() -> CliParser:
     return p
 
 def _write_revisited(parser, args) -> None:
-    "`lmkkit synth OUT --revisited DATASET`: `lmkkit.revisited.make_revisited_synthetic`, then the command that benchmarks on it."
+    """`lmkkit synth OUT --revisited DATASET`: `lmkkit.revisited.make_revisited_synthetic`, then the command that
+    benchmarks on it."""
     if unused := [f"--{n.replace('_', '-')}" for n in GLDV2_ONLY if getattr(args, n) is not None]:
         parser.error(f"{', '.join(unused)} shape the GLDv2 set; --revisited takes --landmarks, --image-size, --seed "
                      f"and --distractors")
@@ -165,7 +174,8 @@ def synth(argv: list[str] | None = None) -> int:
     parser = synth_parser()
     args = parser.parse_args(argv)
     if args.revisited: return _write_revisited(parser, args) or 0
-    if args.distractors: parser.error("--distractors needs --revisited (it adds an R1M-style folder beside a benchmark set)")
+    if args.distractors:
+        parser.error("--distractors needs --revisited (it adds an R1M-style folder beside a benchmark set)")
     from lmkkit.synth import make_synthetic
     sizes = dict(n_landmarks=args.landmarks, train_per_landmark=args.train_per_landmark, image_size=args.image_size,
                  view_strength=args.view_strength, family_similarity=args.family_similarity)

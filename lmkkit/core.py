@@ -81,7 +81,8 @@ _SCANNED: set[tuple[str, int]] = set()  # folders this process has cleaned: (pat
 _TEMP = re.compile(r'\..+\.[a-z0-9_]{8}\.tmp')  # what `atomic_write`'s mkstemp names look like
 
 def _remove_stale_temps(folder: Path) -> list[Path]:
-    "On this process's first write into `folder`, remove temporary files of killed writes (unlocked); the removed paths."
+    """On this process's first write into `folder`, remove temporary files of killed writes (unlocked); the
+    removed paths."""
     key = (str(folder.resolve()), folder.stat().st_ino)
     if fcntl is None or key in _SCANNED: return []
     _SCANNED.add(key)
@@ -165,12 +166,15 @@ def on_kaggle() -> bool:
     return 'KAGGLE_KERNEL_RUN_TYPE' in os.environ
 
 def cuda_problem(index: int = 0) -> str | None:
-    "Why this torch cannot run on CUDA device `index` (no kernels for its compute capability in `torch.cuda.get_arch_list()`), or None."
+    """Why this torch cannot run on CUDA device `index` (no kernels for its compute capability in
+    `torch.cuda.get_arch_list()`), or None."""
     import torch
     major, minor = torch.cuda.get_device_capability(index)
     archs, cap = torch.cuda.get_arch_list(), 10 * major + minor
-    sm = [int(m[1]) for a in archs if (m := re.fullmatch(r'sm_(\d+)\w?', a))]  # cubins: same major, minor at most the device's
-    ptx = [int(m[1]) for a in archs if (m := re.fullmatch(r'compute_(\d+)\w?', a))]  # PTX: compiled for the device on load
+    # cubins: same major, minor at most the device's
+    sm = [int(m[1]) for a in archs if (m := re.fullmatch(r'sm_(\d+)\w?', a))]
+    # PTX: compiled for the device on load
+    ptx = [int(m[1]) for a in archs if (m := re.fullmatch(r'compute_(\d+)\w?', a))]
     if any(s // 10 == major and s <= cap for s in sm) or any(p <= cap for p in ptx): return None
     return (f"{torch.cuda.get_device_name(index)} (sm_{major}{minor}) cannot run this torch {torch.__version__} "
             f"(built for {' '.join(archs) or 'no GPU'})")
@@ -179,7 +183,8 @@ def cuda_problem(index: int = 0) -> str | None:
 def _say_once(line: str) -> None: print(line, file=sys.stderr, flush=True)
 
 def cuda_devices() -> list[str]:
-    "The visible CUDA devices this torch can run on ('cuda:0', 'cuda:1', ...); each one it cannot use is said in one line."
+    """The visible CUDA devices this torch can run on ('cuda:0', 'cuda:1', ...); each one it cannot use is said
+    in one line."""
     import torch
     if not torch.cuda.is_available(): return []
     problems = {f'cuda:{i}': cuda_problem(i) for i in range(torch.cuda.device_count())}
@@ -190,16 +195,19 @@ def cuda_devices() -> list[str]:
     return usable
 
 def default_device() -> str:
-    "'cuda' when a GPU is visible and this torch has kernels for it (`cuda_problem`), else 'cpu' (with one line saying why)."
+    """'cuda' when a GPU is visible and this torch has kernels for it (`cuda_problem`), else 'cpu' (with one line
+    saying why)."""
     devices = cuda_devices()
     return 'cpu' if not devices else 'cuda' if devices[0] == 'cuda:0' else devices[0]
 
 def run_devices(device: str = 'auto') -> list[str]:
-    "Every device a run of `device` uses: for 'auto' each visible GPU this torch can run on (two on Kaggle's T4 x2), else the CPU; otherwise [`resolve_device(device)`]."
+    """Every device a run of `device` uses: for 'auto' each visible GPU this torch can run on (two on Kaggle's T4
+    x2), else the CPU; otherwise [`resolve_device(device)`]."""
     return (cuda_devices() or ['cpu']) if device == 'auto' else [resolve_device(device)]
 
 def resolve_device(device: str = 'auto') -> str:
-    "The device a run uses for `device` ('auto', 'cpu', 'cuda', 'cuda:N'): a CUDA device this torch cannot run on falls back to the CPU, said in one line."
+    """The device a run uses for `device` ('auto', 'cpu', 'cuda', 'cuda:N'): a CUDA device this torch cannot run
+    on falls back to the CPU, said in one line."""
     if device == 'auto': return default_device()
     if not device.startswith('cuda'): return device
     import torch
@@ -213,7 +221,8 @@ def resolve_device(device: str = 'auto') -> str:
 KAGGLE_TEMP = '/kaggle/temp'  # Kaggle's scratch folder: not saved with the kernel's output
 
 def default_cache_dir(out_dir: str | Path) -> Path:
-    "The embedding cache when none is given: on Kaggle outside the saved working folder (`KAGGLE_TEMP`, else the system's temp folder), elsewhere out_dir/cache."
+    """The embedding cache when none is given: on Kaggle outside the saved working folder (`KAGGLE_TEMP`, else
+    the system's temp folder), elsewhere out_dir/cache."""
     if not on_kaggle(): return Path(out_dir)/'cache'
     return Path(KAGGLE_TEMP if os.path.isdir(KAGGLE_TEMP) else tempfile.gettempdir())/'lmkkit-cache'
 
@@ -260,11 +269,15 @@ class Deadline:
 
 # %% ../nbs/00_core.ipynb #574132f9
 def deadline_reserve(limit_s: float, reserve_s: float, write_s: float = 0.0) -> tuple[float, str]:
-    "Seconds to keep for writing: `min(reserve_s, max(0.1·limit_s, 3·write_s, 2 s))`, and a sentence saying how it was chosen."
+    """Seconds to keep for writing: `min(reserve_s, max(0.1·limit_s, 3·write_s, 2 s))`, and a sentence saying how
+    it was chosen."""
     shares = {'10% of the limit': 0.1 * limit_s, '3x the measured write': 3 * write_s, 'the 2 s floor': 2.0}
     why, floor = max(shares.items(), key=lambda kv: kv[1])
     if reserve_s <= floor: return float(reserve_s), f"reserve {reserve_s:.1f} s as configured"
-    return floor, f"reserve {floor:.1f} s ({why}; the configured {reserve_s:.0f} s does not fit a {limit_s:.0f} s limit)"
+    return (
+        floor,
+        f"reserve {floor:.1f} s ({why}; the configured {reserve_s:.0f} s does not fit a {limit_s:.0f} s limit)",
+    )
 
 # %% ../nbs/00_core.ipynb #d1bc97ad
 def _proc_status_mib() -> dict[str, float]:
@@ -274,7 +287,8 @@ def _proc_status_mib() -> dict[str, float]:
         return {k: int(v.split()[0]) / 1024 for k, _, v in (l.partition(':') for l in f) if k in keys}
 
 def memory_mib() -> dict[str, float]:
-    "This process's resident memory now (`rss`), its peak (`peak`) and the anonymous share (`anon`, NaN if unknown), MiB."
+    """This process's resident memory now (`rss`), its peak (`peak`) and the anonymous share (`anon`, NaN if
+    unknown), MiB."""
     try:
         s = _proc_status_mib()
         return dict(rss=s['VmRSS'], peak=s['VmHWM'], anon=s.get('RssAnon', math.nan))
@@ -286,7 +300,9 @@ def memory_mib() -> dict[str, float]:
         return dict(rss=rss, peak=peak, anon=math.nan)
 
 def reset_peak() -> bool:
-    "Reset this process's peak RSS (VmHWM) to the current RSS (Linux >= 4.0); whether it could. `getrusage`'s `ru_maxrss` (also a parent's RUSAGE_CHILDREN) then forgets the earlier peak: whoever resets must record it."
+    """Reset this process's peak RSS (VmHWM) to the current RSS (Linux >= 4.0); whether it could. `getrusage`'s
+    `ru_maxrss` (also a parent's RUSAGE_CHILDREN) then forgets the earlier peak: whoever resets must record
+    it."""
     try:
         with open('/proc/self/clear_refs', 'w') as f: f.write('5')
         return True
@@ -303,11 +319,13 @@ class StageError(ConfigError):
     "A re-ranking stage's bad name or setting; the message names the stage, the setting and the valid ones."
 
 class CliParser(argparse.ArgumentParser):
-    "An `argparse.ArgumentParser` (and its subparsers) whose usage errors raise a one-line `ConfigError` naming the `--help` to read."
+    """An `argparse.ArgumentParser` (and its subparsers) whose usage errors raise a one-line `ConfigError` naming
+    the `--help` to read."""
     def error(self, message): raise ConfigError(f"{message} (see `{self.prog} --help`)")
 
 class TrainingDiverged(ConfigError):
-    "Training met a non-finite loss or weights; the message names the step, the likely cause (a setting) and the checkpoint to resume."
+    """Training met a non-finite loss or weights; the message names the step, the likely cause (a setting) and
+    the checkpoint to resume."""
 
 def _arms(tp) -> tuple:
     "The members of a union type (`tp` itself otherwise)."
@@ -344,7 +362,8 @@ def _parse_json(value, tp):
     return parsed if _type_ok(parsed, tp) else value
 
 def value_kind(tp) -> str:
-    "What a parameter of type `tp` holds, for saying how to pass it: 'list', 'dict', 'bool', 'number', 'text' or 'other'."
+    """What a parameter of type `tp` holds, for saying how to pass it: 'list', 'dict', 'bool', 'number', 'text'
+    or 'other'."""
     if (kind := _container(tp)) is not None: return kind.__name__
     arms = _arms(tp)
     if bool in arms: return 'bool'
@@ -356,23 +375,35 @@ def example_number(default) -> int | float:
     return default if isinstance(default, (int, float)) and not isinstance(default, bool) else 1
 
 def papermill_hint(name: str, tp, value, default=None) -> str:
-    "How to give parameter `name` (type `tp`) on papermill's command line, with an example (`check_parameters`' default `how_to_pass`)."
+    """How to give parameter `name` (type `tp`) on papermill's command line, with an example (`check_parameters`'
+    default `how_to_pass`)."""
     kind = value_kind(tp)
     if kind in ('list', 'dict'):
-        ex = value if isinstance(value, str) else json.dumps(default) if default else '{key: value}' if kind == 'dict' else '[1, 2]'
+        ex = (
+            value
+            if isinstance(value, str)
+            else json.dumps(default) if default else '{key: value}' if kind == 'dict' else '[1, 2]'
+        )
         return f"papermill reads -p values as text or numbers; pass lists and dicts as YAML with -y, e.g. -y '{name}: {ex}'"
-    if kind == 'bool': return f"pass True or False (capitalised: papermill reads no other spelling), e.g. -p {name} True"
+    if kind == 'bool':
+        return f"pass True or False (capitalised: papermill reads no other spelling), e.g. -p {name} True"
     if kind == 'number':
         hint = f"pass numbers with -p, e.g. -p {name} {example_number(default)}"
         if isinstance(value, str):
-            try: float(value); hint += f" (YAML 1.1, which -y reads, takes {value} for text: write it with a dot, e.g. 1.0e-4)"
+            try:
+                float(value)
+                hint += (
+                    f" (YAML 1.1, which -y reads, takes {value} for text: write it with a dot, e.g. 1.0e-4)"
+                )
             except ValueError: pass
         return hint
-    if kind == 'text': return f"pass text with -p (or -r to keep text that looks like a number or True/None), e.g. -r {name} {value}"
+    if kind == 'text':
+        return f"pass text with -p (or -r to keep text that looks like a number or True/None), e.g. -r {name} {value}"
     return "fix the value in the parameters cell or on the command line"
 
 def _check_value(name: str, value, tp, default=None, how_to_pass=papermill_hint):
-    "`value` checked against `tp` (a JSON string for a list/dict parameter is parsed); `ConfigError` with the fix from `how_to_pass`."
+    """`value` checked against `tp` (a JSON string for a list/dict parameter is parsed); `ConfigError` with the
+    fix from `how_to_pass`."""
     value = _parse_json(value, tp)
     if not _type_ok(value, tp):
         raise ConfigError(f"parameter {name!r} must be {_type_name(tp)}, got {value!r} ({type(value).__name__}); "
@@ -390,7 +421,8 @@ def _defaults(cls) -> dict:
     return {f.name: f.default if f.default is not dataclasses.MISSING else None for f in dataclasses.fields(cls)}
 
 def check_parameters(cls, params: dict, extra: dict | None = None,
-                     how_to_pass: typing.Callable = papermill_hint,  # (name, type, value, default) -> the fix, in the caller's spelling
+                     # (name, type, value, default) -> the fix, in the caller's spelling
+                     how_to_pass: typing.Callable = papermill_hint,
                      ) -> dict:
     "Check parameters (name -> value) against `cls`'s fields and `extra` (name -> type) -> the checked values."
     hints = {**{k: v for k, v in typing.get_type_hints(cls).items() if k in _defaults(cls)}, **(extra or {})}
@@ -402,8 +434,11 @@ def check_parameters(cls, params: dict, extra: dict | None = None,
     return out
 
 def make_config(cls, base=None, how_to_pass: typing.Callable = papermill_hint, **overrides):
-    "A new `cls` instance from `base` (default: `cls()`) with `overrides`, every name and type checked (`check_parameters`)."
-    return dataclasses.replace(base if base is not None else cls(), **check_parameters(cls, overrides, how_to_pass=how_to_pass))
+    """A new `cls` instance from `base` (default: `cls()`) with `overrides`, every name and type checked
+    (`check_parameters`)."""
+    return dataclasses.replace(
+        base if base is not None else cls(), **check_parameters(cls, overrides, how_to_pass=how_to_pass)
+    )
 
 _NOT_PARAMETERS = {'In', 'Out', 'get_ipython', 'exit', 'quit', 'open', 'PAPERMILL_INPUT_PATH', 'PAPERMILL_OUTPUT_PATH'}
 
@@ -413,7 +448,8 @@ def notebook_parameters(namespace: dict) -> dict:
             and not isinstance(v, (types.ModuleType, type, types.FunctionType, types.BuiltinFunctionType))}
 
 def _type_name(tp) -> str:
-    "A type as it is written: `float`, `str | None`, `tuple[tuple[int, int], ...]` (a generic's `__name__` would drop its arguments)."
+    """A type as it is written: `float`, `str | None`, `tuple[tuple[int, int], ...]` (a generic's `__name__`
+    would drop its arguments)."""
     return tp.__name__ if isinstance(tp, type) else str(tp).replace('typing.', '')
 
 def require_at_least_one(cfg, names) -> None:
@@ -425,7 +461,8 @@ def require_at_least_one(cfg, names) -> None:
 OWNER_MARKER = '.lmkkit-owner'  # a command writes it into each folder it creates; its text is the command's name
 
 class FolderNotOwned(ConfigError):
-    "A folder that an lmkkit command would write over or delete, but did not create; the message names the flag or folder to use."
+    """A folder that an lmkkit command would write over or delete, but did not create; the message names the flag
+    or folder to use."""
 
 def owner_of(folder: str | Path) -> str | None:
     "The lmkkit command that created `folder` (its `OWNER_MARKER`), or None."
@@ -433,7 +470,8 @@ def owner_of(folder: str | Path) -> str | None:
     except (OSError, UnicodeDecodeError): return None
 
 def claim_folder(folder: str | Path, command: str, fix: str) -> Path:
-    "`folder` for `command` to write in: created and marked when missing or empty, kept when `command` made it; else `FolderNotOwned` naming `fix`."
+    """`folder` for `command` to write in: created and marked when missing or empty, kept when `command` made it;
+    else `FolderNotOwned` naming `fix`."""
     folder, owner = Path(folder), owner_of(folder)
     if folder.exists() and not folder.is_dir(): raise FolderNotOwned(f"{folder} is a file; {fix}")
     if folder.is_dir() and owner != command and any(p.name != OWNER_MARKER for p in folder.iterdir()):
@@ -457,7 +495,8 @@ _IMPORTED = time.time()
 def process_start_time() -> float:
     "Epoch seconds at which this process started (Linux `/proc`); elsewhere, when `lmkkit.core` was imported."
     try:
-        ticks = int(Path('/proc/self/stat').read_text().rpartition(')')[2].split()[19])  # field 22: starttime, in clock ticks after boot
+        # field 22: starttime, in clock ticks after boot
+        ticks = int(Path('/proc/self/stat').read_text().rpartition(')')[2].split()[19])
         boot = next(int(l.split()[1]) for l in Path('/proc/stat').read_text().splitlines() if l.startswith('btime '))
         return boot + ticks / os.sysconf('SC_CLK_TCK')
     except (OSError, ValueError, IndexError, StopIteration): return _IMPORTED
@@ -471,6 +510,8 @@ def kernel_start_time(start: float | None = None) -> float:
                               f"str(time.time()) in the kernel's first cell, or unset it") from None
     start = process_start_time() if start is None else float(start)
     if start > time.time() + 1:
-        raise ConfigError(f"the kernel start time {start:.0f} is in the future (now {time.time():.0f}); fix: pass time.time() "
-                          f"taken in the kernel's first cell, or None")
+        raise ConfigError(
+            f"the kernel start time {start:.0f} is in the future (now {time.time():.0f}); fix: pass time.time() "
+            f"taken in the kernel's first cell, or None"
+        )
     return start

@@ -47,17 +47,26 @@ def name_problem(name) -> str:
 def bad_names(names) -> np.ndarray:
     "Boolean mask of the `names` (a list, array or Series) that are not plain file names (`name_problem`), in one pass."
     names = names.tolist() if hasattr(names, 'tolist') else names
-    return np.fromiter((not isinstance(n, str) or n in ('', '.', '..') or '/' in n or '\\' in n or '\0' in n for n in names), bool)
+    return np.fromiter(
+        (not isinstance(n, str) or n in ('', '.', '..') or '/' in n or '\\' in n or '\0' in n for n in names),
+        bool,
+    )
 
 def id_to_path(root: str | Path, split: str, image_id: str) -> Path:
     "The GLDv2 path of an image: `root/split/a/b/c/<id>.jpg` with `a`, `b`, `c` the first characters of the id."
-    if problem := name_problem(image_id): raise ValueError(f"image id {image_id!r} {problem}; an id is a file name, never a path")
+    if problem := name_problem(image_id):
+        raise ValueError(f"image id {image_id!r} {problem}; an id is a file name, never a path")
     if len(image_id) < 3: raise ValueError(f"image id {image_id!r} is too short; GLDv2 ids have 16 hex characters")
     return Path(root)/split/image_id[0]/image_id[1]/image_id[2]/f'{image_id}.jpg'
 
 def paths_for(root: str | Path, split: str, ids) -> np.ndarray:
-    "`id_to_path` for many ids (str, or a uint64 array of the 16-hex ids) at once: an object array of str (no `Path` objects)."
-    ids = [f'{i:016x}' for i in ids.tolist()] if isinstance(ids, np.ndarray) and ids.dtype.kind in 'ui' else [str(i) for i in ids]
+    """`id_to_path` for many ids (str, or a uint64 array of the 16-hex ids) at once: an object array of str (no
+    `Path` objects)."""
+    ids = (
+        [f'{i:016x}' for i in ids.tolist()]
+        if isinstance(ids, np.ndarray) and ids.dtype.kind in 'ui'
+        else [str(i) for i in ids]
+    )
     if short := next((i for i in ids if len(i) < 3), None): id_to_path(root, split, short)  # raises the same ValueError
     if bad := next((i for i in ids if name_problem(i)), None): id_to_path(root, split, bad)  # no id leaves its root
     top = f'{Path(root)}/{split}'
@@ -72,9 +81,11 @@ def utf8_name(name: str) -> bool:
 def list_ids(root: str | Path, split: str,
              rejected: list | None = None,  # gets the names (escaped) of the files left out because they are not UTF-8
              ) -> list[str]:
-    "Sorted ids of the `.jpg` files under `root/split` (other files are ignored; names that are not UTF-8 are left out)."
+    """Sorted ids of the `.jpg` files under `root/split` (other files are ignored; names that are not UTF-8 are
+    left out)."""
     top = Path(root)/split
-    if not top.is_dir(): raise FileNotFoundError(f"no folder {top}; pass the GLDv2 root that holds {'/, '.join(SPLITS)}/")
+    if not top.is_dir():
+        raise FileNotFoundError(f"no folder {top}; pass the GLDv2 root that holds {'/, '.join(SPLITS)}/")
     ids = [f[:-4] for _, _, files in os.walk(top) for f in files if f.endswith('.jpg')]
     if rejected is not None:
         bad = [i for i in ids if not utf8_name(i)]
@@ -88,7 +99,8 @@ class DataError(LmkkitError, ValueError):
 def _bad(path, line, problem, fix): return DataError(f"{path}, line {line}: {problem}; fix: {fix}")
 
 def refuse_bad_ids(ids, path, first_line: int = 2, what: str = 'id', allow_empty: bool = False) -> None:
-    "A `DataError` counting the `ids` read from `path` that are not plain file names and naming the first (its line), if any."
+    """A `DataError` counting the `ids` read from `path` that are not plain file names and naming the first (its
+    line), if any."""
     ids = list(ids)
     bad = bad_names(ids) & ~(np.array([i == '' for i in ids], bool) if allow_empty else False)
     if bad.any():
@@ -105,7 +117,8 @@ _EXACT = dict(dtype=str, keep_default_na=False, skip_blank_lines=False)  # row i
 def _read_typed(path: Path) -> pd.DataFrame | None:
     "The file read by the fastest engine with `landmark_id`'s type inferred; None unless that type is an integer."
     df = pd.read_csv(path, engine=csv_engine(), dtype={'id': str}, keep_default_na=False, skip_blank_lines=False)
-    return df if pd.api.types.is_integer_dtype(df.get('landmark_id')) else None  # not int32: pyarrow would wrap and truncate
+    # not int32: pyarrow would wrap and truncate
+    return df if pd.api.types.is_integer_dtype(df.get('landmark_id')) else None
 
 def _label_problems(raw: pd.Series) -> tuple[pd.Series, np.ndarray]:
     "(labels as numbers, bad mask): a label is good when it is an integer in [0, 2**31)."
@@ -117,7 +130,9 @@ def read_train_csv(path: str | Path) -> pd.DataFrame:
     "Read a GLDv2 `train.csv`: `id` as str, `landmark_id` as int32 (extra columns kept); `DataError` on bad rows."
     path = Path(path)
     if not path.is_file() or path.stat().st_size == 0:
-        raise DataError(f"{path}: the file is missing or empty; fix: write a header `id,landmark_id` and one row per image")
+        raise DataError(
+            f"{path}: the file is missing or empty; fix: write a header `id,landmark_id` and one row per image"
+        )
     df = _read_typed(path)
     if df is None: df = pd.read_csv(path, **_EXACT)  # a label that is not an integer: read as written to name its line
     missing = [c for c in ('id', 'landmark_id') if c not in df.columns]
@@ -149,7 +164,14 @@ SAMPLE = {'recognition': 'recognition_sample_submission.csv', 'retrieval': 'retr
 
 def sample_submission(data_dir: str | Path, track: str) -> Path | None:
     "The sample submission of `track` in `data_dir` (the track's own name first), or None."
-    return next((Path(data_dir)/n for n in (SAMPLE[track], 'sample_submission.csv') if (Path(data_dir)/n).is_file()), None)
+    return next(
+        (
+            Path(data_dir) / n
+            for n in (SAMPLE[track], 'sample_submission.csv')
+            if (Path(data_dir) / n).is_file()
+        ),
+        None,
+    )
 
 def submission_ids(data_dir: str | Path, track: str,
                    rejected: list | None = None,  # test file names left out for not being UTF-8 (`list_ids`)
@@ -244,7 +266,8 @@ IMAGE_FAILURES = ('missing', 'too large', 'corrupt')
 class _TooLarge(Exception): pass
 
 def _open_within_limit(path, size: int | None) -> Image.Image:
-    "Open `path`, JPEG draft set for `size`; `_TooLarge` when what would be decoded exceeds 2 x `Image.MAX_IMAGE_PIXELS`."
+    """Open `path`, JPEG draft set for `size`; `_TooLarge` when what would be decoded exceeds 2 x
+    `Image.MAX_IMAGE_PIXELS`."""
     with _no_pixel_limit() as limit: img = Image.open(path)
     try:
         if size is not None and img.format == 'JPEG': img.draft('RGB', _target_size(*img.size, size))
@@ -256,7 +279,8 @@ def _open_within_limit(path, size: int | None) -> Image.Image:
 
 def load_image_reason(path: str | Path, size: int | None = None) -> tuple[np.ndarray | None, str | None]:
     "(image, None) as `load_image` gives it, or (None, reason) with reason one of `IMAGE_FAILURES`."
-    if size is not None and (not isinstance(size, int) or size < 1): raise ValueError(f"size must be a positive int, got {size!r}")
+    if size is not None and (not isinstance(size, int) or size < 1):
+        raise ValueError(f"size must be a positive int, got {size!r}")
     try:
         with _truncated_images_ok(), _open_within_limit(path, size) as img:
             img = _to_rgb(_exif_upright(img))
@@ -297,7 +321,8 @@ class LoadStats:
     def summary(self) -> str:
         "One line: how many loaded, how many not (by reason), and a few of the failures."
         s = f"{self.n - self.failed}/{self.n} images loaded, {self.failed} unreadable"
-        if set(self.reasons) - {'unreadable'}: s += f" ({', '.join(f'{k}: {v}' for k, v in sorted(self.reasons.items()))})"
+        if set(self.reasons) - {'unreadable'}:
+            s += f" ({', '.join(f'{k}: {v}' for k, v in sorted(self.reasons.items()))})"
         return s + (f" (e.g. {', '.join(self.examples)})" if self.examples else '')
 
 # %% ../nbs/01_data.ipynb #4c003237
@@ -395,7 +420,8 @@ def shm_exhausted(e: BaseException) -> bool:
     return 'shared memory' in text or '(shm)' in text
 
 def disk_full(e: BaseException, folder: str | Path, need: int = 0) -> bool:
-    "Whether the write that raised `e` ran out of space: ENOSPC/EDQUOT, or torch's writer failing with < `need` bytes free."
+    """Whether the write that raised `e` ran out of space: ENOSPC/EDQUOT, or torch's writer failing with < `need`
+    bytes free."""
     while e is not None:
         if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT): return True
         if isinstance(e, RuntimeError) and ('unexpected pos' in str(e) or 'file write failed' in str(e)):

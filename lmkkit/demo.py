@@ -56,7 +56,11 @@ def run_kernel(name: str, out_nb: str | Path, parameters: dict, kernel_name: str
 # %% ../nbs/55_demo.ipynb #b9a9600d
 def _dirs(train_dir) -> list[Path]:
     "The training kernels' folders: none, one, or one per model."
-    return [] if train_dir is None else [Path(train_dir)] if isinstance(train_dir, (str, Path)) else [Path(d) for d in train_dir]
+    return (
+        []
+        if train_dir is None
+        else [Path(train_dir)] if isinstance(train_dir, (str, Path)) else [Path(d) for d in train_dir]
+    )
 
 def cut_steps(train_dir: str | Path | list | None,  # a training kernel's out_dir, or one per model
               recognition_dir: str | Path, retrieval_dir: str | Path) -> list[str]:
@@ -67,18 +71,24 @@ def cut_steps(train_dir: str | Path | list | None,  # a training kernel's out_di
         if not t['finished']:
             who = 'training' if len(dirs) == 1 else f'training of model {i + 1}'
             cut.append(f"{who}: stopped by its time limit at step {t['step']} of {t['total_steps']} (the model is the last checkpoint)")
-    for track, d in (('recognition', recognition_dir), ('retrieval', retrieval_dir)):  # only the deadline's cuts: other skips are verdicts
+    # only the deadline's cuts: other skips are verdicts
+    for track, d in (('recognition', recognition_dir), ('retrieval', retrieval_dir)):
         cut += [f"{track}: {note}" for note in json.loads((Path(d)/'metrics.json').read_text()).get('cut', [])]
     return cut
 
-def collect_metrics(recognition_dir: str | Path, retrieval_dir: str | Path, train_dir: str | Path | list | None = None) -> dict:
+def collect_metrics(
+    recognition_dir: str | Path, retrieval_dir: str | Path, train_dir: str | Path | list | None = None
+) -> dict:
     "The demo's metrics.json content from the kernels' metrics.json files."
     out = {}
     for track, d in (('recognition', recognition_dir), ('retrieval', retrieval_dir)):
         m = json.loads((Path(d)/'metrics.json').read_text())
         keep = lambda r: {'stage': r['stage'], METRIC[track]: r[METRIC[track]], 'holdout': r.get('holdout'),
                           'adopted': r.get('adopted', True), 'title': r.get('title') or r['stage']}
-        out[track] = {'stages': [keep(r) for r in m['stages']], **({'ensemble': m['ensemble']} if 'ensemble' in m else {})}
+        out[track] = {
+            'stages': [keep(r) for r in m['stages']],
+            **({'ensemble': m['ensemble']} if 'ensemble' in m else {}),
+        }
     return out | {'cut': cut_steps(train_dir, recognition_dir, retrieval_dir)}
 
 def ablation_table(metrics: dict, track: str) -> pd.DataFrame:
@@ -88,17 +98,45 @@ def ablation_table(metrics: dict, track: str) -> pd.DataFrame:
     return df.assign(delta=df[col].diff(), vs_knn=df[col] - df[col].iloc[0])
 
 def ensemble_table(metrics: dict, track: str) -> pd.DataFrame:
-    "One track's models alone, then each ensemble tried: held-out and test kNN scores; `used`: in the submission's descriptor (alone) or adopted (an addition)."
+    """One track's models alone, then each ensemble tried: held-out and test kNN scores; `used`: in the
+    submission's descriptor (alone) or adopted (an addition)."""
     ens, col = metrics[track].get('ensemble'), METRIC[track]
-    rows = [] if not ens else [dict(models=f"model {m['member'] + 1}", holdout=m.get('holdout'), **{col: m.get(col)}, used=m['member'] in ens['adopted'])
-                               for m in ens['members'] if m.get('ran', True)]
-    rows += [] if not ens else [dict(models=' + '.join(f'model {i + 1}' for i in a['members']), holdout=a['holdout'], **{col: a[col]},
-                                     used=a['adopted']) for a in ens['additions']]
+    rows = (
+        []
+        if not ens
+        else [
+            dict(
+                models=f"model {m['member'] + 1}",
+                holdout=m.get('holdout'),
+                **{col: m.get(col)},
+                used=m['member'] in ens['adopted'],
+            )
+            for m in ens['members']
+            if m.get('ran', True)
+        ]
+    )
+    rows += (
+        []
+        if not ens
+        else [
+            dict(
+                models=' + '.join(f'model {i + 1}' for i in a['members']),
+                holdout=a['holdout'],
+                **{col: a[col]},
+                used=a['adopted'],
+            )
+            for a in ens['additions']
+        ]
+    )
     return pd.DataFrame(rows, columns=['models', 'holdout', col, 'used'])
 
 # %% ../nbs/55_demo.ipynb #15115d43
-DEMO_TRAIN = dict(preset='demo', stages=[[64, 40]], time_limit_hours=None,
-                  overrides={'head': 'adacos', 'batch_size': 64, 'lr': 3e-3, 'embedding_size': 64, 'val_every_epochs': 10})
+DEMO_TRAIN = dict(
+    preset='demo',
+    stages=[[64, 40]],
+    time_limit_hours=None,
+    overrides={'head': 'adacos', 'batch_size': 64, 'lr': 3e-3, 'embedding_size': 64, 'val_every_epochs': 10},
+)
 DEMO_MEMBERS = 2  # models the demo trains (the same recipe, training seeds 0, 1, ...) and submits as one ensemble
 DEMO_INFERENCE = dict(time_limit_hours=24.0, reserve_minutes=1.0, verbose=False, overrides={'verify_top_n': 5})
 
@@ -109,10 +147,15 @@ def kernel_params(base: dict, extra: dict | None) -> dict:
 
 def _cpu_seconds() -> float:
     "CPU seconds (user + system) of this process and of its waited-for children (the kernels)."
-    return sum(r.ru_utime + r.ru_stime for r in map(resource.getrusage, (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)))
+    return sum(
+        r.ru_utime + r.ru_stime
+        for r in map(resource.getrusage, (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    )
 
 def _peak_mb(out: Path) -> float:
-    "Peak resident memory of this process or of its largest finished child, in MiB (Linux reports KiB), or of an inference step: a kernel's timeline resets its process's peak at each step (`lmkkit.core.reset_peak`) and records it in `peak_mib`."
+    """Peak resident memory of this process or of its largest finished child, in MiB (Linux reports KiB), or of
+    an inference step: a kernel's timeline resets its process's peak at each step (`lmkkit.core.reset_peak`)
+    and records it in `peak_mib`."""
     steps = [pd.read_csv(p)['peak_mib'].max() for p in out.glob('*/timeline.csv')]
     return max([resource.getrusage(w).ru_maxrss / 1024 for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
                + [float(s) for s in steps if pd.notna(s)])  # both in MiB
@@ -131,13 +174,22 @@ class _Steps:
 
 def run_demo(out: str | Path = 'runs/demo', seed: int = 0,
              synth: dict | None = None,  # lmkkit.synth.SynthConfig sizes (default: the standard synthetic set)
-             train: dict | None = None,  # training kernel parameters over DEMO_TRAIN (e.g. {'stages': [[64, 1]], 'overrides': {'lr': 1e-3}})
-             inference: dict | None = None,  # inference kernel parameters over DEMO_INFERENCE (e.g. {'overrides': {'verify_top_n': 2}})
+             # training kernel parameters over DEMO_TRAIN (e.g. {'stages': [[64, 1]], 'overrides': {'lr':
+             # 1e-3}})
+             train: dict | None = None,
+             # inference kernel parameters over DEMO_INFERENCE (e.g. {'overrides': {'verify_top_n': 2}})
+             inference: dict | None = None,
              kernel_name: str = 'python3', verbose: bool = True,
-             members: int = DEMO_MEMBERS) -> dict:  # models trained (training seeds 0, 1, ...) and given to the inference kernels together
-    "Synthetic data → training kernel (once per model) → recognition and retrieval kernels; writes `out/metrics.json` and `out/record.json`, returns the metrics."
+             # models trained (training seeds 0, 1, ...) and given to the inference kernels together
+             members: int = DEMO_MEMBERS) -> dict:
+    """Synthetic data → training kernel (once per model) → recognition and retrieval kernels; writes
+    `out/metrics.json` and `out/record.json`, returns the metrics."""
     from lmkkit.synth import make_synthetic
-    out = claim_folder(Path(out).resolve(), 'demo', "pass a new or empty folder as --out (out=): the demo replaces what it writes there")
+    out = claim_folder(
+        Path(out).resolve(),
+        'demo',
+        "pass a new or empty folder as --out (out=): the demo replaces what it writes there",
+    )
     say = print if verbose else (lambda *a: None)
     steps, start = _Steps(), time.perf_counter()
     data, marker = out/'data', dict(seed=seed, sizes=synth or {})
@@ -155,25 +207,55 @@ def run_demo(out: str | Path = 'runs/demo', seed: int = 0,
     for i, track in enumerate(('recognition', 'retrieval'), 3):
         say(f"[{i}/4] {track} kernel -> {out/f'{track}.ipynb'}")
         with steps(track):
-            run_kernel(track, out/f'{track}.ipynb', dict(data_dir=str(data), **models, out_dir=str(out/track), cache_dir=str(out/'cache'),
-                                                         **infer_params), kernel_name)
+            run_kernel(
+                track,
+                out / f'{track}.ipynb',
+                dict(
+                    data_dir=str(data),
+                    **models,
+                    out_dir=str(out / track),
+                    cache_dir=str(out / 'cache'),
+                    **infer_params,
+                ),
+                kernel_name,
+            )
     metrics = collect_metrics(out/'recognition', out/'retrieval', model_dirs)
     with atomic_write(out/'metrics.json') as f: json.dump(metrics, f, indent=1)
-    record = dict(seed=seed, synth=synth or {}, train={k: v for k, v in train_params.items() if not k.endswith('_dir')}, members=members,
-                  inference=infer_params, **metrics, confidences=_confidences(out/'recognition'), steps=steps.rows,
-                  wall_s=round(time.perf_counter() - start, 1), cpu_s=round(sum(r['cpu_s'] for r in steps.rows.values()), 1),
-                  peak_mb=round(_peak_mb(out)), cpus=os.cpu_count())
+    record = dict(
+        seed=seed,
+        synth=synth or {},
+        train={k: v for k, v in train_params.items() if not k.endswith('_dir')},
+        members=members,
+        inference=infer_params,
+        **metrics,
+        confidences=_confidences(out / 'recognition'),
+        steps=steps.rows,
+        wall_s=round(time.perf_counter() - start, 1),
+        cpu_s=round(sum(r['cpu_s'] for r in steps.rows.values()), 1),
+        peak_mb=round(_peak_mb(out)),
+        cpus=os.cpu_count()
+    )
     with atomic_write(out/'record.json') as f: json.dump(record, f, indent=1)
     if verbose: _report(out, record)
     return metrics
 
-def _train_members(out: Path, train_params: dict, members: int, steps, kernel_name: str, verbose: bool, say) -> list[Path]:
-    "Run the training kernel once per model (model i with training seed + i, into `model/`, `model_2/`, ...): their folders."
+def _train_members(
+    out: Path, train_params: dict, members: int, steps, kernel_name: str, verbose: bool, say
+) -> list[Path]:
+    """Run the training kernel once per model (model i with training seed + i, into `model/`, `model_2/`, ...):
+    their folders."""
     if members < 1: raise ConfigError(f"parameter 'members' must be >= 1, got {members}")
     dirs = [out/('model' if i == 0 else f'model_{i + 1}') for i in range(members)]
     for i, d in enumerate(dirs):
-        nb, seed = out/('train.ipynb' if i == 0 else f'train_{i + 1}.ipynb'), train_params['overrides'].get('seed', 0) + i
-        params = train_params if i == 0 else kernel_params(train_params, {'out_dir': str(d), 'overrides': {'seed': seed}})
+        nb, seed = (
+            out / ('train.ipynb' if i == 0 else f'train_{i + 1}.ipynb'),
+            train_params['overrides'].get('seed', 0) + i,
+        )
+        params = (
+            train_params
+            if i == 0
+            else kernel_params(train_params, {'out_dir': str(d), 'overrides': {'seed': seed}})
+        )
         say(f"[2/4] training kernel{f', model {i + 1} of {members} (seed {seed})' if members > 1 else ''} -> {nb} (epoch lines follow)")
         with steps('train' if i == 0 else f'train_{i + 1}'): run_kernel('train', nb, params, kernel_name, echo=verbose)
     return dirs
@@ -216,13 +298,21 @@ def _title(row: dict) -> str:
     return KNN_TITLES.get(row['stage']) or stage_title(row['stage'])
 
 def record_table(record: dict) -> str:
-    "The ablation of a demo record as a Markdown table, both tracks side by side: rejected stages marked, the final answer in bold."
+    """The ablation of a demo record as a Markdown table, both tracks side by side: rejected stages marked, the
+    final answer in bold."""
     cols = []
     for track in ('recognition', 'retrieval'):
         stages = [r for r in record[track]['stages'] if r['stage'] != 'final']
         final = max(i for i, r in enumerate(stages) if r.get('adopted', True))  # the answer the submission holds
-        cols.append([(_title(r) + ('' if r.get('adopted', True) else ' (not adopted)'),
-                      f"**{r[METRIC[track]]:.3f}**" if i == final else f"{r[METRIC[track]]:.3f}") for i, r in enumerate(stages)])
+        cols.append(
+            [
+                (
+                    _title(r) + ('' if r.get('adopted', True) else ' (not adopted)'),
+                    f"**{r[METRIC[track]]:.3f}**" if i == final else f"{r[METRIC[track]]:.3f}",
+                )
+                for i, r in enumerate(stages)
+            ]
+        )
     n = max(map(len, cols))
     rec, ret = (c + [('', '')] * (n - len(c)) for c in cols)
     lines = ['| recognition stage | GAP | | retrieval stage | mAP@100 |', '|---|---:|---|---|---:|']
@@ -239,10 +329,19 @@ def _read_record(r) -> dict:
 
 def seed_spread(records: list) -> dict:
     "The final scores of several demo runs (records, record.json files or demo folders): each run's, and their range."
-    runs = [dict(seed=r['seed'], cpus=r.get('cpus'), **{k: [round(v, 4) for v in s] for k, s in final_scores(r).items()})
-            for r in map(_read_record, records)]
+    runs = [
+        dict(
+            seed=r['seed'],
+            cpus=r.get('cpus'),
+            **{k: [round(v, 4) for v in s] for k, s in final_scores(r).items()}
+        )
+        for r in map(_read_record, records)
+    ]
     finals = {m: [r[m][0] for r in runs] for m in METRIC.values()}
-    return dict(runs=runs, **{m: dict(min=min(v), max=max(v), mean=round(sum(v) / len(v), 4)) for m, v in finals.items()})
+    return dict(
+        runs=runs,
+        **{m: dict(min=min(v), max=max(v), mean=round(sum(v) / len(v), 4)) for m, v in finals.items()}
+    )
 
 def spread_markdown(record: dict) -> str:
     "The README's caveat: one run's digits are not the result; the spread over the recorded seeds when there is one."
@@ -269,7 +368,8 @@ def add_spread(record_path: str | Path, runs: list) -> dict:
     return record
 
 def record_markdown(record: dict | str | Path) -> str:
-    "The README's account of a demo run, from its record (a dict or the record's file): time, memory, the ablation, what was cut."
+    """The README's account of a demo run, from its record (a dict or the record's file): time, memory, the
+    ablation, what was cut."""
     if not isinstance(record, dict): record = json.loads(Path(record).read_text())
     conf, cut = record.get('confidences') or {}, record.get('cut') or []
     parts = [f"The recorded run (seed {record['seed']}) took {record['wall_s']:.0f} s on {record['cpus']} CPU cores "
@@ -284,11 +384,16 @@ def record_markdown(record: dict | str | Path) -> str:
 
 # %% ../nbs/55_demo.ipynb #172a15ed
 def main(argv: list[str] | None = None) -> int:
-    "`lmkkit demo [--seed N] [--out DIR] [--record FILE]`: the whole kit on synthetic data, through the kernel notebooks."
+    """`lmkkit demo [--seed N] [--out DIR] [--record FILE]`: the whole kit on synthetic data, through the kernel
+    notebooks."""
     p = CliParser(prog='lmkkit demo', description=main.__doc__)
     p.add_argument('--seed', type=int, default=0, help='seed of the synthetic data set')
     p.add_argument('--out', default='runs/demo', help='folder for data, model, executed notebooks, submissions')
-    p.add_argument('--record', default=None, help="also copy the run's record.json here (the README's table: nbs/demo_record.json)")
+    p.add_argument(
+        '--record',
+        default=None,
+        help="also copy the run's record.json here (the README's table: nbs/demo_record.json)",
+    )
     p.add_argument('--spread', nargs='+', default=None, metavar='RUN',
                    help="with --record: demo folders (or record.json files) of runs with other seeds; the record keeps "
                         "the spread of their final scores (the README says it)")

@@ -32,8 +32,12 @@ class DistEnv:
 def init_distributed(device: str | None = None) -> DistEnv:
     "Read torchrun's environment; under it, join the process group (NCCL on GPUs, gloo on CPUs)."
     rank, world, local = (int(os.environ.get(k, d)) for k, d in (('RANK', 0), ('WORLD_SIZE', 1), ('LOCAL_RANK', 0)))
-    if (device or '').startswith('cuda') and not torch.cuda.is_available(): raise ConfigError(f"device {device!r}: no CUDA GPU is visible here; use `device='cpu'` (or leave it out)")
-    device = resolve_device(device or 'auto')  # a GPU this torch cannot run on (a P100 with a cu128 torch): the CPU, said once
+    if (device or '').startswith('cuda') and not torch.cuda.is_available():
+        raise ConfigError(
+            f"device {device!r}: no CUDA GPU is visible here; use `device='cpu'` (or leave it out)"
+        )
+    # a GPU this torch cannot run on (a P100 with a cu128 torch): the CPU, said once
+    device = resolve_device(device or 'auto')
     if device == 'cuda': device = f'cuda:{local}'  # each torchrun process on its own GPU
     if device.startswith('cuda'): torch.cuda.set_device(torch.device(device))
     if world > 1 and not dist.is_initialized():

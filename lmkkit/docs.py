@@ -81,12 +81,15 @@ def _param_tokens(params: list) -> list[tuple[str, str | None]]:
     "(text, parameter name) of each parameter, with the bare `/` and `*` markers where they belong."
     toks, var_pos = [], any(p.kind == p.VAR_POSITIONAL for p in params)
     for i, p in enumerate(params):
-        if p.kind == p.KEYWORD_ONLY and not var_pos and (i == 0 or params[i-1].kind != p.KEYWORD_ONLY): toks.append(('*', None))
+        if p.kind == p.KEYWORD_ONLY and not var_pos and (i == 0 or params[i - 1].kind != p.KEYWORD_ONLY):
+            toks.append(('*', None))
         kw = {}
         if p.annotation is not p.empty: kw['annotation'] = _Raw(_fmt_anno(p.annotation))
-        if p.default is not p.empty and (inspect.isroutine(p.default) or inspect.isclass(p.default)): kw['default'] = _Raw(p.default.__name__)
+        if p.default is not p.empty and (inspect.isroutine(p.default) or inspect.isclass(p.default)):
+            kw['default'] = _Raw(p.default.__name__)
         toks.append((str(p.replace(**kw)), p.name))
-        if p.kind == p.POSITIONAL_ONLY and (i + 1 == len(params) or params[i+1].kind != p.POSITIONAL_ONLY): toks.append(('/', None))
+        if p.kind == p.POSITIONAL_ONLY and (i + 1 == len(params) or params[i + 1].kind != p.POSITIONAL_ONLY):
+            toks.append(('/', None))
     return toks
 
 def signature_source(obj, name: str) -> str:
@@ -96,10 +99,16 @@ def signature_source(obj, name: str) -> str:
     except (TypeError, ValueError): return f"{kw} {name}"
     comments = _param_comments(obj)
     toks = _param_tokens([p for p in sig.parameters.values() if p.name not in ('self', 'cls')])
-    ret = '' if sig.return_annotation is inspect.Signature.empty or kw == 'class' else f" -> {_fmt_anno(sig.return_annotation)}"
+    ret = (
+        ''
+        if sig.return_annotation is inspect.Signature.empty or kw == 'class'
+        else f" -> {_fmt_anno(sig.return_annotation)}"
+    )
     if not any(n in comments for _, n in toks):
         return f"{kw} {name}({', '.join(t for t, _ in toks)}){ret}"
-    lines = [f"{kw} {name}("] + [f"    {t},".ljust(34) + (f" # {comments[n]}" if n in comments else '') for t, n in toks]
+    lines = [f"{kw} {name}("] + [
+        f"    {t},".ljust(34) + (f" # {comments[n]}" if n in comments else '') for t, n in toks
+    ]
     lines.append(f"){ret}" + (f": # {comments['return']}" if 'return' in comments and kw != 'class' else ''))
     return '\n'.join(lines)
 
@@ -172,7 +181,8 @@ def _import_symbols(module: str | None, names: list[str], lib: str) -> tuple[dic
     if not names: return {}, []
     if not module: return {}, [f"export cells but no `#| default_exp`: {', '.join(names)} not documented"]
     try: mod = importlib.import_module(f"{lib}.{module}")
-    except Exception as e: return {}, [f"cannot import {lib}.{module} ({type(e).__name__}: {e}); its API is not documented"]
+    except Exception as e:
+        return {}, [f"cannot import {lib}.{module} ({type(e).__name__}: {e}); its API is not documented"]
     found = {n: getattr(mod, n) for n in names if hasattr(mod, n)}
     missing = [n for n in names if n not in found]
     return found, [f"{lib}.{module} has no {', '.join(missing)} (run nbdev_export)"] if missing else []
@@ -392,11 +402,14 @@ _NB_LINK = re.compile(r'\]\((?!\w+://|/)([^)\s#]+\.ipynb)(#[^)\s]*)?\)')
 _TICKED = re.compile(r'(?<![`\[\w])`(\w[\w.]*)(\(\))?`(?![`\]])')
 
 def link_markdown(text: str, targets: dict[str, str]) -> str:
-    "Markdown `text` with links to notebooks and backticked documented names pointing at `targets` (fenced code left alone)."
+    """Markdown `text` with links to notebooks and backticked documented names pointing at `targets` (fenced code
+    left alone)."""
     parts = _FENCE.split(text)
     for i in range(0, len(parts), 2):
         parts[i] = _NB_LINK.sub(lambda m: f"]({targets[m[1]]}{m[2] or ''})" if m[1] in targets else m[0], parts[i])
-        parts[i] = _TICKED.sub(lambda m: f"[`{m[1]}{m[2] or ''}`]({targets[m[1]]})" if m[1] in targets else m[0], parts[i])
+        parts[i] = _TICKED.sub(
+            lambda m: f"[`{m[1]}{m[2] or ''}`]({targets[m[1]]})" if m[1] in targets else m[0], parts[i]
+        )
     return ''.join(parts)
 
 _H2 = re.compile(r'<h2 id="([^"]+)">(.*?)<a class="anchor-link"', re.S)
@@ -422,7 +435,9 @@ def _index_stub(pages: list[Page]) -> object:
 def _replace_dir(tmp: Path, out: Path) -> None:
     if out.exists():
         if not (out/'.lmkkit-site').exists() and any(out.iterdir()):
-            raise FileExistsError(f"{out} exists and is not a site built by lmkkit docs; remove it or choose another --out")
+            raise FileExistsError(
+                f"{out} exists and is not a site built by lmkkit docs; remove it or choose another --out"
+            )
         shutil.rmtree(out)
     tmp.rename(out)
 
@@ -438,7 +453,10 @@ def build_site(nbs_path: str | Path = 'nbs',   # folder of the notebooks
     from nbconvert import HTMLExporter
     from pygments.formatters import HtmlFormatter
     t0, nbs_path, out = time.perf_counter(), Path(nbs_path), Path(out)
-    if not nbs_path.is_dir(): raise FileNotFoundError(f"no notebook folder {nbs_path}; pass --nbs to the folder holding the .ipynb files")
+    if not nbs_path.is_dir():
+        raise FileNotFoundError(
+            f"no notebook folder {nbs_path}; pass --nbs to the folder holding the .ipynb files"
+        )
     cfg = _settings(nbs_path)
     lib, site_title = cfg.get('lib_name', 'lmkkit'), cfg.get('title', cfg.get('lib_name', 'Notebooks'))
     pages, failed = [], []
@@ -452,7 +470,16 @@ def build_site(nbs_path: str | Path = 'nbs',   # folder of the notebooks
         clean, title, summary, syms, more = prepare_notebook(nb, lib)
         pages.append(Page(src, page_name(src, nbs_path), title or src.stem, summary, clean, syms, problems + more))
     if not any(p.name == 'index.html' for p in pages):
-        pages.insert(0, Page(nbs_path/'index.ipynb', 'index.html', site_title, cfg.get('description', ''), _index_stub(pages)))
+        pages.insert(
+            0,
+            Page(
+                nbs_path / 'index.ipynb',
+                'index.html',
+                site_title,
+                cfg.get('description', ''),
+                _index_stub(pages),
+            ),
+        )
     targets = {p.src.relative_to(nbs_path).as_posix(): p.name for p in pages if p.src.exists()}
     targets |= {p.src.stem: p.name for p in pages if p.src.exists()}  # `00_core` in prose
     targets |= {s: f"{p.name}#sym-{s}" for p in pages for s in p.symbols}
@@ -473,11 +500,21 @@ def build_site(nbs_path: str | Path = 'nbs',   # folder of the notebooks
             for cell in page.nb.cells:
                 if cell.cell_type == 'markdown': cell.source = link_markdown(cell.source, targets)
             body, _ = exporter.from_notebook_node(page.nb)
-            html_ = template.render(page=page, pages=pages, body=Markup(body), titles=titles,
-                                    plain_title=html.unescape(re.sub(r'<[^>]+>', '', titles[page.name])), summary=Markup(_inline_md(page.summary)), toc=_toc(body), mathjax=mathjax is not None,
-                                    prev=pages[i-1] if i else None, next=pages[i+1] if i+1 < len(pages) else None,
-                                    site_title=site_title, site_summary=cfg.get('description', ''),
-                                    source=page.src.relative_to(nbs_path.parent).as_posix() if page.src.exists() else '')
+            html_ = template.render(
+                page=page,
+                pages=pages,
+                body=Markup(body),
+                titles=titles,
+                plain_title=html.unescape(re.sub(r'<[^>]+>', '', titles[page.name])),
+                summary=Markup(_inline_md(page.summary)),
+                toc=_toc(body),
+                mathjax=mathjax is not None,
+                prev=pages[i - 1] if i else None,
+                next=pages[i + 1] if i + 1 < len(pages) else None,
+                site_title=site_title,
+                site_summary=cfg.get('description', ''),
+                source=page.src.relative_to(nbs_path.parent).as_posix() if page.src.exists() else '',
+            )
             (tmp/page.name).write_text(html_, encoding='utf-8')
         (tmp/'.lmkkit-site').write_text('built by lmkkit docs\n')
         _replace_dir(tmp, out)
@@ -493,7 +530,9 @@ def build_site(nbs_path: str | Path = 'nbs',   # folder of the notebooks
     return summary
 
 # %% ../nbs/90_docs.ipynb #b5444b8e
-README_HEADER = "<!-- Generated from nbs/index.ipynb by `lmkkit docs --readme`: edit the notebook, not this file. -->\n\n"
+README_HEADER = (
+    "<!-- Generated from nbs/index.ipynb by `lmkkit docs --readme`: edit the notebook, not this file. -->\n\n"
+)
 
 def readme_markdown(nbs_path: str | Path = 'nbs') -> str:
     "The README text rendered from `nbs_path`/index.ipynb."
@@ -560,11 +599,18 @@ def refresh_outputs(nb_path: str | Path, timeout: int = 600) -> bool:
 # %% ../nbs/90_docs.ipynb #f82406a9
 def main(argv: list[str] | None = None) -> int:
     "`lmkkit docs`: write README.md from nbs/index.ipynb and build the site."
-    p = CliParser(prog='lmkkit docs', description='Build the documentation site and README from the notebooks (offline).')
+    p = CliParser(
+        prog='lmkkit docs',
+        description='Build the documentation site and README from the notebooks (offline).',
+    )
     p.add_argument('--nbs', default='nbs', help='folder of the notebooks (default: nbs)')
     p.add_argument('--out', default='_site', help='folder the site is written to, replaced whole (default: _site)')
     p.add_argument('--readme-out', default=None, help='README path (default: README.md beside the notebook folder)')
-    p.add_argument('--execute', action='store_true', help='run every notebook (skipping #| slow and #| cuda cells) before rendering')
+    p.add_argument(
+        '--execute',
+        action='store_true',
+        help='run every notebook (skipping #| slow and #| cuda cells) before rendering',
+    )
     p.add_argument('--timeout', type=int, default=600, help='seconds per cell when executing (default: 600)')
     p.add_argument('--readme', action='store_true', help='only write the README')
     p.add_argument('--check', action='store_true', help='only check that the README is current (exit 1 if not)')
@@ -574,7 +620,10 @@ def main(argv: list[str] | None = None) -> int:
     readme = Path(a.readme_out) if a.readme_out else nbs.resolve().parent/'README.md'
     has_index = (nbs/'index.ipynb').exists()
     if a.check:
-        if not has_index: raise ConfigError(f"no {nbs/'index.ipynb'}: nothing to check; pass --nbs with the folder of the notebooks")
+        if not has_index:
+            raise ConfigError(
+                f"no {nbs/'index.ipynb'}: nothing to check; pass --nbs with the folder of the notebooks"
+            )
         ok = readme_is_current(nbs, readme)
         print(f"{readme} is {'current' if ok else 'out of date: run `lmkkit docs --readme`'}")
         return 0 if ok else 1
@@ -584,7 +633,10 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"{nbs/'index.ipynb'}: a cell failed ({_last_line(e)}); fix it and run again") from e
         if refreshed: print(f"updated the outputs of {nbs/'index.ipynb'}")
         print(f"wrote {write_readme(nbs, readme)}")
-    elif a.readme: raise ConfigError(f"no {nbs/'index.ipynb'}: cannot write the README; pass --nbs with the folder of the notebooks")
+    elif a.readme:
+        raise ConfigError(
+            f"no {nbs/'index.ipynb'}: cannot write the README; pass --nbs with the folder of the notebooks"
+        )
     if a.readme: return 0
     res = build_site(nbs, a.out, execute=a.execute, timeout=a.timeout, verbose=not a.quiet)
     print(f"built {len(res['pages'])} pages into {res['out']} in {res['seconds']:.1f} s"

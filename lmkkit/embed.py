@@ -31,9 +31,9 @@ from PIL import Image
 
 from . import __version__
 from .core import ConfigError, Deadline, atomic_write, progress
-from .data import (IMAGE_FAILURES, IMAGENET_MEAN, IMAGENET_STD, SHM, SHM_FIX, ImageDataset, LoadStats, _exif_upright,
-                         _no_pixel_limit, _open_within_limit, _target_size, _to_rgb, _TooLarge, _truncated_images_ok, disk_full,
-                         eval_transforms, shm_exhausted, shm_workers)
+from .data import (IMAGE_FAILURES, IMAGENET_MEAN, IMAGENET_STD, SHM, SHM_FIX, ImageDataset, LoadStats,
+                         _exif_upright, _no_pixel_limit, _open_within_limit, _target_size, _to_rgb, _TooLarge,
+                         _truncated_images_ok, disk_full, eval_transforms, shm_exhausted, shm_workers)
 from .model import valid_scale_sizes
 from .search import hex_ids_to_uint64, uint64_to_hex_ids
 
@@ -60,7 +60,8 @@ def tta_views(x: torch.Tensor, tta: Sequence[str] = ('none',),
         for name in tta: yield xs.flip(3) if name == 'flip' else xs
 
 def scale_sizes(model: torch.nn.Module, size: int, scales: Sequence[float]) -> tuple[tuple[int, ...], list[str]]:
-    "The side of each scale's view and notes: `lmkkit.model.valid_scale_sizes` for a timm/lmkkit model, floor(size * s) for any other module."
+    """The side of each scale's view and notes: `lmkkit.model.valid_scale_sizes` for a timm/lmkkit model,
+    floor(size * s) for any other module."""
     try: return valid_scale_sizes(model, size, scales)
     except TypeError: return tuple(math.floor(size * s) for s in scales), []
 
@@ -73,7 +74,8 @@ AMP_DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16}
 AMP_MODES = ('auto', 'bf16', 'fp16', 'off')  # the one vocabulary of training and inference
 
 def resolve_amp(amp: str | None, device: str, training: bool = False) -> str:
-    "'off', 'bf16' or 'fp16' for `amp` ('auto' or None: fp16 on CUDA, off on the CPU; training: bf16 where the GPU has it)."
+    """'off', 'bf16' or 'fp16' for `amp` ('auto' or None: fp16 on CUDA, off on the CPU; training: bf16 where the
+    GPU has it)."""
     amp = 'auto' if amp is None else amp
     if amp not in AMP_MODES: raise ValueError(f"amp must be one of {', '.join(AMP_MODES)} (or None), got {amp!r}")
     cuda = str(device).startswith('cuda')
@@ -83,12 +85,14 @@ def resolve_amp(amp: str | None, device: str, training: bool = False) -> str:
     return 'bf16' if training and torch.cuda.is_bf16_supported() else 'fp16'
 
 # %% ../nbs/30_embed.ipynb #gpudec01
-DECODE_MODES = ('cpu', 'gpu', 'auto')  # where JPEGs are decoded: the DataLoader workers, the GPU, the GPU where its decoder works
+# where JPEGs are decoded: the DataLoader workers, the GPU, the GPU where its decoder works
+DECODE_MODES = ('cpu', 'gpu', 'auto')
 DECODERS = ('pil', 'torchvision')  # the decoder that runs: PIL in the workers, or torchvision on the run's device
 
 @contextmanager
 def _quiet_torchvision_io():
-    "torchvision.io without the DeprecationWarning it gives on every call since 0.29 (TorchCodec takes over; the calls still work)."
+    """torchvision.io without the DeprecationWarning it gives on every call since 0.29 (TorchCodec takes over;
+    the calls still work)."""
     with warnings.catch_warnings():
         warnings.simplefilter('ignore', DeprecationWarning)
         yield
@@ -106,11 +110,17 @@ def gpu_decoder_problem(device: str) -> str | None:
     try:
         from torchvision.io import encode_jpeg
         with _quiet_torchvision_io(): jpeg = encode_jpeg(torch.zeros(3, 8, 8, dtype=torch.uint8))
-        return None if _decode_jpeg([jpeg], torch.device(device))[0].shape == (3, 8, 8) else "torchvision decoded an 8x8 JPEG to a wrong shape"
-    except Exception as e: return f"torchvision's decode_jpeg fails there ({type(e).__name__}: {' '.join(str(e).split())[:120]})"
+        return (
+            None
+            if _decode_jpeg([jpeg], torch.device(device))[0].shape == (3, 8, 8)
+            else "torchvision decoded an 8x8 JPEG to a wrong shape"
+        )
+    except Exception as e:
+        return f"torchvision's decode_jpeg fails there ({type(e).__name__}: {' '.join(str(e).split())[:120]})"
 
 def resolve_decode(decode: str, device: str) -> str:
-    "The decoder (`DECODERS`) that runs for `decode` (`DECODE_MODES`, or a decoder named directly) on `device`; `ConfigError` for 'gpu' where the GPU decoder does not work."
+    """The decoder (`DECODERS`) that runs for `decode` (`DECODE_MODES`, or a decoder named directly) on `device`;
+    `ConfigError` for 'gpu' where the GPU decoder does not work."""
     if decode in DECODERS: return decode
     if decode not in DECODE_MODES: raise ConfigError(f"decode must be one of {', '.join(DECODE_MODES)}, got {decode!r}")
     problem = None if decode == 'cpu' else gpu_decoder_problem(str(device))
@@ -122,17 +132,20 @@ def resolve_decode(decode: str, device: str) -> str:
 
 # %% ../nbs/30_embed.ipynb #gpudec04
 def plain_jpeg_bytes(path: str | Path) -> bytes | None:
-    "The file's bytes when decoding them on a device reproduces `load_image_reason`: a 3-channel JPEG, upright, within Pillow's pixel limit; else None."
+    """The file's bytes when decoding them on a device reproduces `load_image_reason`: a 3-channel JPEG, upright,
+    within Pillow's pixel limit; else None."""
     try:
         data = Path(path).read_bytes()
         with _no_pixel_limit() as limit, Image.open(io.BytesIO(data)) as img:  # the header only
             plain = (img.format == 'JPEG' and img.mode == 'RGB' and img.getexif().get(0x0112, 1) == 1
                      and (limit is None or img.size[0] * img.size[1] <= limit))
     except Exception: return None  # the CPU loader finds the reason
-    return data if plain else None  # bytes, not a tensor: a batch of tensors from a worker would hold one shared-memory file each
+    # bytes, not a tensor: a batch of tensors from a worker would hold one shared-memory file each
+    return data if plain else None
 
 class EncodedImages(torch.utils.data.Dataset):
-    "The images of `ds` for a decoder on the device: dict(index, data=`plain_jpeg_bytes` or None, image, ok, reason), where a None `data` comes with the CPU loader's item `ds[i]`."
+    """The images of `ds` for a decoder on the device: dict(index, data=`plain_jpeg_bytes` or None, image, ok,
+    reason), where a None `data` comes with the CPU loader's item `ds[i]`."""
     def __init__(self, ds: ImageDataset): self.ds = ds
     def __len__(self): return len(self.ds)
     def __getitem__(self, i: int) -> dict:
@@ -146,20 +159,26 @@ def collate_lists(items: list[dict]) -> dict:
     return dict(batch, index=torch.tensor(batch['index']))
 
 def _draft_scale(w: int, h: int, size: int) -> int:
-    "The 1/s DCT scaling `Image.draft` picks for a longer side of `size`: the largest s of 8, 4, 2, 1 at most min(w // tw, h // th)."
+    """The 1/s DCT scaling `Image.draft` picks for a longer side of `size`: the largest s of 8, 4, 2, 1 at most
+    min(w // tw, h // th)."""
     tw, th = _target_size(w, h, size)
-    return next((s for s in (8, 4, 2) if min(w // tw, h // th) >= s), 1)  # 1: no scaling, as for an image smaller than `size`
+    # 1: no scaling, as for an image smaller than `size`
+    return next((s for s in (8, 4, 2) if min(w // tw, h // th) >= s), 1)
 
 def eval_on_device(img: torch.Tensor,  # RGB uint8 (3, H, W), on any device
                    size: int, load_size: int | None = None) -> torch.Tensor:
-    "What `eval_transforms(size)` makes of `load_image_reason(path, load_size)`, on `img`'s device: float32 (3, size, size), ImageNet-normalised."
-    x = img[None].to(torch.float32, memory_format=torch.contiguous_format)  # torchvision's CPU decoder gives HWC strides: 5x slower ops
+    """What `eval_transforms(size)` makes of `load_image_reason(path, load_size)`, on `img`'s device: float32 (3,
+    size, size), ImageNet-normalised."""
+    # torchvision's CPU decoder gives HWC strides: 5x slower ops
+    x = img[None].to(torch.float32, memory_format=torch.contiguous_format)
     if load_size is not None:
         s = _draft_scale(x.shape[-1], x.shape[-2], load_size)
         if s > 1: x = F.avg_pool2d(x, s, ceil_mode=True)  # JPEG draft mode
         w, h = _target_size(x.shape[-1], x.shape[-2], load_size)
-        x = F.interpolate(x, size=(h, w), mode='bilinear', align_corners=False, antialias=True).round().clamp(0, 255)  # Pillow's BILINEAR
-    x = F.interpolate(x, size=(size, size), mode='bilinear', align_corners=False).round().clamp(0, 255)  # A.Resize (cv2 INTER_LINEAR)
+        # Pillow's BILINEAR
+        x = F.interpolate(x, size=(h, w), mode='bilinear', align_corners=False, antialias=True).round().clamp(0, 255)
+    # A.Resize (cv2 INTER_LINEAR)
+    x = F.interpolate(x, size=(size, size), mode='bilinear', align_corners=False).round().clamp(0, 255)
     mean, std = (torch.tensor(v, device=x.device).view(3, 1, 1) * 255 for v in (IMAGENET_MEAN, IMAGENET_STD))
     return (x[0] - mean) / std
 
@@ -168,14 +187,16 @@ def _decode_one(data: torch.Tensor, device: torch.device) -> torch.Tensor | None
     except Exception: return None
 
 def decode_jpegs(files: list[bytes], device: str | torch.device) -> list[torch.Tensor | None]:
-    "RGB uint8 (3, H, W) on `device` per JPEG file's bytes: one batched call (nvJPEG on CUDA), image by image when it fails; None where an image does not decode."
+    """RGB uint8 (3, H, W) on `device` per JPEG file's bytes: one batched call (nvJPEG on CUDA), image by image
+    when it fails; None where an image does not decode."""
     device, data = torch.device(device), [torch.frombuffer(bytearray(f), dtype=torch.uint8) for f in files]
     if device.type == 'cuda': torch.cuda.current_stream(device).synchronize()  # pytorch/vision#9606
     try: return list(_decode_jpeg(data, device))
     except Exception: return [_decode_one(d, device) for d in data]  # one bad file fails the whole call
 
 def decode_batch(batch: dict, ds: ImageDataset, device: str | torch.device) -> dict:
-    "A collated `EncodedImages(ds)` batch as `ds` (with `eval_transforms`) would give it: dict(index, image float32 (B, 3, S, S) on `device`, ok (B,) bool, reason)."
+    """A collated `EncodedImages(ds)` batch as `ds` (with `eval_transforms`) would give it: dict(index, image
+    float32 (B, 3, S, S) on `device`, ok (B,) bool, reason)."""
     size, todo = ds.blank().shape[-1], [j for j, d in enumerate(batch['data']) if d is not None]
     images, ok, reason = list(batch['image']), list(batch['ok']), list(batch['reason'])
     for j, img in zip(todo, decode_jpegs([batch['data'][j] for j in todo], device) if todo else []):
@@ -183,7 +204,12 @@ def decode_batch(batch: dict, ds: ImageDataset, device: str | torch.device) -> d
         else:  # e.g. a truncated JPEG: Pillow decodes what is there, as on the CPU path
             item = ds[int(batch['index'][j])]
             images[j], ok[j], reason[j] = item['image'], item['ok'], item['reason']
-    return dict(index=batch['index'], image=torch.stack([im.to(device) for im in images]), ok=torch.tensor(ok), reason=reason)
+    return dict(
+        index=batch['index'],
+        image=torch.stack([im.to(device) for im in images]),
+        ok=torch.tensor(ok),
+        reason=reason,
+    )
 
 
 # %% ../nbs/30_embed.ipynb #cb77d7b8
@@ -194,7 +220,8 @@ def _embeddings(out) -> torch.Tensor:
 NONFINITE = 'non-finite embedding'  # the reason counted for a vector with a NaN or an infinity
 
 def shm_safe_batches(ds, loader: Callable, workers: int):
-    "The batches of `loader(ds, workers)`; if a worker finds no shared memory, the rest of `ds` in the main process (warned)."
+    """The batches of `loader(ds, workers)`; if a worker finds no shared memory, the rest of `ds` in the main
+    process (warned)."""
     seen = []
     try:
         for batch in loader(ds, workers):
@@ -205,17 +232,21 @@ def shm_safe_batches(ds, loader: Callable, workers: int):
         if not workers or not shm_exhausted(e): raise
     done = torch.cat(seen).numpy() if seen else np.zeros(0, int)
     rest = np.setdiff1d(np.arange(len(ds)), done)
-    warnings.warn(f"the DataLoader workers ran out of shared memory in {SHM}: the other {len(rest)} images are loaded in the "
-                  f"main process (slower); fix: {SHM_FIX}")
+    warnings.warn(
+        f"the DataLoader workers ran out of shared memory in {SHM}: the other {len(rest)} images are loaded in the "
+        f"main process (slower); fix: {SHM_FIX}"
+    )
     yield from loader(torch.utils.data.Subset(ds, rest.tolist()), 0)
 
 def default_workers() -> int:
-    "DataLoader workers for JPEG decoding: the CPU cores this process may use, at most 8 (0 where the count is unknown)."
+    """DataLoader workers for JPEG decoding: the CPU cores this process may use, at most 8 (0 where the count is
+    unknown)."""
     try: return min(8, len(os.sched_getaffinity(0)))
     except AttributeError: return min(8, os.cpu_count() or 0)  # not Linux
 
 def _loader_batches(items, batch_size: int, num_workers: int, cuda: bool, collate: Callable | None, batch_bytes: int):
-    "The batches of one DataLoader over `items`, with fewer workers where /dev/shm is small (`shm_workers`), through `shm_safe_batches`."
+    """The batches of one DataLoader over `items`, with fewer workers where /dev/shm is small (`shm_workers`),
+    through `shm_safe_batches`."""
     loader = lambda its, workers: torch.utils.data.DataLoader(
         its, batch_size=batch_size, num_workers=workers, pin_memory=cuda, collate_fn=collate,
         prefetch_factor=4 if workers else None, persistent_workers=workers > 0)
@@ -234,19 +265,31 @@ def _autocast(device: str, amp: str):
     return torch.autocast(str(device).split(':')[0], dtype=AMP_DTYPES.get(amp), enabled=amp != 'off')
 
 def _embed_step(model: torch.nn.Module, x: torch.Tensor, tta: Sequence[str], sizes, ok, reasons: list[str]):
-    "(emb (B, D) float32, ok (B,) bool, reasons) of the batch `x` over its TTA views; a non-finite vector is a zero row, not ok."
+    """(emb (B, D) float32, ok (B,) bool, reasons) of the batch `x` over its TTA views; a non-finite vector is a
+    zero row, not ok."""
     e = mean_embedding([_embeddings(model(v)) for v in tta_views(x, tta, sizes)]).cpu()
     finite = torch.isfinite(e).all(1)
     ok = torch.as_tensor(ok).bool() & finite
     reasons = [r or ('' if f else NONFINITE) for r, f in zip(reasons, finite.tolist())]
     return torch.where(ok[:, None], e, 0.0).numpy().astype(np.float32), ok.numpy(), reasons
 
-def embed_batches(model: torch.nn.Module, ds: ImageDataset, batch_size: int = 32, num_workers: int | None = None,
-                  device: str = 'cpu', tta: Sequence[str] = ('none',),
-                  scales: Sequence[float] = (1.0,),  # multi-scale resize factors of the input side (made valid: `scale_sizes`)
-                  amp: str | None = None, channels_last: bool = False, verbose: bool = True, stats: LoadStats | None = None,
-                  decode: str = 'cpu'):  # `DECODE_MODES` or a decoder (`resolve_decode`)
-    "Yield (index (B,) int64, emb (B, D) float32 L2-normalised, ok (B,) bool, reasons) per batch of `ds`, through one DataLoader; unreadable images and non-finite vectors are zero rows, not ok."
+def embed_batches(
+    model: torch.nn.Module,
+    ds: ImageDataset,
+    batch_size: int = 32,
+    num_workers: int | None = None,
+    device: str = 'cpu',
+    tta: Sequence[str] = ('none',),
+    # multi-scale resize factors of the input side (made valid: `scale_sizes`)
+    scales: Sequence[float] = (1.0,),
+    amp: str | None = None,
+    channels_last: bool = False,
+    verbose: bool = True,
+    stats: LoadStats | None = None,
+    decode: str = 'cpu',
+):  # `DECODE_MODES` or a decoder (`resolve_decode`)
+    """Yield (index (B,) int64, emb (B, D) float32 L2-normalised, ok (B,) bool, reasons) per batch of `ds`,
+    through one DataLoader; unreadable images and non-finite vectors are zero rows, not ok."""
     amp, num_workers = resolve_amp(amp, device), default_workers() if num_workers is None else num_workers
     cuda, on_device = str(device).startswith('cuda'), resolve_decode(decode, device) == 'torchvision'
     dl = _loader_batches(EncodedImages(ds) if on_device else ds, batch_size, num_workers, cuda,
@@ -265,22 +308,42 @@ def extract_embeddings(model: torch.nn.Module, paths: Sequence[str | Path], size
                        num_workers: int | None = None,  # None: `default_workers()`
                        device: str = 'cpu',
                        tta: Sequence[str] = ('none',),  # orientations: 'none', 'flip'
-                       scales: Sequence[float] = (1.0,),  # multi-scale resize factors of `size` (made valid: `scale_sizes`)
+                       # multi-scale resize factors of `size` (made valid: `scale_sizes`)
+                       scales: Sequence[float] = (1.0,),
                        amp: str | None = None,  # None: fp16 on CUDA, off on CPU
                        channels_last: bool = False, verbose: bool = True,
                        stats: LoadStats | None = None,  # filled with the counts by reason when given
                        decode: str = 'cpu',  # JPEG decoding: 'cpu', 'gpu', 'auto' (`resolve_decode`)
                        ) -> tuple[np.ndarray, np.ndarray]:
-    "Embed the images at `paths`: (emb float32 (N, D) L2-normalised, ok bool (N,)); unreadable images and non-finite vectors are zeros."
-    ds, stats = ImageDataset(paths, transform=eval_transforms(size), load_size=size), LoadStats() if stats is None else stats
-    parts = list(embed_batches(model, ds, batch_size, num_workers, device, tta, scales, amp, channels_last, verbose, stats, decode))
+    """Embed the images at `paths`: (emb float32 (N, D) L2-normalised, ok bool (N,)); unreadable images and
+    non-finite vectors are zeros."""
+    ds, stats = ImageDataset(paths, transform=eval_transforms(size), load_size=size), (
+        LoadStats() if stats is None else stats
+    )
+    parts = list(
+        embed_batches(
+            model,
+            ds,
+            batch_size,
+            num_workers,
+            device,
+            tta,
+            scales,
+            amp,
+            channels_last,
+            verbose,
+            stats,
+            decode,
+        )
+    )
     if stats.failed or verbose: print(f"embed: {stats.summary()}")
     if not parts: return np.zeros((0, 0), np.float32), np.zeros(0, bool)
     return np.concatenate([p[1] for p in parts]), np.concatenate([p[2] for p in parts])
 
 # %% ../nbs/30_embed.ipynb #shard002
 def shard_rows(n: int, n_devices: int, batch_size: int) -> list[np.ndarray]:
-    "Rows 0..n-1 dealt to `n_devices` devices batch by batch: device d gets batches d, d + n_devices, ... (int64 arrays)."
+    """Rows 0..n-1 dealt to `n_devices` devices batch by batch: device d gets batches d, d + n_devices, ...
+    (int64 arrays)."""
     blocks = np.arange(n) // max(batch_size, 1)
     return [np.flatnonzero(blocks % n_devices == d) for d in range(n_devices)]
 
@@ -295,7 +358,8 @@ def _put(q: queue.Queue, item, stop: threading.Event) -> None:
         except queue.Full: pass
 
 def _embed_share(q, stop, model, ds, device, rows, kwargs, batches_of: Callable) -> None:
-    "A device's thread: `batches_of` over its share `ds` (rows `rows`), each batch put on `q` with its rows and paths; then None."
+    """A device's thread: `batches_of` over its share `ds` (rows `rows`), each batch put on `q` with its rows and
+    paths; then None."""
     try:
         batches = batches_of(model, ds, device=device, stats=None, **kwargs)
         for idx, *rest in batches:
@@ -311,10 +375,13 @@ def embed_sharded(models: Sequence[torch.nn.Module],  # one per device (`model_r
                   stats: LoadStats | None = None,
                   batches_of: Callable | None = None,  # one device's batches: None `embed_batches`, or `embed_members`
                   **kwargs):  # kwargs: the rest of `batches_of`'s settings
-    "Yield (rows (B,) int64 in 0..n-1, emb (B, D) float32, ok (B,) bool, reasons) per batch, each device embedding its `shard_rows` share in a thread; one device: `embed_batches` itself."
+    """Yield (rows (B,) int64 in 0..n-1, emb (B, D) float32, ok (B,) bool, reasons) per batch, each device
+    embedding its `shard_rows` share in a thread; one device: `embed_batches` itself."""
     batches_of = batches_of or embed_batches
     if len(devices) == 1:
-        yield from batches_of(models[0], dataset_of(np.arange(n)), batch_size, num_workers, devices[0], stats=stats, **kwargs)
+        yield from batches_of(
+            models[0], dataset_of(np.arange(n)), batch_size, num_workers, devices[0], stats=stats, **kwargs
+        )
         return
     workers = (default_workers() if num_workers is None else num_workers) // len(devices)
     q, stop = queue.Queue(maxsize=2 * len(devices)), threading.Event()
@@ -349,7 +416,8 @@ CACHE_FORMAT = 2  # in every cache key with the kit's version; 2: rows carry the
 UNSTAMPED = -1  # stamps.npy of a row written without an image (e.g. a rehearsal's vectors): never checked
 
 def image_stamps(paths) -> np.ndarray:
-    "(N, 2) int64 (size in bytes, mtime in ns) of each file, from one `os.stat` (no content read); (-2, -2) when it cannot be read."
+    """(N, 2) int64 (size in bytes, mtime in ns) of each file, from one `os.stat` (no content read); (-2, -2)
+    when it cannot be read."""
     out = np.full((len(paths), 2), -2, np.int64)
     for i, p in enumerate(paths):
         try: st = os.stat(p)
@@ -372,14 +440,19 @@ def _save(path: Path, a: np.ndarray) -> None:
     with atomic_write(path, 'wb') as f: np.save(f, a, allow_pickle=False)
 
 def _read(path: Path, mmap: bool = False) -> np.ndarray | None:
-    "An array file of the cache, or None when it is missing or damaged (then its rows are extracted again, with a warning)."
+    """An array file of the cache, or None when it is missing or damaged (then its rows are extracted again, with
+    a warning)."""
     try: return np.load(path, mmap_mode='r' if mmap else None, allow_pickle=False)
     except (OSError, ValueError) as e:
-        if path.exists(): warnings.warn(f"embedding cache file {str(path)!r} is unreadable ({e!r}); its images are extracted again")
+        if path.exists():
+            warnings.warn(
+                f"embedding cache file {str(path)!r} is unreadable ({e!r}); its images are extracted again"
+            )
         return None
 
 class SplitCache:
-    "One split's embeddings on disk: `emb.npy` (N, D) float32 (NaN rows: not embedded), `ids.npy`, `status.npy` (int8 `STATUS`), `stamps.npy` (N, 2) int64 (`image_stamps` when embedded)."
+    """One split's embeddings on disk: `emb.npy` (N, D) float32 (NaN rows: not embedded), `ids.npy`, `status.npy`
+    (int8 `STATUS`), `stamps.npy` (N, 2) int64 (`image_stamps` when embedded)."""
     def __init__(self, folder: str | Path, ids, status: np.ndarray | None = None, stamps: np.ndarray | None = None):
         self.dir, self.ids = Path(folder), compact_ids(ids)
         self.status = np.zeros(len(self.ids), np.int8) if status is None else status
@@ -389,7 +462,14 @@ class SplitCache:
     def existing(cls, folder: str | Path) -> SplitCache | None:
         "What `folder` holds now (its ids and status), or None."
         ids, status, stamps = (_read(Path(folder)/f'{n}.npy') for n in ('ids', 'status', 'stamps'))
-        if ids is None or status is None or stamps is None or len(ids) != len(status) or stamps.shape != (len(ids), 2): return None
+        if (
+            ids is None
+            or status is None
+            or stamps is None
+            or len(ids) != len(status)
+            or stamps.shape != (len(ids), 2)
+        ):
+            return None
         return cls(folder, ids, status, stamps)
 
     @property
@@ -398,10 +478,16 @@ class SplitCache:
     def holds(self, ids: np.ndarray, dim: int) -> bool:
         "Whether these files are for exactly `ids` with `dim`-wide rows."
         emb = _read(self.dir/'emb.npy', mmap=True)
-        return (self.ids.dtype.kind == ids.dtype.kind and np.array_equal(self.ids, ids) and emb is not None and emb.shape == (len(ids), dim))
+        return (
+            self.ids.dtype.kind == ids.dtype.kind
+            and np.array_equal(self.ids, ids)
+            and emb is not None
+            and emb.shape == (len(ids), dim)
+        )
 
     def create(self, dim: int, previous: SplitCache | None = None) -> None:
-        "Write new files of NaN rows, then copy the rows `previous` embedded (other ids, same `dim`) by id, chunk by chunk."
+        """Write new files of NaN rows, then copy the rows `previous` embedded (other ids, same `dim`) by id,
+        chunk by chunk."""
         self.dir.mkdir(parents=True, exist_ok=True)
         emb = np.lib.format.open_memmap(self.dir/'emb.npy', 'w+', np.float32, (len(self.ids), dim))
         self._write_rows(np.arange(len(self.ids)), np.full((0, dim), np.nan, np.float32))  # NaN rows, by file writes
@@ -416,10 +502,13 @@ class SplitCache:
             self.status[have] = STATUS.index('ok')
             self.stamps[have] = previous.stamps[src[have]]
         emb.flush(); del emb
-        _save(self.dir/'ids.npy', self.ids); _save(self.dir/'stamps.npy', self.stamps); _save(self.dir/'status.npy', self.status)
+        _save(self.dir / 'ids.npy', self.ids)
+        _save(self.dir / 'stamps.npy', self.stamps)
+        _save(self.dir / 'status.npy', self.status)
 
     def _write_rows(self, rows: np.ndarray, vectors: np.ndarray, block: int = 65536) -> None:
-        "Write `vectors` (one per row; an empty array: NaN rows) at `rows` of emb.npy with file writes, one per run of consecutive rows."
+        """Write `vectors` (one per row; an empty array: NaN rows) at `rows` of emb.npy with file writes, one per
+        run of consecutive rows."""
         if not len(rows): return
         head = np.load(self.dir/'emb.npy', mmap_mode='r')
         offset, width = head.offset, head.shape[1] * 4
@@ -428,11 +517,20 @@ class SplitCache:
         with open(self.dir/'emb.npy', 'r+b') as f:  # not a writable map: written pages are not held in this process
             for s, e in zip(np.r_[0, cuts], np.r_[cuts, len(rows)]):
                 f.seek(offset + int(rows[s]) * width)
-                for b in range(s, e, block): f.write((nan[:min(block, e - b)] if nan is not None else vectors[b:min(b + block, e)]).tobytes())
+                for b in range(s, e, block):
+                    f.write(
+                        (
+                            nan[: min(block, e - b)] if nan is not None else vectors[b : min(b + block, e)]
+                        ).tobytes()
+                    )
 
     def write(self, rows: np.ndarray, emb: np.ndarray, status: np.ndarray, stamps: np.ndarray | None = None) -> None:
-        "Store embedded `rows` (and their images' `stamps`; None: `UNSTAMPED`): vectors, stamps, then the status file, atomically; a crash between loses only this chunk."
-        self._write_rows(rows, np.ascontiguousarray(np.where((status == STATUS.index('ok'))[:, None], emb, np.nan), np.float32))
+        """Store embedded `rows` (and their images' `stamps`; None: `UNSTAMPED`): vectors, stamps, then the
+        status file, atomically; a crash between loses only this chunk."""
+        self._write_rows(
+            rows,
+            np.ascontiguousarray(np.where((status == STATUS.index('ok'))[:, None], emb, np.nan), np.float32),
+        )
         self.stamps[rows] = UNSTAMPED if stamps is None else stamps
         _save(self.dir/'stamps.npy', self.stamps)
         self.status[rows] = status
@@ -445,7 +543,8 @@ class SplitCache:
         _save(self.dir/'status.npy', self.status)
 
     def stale(self, path_of_row: Callable[[int], str | Path]) -> np.ndarray:
-        "Rows embedded from an image whose size or mtime is no longer the one stamped (replaced, regenerated, gone): one stat each."
+        """Rows embedded from an image whose size or mtime is no longer the one stamped (replaced, regenerated,
+        gone): one stat each."""
         rows = np.flatnonzero(self.ok & (self.stamps[:, 0] != UNSTAMPED))
         now = image_stamps([path_of_row(int(r)) for r in rows])
         return rows[(now != self.stamps[rows]).any(1)]
@@ -458,15 +557,23 @@ class EmbeddingCache:
     "Embeddings on disk under `cache_dir/<key>/<split>/`, keyed by the checkpoint's SHA-1 and the extraction settings."
     def __init__(self, cache_dir: str | Path, checkpoint_path: str | Path, **settings):
         if not Path(checkpoint_path).is_file():
-            raise FileNotFoundError(f"checkpoint {str(checkpoint_path)!r} not found; the embedding cache is keyed by its content")
-        self.settings = dict(checkpoint_sha1=file_sha1(checkpoint_path), kit=__version__, format=CACHE_FORMAT, **settings)
+            raise FileNotFoundError(
+                f"checkpoint {str(checkpoint_path)!r} not found; the embedding cache is keyed by its content"
+            )
+        self.settings = dict(
+            checkpoint_sha1=file_sha1(checkpoint_path), kit=__version__, format=CACHE_FORMAT, **settings
+        )
         self.key = hashlib.sha1(json.dumps(self.settings, sort_keys=True).encode()).hexdigest()[:16]
         self.dir, self.dropped = Path(cache_dir)/self.key, []  # dropped: ids of cached non-finite vectors
 
     def _drop_nonfinite(self, sc: SplitCache) -> SplitCache:
-        "Mark the cached rows whose vector is not finite (e.g. a float16 overflow written by an older run) for extraction again, with a warning."
+        """Mark the cached rows whose vector is not finite (e.g. a float16 overflow written by an older run) for
+        extraction again, with a warning."""
         emb, ok = sc.load(), np.flatnonzero(sc.ok)
-        bad = np.concatenate([ok[s:s + 65536][~np.isfinite(emb[ok[s:s + 65536]]).all(1)] for s in range(0, len(ok), 65536)] or [np.zeros(0, int)])
+        bad = np.concatenate(
+            [ok[s : s + 65536][~np.isfinite(emb[ok[s : s + 65536]]).all(1)] for s in range(0, len(ok), 65536)]
+            or [np.zeros(0, int)]
+        )
         if not len(bad): return sc
         sc.status[bad] = STATUS.index('nonfinite')
         _save(sc.dir/'status.npy', sc.status)
@@ -476,7 +583,8 @@ class EmbeddingCache:
         return sc
 
     def split(self, name: str, ids, dim: int) -> SplitCache:
-        "The cache of split `name` for exactly `ids` (in order) and `dim`: resumed when the files match, else new (rows cached under other ids carried over)."
+        """The cache of split `name` for exactly `ids` (in order) and `dim`: resumed when the files match, else
+        new (rows cached under other ids carried over)."""
         folder, ids = self.dir/name, compact_ids(ids)
         now = SplitCache.existing(folder)
         if now is not None and now.holds(ids, dim): return self._drop_nonfinite(now)
@@ -497,50 +605,88 @@ class EmbeddingCache:
 # %% ../nbs/30_embed.ipynb #4a6cdca4
 @dataclass
 class EmbedResult:
-    "Embeddings of a list of ids, one row each: rows of unreadable or skipped images are NaN (every search skips them) and `ok` is False."
+    """Embeddings of a list of ids, one row each: rows of unreadable or skipped images are NaN (every search
+    skips them) and `ok` is False."""
     ids: np.ndarray  # (N,) uint64 (16-hex ids) or str, as `compact_ids` makes them
     emb: np.ndarray  # (N, D) float32, memory-mapped read-only from the cache
     ok: np.ndarray  # (N,) bool
-    unreadable: list = field(default_factory=list)  # ids whose image is missing or undecodable, or whose vector is not finite (this call)
+    # ids whose image is missing or undecodable, or whose vector is not finite (this call)
+    unreadable: list = field(default_factory=list)
     skipped: int = 0  # images left out for lack of time
-    reasons: dict = field(default_factory=dict)  # reason (`lmkkit.data.IMAGE_FAILURES`, `NONFINITE`) -> count of `unreadable`
-    stale: int = 0  # cached rows whose image changed since (size or mtime), extracted again (or left out for lack of time)
+    # reason (`lmkkit.data.IMAGE_FAILURES`, `NONFINITE`) -> count of `unreadable`
+    reasons: dict = field(default_factory=dict)
+    # cached rows whose image changed since (size or mtime), extracted again (or left out for lack of time)
+    stale: int = 0
 
 class _RowPaths:
     "The paths of rows `rows`, made when read: `paths[i]` is the image of row `rows[i]` (no list of N paths held)."
-    def __init__(self, path_of_row: Callable[[int], Path], rows: np.ndarray): self.path_of_row, self.rows = path_of_row, rows
+    def __init__(self, path_of_row: Callable[[int], Path], rows: np.ndarray):
+        self.path_of_row, self.rows = path_of_row, rows
     def __len__(self): return len(self.rows)
     def __getitem__(self, i): return Path(self.path_of_row(int(self.rows[i])))
 
 def _status_codes(ok: np.ndarray, reasons: list[str], emb: np.ndarray) -> np.ndarray:
-    "int8 `STATUS` code of each row of a batch: ok, the image failure's reason, or nonfinite (a vector with NaN or inf)."
-    fail = [STATUS.index('nonfinite') if r == NONFINITE else STATUS.index(r) if r in STATUS else STATUS.index('corrupt') for r in reasons]
-    return np.where(ok, np.where(np.isfinite(emb).all(1), STATUS.index('ok'), STATUS.index('nonfinite')), fail).astype(np.int8)
+    """int8 `STATUS` code of each row of a batch: ok, the image failure's reason, or nonfinite (a vector with NaN
+    or inf)."""
+    fail = [
+        (
+            STATUS.index('nonfinite')
+            if r == NONFINITE
+            else STATUS.index(r) if r in STATUS else STATUS.index('corrupt')
+        )
+        for r in reasons
+    ]
+    return np.where(
+        ok, np.where(np.isfinite(emb).all(1), STATUS.index('ok'), STATUS.index('nonfinite')), fail
+    ).astype(np.int8)
 
 class Embedder:
-    "Embeds images through the on-disk array cache in one pass over the missing rows, measuring throughput and minding the deadline."
-    def __init__(self, model: torch.nn.Module | None,  # None: lmkkit.model.load_checkpoint(checkpoint), when first needed
+    """Embeds images through the on-disk array cache in one pass over the missing rows, measuring throughput and
+    minding the deadline."""
+    # None: lmkkit.model.load_checkpoint(checkpoint), when first needed
+    def __init__(self, model: torch.nn.Module | None,
                  checkpoint: str | Path, cache_dir: str | Path, size: int, device: str = 'cpu',
                  batch_size: int = 32, num_workers: int | None = None,  # None: `default_workers()`
                  tta: Sequence[str] = ('none',), scales: Sequence[float] = (1.0,),
                  amp: str | None = None, channels_last: bool = False, verbose: bool = False,
                  decode: str = 'cpu',  # JPEG decoding: 'cpu', 'gpu', 'auto'; `decoder` says which runs
-                 devices: Sequence[str] | None = None):  # every device to shard extraction over (`embed_sharded`); None: [device]
+                 # every device to shard extraction over (`embed_sharded`); None: [device]
+                 devices: Sequence[str] | None = None):
         self.model, self.checkpoint, self.size, self.device = model, checkpoint, size, device
         self.devices, self._replicas = list(devices or [device]), None
         self.decoder = resolve_decode(decode, device)
-        self.extract_kwargs = dict(batch_size=batch_size, num_workers=num_workers, device=device, tta=tuple(tta),
-                                   scales=tuple(scales), amp=amp, channels_last=channels_last, verbose=verbose, decode=self.decoder)
+        self.extract_kwargs = dict(
+            batch_size=batch_size,
+            num_workers=num_workers,
+            device=device,
+            tta=tuple(tta),
+            scales=tuple(scales),
+            amp=amp,
+            channels_last=channels_last,
+            verbose=verbose,
+            decode=self.decoder,
+        )
         self.batch_size, self.verbose = batch_size, verbose
-        self.cache = EmbeddingCache(cache_dir, checkpoint, size=size, tta=list(tta), scales=[float(s) for s in scales],
-                                    amp=resolve_amp(amp, device), **({} if self.decoder == 'pil' else {'decoder': self.decoder}))
+        self.cache = EmbeddingCache(
+            cache_dir,
+            checkpoint,
+            size=size,
+            tta=list(tta),
+            scales=[float(s) for s in scales],
+            amp=resolve_amp(amp, device),
+            **({} if self.decoder == 'pil' else {'decoder': self.decoder})
+        )
         self.images, self.seconds = 0, 0.0
         self.cache_off = None  # why the embeddings are kept in memory instead (the cache could not be written)
 
     @property
     def decoding(self) -> str:
         "Which decoder runs where, in words (for a run's notes)."
-        return f"torchvision on {', '.join(self.devices)}" if self.decoder == 'torchvision' else 'PIL in the DataLoader workers'
+        return (
+            f"torchvision on {', '.join(self.devices)}"
+            if self.decoder == 'torchvision'
+            else 'PIL in the DataLoader workers'
+        )
 
     @property
     def images_per_s(self) -> float | None:
@@ -558,7 +704,8 @@ class Embedder:
         return self.model
 
     def _dim(self, split: str, ids: np.ndarray) -> int | None:
-        "Embedding size: of the split's cached file for these ids, else of the model's config, else None (known after the first batch)."
+        """Embedding size: of the split's cached file for these ids, else of the model's config, else None (known
+        after the first batch)."""
         now = SplitCache.existing(self.cache.dir/split)
         emb = None if now is None else _read(now.dir/'emb.npy', mmap=True)
         if emb is not None and emb.ndim == 2 and now.holds(ids, emb.shape[1]): return emb.shape[1]
@@ -571,13 +718,15 @@ class Embedder:
         return self._replicas
 
     def missing(self, ids, split: str = 'default') -> int:
-        "How many of `ids` the cache of `split` lacks (no image is read: a stale row counts as held); `eta` of it: the cost."
+        """How many of `ids` the cache of `split` lacks (no image is read: a stale row counts as held); `eta` of
+        it: the cost."""
         now, ids = SplitCache.existing(self.cache.dir/split), compact_ids(ids)
         if now is None or now.ids.dtype.kind != ids.dtype.kind: return len(ids)
         return int((~np.isin(ids, now.ids[now.ok])).sum())
 
     def _open(self, ids, paths, split: str) -> tuple[np.ndarray, Callable[[int], Path], np.ndarray]:
-        "Open the cache of `split` for `ids` at `paths` (or `paths(id)`): (ids, path of a row, rows to extract); stale rows forgotten."
+        """Open the cache of `split` for `ids` at `paths` (or `paths(id)`): (ids, path of a row, rows to
+        extract); stale rows forgotten."""
         ids = compact_ids(ids)
         if callable(paths): path_of_row = lambda r: paths(str(id_strings(ids[r:r + 1])[0]))
         else:
@@ -585,15 +734,20 @@ class Embedder:
             if len(ids) != len(paths): raise ValueError(f"Embedder: {len(ids)} ids but {len(paths)} paths")
             path_of_row = paths.__getitem__
         self.failed, self.stats, dim = [], LoadStats(), self._dim(split, ids)
-        self.sc = None if dim is None else self._split(split, ids, dim)  # else made at the first write, when the model has said
+        # else made at the first write, when the model has said
+        self.sc = None if dim is None else self._split(split, ids, dim)
         self.stale = self._forget_stale(self.sc, path_of_row) if isinstance(self.sc, SplitCache) else 0
         todo = np.flatnonzero(~self.sc.ok) if self.sc is not None else np.arange(len(ids))
-        if self.verbose: print(f"embed cache {self.cache.key}/{split}: {len(ids) - len(todo)} cached, {len(todo)} to extract")
+        if self.verbose:
+            print(
+                f"embed cache {self.cache.key}/{split}: {len(ids) - len(todo)} cached, {len(todo)} to extract"
+            )
         return ids, path_of_row, todo
 
     def _write(self, split: str, ids: np.ndarray, rows: np.ndarray, emb: np.ndarray, status: np.ndarray,
                path_of_row) -> None:
-        "Store extracted `rows` (`_status_codes` `status`) in the cache of `split` (made now if not yet); note the failed."
+        """Store extracted `rows` (`_status_codes` `status`) in the cache of `split` (made now if not yet); note
+        the failed."""
         if self.sc is None: self.sc = self._split(split, ids, emb.shape[1])
         self._store(rows, emb, status, image_stamps([path_of_row(int(r)) for r in rows]))
         self.failed.extend(id_strings(self.sc.ids[rows[(status != STATUS.index('ok'))]]).tolist())
@@ -604,11 +758,30 @@ class Embedder:
 
     def _result(self, ids: np.ndarray, skipped: int) -> EmbedResult:
         "This call's `EmbedResult` from the split's cache."
-        if self.sc is None: return EmbedResult(ids, np.full((len(ids), 0), np.nan, np.float32), np.zeros(len(ids), bool), self.failed, skipped, dict(self.stats.reasons))
-        return EmbedResult(self.sc.ids, self.sc.load(), self.sc.ok.copy(), self.failed, skipped, dict(self.stats.reasons), self.stale)
+        if self.sc is None:
+            return EmbedResult(
+                ids,
+                np.full((len(ids), 0), np.nan, np.float32),
+                np.zeros(len(ids), bool),
+                self.failed,
+                skipped,
+                dict(self.stats.reasons),
+            )
+        return EmbedResult(
+            self.sc.ids,
+            self.sc.load(),
+            self.sc.ok.copy(),
+            self.failed,
+            skipped,
+            dict(self.stats.reasons),
+            self.stale,
+        )
 
-    def _extract(self, split: str, ids: np.ndarray, todo: np.ndarray, path_of_row, deadline, chunk: int, first: int) -> int:
-        "Extract rows `todo` through one DataLoader, writing every `chunk` rows (the first write after `first`); rows left for lack of time."
+    def _extract(
+        self, split: str, ids: np.ndarray, todo: np.ndarray, path_of_row, deadline, chunk: int, first: int
+    ) -> int:
+        """Extract rows `todo` through one DataLoader, writing every `chunk` rows (the first write after
+        `first`); rows left for lack of time."""
         def dataset_of(rows: np.ndarray) -> ImageDataset:
             ds = ImageDataset([], transform=eval_transforms(self.size), load_size=self.size)
             ds.paths = _RowPaths(path_of_row, todo[rows])
@@ -625,7 +798,12 @@ class Embedder:
                 now = time.perf_counter()
                 self._count(len(rows), now - t0)
                 done, buf, want, t0 = done + len(rows), [], chunk, now
-                if deadline is not None and done < len(todo) and not deadline.fits(self.eta(min(chunk, len(todo) - done))): break
+                if (
+                    deadline is not None
+                    and done < len(todo)
+                    and not deadline.fits(self.eta(min(chunk, len(todo) - done)))
+                ):
+                    break
         finally:
             batches.close()
         return len(todo) - done
@@ -634,28 +812,48 @@ class Embedder:
                  chunk: int = 4096, probe: int | None = None,
                  split: str = 'default',  # the cache folder of this list of ids (one per split of a run)
                  ) -> EmbedResult:
-        "Embed `ids` (images at `paths`, or `paths(id)`); the first write comes after `probe` images (default: two batches) so that the rate is known early."
+        """Embed `ids` (images at `paths`, or `paths(id)`); the first write comes after `probe` images (default:
+        two batches) so that the rate is known early."""
         ids, path_of_row, todo = self._open(ids, paths, split)
         first = probe or 2 * self.batch_size
         fits = deadline is None or deadline.fits(self.eta(min(first, len(todo))))
-        skipped = (self._extract(split, ids, todo, path_of_row, deadline, chunk, first) if fits else len(todo)) if len(todo) else 0
+        skipped = (
+            (self._extract(split, ids, todo, path_of_row, deadline, chunk, first) if fits else len(todo))
+            if len(todo)
+            else 0
+        )
         return self._result(ids, skipped)
 
     def _forget_stale(self, sc: SplitCache, path_of_row) -> int:
-        "Forget the cached rows whose image changed since it was embedded (`SplitCache.stale`), with a warning; how many."
+        """Forget the cached rows whose image changed since it was embedded (`SplitCache.stale`), with a warning;
+        how many."""
         stale = sc.stale(path_of_row)
         if len(stale):
             sc.forget(stale)
-            warnings.warn(f"embedding cache {sc.dir}: {len(stale)} images changed since they were embedded (size or mtime, "
-                          f"e.g. {str(id_strings(sc.ids[stale[:1]])[0])!r}); they are extracted again")
+            warnings.warn(
+                f"embedding cache {sc.dir}: {len(stale)} images changed since they were embedded (size or mtime, "
+                f"e.g. {str(id_strings(sc.ids[stale[:1]])[0])!r}); they are extracted again"
+            )
         return len(stale)
 
-def cached_embeddings(cache_dir: str | Path, checkpoint_path: str | Path, ids: Sequence[str], paths: Sequence[str | Path],
-                      size: int, model: torch.nn.Module | None = None,  # None: lmkkit.model.load_checkpoint(checkpoint_path)
-                      tta: Sequence[str] = ('none',), scales: Sequence[float] = (1.0,), amp: str | None = None,
-                      device: str = 'cpu', chunk_size: int = 4096, verbose: bool = True, split: str = 'default',
-                      **extract_kwargs) -> tuple[np.ndarray, np.ndarray]:
-    "Embeddings of `ids` (images at `paths`) from the cache, extracting the missing ones and writing every `chunk_size`: (emb (N, D) memory-mapped, NaN where not ok; ok (N,))."
+def cached_embeddings(
+    cache_dir: str | Path,
+    checkpoint_path: str | Path,
+    ids: Sequence[str],
+    paths: Sequence[str | Path],
+    size: int,
+    model: torch.nn.Module | None = None,  # None: lmkkit.model.load_checkpoint(checkpoint_path)
+    tta: Sequence[str] = ('none',),
+    scales: Sequence[float] = (1.0,),
+    amp: str | None = None,
+    device: str = 'cpu',
+    chunk_size: int = 4096,
+    verbose: bool = True,
+    split: str = 'default',
+    **extract_kwargs
+) -> tuple[np.ndarray, np.ndarray]:
+    """Embeddings of `ids` (images at `paths`) from the cache, extracting the missing ones and writing every
+    `chunk_size`: (emb (N, D) memory-mapped, NaN where not ok; ok (N,))."""
     res = Embedder(model, checkpoint_path, cache_dir, size, device, tta=tta, scales=scales, amp=amp, verbose=verbose,
                    **extract_kwargs)(ids, paths, chunk=chunk_size, probe=chunk_size, split=split)
     return res.emb, res.ok
@@ -663,7 +861,8 @@ def cached_embeddings(cache_dir: str | Path, checkpoint_path: str | Path, ids: S
 # %% ../nbs/30_embed.ipynb #c4e869a8
 class MemorySplit:
     "One split's embeddings in RAM, as `SplitCache` holds them on disk: for a run whose cache cannot be written."
-    def __init__(self, ids, dim: int, previous: SplitCache | None = None):  # previous: rows embedded so far, carried over
+    # previous: rows embedded so far, carried over
+    def __init__(self, ids, dim: int, previous: SplitCache | None = None):
         self.dir, self.ids = None, compact_ids(ids)
         self.status, self.emb = np.zeros(len(self.ids), np.int8), np.full((len(self.ids), dim), np.nan, np.float32)
         if previous is not None and np.array_equal(previous.ids, self.ids):
@@ -695,7 +894,8 @@ def _store(self: Embedder, rows: np.ndarray, emb: np.ndarray, status: np.ndarray
     try: return self.sc.write(rows, emb, status, stamps)
     except OSError as e:
         if not isinstance(self.sc, SplitCache) or not disk_full(e, self.sc.dir): raise
-        folder, self.sc = self.sc.dir, MemorySplit(self.sc.ids, emb.shape[1], self.sc)  # the rows written so far come along
+        # the rows written so far come along
+        folder, self.sc = self.sc.dir, MemorySplit(self.sc.ids, emb.shape[1], self.sc)
         self._cache_failed(e, folder)
         self.sc.write(rows, emb, status, stamps)
 
@@ -703,13 +903,16 @@ def _store(self: Embedder, rows: np.ndarray, emb: np.ndarray, status: np.ndarray
 def _cache_failed(self: Embedder, e: OSError, folder: Path) -> None:
     "Warn (once) that the cache is off for this run, and free what the split had written."
     self.cache_off = f"{folder}: no space left on device ({e.strerror or e}); embeddings kept in memory"
-    warnings.warn(f"embedding cache {self.cache_off} for the rest of this run; fix: free space under {self.cache.dir.parent} "
-                  f"or pass another cache_dir")
+    warnings.warn(
+        f"embedding cache {self.cache_off} for the rest of this run; fix: free space under {self.cache.dir.parent} "
+        f"or pass another cache_dir"
+    )
     shutil.rmtree(folder, ignore_errors=True)
 
 # %% ../nbs/30_embed.ipynb #ens00002
 def decode_image(path: str | Path, load_size: int | None) -> tuple[np.ndarray | None, str | None]:
-    "(RGB uint8 (H, W, 3) upright, None): a JPEG in draft mode for a longer side `load_size`, not resized; or (None, reason)."
+    """(RGB uint8 (H, W, 3) upright, None): a JPEG in draft mode for a longer side `load_size`, not resized; or
+    (None, reason)."""
     try:
         with _truncated_images_ok(), _open_within_limit(path, load_size) as img:
             return np.asarray(_to_rgb(_exif_upright(img)), dtype=np.uint8).copy(), None
@@ -718,7 +921,8 @@ def decode_image(path: str | Path, load_size: int | None) -> tuple[np.ndarray | 
     except Exception: return None, 'corrupt'  # bad content of any kind, as `load_image_reason`
 
 class DecodedImages(torch.utils.data.Dataset):
-    "Images for several models: dict(index, data (`plain_jpeg_bytes` or None), image (`decode_image` or None), ok, reason)."
+    """Images for several models: dict(index, data (`plain_jpeg_bytes` or None), image (`decode_image` or None),
+    ok, reason)."""
     def __init__(self, paths, load_size: int,  # the largest member's size
                  on_device: bool,  # True: plain JPEGs are decoded on the device (bytes only here), the rest by PIL
                  need: np.ndarray):  # (M, N) bool: which of M models needs each image
@@ -730,7 +934,8 @@ class DecodedImages(torch.utils.data.Dataset):
         return dict(index=i, data=data, image=img, ok=reason is None, reason=reason or '')
 
 def collate_decoded(items: list[dict]) -> dict:
-    "`collate_lists` of `DecodedImages` items, the images packed in one flat uint8 tensor `pixels`, `image` their shapes."
+    """`collate_lists` of `DecodedImages` items, the images packed in one flat uint8 tensor `pixels`, `image`
+    their shapes."""
     batch = collate_lists(items)  # one tensor: a worker hands over one shared-memory file per batch, not one per image
     arrays = [a for a in batch['image'] if a is not None]
     flat = np.concatenate([a.ravel() for a in arrays]) if arrays else np.zeros(0, np.uint8)
@@ -739,7 +944,9 @@ def collate_decoded(items: list[dict]) -> dict:
 def _chw(a: np.ndarray | None, device) -> torch.Tensor | None:
     return None if a is None else torch.from_numpy(a).to(device).permute(2, 0, 1)
 
-def device_images(batch: dict, ds: DecodedImages, device: str) -> tuple[list[torch.Tensor | None], torch.Tensor, list[str]]:
+def device_images(
+    batch: dict, ds: DecodedImages, device: str
+) -> tuple[list[torch.Tensor | None], torch.Tensor, list[str]]:
     "A `collate_decoded` batch on `device`: RGB uint8 (3, H, W) per image (None: unreadable), ok (B,) bool, reasons."
     pixels, at, images = batch['pixels'].to(device, non_blocking=True), 0, []  # one copy for the batch
     for shape in batch['image']:
@@ -803,7 +1010,8 @@ def _eta(embedders: Sequence[Embedder], need: np.ndarray, rows: np.ndarray) -> f
 
 def _extract_together(embedders, split: str, ids: np.ndarray, rows: np.ndarray, need: np.ndarray, path_of_row,
                       deadline, chunk: int, first: int) -> np.ndarray:
-    "Extract `rows` in one decode pass, writing each member's cache every `chunk` rows (first after `first`); rows done."
+    """Extract `rows` in one decode pass, writing each member's cache every `chunk` rows (first after `first`);
+    rows done."""
     lead, load, on_device = embedders[0], max(e.size for e in embedders), embedders[0].decoder == 'torchvision'
     dataset_of = lambda part: DecodedImages(_RowPaths(path_of_row, rows[part]), load, on_device, need[:, rows[part]])
     settings = ('tta', 'scales', 'amp', 'channels_last')
@@ -828,7 +1036,8 @@ def _extract_together(embedders, split: str, ids: np.ndarray, rows: np.ndarray, 
             for e, buf in zip(embedders, bufs):
                 if buf: e._write(split, ids, *(np.concatenate(x) for x in zip(*buf)), path_of_row)
             now = time.perf_counter()
-            for e, buf, b in zip(embedders, bufs, busy): e._count(sum(len(x[0]) for x in buf), (now - t0) * b / busy.sum())
+            for e, buf, b in zip(embedders, bufs, busy):
+                e._count(sum(len(x[0]) for x in buf), (now - t0) * b / busy.sum())
             bufs, busy, since, want, t0 = [[] for _ in embedders], np.zeros(len(embedders)), 0, chunk, now
             left = rows[~done]
             if deadline is not None and len(left) and not deadline.fits(_eta(embedders, need, left[:chunk])): break
@@ -840,7 +1049,9 @@ def embed_together(embedders: Sequence[Embedder],  # one per ensemble member, ea
                    ids: Sequence[str], paths,  # as Embedder.__call__ takes them (list of paths or callable id -> path)
                    deadline: Deadline | None = None, split: str = 'images',
                    chunk: int = 4096, probe: int | None = None) -> list[EmbedResult]:  # as `Embedder.__call__`'s
-    "One EmbedResult per embedder, as each `embedder(ids, paths, deadline, split=split)` would give, but every image read and decoded once: a member runs only on the rows its cache lacks, and a row every cache holds is not read."
+    """One EmbedResult per embedder, as each `embedder(ids, paths, deadline, split=split)` would give, but every
+    image read and decoded once: a member runs only on the rows its cache lacks, and a row every cache holds
+    is not read."""
     if len(embedders) == 1: return [embedders[0](ids, paths, deadline, chunk, probe, split)]
     _check_members(embedders)
     paths = paths if callable(paths) else list(paths)  # read once for every member

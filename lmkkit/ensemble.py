@@ -57,11 +57,15 @@ def parse_members(checkpoints, checkpoint: str | None = None) -> tuple[Member, .
     if checkpoints is None: return () if checkpoint is None else (Member(str(checkpoint)),)
     if isinstance(checkpoints, (str, Path, dict)): checkpoints = [checkpoints]
     if not isinstance(checkpoints, (list, tuple)) or not checkpoints:
-        raise ConfigError(f"parameter 'checkpoints' must be a non-empty list of checkpoint paths or dicts, got {checkpoints!r}")
+        raise ConfigError(
+            f"parameter 'checkpoints' must be a non-empty list of checkpoint paths or dicts, got {checkpoints!r}"
+        )
     members = tuple(parse_member(s, f"parameter 'checkpoints'[{i}]") for i, s in enumerate(checkpoints))
     paths = [m.path for m in members]
     if dup := next((p for i, p in enumerate(paths) if p in paths[:i]), None):
-        raise ConfigError(f"parameter 'checkpoints' names {dup!r} twice; list each model once (its weight sets its share)")
+        raise ConfigError(
+            f"parameter 'checkpoints' names {dup!r} twice; list each model once (its weight sets its share)"
+        )
     return members
 
 # %% ../nbs/34_ensemble.ipynb #35ae21cf
@@ -71,15 +75,19 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 def combine_embeddings(embs: Sequence[np.ndarray],  # one (N, D_m) array per member, rows aligned (same images)
                        weights: Sequence[float] | None = None,  # w_m per member (None: all 1)
-                       whitenings: Sequence | None = None,  # per member a `lmkkit.whiten.Whitening` or None, applied first
+                       # per member a `lmkkit.whiten.Whitening` or None, applied first
+                       whitenings: Sequence | None = None,
                        chunk: int = 65536) -> np.ndarray:
-    "float32 (N, sum of D_m): each member's unit embedding times its weight, concatenated, L2-normalised; NaN in any member: NaN."
+    """float32 (N, sum of D_m): each member's unit embedding times its weight, concatenated, L2-normalised; NaN
+    in any member: NaN."""
     weights = [1.0] * len(embs) if weights is None else list(weights)
     whitenings = [None] * len(embs) if whitenings is None else list(whitenings)
     n = len(embs[0])
     if not embs or len(weights) != len(embs) or len(whitenings) != len(embs) or any(len(e) != n for e in embs):
-        raise ValueError(f"combine_embeddings: {len(embs)} members with {[len(e) for e in embs]} rows, {len(weights)} weights, "
-                         f"{len(whitenings)} whitenings; need one of each per member and the same rows")
+        raise ValueError(
+            f"combine_embeddings: {len(embs)} members with {[len(e) for e in embs]} rows, {len(weights)} weights, "
+            f"{len(whitenings)} whitenings; need one of each per member and the same rows"
+        )
     dims = [e.shape[1] if wh is None else wh.dim for e, wh in zip(embs, whitenings)]
     out = np.empty((n, sum(dims)), np.float32)
     for s in range(0, n, chunk):
@@ -90,13 +98,16 @@ def combine_embeddings(embs: Sequence[np.ndarray],  # one (N, D_m) array per mem
 
 # %% ../nbs/34_ensemble.ipynb #a556f7ab
 def _forward_seconds(embedder, x: torch.Tensor, clock: Callable[[], float]) -> float:
-    "Seconds of one pass of `embedder`'s model over batch `x` with its views (`lmkkit.embed.tta_views`), after a warm-up pass."
+    """Seconds of one pass of `embedder`'s model over batch `x` with its views (`lmkkit.embed.tta_views`), after
+    a warm-up pass."""
     from lmkkit.embed import AMP_DTYPES, mean_embedding, resolve_amp, scale_sizes, tta_views
     kw, model, dev = embedder.extract_kwargs, embedder._model().eval().to(embedder.device), embedder.device
     x = F.interpolate(x, size=(embedder.size, embedder.size), mode='bilinear', align_corners=False).to(dev)
     amp, sizes = resolve_amp(kw['amp'], dev), scale_sizes(model, embedder.size, kw['scales'])[0]
     def once():
-        with torch.inference_mode(), torch.autocast(str(dev).split(':')[0], dtype=AMP_DTYPES.get(amp), enabled=amp != 'off'):
+        with torch.inference_mode(), torch.autocast(
+            str(dev).split(':')[0], dtype=AMP_DTYPES.get(amp), enabled=amp != 'off'
+        ):
             out = [model(v) for v in tta_views(x, kw['tta'], sizes)]
             mean_embedding([o['embeddings'] if isinstance(o, dict) else o for o in out])
         if str(dev).startswith('cuda'): torch.cuda.synchronize(dev)
@@ -108,7 +119,8 @@ def _forward_seconds(embedder, x: torch.Tensor, clock: Callable[[], float]) -> f
 def probe_members(embedders: Sequence, paths: Sequence[str | Path],  # a few test images
                   workers: int = 0,  # DataLoader workers that decode in parallel during extraction
                   clock: Callable[[], float] = time.perf_counter) -> dict:
-    "Seconds per image of decoding (`decode_s`, shared) and of each member's model (`model_s`, one per embedder) on `paths`."
+    """Seconds per image of decoding (`decode_s`, shared) and of each member's model (`model_s`, one per
+    embedder) on `paths`."""
     from lmkkit.data import ImageDataset, eval_transforms
     size = max(e.size for e in embedders)
     ds = ImageDataset(list(paths), transform=eval_transforms(size), load_size=size)
@@ -132,8 +144,10 @@ def plan_members(model_s: Sequence[float],  # seconds per image of each member's
     for i, s in enumerate(model_s):
         need = n_images * s + (other_s[i] if other_s is not None else 0.0) + (used if i == 0 else 0.0)
         if stop is None and i and used + need > budget:
-            stop = (f"skipped: checkpoints[{i}] needs {need:.1f}s for {n_images} images, {max(budget - used, 0):.1f}s left "
-                    f"of the {1 - stage_share:.0%} of {remaining_s:.0f}s not kept for the stages")
+            stop = (
+                f"skipped: checkpoints[{i}] needs {need:.1f}s for {n_images} images, {max(budget - used, 0):.1f}s left "
+                f"of the {1 - stage_share:.0%} of {remaining_s:.0f}s not kept for the stages"
+            )
             plans.append(dict(member=i, run=False, planned_s=need, note=stop))
             continue
         if stop is not None:
@@ -146,7 +160,8 @@ def plan_members(model_s: Sequence[float],  # seconds per image of each member's
 
 # %% ../nbs/34_ensemble.ipynb #cb591e6d
 def adopt_members(n: int,  # members that ran
-                  judge: Callable[[list[int]], float | None] | None,  # held-out score of these members' ensemble, or None
+                  # held-out score of these members' ensemble, or None
+                  judge: Callable[[list[int]], float | None] | None,
                   unjudged: str | None = None,  # why there is no judge: every member is adopted, with this reason
                   ) -> list[dict]:
     "Greedy forward selection in order: one row per member (member, members, holdout, adopted, note); member 0 starts."

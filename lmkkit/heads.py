@@ -99,7 +99,8 @@ class AdaCos(CosineHead):
         theta_med = torch.acos(_target(cos, labels)).median()
         self.s.copy_(torch.log(others.sum(1).mean()) / torch.cos(theta_med.clamp(max=math.pi / 4)))
 
-    def extra_repr(self) -> str: return f"in_features={self.in_features}, out_features={self.out_features}, s={self.s.item():.4f}"
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, s={self.s.item():.4f}"
 
 # %% ../nbs/11_heads.ipynb #ef51bbf2
 class CurricularFace(CosineHead):
@@ -131,12 +132,19 @@ def dynamic_margins(class_counts: Sequence[int] | torch.Tensor, power: float = 0
 class SubCenterArcFace(CosineHead):
     "ArcFace over the closest of `k` sub-centres per class, with one margin or per-class `margins`."
     def __init__(self, in_features: int, out_features: int, k: int = 3, s: float = 30.0, m: float = 0.5,
-                 margins: Sequence[float] | torch.Tensor | None = None):   # margins: per class, e.g. dynamic_margins(counts)
+                 # margins: per class, e.g. dynamic_margins(counts)
+                 margins: Sequence[float] | torch.Tensor | None = None):
         super().__init__(in_features, out_features * k, s)
         self.out_features, self.k = out_features, k
-        margins = torch.full((out_features,), float(m)) if margins is None else torch.as_tensor(margins, dtype=torch.float32)
+        margins = (
+            torch.full((out_features,), float(m))
+            if margins is None
+            else torch.as_tensor(margins, dtype=torch.float32)
+        )
         if margins.shape != (out_features,):
-            raise ValueError(f"margins must have one value per class ({out_features}), got shape {tuple(margins.shape)}")
+            raise ValueError(
+                f"margins must have one value per class ({out_features}), got shape {tuple(margins.shape)}"
+            )
         self.register_buffer('margins', margins.clone())
 
     def cosine(self, embeddings):

@@ -60,8 +60,11 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument('--dry-run', action='store_true', help='print what would be sent; send nothing')
     s.add_argument('--no-gpu', action='store_true', help='do not require enable_gpu')
     s.add_argument('--owner', default=None, help='push a copy under this Kaggle user (see `owner`)')
-    s.add_argument('--machine-shape', default=None,
-                   help=f"push a copy that runs on this machine (see `shape`; default: the folder's, {DEFAULT_MACHINE_SHAPE})")
+    s.add_argument(
+        '--machine-shape',
+        default=None,
+        help=f"push a copy that runs on this machine (see `shape`; default: the folder's, {DEFAULT_MACHINE_SHAPE})",
+    )
     return p
 
 def _push(args) -> None:

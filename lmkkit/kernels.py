@@ -88,8 +88,10 @@ def shape_problems(meta: dict) -> list[str]:
         return [f"machine_shape NvidiaTeslaP100: the default image's torch (cu128) has no P100 (sm_60) kernels, "
                 f"so the first CUDA operation fails; {fix}"]
     if gpu and not shape:
-        return [f"enable_gpu without machine_shape leaves the GPU to Kaggle's default (the P100 in older kaggle releases, "
-                f"which the image's torch cannot run); {fix}"]
+        return [
+            f"enable_gpu without machine_shape leaves the GPU to Kaggle's default (the P100 in older kaggle releases, "
+            f"which the image's torch cannot run); {fix}"
+        ]
     if shape and shape not in MACHINE_SHAPES:
         return [f"machine_shape {shape!r} is not one lmkkit knows; {fix}"]
     return []
@@ -147,8 +149,12 @@ def check_username(name: str) -> str:
 
 def owner_problems(meta: dict) -> list[str]:
     "Owners of `meta`'s id and of its bare dataset and kernel sources that are not Kaggle usernames, with the fix."
-    named = [('id', meta.get('id'))] + [(f"{f}[{i}]", s) for f in ('dataset_sources', 'kernel_sources')
-                                        for i, s in enumerate(meta.get(f) or []) if isinstance(s, str) and bare_slug(f, s) == s]
+    named = [('id', meta.get('id'))] + [
+        (f"{f}[{i}]", s)
+        for f in ('dataset_sources', 'kernel_sources')
+        for i, s in enumerate(meta.get(f) or [])
+        if isinstance(s, str) and bare_slug(f, s) == s
+    ]
     return [f"{where} {s!r}: {why}" for where, s in named
             if isinstance(s, str) and '/' in s and (why := username_problem(s.split('/')[0]))]
 
@@ -158,7 +164,8 @@ def kernel_folder(path: str | Path) -> Path:
     return path.parent if path.name == KERNEL_METADATA and path.is_file() else path
 
 def validate_kernel(folder: str | Path, require_gpu: bool = True) -> list[str]:
-    "Every problem of the kernel folder `folder` (or its kernel-metadata.json): kaggle's, ours, the notebook's, credentials."
+    """Every problem of the kernel folder `folder` (or its kernel-metadata.json): kaggle's, ours, the notebook's,
+    credentials."""
     folder = kernel_folder(folder)
     if folder.is_file():
         return [f"{folder} is a file; pass the kernel folder that holds it and {KERNEL_METADATA} ({folder.parent})"]
@@ -195,7 +202,8 @@ def write_kernel(folder: str | Path,
                  params_src: str = "data_dir = None  # competition data (None: the attached one)",  # parameters cell
                  notebook: str = 'lmkkit-infer.ipynb',  # the notebook's name (and code_file's default)
                  **meta) -> Path:
-    "Write a small kernel folder: its notebook, and kernel-metadata.json (`meta` over valid defaults; None drops a key)."
+    """Write a small kernel folder: its notebook, and kernel-metadata.json (`meta` over valid defaults; None
+    drops a key)."""
     folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
     base = dict(id='someone/lmkkit-infer', title='lmkkit-infer', code_file=notebook, language='python',
                 kernel_type='notebook', is_private=True, enable_gpu=True, machine_shape=DEFAULT_MACHINE_SHAPE,

@@ -82,7 +82,8 @@ def synthetic_candidates(n_queries: int, k: int = 10, seed: int = 0, n_classes: 
                          p_nonlandmark: float = 0.2, p_missing: float = 0.2) -> tuple[Candidates, dict[str, list[int]]]:
     "Random candidate lists with informative inliers, and their ground truth (empty for non-landmarks)."
     rng = np.random.default_rng(seed)
-    kind = rng.choice(3, n_queries, p=[1 - p_nonlandmark - p_missing, p_nonlandmark, p_missing])  # 0 in top 5, 1 non-landmark, 2 not in top 5
+    # 0 in top 5, 1 non-landmark, 2 not in top 5
+    kind = rng.choice(3, n_queries, p=[1 - p_nonlandmark - p_missing, p_nonlandmark, p_missing])
     sims = -np.sort(-rng.uniform(.3, .9, (n_queries, k)), axis=1) - .15 * (kind == 1)[:, None]
     labels = rng.integers(0, n_classes, (n_queries, k))
     true = rng.integers(n_classes, 2 * n_classes, n_queries)  # never among the random labels
@@ -142,10 +143,14 @@ class Reranker:
         X = self.features(cands).to_numpy(np.float64)
         return np.mean([b.predict(X) for b in self.boosters], axis=0).reshape(len(cands), -1)
 
-    def __repr__(self): return f"Reranker(boosters={len(self.boosters)}, features={len(self.feature_names)}, top_n={self.top_n})"
+    def __repr__(self):
+        return (
+            f"Reranker(boosters={len(self.boosters)}, features={len(self.feature_names)}, top_n={self.top_n})"
+        )
 
 def stop_at(deadline: Deadline):
-    "LightGBM callback: end boosting, keeping the rounds so far, once `deadline` has expired (lightgbm's own early-stop path)."
+    """LightGBM callback: end boosting, keeping the rounds so far, once `deadline` has expired (lightgbm's own
+    early-stop path)."""
     def callback(env):
         if deadline.expired: raise lgb.callback.EarlyStopException(env.iteration, env.evaluation_result_list)
     return callback
@@ -156,7 +161,8 @@ def train_reranker(cands: Candidates, truth: Mapping[str, Sequence[int]], params
                    num_boost_round: int = 100, top_n: int = TOP_N,
                    deadline: Deadline | None = None,  # once expired, each booster stops after its current round
                    ) -> Reranker:
-    "Train the 7-class LightGBM re-ranker with group-aware folds; a `deadline` cuts boosting short (the held-out check then judges it)."
+    """Train the 7-class LightGBM re-ranker with group-aware folds; a `deadline` cuts boosting short (the
+    held-out check then judges it)."""
     X, y = reranker_features(cands, top_n), reranker_targets(cands, truth, top_n)
     p = {**DEFAULT_PARAMS, 'num_class': top_n + 2, 'seed': seed, **(params or {})}
     fit = lambda rows: lgb.train(p, lgb.Dataset(X.to_numpy(np.float64)[rows], y[rows], feature_name=list(X.columns)),
@@ -200,11 +206,14 @@ def save_reranker(model: Reranker, path: str | Path) -> Path:
 def load_reranker(path: str | Path) -> Reranker:
     "Read a re-ranker written by `save_reranker`."
     path = Path(path)
-    if not (path / 'reranker.json').exists(): raise FileNotFoundError(f"{path}/reranker.json not found; save a model with save_reranker first")
+    if not (path / 'reranker.json').exists():
+        raise FileNotFoundError(f"{path}/reranker.json not found; save a model with save_reranker first")
     meta = json.loads((path / 'reranker.json').read_text())
     if bad := [f for f in meta['boosters'] if name_problem(f)]:  # a file name, never a path out of the folder
-        raise ConfigError(f"{path / 'reranker.json'}: {len(bad)} booster file(s) are not plain file names, the first {bad[0]!r} "
-                          f"{name_problem(bad[0])}; save the model again with save_reranker")
+        raise ConfigError(
+            f"{path / 'reranker.json'}: {len(bad)} booster file(s) are not plain file names, the first {bad[0]!r} "
+            f"{name_problem(bad[0])}; save the model again with save_reranker"
+        )
     boosters = [lgb.Booster(model_str=(path / f).read_text()) for f in meta['boosters']]
     for f, b in zip(meta['boosters'], boosters):
         if b.feature_name() != meta['feature_names']:
@@ -213,7 +222,9 @@ def load_reranker(path: str | Path) -> Reranker:
 
 # %% ../nbs/42_lgbm.ipynb #73158a24
 def reranker_fit_seconds(n_queries: int, folds: int = 5, rounds: int = 100) -> float:
-    "LightGBM training seconds: 0.5 s + per fold 1.2 s fixed (measured in 56_rehearse: about 6 s for 5 folds from 150 to 25,000 held-out queries on 2 cores) + 2.5 s per 40k rows (the write-up's figure), x rounds/100."
+    """LightGBM training seconds: 0.5 s + per fold 1.2 s fixed (measured in 56_rehearse: about 6 s for 5 folds
+    from 150 to 25,000 held-out queries on 2 cores) + 2.5 s per 40k rows (the write-up's figure), x
+    rounds/100."""
     return 0.5 + max(folds, 1) * (1.2 + 2.5 * n_queries / 40_000) * (rounds / 100)
 
 def fit_reranker(cands: Candidates, truth: dict, folds: int = 5, rounds: int = 100, seed: int = 0,

@@ -66,8 +66,11 @@ def _ids(d: Mapping[str, object]) -> np.ndarray:
     "The keys of `d` as a fixed-width string array."
     return np.fromiter(d, f'U{max(1, max(map(len, d), default=1))}', len(d))
 
-def _hash_join(pred_hash: np.ndarray, pred_ids: np.ndarray, sol_hash: np.ndarray, sol_ids: np.ndarray) -> np.ndarray | None:
-    "Row of each prediction's query in the solution (-1 if absent), matched on hashes and checked on ids; None if solution hashes repeat."
+def _hash_join(
+    pred_hash: np.ndarray, pred_ids: np.ndarray, sol_hash: np.ndarray, sol_ids: np.ndarray
+) -> np.ndarray | None:
+    """Row of each prediction's query in the solution (-1 if absent), matched on hashes and checked on ids; None
+    if solution hashes repeat."""
     by_hash = np.argsort(sol_hash)
     sorted_hash = sol_hash[by_hash]
     if (sorted_hash[1:] == sorted_hash[:-1]).any(): return None
@@ -185,7 +188,8 @@ def _check_ids(predictions: Mapping, ids: Iterable[str]) -> list[str]:
 def _recognition_cell(query: str, prediction: tuple[int, float]) -> str:
     "'<landmark_id> <confidence>', the confidence in its shortest exact form."
     landmark, confidence = prediction
-    if not isinstance(landmark, (int, np.integer)): raise ValueError(f"landmark id of {query!r} must be an integer, got {landmark!r}")
+    if not isinstance(landmark, (int, np.integer)):
+        raise ValueError(f"landmark id of {query!r} must be an integer, got {landmark!r}")
     confidence = float(confidence)
     if not math.isfinite(confidence): raise ValueError(f"confidence of {query!r} is {confidence}; it must be finite")
     return f"{int(landmark)} {confidence!r}"
@@ -230,7 +234,13 @@ def _header_track(header: list[str], path, error: type, extra: tuple[str, ...] =
 def _parse_recognition(cell: str, path, line: int) -> tuple[int, float]:
     "(landmark_id, confidence) from a non-empty `landmarks` cell."
     parts = cell.split()
-    if len(parts) != 2: _fail(SubmissionError, path, line, f"malformed cell {cell!r}; expected '<landmark_id> <confidence>' or empty")
+    if len(parts) != 2:
+        _fail(
+            SubmissionError,
+            path,
+            line,
+            f"malformed cell {cell!r}; expected '<landmark_id> <confidence>' or empty",
+        )
     try: landmark = int(parts[0])
     except ValueError: _fail(SubmissionError, path, line, f"landmark id {parts[0]!r} is not an integer")
     try: confidence = float(parts[1])
@@ -241,7 +251,8 @@ def _parse_recognition(cell: str, path, line: int) -> tuple[int, float]:
 def _parse_retrieval(cell: str, path, line: int) -> list[str]:
     "Index ids from a non-empty `images` cell."
     images = cell.split()
-    if len(images) > MAX_RETRIEVED: _fail(SubmissionError, path, line, f"{len(images)} index ids; at most {MAX_RETRIEVED} are allowed")
+    if len(images) > MAX_RETRIEVED:
+        _fail(SubmissionError, path, line, f"{len(images)} index ids; at most {MAX_RETRIEVED} are allowed")
     return images
 
 def _read_rows(path, error: type, n_columns: int):
@@ -254,7 +265,13 @@ def _read_rows(path, error: type, n_columns: int):
             yield reader.line_num, header
             for row in reader:
                 if not row: continue
-                if len(row) != n_columns: _fail(error, path, reader.line_num, f"expected {n_columns} columns, got {len(row)}: {','.join(row)!r}")
+                if len(row) != n_columns:
+                    _fail(
+                        error,
+                        path,
+                        reader.line_num,
+                        f"expected {n_columns} columns, got {len(row)}: {','.join(row)!r}",
+                    )
                 if not row[0]: _fail(error, path, reader.line_num, "empty id")
                 yield reader.line_num, row
         except UnicodeDecodeError as e: raise error(f"{path}: not UTF-8 text ({e.reason}); save it as UTF-8") from None
@@ -282,7 +299,13 @@ def validate_submission(path: str | Path, ids: Iterable[str] | None = None) -> t
     if ids is not None:
         ids = set(ids)
         extra = [q for q in lines if q not in ids]
-        if extra: _fail(SubmissionError, path, lines[extra[0]], f"id {extra[0]!r} is not a test id ({len(extra)} unknown ids in all)")
+        if extra:
+            _fail(
+                SubmissionError,
+                path,
+                lines[extra[0]],
+                f"id {extra[0]!r} is not a test id ({len(extra)} unknown ids in all)",
+            )
         missing = [q for q in ids if q not in lines]
         if missing:
             raise SubmissionError(f"{path}: {len(missing)} test ids have no row, e.g. {sorted(missing)[0]!r}; "
@@ -293,7 +316,8 @@ def validate_submission(path: str | Path, ids: Iterable[str] | None = None) -> t
 USAGES = ('Public', 'Private', 'Ignored')
 
 def read_solution(path: str | Path) -> tuple[str, dict[str, dict[str, list]]]:
-    "(track, {usage: {id: [landmark ids (int) or index ids]}}) for a `recognition_solution.csv` or `retrieval_solution.csv`."
+    """(track, {usage: {id: [landmark ids (int) or index ids]}}) for a `recognition_solution.csv` or
+    `retrieval_solution.csv`."""
     rows = _read_rows(path, SolutionError, 3)
     track = _header_track(next(rows)[1], path, SolutionError, extra=('Usage',))
     groups, seen = {u: {} for u in USAGES}, {}
@@ -383,7 +407,8 @@ def trapezoid_ap(ranks: np.ndarray, # sorted 0-based junk-free ranks of the retr
     return float(((before + (j + 1) / (r + 1)) / 2).sum() / n_positives)
 
 def revisited_precision(ranks: np.ndarray, k: int) -> float:
-    "Precision at `k` clipped to the 1-based rank of the last retrieved positive (revisited mP@k, one query); 0 if none."
+    """Precision at `k` clipped to the 1-based rank of the last retrieved positive (revisited mP@k, one query); 0
+    if none."""
     if not len(ranks): return 0.0
     one = np.asarray(ranks) + 1
     kq = min(int(one.max()), k)
@@ -392,12 +417,14 @@ def revisited_precision(ranks: np.ndarray, k: int) -> float:
 # %% ../nbs/03_metrics.ipynb #03c30954
 def _gnd_list(g: Mapping, key: str, query: int) -> np.ndarray:
     "The ground-truth list `key` of query number `query` as an int64 array; a `ValueError` naming it if absent."
-    if key not in g: raise ValueError(f"gnd[{query}] has no {key!r} list; each query needs 'easy', 'hard' and 'junk' (the official gnd_*.pkl format)")
+    if key not in g:
+        raise ValueError(f"gnd[{query}] has no {key!r} list; each query needs 'easy', 'hard' and 'junk' (the official gnd_*.pkl format)")
     return np.asarray(g[key], np.int64).ravel()
 
 def revisited_query_scores(ranks: np.ndarray, gnd: Sequence[Mapping], setup: str,
                            kappas: Sequence[int] = (1, 5, 10)) -> tuple[np.ndarray, np.ndarray]:
-    "Per query of one setup: AP (Q,) and precision at each kappa (Q, len(kappas)); NaN rows for queries without positives."
+    """Per query of one setup: AP (Q,) and precision at each kappa (Q, len(kappas)); NaN rows for queries without
+    positives."""
     positive_keys, junk_keys = REVISITED_SETUPS[setup]
     aps, prs = np.full(len(gnd), np.nan), np.full((len(gnd), len(kappas)), np.nan)
     for i, (row, g) in enumerate(zip(ranks, gnd)):
@@ -411,10 +438,16 @@ def revisited_query_scores(ranks: np.ndarray, gnd: Sequence[Mapping], setup: str
 def _check_revisited_inputs(ranks, gnd, kappas) -> np.ndarray:
     "`ranks` as a 2-D int array, checked against `gnd` and `kappas`."
     ranks = np.asarray(ranks)
-    if ranks.ndim != 2: raise ValueError(f"ranks must be 2-D (n_queries, n_db) database indices, got shape {ranks.shape}")
-    if not np.issubdtype(ranks.dtype, np.integer): raise ValueError(f"ranks must hold integer database indices, got dtype {ranks.dtype}")
-    if len(ranks) != len(gnd): raise ValueError(f"ranks has {len(ranks)} rows but gnd has {len(gnd)} queries; pass one ranking per query")
-    if any(int(k) != k or k < 1 for k in kappas): raise ValueError(f"kappas must be positive integers, got {list(kappas)}")
+    if ranks.ndim != 2:
+        raise ValueError(f"ranks must be 2-D (n_queries, n_db) database indices, got shape {ranks.shape}")
+    if not np.issubdtype(ranks.dtype, np.integer):
+        raise ValueError(f"ranks must hold integer database indices, got dtype {ranks.dtype}")
+    if len(ranks) != len(gnd):
+        raise ValueError(
+            f"ranks has {len(ranks)} rows but gnd has {len(gnd)} queries; pass one ranking per query"
+        )
+    if any(int(k) != k or k < 1 for k in kappas):
+        raise ValueError(f"kappas must be positive integers, got {list(kappas)}")
     return ranks
 
 def revisited_map(ranks: np.ndarray,           # (n_queries, n_db) int database indices, best first

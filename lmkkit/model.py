@@ -34,7 +34,9 @@ __all__ = ['CHECKPOINT_FORMAT', 'CHECKPOINT_VERSION', 'SAFE_TORCH', 'create_back
 def create_backbone(name: str, pretrained: str | Path | None = None, **kwargs) -> nn.Module:
     "A headless timm model (no classifier, pooling or unused parts); `pretrained`: None or a local weights file."
     if pretrained is not None and not Path(pretrained).is_file():
-        raise FileNotFoundError(f"pretrained weights file {str(pretrained)!r} not found; pass pretrained=None for a random init")
+        raise FileNotFoundError(
+            f"pretrained weights file {str(pretrained)!r} not found; pass pretrained=None for a random init"
+        )
     bb = drop_unused(_timm_backbone(name, **kwargs), name, kwargs)
     bb.pretrained_note = load_backbone_weights(bb, pretrained, name) if pretrained else None
     return bb
@@ -55,7 +57,8 @@ def _headless(name: str, **kwargs) -> nn.Module:
     try: return timm.create_model(name, num_classes=0, global_pool='', **kwargs)
     except AssertionError as e:
         try: return timm.create_model(name, num_classes=0, global_pool='token', **kwargs)
-        except Exception: raise ConfigError(f"timm cannot build {name!r} without its pooling ({e}); choose another backbone") from e
+        except Exception:
+            raise ConfigError(f"timm cannot build {name!r} without its pooling ({e}); choose another backbone") from e
 
 # %% ../nbs/12_model.ipynb #cafaf6d4
 def _input_side(bb: nn.Module) -> int:
@@ -63,7 +66,8 @@ def _input_side(bb: nn.Module) -> int:
 
 @functools.lru_cache(maxsize=32)
 def unused_parts(name: str, kw: tuple = ()) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    "(submodules to remove, parameters to freeze): what `forward_features` of `name` never uses (`kw`: timm keyword items)."
+    """(submodules to remove, parameters to freeze): what `forward_features` of `name` never uses (`kw`: timm
+    keyword items)."""
     with torch.device('meta'): bb = _timm_backbone(name, **dict(kw)).eval()
     called = set()
     hooks = [m.register_forward_pre_hook(lambda mod, args, n=n: called.add(n)) for n, m in bb.named_modules() if n]
@@ -80,7 +84,8 @@ def unused_parts(name: str, kw: tuple = ()) -> tuple[tuple[str, ...], tuple[str,
     return drop, tuple(sorted(p for p in idle if not any(p.startswith(f'{d}.') for d in drop)))
 
 def drop_unused(bb: nn.Module, name: str, kwargs: dict | None = None) -> nn.Module:
-    "`bb` with `unused_parts` replaced by `nn.Identity` (names in `bb.removed`) and the rest of the idle parameters frozen."
+    """`bb` with `unused_parts` replaced by `nn.Identity` (names in `bb.removed`) and the rest of the idle
+    parameters frozen."""
     drop, freeze = unused_parts(name, tuple(sorted((kwargs or {}).items())))
     for n in drop:
         parent, _, attr = n.rpartition('.')
@@ -91,7 +96,8 @@ def drop_unused(bb: nn.Module, name: str, kwargs: dict | None = None) -> nn.Modu
     return bb
 
 # %% ../nbs/12_model.ipynb #46a302c9
-_WRAPPERS = ('state_dict', 'model', 'state_dict_ema', 'model_ema', 'module', 'net', 'params')  # where trainers nest weights
+# where trainers nest weights
+_WRAPPERS = ('state_dict', 'model', 'state_dict_ema', 'model_ema', 'module', 'net', 'params')
 
 def _tensor_dict(obj) -> dict:
     "The name -> tensor dict inside a loaded checkpoint: `obj` itself, or the first known wrapper entry that holds one."
@@ -124,7 +130,8 @@ def _read_weights(path: Path) -> dict:
                           "fix: save the model's state_dict with torch.save (or safetensors) and pass that file") from e
 
 def load_backbone_weights(bb: nn.Module, path: str | Path, name: str = 'the backbone') -> str:
-    "Load what fits of weights file `path` into `bb` (wrappers, prefixes removed): a note with the count; `ConfigError` if half or less."
+    """Load what fits of weights file `path` into `bb` (wrappers, prefixes removed): a note with the count;
+    `ConfigError` if half or less."""
     path, target = Path(path), bb.state_dict()
     sd = _read_weights(path)
     fits, prefix = _fitting(sd, target)
@@ -133,9 +140,11 @@ def load_backbone_weights(bb: nn.Module, path: str | Path, name: str = 'the back
         try: fits, prefix = max([(fits, prefix), _fitting(convert(dict(sd), bb), target)], key=lambda f: len(f[0]))
         except Exception: pass  # not that architecture's original format either
     if 2 * len(fits) <= len(target):
-        raise ConfigError(f"pretrained weights {path}: only {len(fits)} of the {len(target)} tensors of {name} found in it "
-                          f"(its {len(sd)} keys, e.g. {next(iter(sd), 'none')!r}); fix: pass weights of this architecture "
-                          f"(a timm state dict, or a checkpoint that holds one), or leave pretrained out to train from scratch")
+        raise ConfigError(
+            f"pretrained weights {path}: only {len(fits)} of the {len(target)} tensors of {name} found in it "
+            f"(its {len(sd)} keys, e.g. {next(iter(sd), 'none')!r}); fix: pass weights of this architecture "
+            f"(a timm state dict, or a checkpoint that holds one), or leave pretrained out to train from scratch"
+        )
     bb.load_state_dict(fits, strict=False)
     return (f"pretrained weights: {len(fits)} of {len(target)} backbone tensors loaded from {path}"
             + (f" (key prefix {prefix!r} removed)" if prefix else ''))
@@ -185,7 +194,8 @@ class LandmarkModel(nn.Module):
     def config(self) -> ModelConfig: return self._config
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        "`nn.Module.load_state_dict`, skipping the backbone parts `drop_unused` removed (a checkpoint written before holds them)."
+        """`nn.Module.load_state_dict`, skipping the backbone parts `drop_unused` removed (a checkpoint written
+        before holds them)."""
         gone = tuple(f'backbone.{n}.' for n in getattr(self.backbone, 'removed', ()))
         kept = {k: v for k, v in state_dict.items() if not gone or not k.startswith(gone)}
         return super().load_state_dict(kept, strict, assign)
@@ -210,7 +220,8 @@ def create_model(backbone: str, pool: str = 'rgem', embedding_size: int = 512, h
                  n_classes: int | None = None, pretrained: str | Path | None = None, neck_prelu: bool = False,
                  pool_kwargs: dict | None = None, backbone_kwargs: dict | None = None, **head_kwargs) -> LandmarkModel:
     "A `LandmarkModel` on timm's `backbone`; `pretrained`: None or a local weights file; extra keywords go to the head."
-    if n_classes is not None and head is None: raise ValueError("n_classes is set but head=None; name a head, e.g. head='curricularface'")
+    if n_classes is not None and head is None:
+        raise ValueError("n_classes is set but head=None; name a head, e.g. head='curricularface'")
     if n_classes is not None and n_classes < 1: raise ValueError(f"n_classes must be positive, got {n_classes}")
     head_kwargs = {k: v.tolist() if isinstance(v, torch.Tensor) else v for k, v in head_kwargs.items()}  # plain config
     cfg = ModelConfig(backbone, pool, embedding_size, head, n_classes, neck_prelu,
@@ -220,7 +231,8 @@ def create_model(backbone: str, pool: str = 'rgem', embedding_size: int = 512, h
 # %% ../nbs/12_model.ipynb #sizescd
 @dataclasses.dataclass(frozen=True)
 class SizeRule:
-    "Input sides a backbone accepts: multiples of `multiple`, or only `span` (lo, hi); `stride`: pixels per output cell."
+    """Input sides a backbone accepts: multiples of `multiple`, or only `span` (lo, hi); `stride`: pixels per
+    output cell."""
     name: str
     multiple: int | None  # None: no lattice, only the sizes in `span`
     stride: int
@@ -230,10 +242,12 @@ class SizeRule:
 def _backbone_spec(model_or_name, backbone_kwargs: dict | None = None) -> tuple[str, tuple]:
     "(timm name, sorted backbone keyword items) of a name, a `LandmarkModel` or a timm model."
     if isinstance(model_or_name, str): name, kw = model_or_name, backbone_kwargs or {}
-    elif isinstance(model_or_name, LandmarkModel): name, kw = model_or_name.config.backbone, model_or_name.config.backbone_kwargs
+    elif isinstance(model_or_name, LandmarkModel):
+        name, kw = model_or_name.config.backbone, model_or_name.config.backbone_kwargs
     elif isinstance(model_or_name, nn.Module) and getattr(model_or_name, 'pretrained_cfg', None):
         name, kw = model_or_name.pretrained_cfg['architecture'], backbone_kwargs or {}
-    else: raise TypeError(f"pass a timm model name, a LandmarkModel or a timm model, got {type(model_or_name).__name__}")
+    else:
+        raise TypeError(f"pass a timm model name, a LandmarkModel or a timm model, got {type(model_or_name).__name__}")
     return name, tuple(sorted(kw.items()))
 
 @functools.lru_cache(maxsize=16)
@@ -316,7 +330,8 @@ class CheckpointError(LmkkitError, ValueError):
 SAFE_TORCH = (2, 6)  # before 2.6, torch.load(weights_only=True) can be made to run code (CVE-2025-32434)
 
 def check_torch_loads_safely(version: str | None = None) -> None:
-    "Raise `CheckpointError` before any `torch.load` of a file when torch (`version`, default: installed) is older than 2.6."
+    """Raise `CheckpointError` before any `torch.load` of a file when torch (`version`, default: installed) is
+    older than 2.6."""
     version = version or torch.__version__
     if tuple(int(x) for x in re.findall(r'\d+', version)[:2]) < SAFE_TORCH:
         raise CheckpointError(f"torch {version} can run code from a crafted checkpoint even with weights_only=True "
@@ -331,7 +346,8 @@ def _check_plain(value, where: str = 'extra') -> None:
         for i, v in enumerate(value): _check_plain(v, f"{where}[{i}]")
     elif isinstance(value, dict):
         for k, v in value.items():
-            if not isinstance(k, (str, int)): raise TypeError(f"{where} has a key of type {type(k).__name__}; use str or int keys")
+            if not isinstance(k, (str, int)):
+                raise TypeError(f"{where} has a key of type {type(k).__name__}; use str or int keys")
             _check_plain(v, f"{where}[{k!r}]")
     else: raise TypeError(f"{where} is a {type(value).__module__}.{type(value).__name__}, which torch.load(weights_only=True) "
                           "refuses; convert it to a tensor, a list or a plain number")
@@ -342,18 +358,28 @@ def _plain_id(c) -> int | str:
 
 def unwrap_model(model: nn.Module) -> nn.Module:
     "The model inside DistributedDataParallel/DataParallel (`.module`) and `torch.compile` (`._orig_mod`) wrappers."
-    while isinstance(getattr(model, 'module', None), nn.Module) or isinstance(getattr(model, '_orig_mod', None), nn.Module):
+    while isinstance(getattr(model, 'module', None), nn.Module) or isinstance(
+        getattr(model, '_orig_mod', None), nn.Module
+    ):
         model = getattr(model, 'module', None) or model._orig_mod
     return model
 
-def save_checkpoint(path: str | Path, model: LandmarkModel, class_ids: Sequence[int | str] | None, extra: dict | None = None) -> Path:
-    "Write weights, config, class ids (head index -> landmark id) and `extra` to one file, atomically (wrappers unwrapped)."
+def save_checkpoint(
+    path: str | Path, model: LandmarkModel, class_ids: Sequence[int | str] | None, extra: dict | None = None
+) -> Path:
+    """Write weights, config, class ids (head index -> landmark id) and `extra` to one file, atomically (wrappers
+    unwrapped)."""
     model = unwrap_model(model)
-    if not isinstance(model, LandmarkModel): raise TypeError(f"save_checkpoint needs a LandmarkModel (from create_model), got {type(model).__name__}")
+    if not isinstance(model, LandmarkModel):
+        raise TypeError(
+            f"save_checkpoint needs a LandmarkModel (from create_model), got {type(model).__name__}"
+        )
     class_ids = None if class_ids is None else [_plain_id(c) for c in class_ids]
     n = model.config.n_classes
     if n is not None and (class_ids is None or len(class_ids) != n):
-        raise ValueError(f"the head has {n} classes but {0 if class_ids is None else len(class_ids)} class ids were given")
+        raise ValueError(
+            f"the head has {n} classes but {0 if class_ids is None else len(class_ids)} class ids were given"
+        )
     _check_plain(extra)
     obj = dict(format=CHECKPOINT_FORMAT, version=CHECKPOINT_VERSION, config=dataclasses.asdict(model.config),
                state_dict=model.state_dict(), class_ids=class_ids, extra=extra)
@@ -361,14 +387,17 @@ def save_checkpoint(path: str | Path, model: LandmarkModel, class_ids: Sequence[
     return Path(path)
 
 def _load_failure(e: Exception) -> str:
-    "Why `torch.load` failed, in one sentence: its unpickler's reason when it gives one (not its advice), else its message's first."
+    """Why `torch.load` failed, in one sentence: its unpickler's reason when it gives one (not its advice), else
+    its message's first."""
     text = re.sub(r'\x1b\[[0-9;]*m', '', str(e))  # torch colours its advice
     _, found, reason = text.partition('WeightsUnpickler error:')
     lines = [l.strip() for l in (reason if found else text).splitlines() if l.strip()]
     why = lines[0].split('. ')[0].rstrip('.') if lines else ''
     return f"{type(e).__name__}: {why}" if why else type(e).__name__
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = 'cpu') -> tuple[LandmarkModel, list | None, dict | None]:
+def load_checkpoint(
+    path: str | Path, map_location: str | torch.device = 'cpu'
+) -> tuple[LandmarkModel, list | None, dict | None]:
     "Rebuild the model (eval mode, on `map_location`) from `path` alone -> (model, class_ids, extra)."
     path = Path(path)
     if path.is_dir():
@@ -381,11 +410,15 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = 'cpu') 
             warnings.filterwarnings('ignore', message='Detected pickle protocol')
             obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
-        raise CheckpointError(f"{path} is not an lmkkit checkpoint (torch.load failed: {_load_failure(e)}); fix: pass the model.pt "
-                              f"that `lmkkit train` or lmkkit.model.save_checkpoint wrote, copied again if this copy was cut short") from e
+        raise CheckpointError(
+            f"{path} is not an lmkkit checkpoint (torch.load failed: {_load_failure(e)}); fix: pass the model.pt "
+            f"that `lmkkit train` or lmkkit.model.save_checkpoint wrote, copied again if this copy was cut short"
+        ) from e
     if isinstance(obj, dict) and {'model', 'optimizer'} <= obj.keys():  # `lmkkit train`'s resume state (last.pt)
-        raise CheckpointError(f"{path} is a training run's resume state, not a model; fix: pass the model.pt in the same "
-                              f"folder (written when training ends)")
+        raise CheckpointError(
+            f"{path} is a training run's resume state, not a model; fix: pass the model.pt in the same "
+            f"folder (written when training ends)"
+        )
     if not isinstance(obj, dict) or obj.get('format') != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is a torch file but not an lmkkit checkpoint (no {CHECKPOINT_FORMAT!r} marker); "
                               "a bare state dict loads with create_model(...).load_state_dict(...)")

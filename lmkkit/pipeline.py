@@ -17,16 +17,20 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from .core import ConfigError, Deadline, atomic_write, check_parameters, deadline_reserve, default_cache_dir, kernel_start_time, make_config, require_at_least_one, resolve_device, run_devices, seed_everything
-from .data import (IMAGE_FAILURES, list_ids, nonlandmark_ids, paths_for, read_train_csv, sample_submission, split_by_class,
-                         submission_ids, unlisted_test_ids)
-from .embed import DECODE_MODES, NONFINITE, EmbedResult, Embedder, compact_ids, default_workers, embed_together, id_strings
+from .core import (ConfigError, Deadline, atomic_write, check_parameters, deadline_reserve,
+                         default_cache_dir, kernel_start_time, make_config, require_at_least_one,
+                         resolve_device, run_devices, seed_everything)
+from .data import (IMAGE_FAILURES, list_ids, nonlandmark_ids, paths_for, read_train_csv,
+                         sample_submission, split_by_class, submission_ids, unlisted_test_ids)
+from .embed import (DECODE_MODES, NONFINITE, EmbedResult, Embedder, compact_ids, default_workers,
+                          embed_together, id_strings)
 from .ensemble import Member, adopt_members, combine_embeddings, parse_members, plan_members, probe_members
 from .model import trained_size, valid_image_size, valid_scale_sizes
 from .metrics import TRACKS, load_solution, score, write_recognition_submission, write_retrieval_submission
 from .plan import MIN_HOLDOUT_LANDMARKS, Holdout, Timeline, run_stages
 from .rerank import STAGES, RerankContext, Stage, recognition_predictions, retrieval_predictions
-from .stages import DEFAULT_STAGES, SEED_STAGES, chain_settings, flat_parameter_types, make_chain, stage_parameters
+from .stages import (DEFAULT_STAGES, SEED_STAGES, chain_settings, flat_parameter_types, make_chain,
+                           stage_parameters)
 from .search import Candidates, search
 
 # %% auto #0
@@ -40,29 +44,45 @@ class InferenceConfig:
     "Every setting of an inference run (recognition or retrieval)."
     data_dir: str = '../input/landmark-recognition-2021'  # GLDv2 folder: train.csv, train/, index/, test/
     checkpoint: str = 'model.pt'  # lmkkit.model checkpoint
-    checkpoints: list | tuple | None = None  # an ensemble: paths, or dicts {'path', 'weight', 'image_size'} (lmkkit.ensemble); None: `checkpoint` alone
-    ensemble_stage_share: float = 0.3  # with several checkpoints: share of the time left kept for kNN's stages when choosing how many models run
+    # an ensemble: paths, or dicts {'path', 'weight', 'image_size'} (lmkkit.ensemble); None: `checkpoint`
+    # alone
+    checkpoints: list | tuple | None = None
+    # with several checkpoints: share of the time left kept for kNN's stages when choosing how many models run
+    ensemble_stage_share: float = 0.3
     out_dir: str = '.'  # submission.csv, timeline.csv, metrics.json go here
     track: str = 'recognition'  # 'recognition' or 'retrieval'
     time_limit_hours: float = 12.0  # the kernel's wall-time limit, counted from `kernel_start`
-    kernel_start: float | None = None  # epoch seconds of the kernel's first cell; None: $LMKKIT_KERNEL_START, else the process start
-    reserve_minutes: float = 20.0  # kept free at the end (writing, slack); shrunk for short limits (core.deadline_reserve)
+    # epoch seconds of the kernel's first cell; None: $LMKKIT_KERNEL_START, else the process start
+    kernel_start: float | None = None
+    # kept free at the end (writing, slack); shrunk for short limits (core.deadline_reserve)
+    reserve_minutes: float = 20.0
     image_size: int | None = None  # None: the checkpoint's last training size
     batch_size: int = 32
-    num_workers: int | None = None  # JPEG-decoding DataLoader workers; None: lmkkit.embed.default_workers() (the usable cores, at most 8)
-    decode: str = 'cpu'  # JPEGs decoded by 'cpu' (PIL in the workers), 'gpu' (torchvision on the CUDA device) or 'auto' (the GPU where it works)
+    # JPEG-decoding DataLoader workers; None: lmkkit.embed.default_workers() (the usable cores, at most 8)
+    num_workers: int | None = None
+    # JPEGs decoded by 'cpu' (PIL in the workers), 'gpu' (torchvision on the CUDA device) or 'auto' (the GPU
+    # where it works)
+    decode: str = 'cpu'
     tta: tuple[str, ...] = ('none',)  # lmkkit.embed views: 'none', 'flip'
-    scales: tuple[float, ...] = (1.0,)  # multi-scale TTA: factors of image_size (each rounded to a side the backbone takes, with a note)
+    # multi-scale TTA: factors of image_size (each rounded to a side the backbone takes, with a note)
+    scales: tuple[float, ...] = (1.0,)
     k: int = 10  # recognition: candidates recalled per query (the write-up's top 10)
     retrieval_k: int = 100  # retrieval: index ids per query
-    stages: dict | list | tuple | None = None  # {name: settings} in order, or names (lmkkit.rerank.STAGES); None: the track's default chain
-    holdout_frac: float = 0.25  # share of seen-class train images held out (the standard synthetic set: 154 landmark queries, above min_holdout_landmarks)
+    # {name: settings} in order, or names (lmkkit.rerank.STAGES); None: the track's default chain
+    stages: dict | list | tuple | None = None
+    # share of seen-class train images held out (the standard synthetic set: 154 landmark queries, above
+    # min_holdout_landmarks)
+    holdout_frac: float = 0.25
     holdout_unseen_frac: float = 0.1  # share of classes held out entirely (landmarks not in the database)
     max_holdout: int = 20000  # cap on held-out landmark queries
-    holdout_mix: tuple | None = None  # the test's shares of (landmark, unseen landmark, non-landmark) queries; None: estimated from the test queries (lmkkit.plan.estimate_mix)
-    min_holdout_landmarks: int = MIN_HOLDOUT_LANDMARKS  # below it a stage that learns is skipped (lmkkit.plan.min_holdout_landmarks)
+    # the test's shares of (landmark, unseen landmark, non-landmark) queries; None: estimated from the test
+    # queries (lmkkit.plan.estimate_mix)
+    holdout_mix: tuple | None = None
+    # below it a stage that learns is skipped (lmkkit.plan.min_holdout_landmarks)
+    min_holdout_landmarks: int = MIN_HOLDOUT_LANDMARKS
     device: str = 'auto'  # 'auto', 'cpu', 'cuda', 'cuda:1', ...
-    cache_dir: str | None = None  # embedding cache; None: `lmkkit.core.default_cache_dir` (on Kaggle outside /kaggle/working)
+    # embedding cache; None: `lmkkit.core.default_cache_dir` (on Kaggle outside /kaggle/working)
+    cache_dir: str | None = None
     public_run: str = 'auto'  # 'auto' (lmkkit.inputs.is_public_run), 'yes' or 'no'; a public run writes top-1 kNN only
     public_max_test: int | None = None  # public-run test images at most (None: lmkkit.inputs.PUBLIC_TEST_MAX[track])
     public_train_rows: int | None = 1_580_470  # and train.csv rows exactly (None: not checked)
@@ -72,39 +92,58 @@ class InferenceConfig:
     verbose: bool = True
 
     def __post_init__(self):
-        if self.track not in TRACKS: raise ConfigError(f"parameter 'track' must be one of {', '.join(TRACKS)}, got {self.track!r}")
+        if self.track not in TRACKS:
+            raise ConfigError(f"parameter 'track' must be one of {', '.join(TRACKS)}, got {self.track!r}")
         if self.decode not in DECODE_MODES:
             raise ConfigError(f"parameter 'decode' must be one of {', '.join(DECODE_MODES)}, got {self.decode!r}")
         if not re.fullmatch(r'auto|cpu|cuda(:\d+)?', str(self.device)):
             raise ConfigError(f"parameter 'device' must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
         if self.decode == 'gpu' and self.device == 'cpu':
-            raise ConfigError("decode='gpu' decodes JPEGs on the CUDA device but device='cpu'; use decode='cpu' or device='cuda'")
+            raise ConfigError(
+                "decode='gpu' decodes JPEGs on the CUDA device but device='cpu'; use decode='cpu' or device='cuda'"
+            )
         if self.public_run not in ('auto', 'yes', 'no'):
             raise ConfigError(f"parameter 'public_run' must be 'auto', 'yes' or 'no', got {self.public_run!r}")
         require_at_least_one(self, ('k', 'retrieval_k', 'batch_size', 'public_sample_max'))
-        if self.time_limit_hours <= 0 or self.reserve_minutes < 0:  # a reserve too large for the limit shrinks (core.deadline_reserve)
+        # a reserve too large for the limit shrinks (core.deadline_reserve)
+        if self.time_limit_hours <= 0 or self.reserve_minutes < 0:
             raise ConfigError(f"need time_limit_hours > 0 and reserve_minutes >= 0, got "
                               f"{self.time_limit_hours} h and {self.reserve_minutes} min")
         if not 0 <= self.ensemble_stage_share < 1:
             raise ConfigError(f"parameter 'ensemble_stage_share' must be in [0, 1), got {self.ensemble_stage_share}")
-        if self.checkpoints is not None: object.__setattr__(self, 'checkpoints', tuple(self.checkpoints) if isinstance(self.checkpoints, list) else self.checkpoints)
+        if self.checkpoints is not None:
+            object.__setattr__(
+                self,
+                'checkpoints',
+                tuple(self.checkpoints) if isinstance(self.checkpoints, list) else self.checkpoints,
+            )
         self.members  # a bad member spec stops here, in one line
         if self.holdout_mix is not None: object.__setattr__(self, 'holdout_mix', _check_mix(self.holdout_mix))
-        if self.public_budget_s <= 0: raise ConfigError(f"parameter 'public_budget_s' must be > 0 seconds, got {self.public_budget_s}")
-        if isinstance(self.stages, (list, str)): object.__setattr__(self, 'stages', tuple([self.stages] if isinstance(self.stages, str) else self.stages))
+        if self.public_budget_s <= 0:
+            raise ConfigError(f"parameter 'public_budget_s' must be > 0 seconds, got {self.public_budget_s}")
+        if isinstance(self.stages, (list, str)):
+            object.__setattr__(
+                self, 'stages', tuple([self.stages] if isinstance(self.stages, str) else self.stages)
+            )
         object.__setattr__(self, 'tta', tuple(self.tta))
         object.__setattr__(self, 'scales', tuple(self.scales))
-        if not self.scales or min(self.scales) <= 0: raise ConfigError(f"parameter 'scales' must be positive factors, got {self.scales!r}")
+        if not self.scales or min(self.scales) <= 0:
+            raise ConfigError(f"parameter 'scales' must be positive factors, got {self.scales!r}")
         self.stage_chain()  # every stage made once: unknown names and bad settings stop here
 
     @property
     def chain(self) -> dict[str, dict]:
-        "The stages to run with their settings, in order: `stages` (else the track's default chain) over `DEFAULT_SETTINGS`."
+        """The stages to run with their settings, in order: `stages` (else the track's default chain) over
+        `DEFAULT_SETTINGS`."""
         for s, kw in (self.stages.items() if isinstance(self.stages, dict) else []):
-            if kw is not None and not isinstance(kw, dict): raise ConfigError(f"parameter 'stages'[{s!r}] must be a dict of settings, got {kw!r}")
+            if kw is not None and not isinstance(kw, dict):
+                raise ConfigError(f"parameter 'stages'[{s!r}] must be a dict of settings, got {kw!r}")
         chain = chain_settings(self.stages, self.track)
         for s in chain:
-            if s not in STAGES: raise ConfigError(f"parameter 'stages': unknown stage {s!r}; choose from {', '.join(STAGES.names)}")
+            if s not in STAGES:
+                raise ConfigError(
+                    f"parameter 'stages': unknown stage {s!r}; choose from {', '.join(STAGES.names)}"
+                )
         return chain
 
     def stage_chain(self) -> list[Stage]:
@@ -113,7 +152,8 @@ class InferenceConfig:
 
     @property
     def members(self) -> tuple[Member, ...]:
-        "The models of the run, in the user's order (`lmkkit.ensemble.parse_members`): `checkpoints`, else `checkpoint` alone."
+        """The models of the run, in the user's order (`lmkkit.ensemble.parse_members`): `checkpoints`, else
+        `checkpoint` alone."""
         return parse_members(self.checkpoints, self.checkpoint)
 
     @property
@@ -135,13 +175,19 @@ def _found_inputs(track: str, params: dict) -> dict:
     found = {}
     if 'data_dir' in params and params['data_dir'] is None: found['data_dir'] = str(find_input(track))
     if 'checkpoint' in params and params['checkpoint'] is None:  # with `checkpoints` given, `checkpoint` is not used
-        found['checkpoint'] = InferenceConfig.checkpoint if params.get('checkpoints') else str(find_input('weights')/'model.pt')
+        found['checkpoint'] = (
+            InferenceConfig.checkpoint
+            if params.get('checkpoints')
+            else str(find_input('weights') / 'model.pt')
+        )
     return found
 
 def kernel_config(track: str,
                   overrides: dict | None = None,  # any other InferenceConfig setting
                   **params) -> InferenceConfig:
-    "The `InferenceConfig` of an inference kernel from its parameters (`notebook_parameters(globals())`): names and types checked; `data_dir` or `checkpoint` None: the attached one, found by its files (`lmkkit.kaggle.find_input`)."
+    """The `InferenceConfig` of an inference kernel from its parameters (`notebook_parameters(globals())`): names
+    and types checked; `data_dir` or `checkpoint` None: the attached one, found by its files
+    (`lmkkit.kaggle.find_input`)."""
     params = {**params, **_found_inputs(track, params)}
     extra = {'overrides': dict | None, **flat_parameter_types()}
     p = check_parameters(InferenceConfig, {'overrides': overrides, **params}, extra=extra)
@@ -156,7 +202,9 @@ class InferenceResult:
     track: str
     submission: Path
     metric: str  # 'gap' or 'map@100'
-    ablation: list  # [{'stage', metric: test score or None, 'holdout': held-out estimate or None, 'adopted': bool}, ...] in run order, then 'final'
+    # [{'stage', metric: test score or None, 'holdout': held-out estimate or None, 'adopted': bool}, ...] in
+    # run order, then 'final'
+    ablation: list
     timeline: pd.DataFrame
     skipped: list  # notes of the steps that did not run
     cut: list  # the part of `skipped` that the deadline dropped or cut short
@@ -165,20 +213,38 @@ class InferenceResult:
     def metrics(self) -> dict:
         "The content of metrics.json: the ablation stages, the final score and the report."
         final = self.ablation[-1][self.metric] if self.ablation else None  # the 'final' row: the last adopted answer
-        return {'track': self.track, 'metric': self.metric, self.metric: final, 'stages': self.ablation,
-                'seconds': float(self.timeline['actual_s'].sum()), 'skipped': self.skipped, 'cut': self.cut, **self.report}
+        return {
+            'track': self.track,
+            'metric': self.metric,
+            self.metric: final,
+            'stages': self.ablation,
+            'seconds': float(self.timeline['actual_s'].sum()),
+            'skipped': self.skipped,
+            'cut': self.cut,
+            **self.report,
+        }
 
     def table(self) -> pd.DataFrame:
-        "The ablation as a table: stage, test score, held-out estimate, adopted, test change against the answer before it."
+        """The ablation as a table: stage, test score, held-out estimate, adopted, test change against the answer
+        before it."""
         df = pd.DataFrame(self.ablation, columns=['stage', self.metric, 'holdout', 'adopted'])
-        kept = df[self.metric].astype(float).where(df.adopted.astype(bool)).ffill().shift()  # the answer each row competed with
+        # the answer each row competed with
+        kept = df[self.metric].astype(float).where(df.adopted.astype(bool)).ffill().shift()
         return df.assign(delta=df[self.metric].astype(float) - kept)
 
 class _Run:
     "State of one inference run: config, deadline, timeline, ids, solution, ablation."
     def __init__(self, cfg: InferenceConfig, ids: list[str], solution: dict | None, timeline: Timeline,
-                 locate: Callable[[str, str], str] | None = None):  # locate(split, image_id) -> path; None: the GLDv2 layout under data_dir
-        self.cfg, self.out, self.ids, self.id_set, self.solution, self.timeline = cfg, Path(cfg.out_dir), ids, set(ids), solution, timeline
+                 # locate(split, image_id) -> path; None: the GLDv2 layout under data_dir
+                 locate: Callable[[str, str], str] | None = None):
+        self.cfg, self.out, self.ids, self.id_set, self.solution, self.timeline = (
+            cfg,
+            Path(cfg.out_dir),
+            ids,
+            set(ids),
+            solution,
+            timeline,
+        )
         self.locate = locate or (lambda split, image_id: paths_for(cfg.data_dir, split, [image_id])[0])
         self.deadline = timeline.deadline
         self.metric = 'gap' if cfg.track == 'recognition' else 'map@100'
@@ -193,7 +259,9 @@ class _Run:
         "The file of a test id, or of a database (train or index) id: computed, never stored per id."
         return self.locate('test' if image_id in self.id_set else self.db_split, image_id)
 
-    def write(self, predictions: dict, stage: str | None, holdout: float | None = None, title: str | None = None) -> None:
+    def write(
+        self, predictions: dict, stage: str | None, holdout: float | None = None, title: str | None = None
+    ) -> None:
         "Replace the submission atomically; score it and add an ablation row when `stage` is given."
         preds = {q: p for q, p in predictions.items() if q in self.id_set}
         writer = write_recognition_submission if self.cfg.track == 'recognition' else write_retrieval_submission
@@ -201,12 +269,20 @@ class _Run:
         self.predictions = preds
         if stage is not None: self.record(preds, stage, holdout, True, title)
 
-    def record(self, predictions: dict, stage: str, holdout: float | None, adopted: bool, title: str | None = None) -> None:
-        "Add an ablation row: the test score of `predictions` (when the folder has a solution), the held-out estimate, the verdict."
+    def record(
+        self, predictions: dict, stage: str, holdout: float | None, adopted: bool, title: str | None = None
+    ) -> None:
+        """Add an ablation row: the test score of `predictions` (when the folder has a solution), the held-out
+        estimate, the verdict."""
         s = score({q: p for q, p in predictions.items() if q in self.id_set}, self.solution, self.cfg.track)
-        self.ablation.append({'stage': stage, self.metric: s, 'holdout': holdout, 'adopted': adopted, 'title': title or stage})
-        self.timeline.say(f"{'submission after' if adopted else 'not adopted:'} {stage}" + ('' if s is None else f": {self.metric} {s:.4f}")
-                          + ('' if holdout is None else f" (held-out {holdout:.4f})"))
+        self.ablation.append(
+            {'stage': stage, self.metric: s, 'holdout': holdout, 'adopted': adopted, 'title': title or stage}
+        )
+        self.timeline.say(
+            f"{'submission after' if adopted else 'not adopted:'} {stage}"
+            + ('' if s is None else f": {self.metric} {s:.4f}")
+            + ('' if holdout is None else f" (held-out {holdout:.4f})")
+        )
 
     def answer(self, predictions: dict, stage: str, verdict: dict) -> None:
         "A stage's answer and its verdict: written when adopted, else only scored for the ablation."
@@ -218,32 +294,50 @@ class _Run:
 
 # %% ../nbs/50_pipeline.ipynb #8429b9af
 def _public(cfg: InferenceConfig) -> tuple[bool, str]:
-    "Whether this is the public run of a code competition (the cheap path), and why; counts files and lines, parses nothing."
+    """Whether this is the public run of a code competition (the cheap path), and why; counts files and lines,
+    parses nothing."""
     if cfg.public_run != 'auto': return cfg.public_run == 'yes', f'public_run={cfg.public_run!r}'
     from lmkkit.inputs import is_public_run
     data = Path(cfg.data_dir)
     if not (data/'test').is_dir(): return False, 'no test folder'
     rows = cfg.public_train_rows
-    if rows is not None and not (data/'train.csv').is_file(): return False, 'full run (no train.csv to count)'  # doubt: the full run
+    # doubt: the full run
+    if rows is not None and not (data/'train.csv').is_file(): return False, 'full run (no train.csv to count)'
     public = is_public_run(data, cfg.track, cfg.public_max_test, rows)
-    return public, ('public run: few test images' + (f', train.csv has {rows} rows' if rows else '')) if public else 'full run'
+    return public, (
+        ('public run: few test images' + (f', train.csv has {rows} rows' if rows else ''))
+        if public
+        else 'full run'
+    )
 
-def _image_size(cfg: InferenceConfig, extra: dict | None, model, image_size: int | None = None) -> tuple[int, list[str]]:
-    "The size asked for (`image_size`, else the config's, else the checkpoint's last training size, else 224) made valid for `model`'s backbone; the notes on it and on the TTA scales."
+def _image_size(
+    cfg: InferenceConfig, extra: dict | None, model, image_size: int | None = None
+) -> tuple[int, list[str]]:
+    """The size asked for (`image_size`, else the config's, else the checkpoint's last training size, else 224)
+    made valid for `model`'s backbone; the notes on it and on the TTA scales."""
     size, note = valid_image_size(model, image_size or cfg.image_size or trained_size(extra))
     return size, [n for n in [note, *valid_scale_sizes(model, size, cfg.scales)[1]] if n]
 
 def _start(cfg: InferenceConfig, locate: Callable[[str, str], str] | None = None) -> _Run:
-    "Write the empty submission, read the folder's tables, tell the public run from the full one, count the test images left out."
+    """Write the empty submission, read the folder's tables, tell the public run from the full one, count the
+    test images left out."""
     Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
     deadline = Deadline.since(kernel_start_time(cfg.kernel_start), 3600 * cfg.time_limit_hours, cfg.deadline_reserve_s)
     timeline = Timeline(cfg.out_dir, deadline, cfg.verbose)
     with timeline.step('empty_submission') as row:
         rejected = []  # test file names that are not UTF-8: no submission can hold them
-        run = _Run(cfg, submission_ids(cfg.data_dir, cfg.track, rejected), load_solution(cfg.data_dir, cfg.track), timeline, locate)
+        run = _Run(
+            cfg,
+            submission_ids(cfg.data_dir, cfg.track, rejected),
+            load_solution(cfg.data_dir, cfg.track),
+            timeline,
+            locate,
+        )
         t0 = time.perf_counter()
         run.write({}, None)
-        timeline.deadline.reserve_s, why = deadline_reserve(timeline.deadline.limit_s, cfg.deadline_reserve_s, time.perf_counter() - t0)
+        timeline.deadline.reserve_s, why = deadline_reserve(
+            timeline.deadline.limit_s, cfg.deadline_reserve_s, time.perf_counter() - t0
+        )
         row['note'] = f'{len(run.ids)} ids; {deadline.elapsed:.0f}s since the kernel started; {why}'
     with timeline.step('public_check') as row:
         run.public, row['note'] = _public(cfg)
@@ -251,12 +345,19 @@ def _start(cfg: InferenceConfig, locate: Callable[[str, str], str] | None = None
     return run
 
 def _test_folder(run: _Run, rejected: list) -> str:
-    "Count the test images that are not predicted: on disk but not in the sample submission, or named in bytes that are not UTF-8."
+    """Count the test images that are not predicted: on disk but not in the sample submission, or named in bytes
+    that are not UTF-8."""
     cfg = run.cfg
     unlisted = unlisted_test_ids(cfg.data_dir, run.ids, rejected) if sample_submission(cfg.data_dir, cfg.track) else []
     run.report.update(test_unlisted=len(unlisted), test_names_not_utf8=len(rejected))
-    notes = [f"{len(unlisted)} test images on disk are not in the sample submission (not predicted)" if unlisted else '',
-             f"{len(rejected)} test file names are not UTF-8 (left out, e.g. {rejected[0]})" if rejected else '']
+    notes = [
+        (
+            f"{len(unlisted)} test images on disk are not in the sample submission (not predicted)"
+            if unlisted
+            else ''
+        ),
+        f"{len(rejected)} test file names are not UTF-8 (left out, e.g. {rejected[0]})" if rejected else '',
+    ]
     return '; '.join(n for n in notes if n)
 
 def _read_train(run: _Run) -> pd.DataFrame:
@@ -269,35 +370,67 @@ def _read_train(run: _Run) -> pd.DataFrame:
 def _member_name(i: int) -> str: return 'load_model' if i == 0 else f'load_model[{i}]'
 
 def _load_model(run: _Run, i: int = 0) -> Embedder:
-    "The `Embedder` of member `i` of the run (`checkpoints[i]`, else `checkpoint`) at its image size; a step of the timeline."
+    """The `Embedder` of member `i` of the run (`checkpoints[i]`, else `checkpoint`) at its image size; a step of
+    the timeline."""
     member = run.cfg.members[i]
     with run.timeline.step(_member_name(i)) as row:
         from lmkkit.model import load_checkpoint  # timm's import (seconds) is part of the step
         model, _, extra = load_checkpoint(member.path, map_location=run.device)
         size, notes = _image_size(run.cfg, extra, model, member.image_size)
         embedder = run_embedder(run.cfg, model, size, run.device, run.devices, checkpoint=member.path)
-        row['note'] = '; '.join([f"{member.path} at {size}px on {', '.join(run.devices)}", f'JPEGs decoded by {embedder.decoding}', *notes])
+        row['note'] = '; '.join(
+            [
+                f"{member.path} at {size}px on {', '.join(run.devices)}",
+                f'JPEGs decoded by {embedder.decoding}',
+                *notes,
+            ]
+        )
     if i == 0: run.size = size
     if notes: run.report.setdefault('size_notes', []).extend(notes)
-    run.train_configs[i] = (extra or {}).get('train_config')  # which train images the model never saw (_unseen_by_models)
+    # which train images the model never saw (_unseen_by_models)
+    run.train_configs[i] = (extra or {}).get('train_config')
     return embedder
 
 def run_embedder(cfg: InferenceConfig, model, size: int, device: str, devices: Sequence[str] | None = None,
-                 checkpoint: str | None = None) -> Embedder:  # the member's checkpoint (its cache key); None: cfg.checkpoint
-    "The `Embedder` of a run of `cfg` (its cache folder and key) at `size` on `device`, sharded over `devices` (None: `device` alone); `model` None: loaded when first needed."
-    return Embedder(model, checkpoint or cfg.checkpoint, cfg.cache_dir or default_cache_dir(cfg.out_dir), size, device, devices=devices,
-                    batch_size=cfg.batch_size, num_workers=cfg.num_workers, tta=cfg.tta, scales=cfg.scales, decode=cfg.decode)
+                 # the member's checkpoint (its cache key); None: cfg.checkpoint
+                 checkpoint: str | None = None) -> Embedder:
+    """The `Embedder` of a run of `cfg` (its cache folder and key) at `size` on `device`, sharded over `devices`
+    (None: `device` alone); `model` None: loaded when first needed."""
+    return Embedder(
+        model,
+        checkpoint or cfg.checkpoint,
+        cfg.cache_dir or default_cache_dir(cfg.out_dir),
+        size,
+        device,
+        devices=devices,
+        batch_size=cfg.batch_size,
+        num_workers=cfg.num_workers,
+        tta=cfg.tta,
+        scales=cfg.scales,
+        decode=cfg.decode,
+    )
 
-def _embed_members(run: _Run, embedders: Sequence[Embedder], name: str, split: str, ids: Sequence[str]) -> list[EmbedResult]:
-    "Embed the images `ids` of `split` with every member, each image decoded once (`embed_together`), as timeline step `name`; count what could not be embedded."
+def _embed_members(
+    run: _Run, embedders: Sequence[Embedder], name: str, split: str, ids: Sequence[str]
+) -> list[EmbedResult]:
+    """Embed the images `ids` of `split` with every member, each image decoded once (`embed_together`), as
+    timeline step `name`; count what could not be embedded."""
     with run.timeline.step(name, planned_s=sum(e.eta(len(ids)) for e in embedders)) as row:
-        results = embed_together(embedders, ids, lambda i: run.locate(split, i), run.deadline, split=name)  # a path only for an image it reads
+        # a path only for an image it reads
+        results = embed_together(embedders, ids, lambda i: run.locate(split, i), run.deadline, split=name)
         res = results[0]
         reasons = {r: res.reasons.get(r, 0) for r in (*IMAGE_FAILURES, NONFINITE)}  # every reason, zeros included
-        row['note'] = f'{int(res.ok.sum())}/{len(ids)} images' + (f', {res.skipped} skipped (time)' if res.skipped else '') \
-            + (f", {len(res.unreadable)} unreadable ({', '.join(f'{r}: {n}' for r, n in reasons.items() if n)})" if res.unreadable else '') \
-            + (f'; {len(embedders)} models' if len(embedders) > 1 else '') \
+        row['note'] = (
+            f'{int(res.ok.sum())}/{len(ids)} images'
+            + (f', {res.skipped} skipped (time)' if res.skipped else '')
+            + (
+                f", {len(res.unreadable)} unreadable ({', '.join(f'{r}: {n}' for r, n in reasons.items() if n)})"
+                if res.unreadable
+                else ''
+            )
+            + (f'; {len(embedders)} models' if len(embedders) > 1 else '')
             + ''.join(f'; cache off: {e.cache_off}' for e in embedders if e.cache_off)
+        )
     run.report[f'{name}_unreadable'] = len(res.unreadable)
     run.report[f'{name}_failures'] = reasons
     if dropped := sum(len(e.cache.dropped) for e in embedders): run.report['embed_cache_nonfinite'] = dropped
@@ -309,11 +442,13 @@ def _embed_members(run: _Run, embedders: Sequence[Embedder], name: str, split: s
 
 # %% ../nbs/50_pipeline.ipynb #pub00002
 def public_sample(n_rows: int, n: int, seed: int = 0) -> np.ndarray:
-    "Sorted row numbers of `n` of `n_rows` rows: the first `n` of a seeded permutation, so a smaller sample is part of a larger one."
+    """Sorted row numbers of `n` of `n_rows` rows: the first `n` of a seeded permutation, so a smaller sample is
+    part of a larger one."""
     return np.sort(np.random.default_rng(seed).permutation(n_rows)[:n])
 
 def public_sample_size(cfg: InferenceConfig, seconds_per_image: float) -> int:
-    "Images in the public run's database: `public_sample_max`, fewer if the measured rate embeds fewer in `public_budget_s`."
+    """Images in the public run's database: `public_sample_max`, fewer if the measured rate embeds fewer in
+    `public_budget_s`."""
     return min(cfg.public_sample_max, max(1, int(cfg.public_budget_s / seconds_per_image)))
 
 def _public_database(run: _Run, embedder: Embedder, table):
@@ -333,7 +468,10 @@ def _confidences(run: _Run) -> None:
     conf = {q: c for q, (_, c) in run.predictions.items()}
     nl = [conf[q] for q, t in run.solution.items() if not t and not other.get(q) and q in conf]
     lm = [conf[q] for q, t in run.solution.items() if t and q in conf]
-    run.report.update(mean_conf_nonlandmark=float(np.mean(nl)) if nl else None, mean_conf_landmark=float(np.mean(lm)) if lm else None)
+    run.report.update(
+        mean_conf_nonlandmark=float(np.mean(nl)) if nl else None,
+        mean_conf_landmark=float(np.mean(lm)) if lm else None,
+    )
     if nl and lm: run.timeline.say(f"mean confidence: non-landmarks {np.mean(nl):.4f}, landmarks {np.mean(lm):.4f}")
 
 KNN_TITLES = {'knn_top1': 'kNN top-1', 'knn': 'kNN'}  # the first answer of each track, as a report calls it
@@ -342,14 +480,24 @@ def _knn_answer(run: _Run, cands: Candidates, predict, stage: str, public: bool)
     "Write the kNN submission; the finished result when no re-ranking can follow it, else None."
     run.write(predict(cands), stage, title=KNN_TITLES.get(stage))
     if public: run.timeline.skip('stages', None, f'public run: {stage} only')
-    elif not len(cands) or not cands.k: run.timeline.skip('stages', None, 'no candidates (no readable test images, or an empty database)')
+    elif not len(cands) or not cands.k:
+        run.timeline.skip('stages', None, 'no candidates (no readable test images, or an empty database)')
     else: return None
     return _finish(run)
 
 def _finish(run: _Run) -> InferenceResult:
     kept = [r for r in run.ablation if r['adopted']]
     if kept: run.ablation.append({**kept[-1], 'stage': 'final', 'title': 'final'})
-    res = InferenceResult(run.cfg.track, run.submission, run.metric, run.ablation, run.timeline.frame(), run.timeline.skipped, run.timeline.cut, run.report)
+    res = InferenceResult(
+        run.cfg.track,
+        run.submission,
+        run.metric,
+        run.ablation,
+        run.timeline.frame(),
+        run.timeline.skipped,
+        run.timeline.cut,
+        run.report,
+    )
     run.save_metrics(res)
     return res
 
@@ -364,21 +512,49 @@ def make_holdout(train: pd.DataFrame,  # id, landmark_id of the train images, ro
                  nl_ids: np.ndarray, nl_emb: np.ndarray,  # non-landmark queries and their embeddings
                  nl_ref_emb: np.ndarray | None, k: int, cfg: InferenceConfig,
                  ok: np.ndarray | None = None,  # (len(train),) bool: rows that were embedded (None: all)
-                 test: tuple[Candidates, np.ndarray] | None = None,  # the test's kNN candidates and (Q, D) embeddings: its mix is estimated from them
-                 unseen_by_model: np.ndarray | None = None,  # (len(train),) bool: rows the model never trained on (`model_unseen_rows`): the held-out rows
+                 # the test's kNN candidates and (Q, D) embeddings: its mix is estimated from them
+                 test: tuple[Candidates, np.ndarray] | None = None,
+                 # (len(train),) bool: rows the model never trained on (`model_unseen_rows`): the held-out
+                 # rows
+                 unseen_by_model: np.ndarray | None = None,
                  **ctx_kwargs) -> Holdout:
-    "Held-out queries (images of seen classes, whole unseen classes, non-landmarks) searched against the rest of train (`emb` itself with the held-out rows excluded, no copy), weighted to the test's mix of kinds (`cfg.holdout_mix`, else estimated from `test`; neither: unweighted)."
+    """Held-out queries (images of seen classes, whole unseen classes, non-landmarks) searched against the rest
+    of train (`emb` itself with the held-out rows excluded, no copy), weighted to the test's mix of kinds
+    (`cfg.holdout_mix`, else estimated from `test`; neither: unweighted)."""
     rows = train.assign(row=np.arange(len(train)))
-    rest, held, origin = _held_rows(rows if ok is None else rows[ok], cfg, unseen_by_model, min_rows=cfg.min_holdout_landmarks)
+    rest, held, origin = _held_rows(
+        rows if ok is None else rows[ok], cfg, unseen_by_model, min_rows=cfg.min_holdout_landmarks
+    )
     if len(held) > cfg.max_holdout: held = held.sample(cfg.max_holdout, random_state=cfg.seed)
     nl_str = id_strings(compact_ids(nl_ids))
-    order = np.random.default_rng(cfg.seed).permutation(len(held) + len(nl_str))  # landmarks and non-landmarks mixed: a stage cut short by time reaches both
+    # landmarks and non-landmarks mixed: a stage cut short by time reaches both
+    order = np.random.default_rng(cfg.seed).permutation(len(held) + len(nl_str))
     q_ids = np.concatenate([held['id'].to_numpy(str), nl_str])[order]
-    q_emb = np.concatenate([emb[held['row'].to_numpy()], np.asarray(nl_emb).reshape(-1, emb.shape[1])]).astype(np.float32)[order]
+    q_emb = np.concatenate(
+        [emb[held['row'].to_numpy()], np.asarray(nl_emb).reshape(-1, emb.shape[1])]
+    ).astype(np.float32)[order]
     exclude = np.ones(len(train), bool); exclude[rest['row'].to_numpy()] = False
-    ctx = RerankContext(index_ids=compact_ids(train['id'].to_numpy()), index_emb=emb, index_labels=train['landmark_id'].to_numpy(),
-                        index_exclude=exclude, query_ids=q_ids, query_emb=q_emb, nonlandmark_emb=nl_ref_emb, **ctx_kwargs)
-    cands = search(q_ids, q_emb, ctx.index_ids, ctx.index_emb, k, ctx.index_labels, exclude=exclude, deadline=ctx.deadline, device=ctx.device)
+    ctx = RerankContext(
+        index_ids=compact_ids(train['id'].to_numpy()),
+        index_emb=emb,
+        index_labels=train['landmark_id'].to_numpy(),
+        index_exclude=exclude,
+        query_ids=q_ids,
+        query_emb=q_emb,
+        nonlandmark_emb=nl_ref_emb,
+        **ctx_kwargs
+    )
+    cands = search(
+        q_ids,
+        q_emb,
+        ctx.index_ids,
+        ctx.index_emb,
+        k,
+        ctx.index_labels,
+        exclude=exclude,
+        deadline=ctx.deadline,
+        device=ctx.device,
+    )
     truth = {**{i: [int(l)] for i, l in zip(held['id'], held['landmark_id'])}, **{i: [] for i in nl_str}}
     kinds = np.concatenate([np.where(held['landmark_id'].isin(set(rest['landmark_id'])), 'landmark', 'unseen'),
                             np.full(len(nl_str), 'nonlandmark')])[order]
@@ -386,7 +562,8 @@ def make_holdout(train: pd.DataFrame,  # id, landmark_id of the train images, ro
     return dataclasses.replace(h, note=f'{origin}; {h.note}')
 
 def model_unseen_rows(train: pd.DataFrame, train_config: dict | None) -> np.ndarray | None:
-    "(len(train),) bool: the rows the model never trained on, its training's validation split reproduced from the checkpoint's `train_config` (`lmkkit.train.prepare_data`); None: it trained on every row."
+    """(len(train),) bool: the rows the model never trained on, its training's validation split reproduced from
+    the checkpoint's `train_config` (`lmkkit.train.prepare_data`); None: it trained on every row."""
     tc = train_config or {}
     if not tc.get('val_every_epochs'): return None
     df = train.iloc[:tc['max_images']] if tc.get('max_images') else train
@@ -395,28 +572,43 @@ def model_unseen_rows(train: pd.DataFrame, train_config: dict | None) -> np.ndar
 
 def _held_rows(rows: pd.DataFrame, cfg: InferenceConfig, unseen_by_model: np.ndarray | None,
                unseen_frac: float | None = None, min_rows: int = 1) -> tuple[pd.DataFrame, pd.DataFrame, str]:
-    "(rest, held-out rows, where they come from): the rows the model never trained on when there are `min_rows`, else `split_by_class`."
+    """(rest, held-out rows, where they come from): the rows the model never trained on when there are
+    `min_rows`, else `split_by_class`."""
     if unseen_by_model is not None:
         mask = np.asarray(unseen_by_model, bool)[rows['row'].to_numpy()]
-        if mask.sum() >= max(min_rows, 1): return rows[~mask], rows[mask], "queries: the model's validation images (it never trained on them)"
+        if mask.sum() >= max(min_rows, 1):
+            return (
+                rows[~mask],
+                rows[mask],
+                "queries: the model's validation images (it never trained on them)",
+            )
     frac = cfg.holdout_unseen_frac if unseen_frac is None else unseen_frac
     rest, held = split_by_class(rows, cfg.holdout_frac, frac, seed=cfg.seed)
     return rest, held, 'queries: train images split off by class (the model may have trained on them)'
 
 def shaped_like_test(holdout: Holdout, kind: dict,  # held-out query id -> its kind (lmkkit.plan.HOLDOUT_KINDS)
                      cfg: InferenceConfig, test: tuple[Candidates, np.ndarray] | None = None) -> Holdout:
-    "`holdout` with weights that give it the test's mix of query kinds: `cfg.holdout_mix` when given, else estimated from the `test` (candidates, embeddings), else none."
+    """`holdout` with weights that give it the test's mix of query kinds: `cfg.holdout_mix` when given, else
+    estimated from the `test` (candidates, embeddings), else none."""
     c, ctx = holdout.cands, holdout.ctx
     kinds = np.array([kind[q] for q in c.query_ids.astype(str)])
-    if cfg.holdout_mix is not None: mix, source = dict(zip(('landmark', 'unseen', 'nonlandmark'), cfg.holdout_mix)), 'given (holdout_mix)'
+    if cfg.holdout_mix is not None:
+        mix, source = dict(zip(('landmark', 'unseen', 'nonlandmark'), cfg.holdout_mix)), 'given (holdout_mix)'
     elif test is not None and len(test[0]):
         held_x = mix_features(c.sims, ctx.query_emb_of(c.query_ids), ctx.nonlandmark_emb)
         test_x = mix_features(test[0].sims, _test_emb(test), ctx.nonlandmark_emb)
-        mix, source = estimate_mix(held_x, kinds, test_x), f'estimated from the {len(test[0])} test queries (EM on kNN similarities)'
+        mix, source = (
+            estimate_mix(held_x, kinds, test_x),
+            f'estimated from the {len(test[0])} test queries (EM on kNN similarities)',
+        )
     else: mix, source = None, 'no test queries to estimate it from'
     share = {k: float((kinds == k).mean()) for k in ('landmark', 'unseen', 'nonlandmark')}
     fmt = lambda m: ' / '.join(f"{m.get(k, 0):.0%}" for k in ('landmark', 'unseen', 'nonlandmark'))
-    if mix is None: return dataclasses.replace(holdout, note=f'held-out mix {fmt(share)} (landmark / unseen / non-landmark), unweighted: {source}')
+    if mix is None:
+        return dataclasses.replace(
+            holdout,
+            note=f'held-out mix {fmt(share)} (landmark / unseen / non-landmark), unweighted: {source}',
+        )
     w = mix_weights(kinds, mix)
     note = f'held-out mix {fmt(share)} weighted to the test mix {fmt(mix)} (landmark / unseen / non-landmark), {source}'
     return dataclasses.replace(holdout, weights=dict(zip(c.query_ids.astype(str), w.tolist())), note=note)
@@ -427,7 +619,8 @@ def _test_emb(test: tuple[Candidates, np.ndarray]) -> np.ndarray:
     return emb[np.isfinite(emb).all(1)] if len(emb) != len(cands) else emb
 
 # %% ../nbs/50_pipeline.ipynb #ens00002
-KNN_S_PER_MAC = {'cpu': 5e-11, 'cuda': 2e-13}  # first guess of kNN seconds per multiply-add (float32 on a few CPU cores; fp16 on a T4) when planning models
+# first guess of kNN seconds per multiply-add (float32 on a few CPU cores; fp16 on a T4) when planning models
+KNN_S_PER_MAC = {'cpu': 5e-11, 'cuda': 2e-13}
 
 def _load_members(run: _Run) -> list[Embedder]:
     "One `Embedder` per model of the run, in the user's order."
@@ -437,19 +630,46 @@ def _embedding_size(e: Embedder, default: int = 512) -> int:
     return int(getattr(getattr(e.model, 'config', None), 'embedding_size', None) or default)
 
 def _choose_members(run: _Run, embedders: list[Embedder], n_images: int, n_queries: int, n_db: int) -> list[int]:
-    "Which models run (positions in `checkpoints`): the only one; else probed and added in order while the plan fits (`plan_members`)."
+    """Which models run (positions in `checkpoints`): the only one; else probed and added in order while the plan
+    fits (`plan_members`)."""
     if len(embedders) == 1: return [0]
-    rows = [dict(member=i, checkpoint=m.path, weight=m.weight, image_size=e.size) for i, (m, e) in enumerate(zip(run.cfg.members, embedders))]
+    rows = [
+        dict(member=i, checkpoint=m.path, weight=m.weight, image_size=e.size)
+        for i, (m, e) in enumerate(zip(run.cfg.members, embedders))
+    ]
     run.report['ensemble'] = dict(members=rows)
-    if run.public: plans = [dict(member=i, run=i == 0, planned_s=None, note='' if i == 0 else 'skipped: public run, the first model only') for i in range(len(rows))]
+    if run.public:
+        plans = [
+            dict(
+                member=i,
+                run=i == 0,
+                planned_s=None,
+                note='' if i == 0 else 'skipped: public run, the first model only',
+            )
+            for i in range(len(rows))
+        ]
     else:
         with run.timeline.step('probe_models') as row:
             workers = default_workers() if run.cfg.num_workers is None else run.cfg.num_workers
-            probe = probe_members(embedders, [run.locate('test', i) for i in run.ids[:min(run.cfg.batch_size, 16)]], workers)
+            probe = probe_members(
+                embedders, [run.locate('test', i) for i in run.ids[: min(run.cfg.batch_size, 16)]], workers
+            )
             rate = lambda s: f'{1 / s:.0f} images/s' if s > 0 else 'not measured'
-            row['note'] = f"{probe['images']} test images: decode {rate(probe['decode_s'])}; " + ', '.join(f'checkpoints[{i}] {rate(s)}' for i, s in enumerate(probe['model_s']))
-        knn_s = [n_queries * n_db * _embedding_size(e) * KNN_S_PER_MAC['cpu' if run.device == 'cpu' else 'cuda'] for e in embedders]
-        plans = plan_members(probe['model_s'], probe['decode_s'], n_images, run.deadline.remaining, run.cfg.ensemble_stage_share, knn_s)
+            row['note'] = f"{probe['images']} test images: decode {rate(probe['decode_s'])}; " + ', '.join(
+                f'checkpoints[{i}] {rate(s)}' for i, s in enumerate(probe['model_s'])
+            )
+        knn_s = [
+            n_queries * n_db * _embedding_size(e) * KNN_S_PER_MAC['cpu' if run.device == 'cpu' else 'cuda']
+            for e in embedders
+        ]
+        plans = plan_members(
+            probe['model_s'],
+            probe['decode_s'],
+            n_images,
+            run.deadline.remaining,
+            run.cfg.ensemble_stage_share,
+            knn_s,
+        )
         for r, s in zip(rows, probe['model_s']): r['images_per_s'] = float(f'{1 / s:.3g}') if s > 0 else None
     for r, p in zip(rows, plans):
         r.update(ran=p['run'], planned_s=p['planned_s'], note=p['note'])
@@ -457,14 +677,23 @@ def _choose_members(run: _Run, embedders: list[Embedder], n_images: int, n_queri
     return [p['member'] for p in plans if p['run']]
 
 def _combined(results: dict[int, EmbedResult], members: Sequence[int], weights: Sequence[float]) -> EmbedResult:
-    "The `EmbedResult` of the ensemble of `members` (`combine_embeddings`; ok where every member is ok); one member: its own."
+    """The `EmbedResult` of the ensemble of `members` (`combine_embeddings`; ok where every member is ok); one
+    member: its own."""
     if len(members) == 1: return results[members[0]]
     rs = [results[m] for m in members]
-    return EmbedResult(rs[0].ids, combine_embeddings([r.emb for r in rs], [weights[m] for m in members]), np.logical_and.reduce([r.ok for r in rs]),
-                       rs[0].unreadable, max(r.skipped for r in rs), rs[0].reasons, rs[0].stale)
+    return EmbedResult(
+        rs[0].ids,
+        combine_embeddings([r.emb for r in rs], [weights[m] for m in members]),
+        np.logical_and.reduce([r.ok for r in rs]),
+        rs[0].unreadable,
+        max(r.skipped for r in rs),
+        rs[0].reasons,
+        rs[0].stale,
+    )
 
 def _uncut(run: _Run, models: list[int], splits: list[list[EmbedResult]]) -> list[int]:
-    "The models whose extraction the deadline did not cut shorter than the first model's; the others are left out, said in the timeline."
+    """The models whose extraction the deadline did not cut shorter than the first model's; the others are left
+    out, said in the timeline."""
     ran = [models[0]]
     for j, m in enumerate(models[1:], 1):
         if not any(s[j].skipped > s[0].skipped for s in splits):
@@ -475,21 +704,28 @@ def _uncut(run: _Run, models: list[int], splits: list[list[EmbedResult]]) -> lis
         run.report['ensemble']['members'][m].update(ran=False, note=note)
     return ran
 
-def _ensemble(run: _Run, models: list[int], splits: list[list[EmbedResult]],  # per split, one result per model in `models`
+# per split, one result per model in `models`
+def _ensemble(run: _Run, models: list[int], splits: list[list[EmbedResult]],
               holdout_score: Callable | None,  # (*combined splits) -> (held-out score, held-out landmark queries)
               test_score: Callable,  # (*combined splits) -> test score or None
               unjudged: str | None = None) -> list[EmbedResult]:
-    "Each split's descriptors of the models adopted on held-out queries (`adopt_members`); the report's `ensemble` holds every score and verdict."
+    """Each split's descriptors of the models adopted on held-out queries (`adopt_members`); the report's
+    `ensemble` holds every score and verdict."""
     if len(models) == 1: return [s[0] for s in splits]
     by, ens = [dict(zip(models, s)) for s in splits], run.report['ensemble']
     ran, weights = _uncut(run, models, splits), [m.weight for m in run.cfg.members]
     @functools.cache
-    def scores(ms: tuple) -> tuple:  # (held-out, landmarks, test) of the ensemble of `ms`; its descriptors are made, scored and let go
+    # (held-out, landmarks, test) of the ensemble of `ms`; its descriptors are made, scored and let go
+    def scores(ms: tuple) -> tuple:
         parts = [_combined(b, ms, weights) for b in by]
         return (*((None, 0) if holdout_score is None else holdout_score(*parts)), test_score(*parts))
     few = lambda ms: scores(ms)[1] < run.cfg.min_holdout_landmarks  # too few held-out landmarks to resolve a difference
     with run.timeline.step('ensemble') as row:
-        judge = None if holdout_score is None else (lambda idx: None if few(ms := tuple(ran[j] for j in idx)) else scores(ms)[0])
+        judge = (
+            None
+            if holdout_score is None
+            else (lambda idx: None if few(ms := tuple(ran[j] for j in idx)) else scores(ms)[0])
+        )
         verdicts = adopt_members(len(ran), judge, unjudged)
         for m in ran: ens['members'][m].update(holdout=scores((m,))[0], **{run.metric: scores((m,))[2]})
         ens['additions'] = [dict(member=ran[v['member']], members=[ran[j] for j in v['members']], holdout=scores(ms)[0],
@@ -499,31 +735,46 @@ def _ensemble(run: _Run, models: list[int], splits: list[list[EmbedResult]],  # 
         ens.update(adopted=list(adopted), holdout=scores(adopted)[0], **{run.metric: scores(adopted)[2]})
         why = (f'{scores((ran[0],))[1]} held-out landmark queries, fewer than the {run.cfg.min_holdout_landmarks} needed to judge a model '
                f'(min_holdout_landmarks)') if holdout_score is not None and few((ran[0],)) else ''
-        row['note'] = '; '.join(filter(None, [*(f"checkpoints[{a['member']}]: {a['note']}" for a in ens['additions']), why,
-                                             f'descriptor of checkpoints {list(adopted)}']))
+        row['note'] = '; '.join(
+            filter(
+                None,
+                [
+                    *(f"checkpoints[{a['member']}]: {a['note']}" for a in ens['additions']),
+                    why,
+                    f'descriptor of checkpoints {list(adopted)}',
+                ],
+            )
+        )
     return [_combined(b, adopted, weights) for b in by]
 
 def _test_score(run: _Run, predictions: dict) -> float | None:
     "The test score of `predictions` when the folder has a solution, else None."
-    return None if run.solution is None else score({q: p for q, p in predictions.items() if q in run.id_set}, run.solution, run.cfg.track)
+    return (
+        None
+        if run.solution is None
+        else score({q: p for q, p in predictions.items() if q in run.id_set}, run.solution, run.cfg.track)
+    )
 
 # %% ../nbs/50_pipeline.ipynb #rethold2
 def index_labels(data_dir: str | Path) -> pd.Series | None:
-    "Landmark of each index image by id, from `index_image_to_landmark.csv` (GLDv2's full release, `lmkkit synth`), or None."
+    """Landmark of each index image by id, from `index_image_to_landmark.csv` (GLDv2's full release, `lmkkit
+    synth`), or None."""
     path = Path(data_dir)/'index_image_to_landmark.csv'
     if not path.is_file(): return None
     df = pd.read_csv(path, dtype={'id': str})
     return df.set_index('id')['landmark_id'].astype(int)
 
 def retrieval_train_sample(train: pd.DataFrame, cfg: InferenceConfig) -> pd.DataFrame:
-    "Whole classes of `train`, drawn in a seeded order, up to `5 * cfg.max_holdout` images: the retrieval judge's train images."
+    """Whole classes of `train`, drawn in a seeded order, up to `5 * cfg.max_holdout` images: the retrieval
+    judge's train images."""
     classes = np.random.default_rng(cfg.seed).permutation(train['landmark_id'].unique())
     sizes = train['landmark_id'].value_counts().reindex(classes).to_numpy()
     keep = classes[:max(1, int(np.searchsorted(np.cumsum(sizes), 5 * cfg.max_holdout, side='right')))]
     return train[train['landmark_id'].isin(keep)].reset_index(drop=True)
 
 def _inferred_labels(index_ids, index_emb, rest_ids, rest_emb, rest_labels, held_sims: np.ndarray, **kw) -> pd.Series:
-    "Index labels inferred from the rest of train (soft vote of the top 3), kept where the top-1 similarity reaches the held-out images' median to their class."
+    """Index labels inferred from the rest of train (soft vote of the top 3), kept where the top-1 similarity
+    reaches the held-out images' median to their class."""
     labels, _ = assign_labels(index_ids, index_emb, rest_ids, rest_emb, rest_labels, k=3, **kw)
     top = search(index_ids, index_emb, rest_ids, rest_emb, 1, **kw).sims[:, 0]
     ok = top >= (np.median(held_sims) if len(held_sims) else np.inf)
@@ -535,10 +786,13 @@ def make_retrieval_holdout(train: pd.DataFrame,  # id, landmark_id of the embedd
                            k: int, cfg: InferenceConfig,
                            ok: np.ndarray | None = None,  # (len(train),) bool: rows that were embedded (None: all)
                            index_labels: pd.Series | None = None,  # index id -> landmark (None: inferred from train)
-                           train_path: Callable[[str], str] | None = None,  # train id -> its file, for the held-out queries' images
-                           unseen_by_model: np.ndarray | None = None,  # (len(train),) bool: rows the model never trained on: the held-out rows
+                           # train id -> its file, for the held-out queries' images
+                           train_path: Callable[[str], str] | None = None,
+                           # (len(train),) bool: rows the model never trained on: the held-out rows
+                           unseen_by_model: np.ndarray | None = None,
                            **ctx_kwargs) -> tuple[Holdout | None, str]:
-    "Held-out train images of landmarks in the index, their truth that landmark's index images, searched against the index; and a note (None: no such image)."
+    """Held-out train images of landmarks in the index, their truth that landmark's index images, searched
+    against the index; and a note (None: no such image)."""
     rows = train.assign(row=np.arange(len(train)))
     rows = rows if ok is None else rows[np.asarray(ok, bool)]
     rest, held, origin = _held_rows(rows, cfg, unseen_by_model, unseen_frac=0.0)
@@ -547,7 +801,10 @@ def make_retrieval_holdout(train: pd.DataFrame,  # id, landmark_id of the embedd
     if index_labels is None:
         own = search(held['id'].to_numpy(str), emb[held['row'].to_numpy()], rest_ids, rest_emb, 1, rest_lab, **kw)
         same = own.labels[:, 0] == held.set_index('id').loc[own.query_ids.astype(str), 'landmark_id'].to_numpy()
-        index_labels, source = _inferred_labels(index_ids, index_emb, rest_ids, rest_emb, rest_lab, own.sims[same, 0], **kw), 'inferred from train'
+        index_labels, source = (
+            _inferred_labels(index_ids, index_emb, rest_ids, rest_emb, rest_lab, own.sims[same, 0], **kw),
+            'inferred from train',
+        )
     else: source = 'index_image_to_landmark.csv'
     by_lm = pd.Series(index_labels.index, index=index_labels.to_numpy()).groupby(level=0).apply(list).to_dict()
     held = held[held['landmark_id'].isin(by_lm)]
@@ -566,14 +823,31 @@ def make_retrieval_holdout(train: pd.DataFrame,  # id, landmark_id of the embedd
 
 # %% ../nbs/50_pipeline.ipynb #5d1a4229
 def _rerank(run: _Run, cands: Candidates, ctx: RerankContext, predict, holdout: Holdout | None = None) -> Candidates:
-    "Plan, run, judge and (when adopted) write each stage of the chain in turn; skipped, failing and rejected stages are logged."
+    """Plan, run, judge and (when adopted) write each stage of the chain in turn; skipped, failing and rejected
+    stages are logged."""
     weights = None if holdout is None or run.cfg.track != 'recognition' else holdout.weights
-    judge = lambda c, truth: weighted_gap(predict(c), truth, weights) if weights else score(predict(c), truth, run.cfg.track) or 0.0
-    out = run_stages(cands, ctx, run.cfg.stage_chain(), timeline=run.timeline, holdout=holdout, judge=judge,
-                     on_answer=lambda c, s, v: run.answer(predict(c), s, v), min_landmarks=run.cfg.min_holdout_landmarks,
-                     device=run.device, seed=run.cfg.seed, out_dir=run.out, report=run.report,
-                     s_per_mac=run.report.get('knn_s_per_mac'))[0]
-    if run.ablation and run.report.get('holdout_start') is not None: run.ablation[0]['holdout'] = run.report['holdout_start']
+    judge = lambda c, truth: (
+        weighted_gap(predict(c), truth, weights)
+        if weights
+        else score(predict(c), truth, run.cfg.track) or 0.0
+    )
+    out = run_stages(
+        cands,
+        ctx,
+        run.cfg.stage_chain(),
+        timeline=run.timeline,
+        holdout=holdout,
+        judge=judge,
+        on_answer=lambda c, s, v: run.answer(predict(c), s, v),
+        min_landmarks=run.cfg.min_holdout_landmarks,
+        device=run.device,
+        seed=run.cfg.seed,
+        out_dir=run.out,
+        report=run.report,
+        s_per_mac=run.report.get('knn_s_per_mac'),
+    )[0]
+    if run.ablation and run.report.get('holdout_start') is not None:
+        run.ablation[0]['holdout'] = run.report['holdout_start']
     return out
 
 def _wants(cfg: InferenceConfig, field: str) -> bool:
@@ -582,7 +856,8 @@ def _wants(cfg: InferenceConfig, field: str) -> bool:
 
 # %% ../nbs/50_pipeline.ipynb #ae8b74b3
 def run_recognition(cfg: InferenceConfig, locate: Callable[[str, str], str] | None = None) -> InferenceResult:
-    "Recognition: (landmark, confidence) per test id, improved stage by stage under the deadline; `locate(split, id)` finds an image (default: GLDv2's layout)."
+    """Recognition: (landmark, confidence) per test id, improved stage by stage under the deadline;
+    `locate(split, id)` finds an image (default: GLDv2's layout)."""
     seed_everything(cfg.seed)
     run = _start(cfg, locate)
     train = _read_train(run)
@@ -595,22 +870,55 @@ def run_recognition(cfg: InferenceConfig, locate: Callable[[str, str], str] | No
     nls = _embed_members(run, chosen, 'embed_nonlandmarks', 'train', nl_list)
     dbs = _embed_members(run, chosen, 'embed_train', 'train', train['id'].tolist())
     labels = train['landmark_id'].to_numpy()
-    test, nl, db = _ensemble(run, models, [tests, nls, dbs], _recognition_holdout_score(run, train), _recognition_test_score(run, labels))
-    q_ids, q_emb, db_ids, db_emb = test.ids, test.emb, db.ids, db.emb  # memory-mapped; rows not embedded are NaN, which search skips
+    test, nl, db = _ensemble(
+        run,
+        models,
+        [tests, nls, dbs],
+        _recognition_holdout_score(run, train),
+        _recognition_test_score(run, labels),
+    )
+    # memory-mapped; rows not embedded are NaN, which search skips
+    q_ids, q_emb, db_ids, db_emb = test.ids, test.emb, db.ids, db.emb
     with run.timeline.step('knn') as row:
         t0 = time.perf_counter()
-        cands = search(q_ids, q_emb, db_ids, db_emb, cfg.k, labels, deadline=run.deadline, device=run.device, devices=run.devices)
-        run.report['knn_s_per_mac'] = (time.perf_counter() - t0) / max(len(cands) * int(db.ok.sum()) * db_emb.shape[1], 1)  # calibrates the planner
-        row['note'] = f'{int(test.ok.sum())} queries x {int(db.ok.sum())} images, top {cfg.k}' + ''.join(f', {r} {n}' for r, n in cands.skipped.items())
+        cands = search(
+            q_ids,
+            q_emb,
+            db_ids,
+            db_emb,
+            cfg.k,
+            labels,
+            deadline=run.deadline,
+            device=run.device,
+            devices=run.devices,
+        )
+        run.report['knn_s_per_mac'] = (time.perf_counter() - t0) / max(
+            len(cands) * int(db.ok.sum()) * db_emb.shape[1], 1
+        )  # calibrates the planner
+        row['note'] = f'{int(test.ok.sum())} queries x {int(db.ok.sum())} images, top {cfg.k}' + ''.join(
+            f', {r} {n}' for r, n in cands.skipped.items()
+        )
     if done := _knn_answer(run, cands, recognition_predictions, 'knn_top1', run.public): return done
     nl_ids, nl_emb = nl.ids[nl.ok], nl.emb[nl.ok]  # the non-landmarks are few: a compact copy
     holdout, nl_ref = None, nl_emb
     if cfg.chain:  # held-out queries: every stage is judged on them, and the learning stages fit on them
         with run.timeline.step('holdout') as row:
             nl_ref = nl_emb[0::2]
-            holdout = make_holdout(train, db_emb, nl_ids[1::2], nl_emb[1::2], nl_ref if len(nl_ref) else None, cfg.k, cfg,
-                                   ok=db.ok, test=(cands, q_emb), unseen_by_model=_unseen_by_models(run, train),
-                                   image_path=run.image_path, deadline=run.deadline, device=run.device)
+            holdout = make_holdout(
+                train,
+                db_emb,
+                nl_ids[1::2],
+                nl_emb[1::2],
+                nl_ref if len(nl_ref) else None,
+                cfg.k,
+                cfg,
+                ok=db.ok,
+                test=(cands, q_emb),
+                unseen_by_model=_unseen_by_models(run, train),
+                image_path=run.image_path,
+                deadline=run.deadline,
+                device=run.device,
+            )
             row['note'] = f'{len(holdout.cands)} held-out queries ({holdout.n_landmarks} landmarks) to fit and judge the stages on; {holdout.note}'
     ctx = RerankContext(index_ids=db_ids, index_emb=db_emb, index_labels=labels, query_ids=q_ids, query_emb=q_emb,
                         nonlandmark_emb=nl_ref if len(nl_ref) else None, image_path=run.image_path,
@@ -620,28 +928,55 @@ def run_recognition(cfg: InferenceConfig, locate: Callable[[str, str], str] | No
     return _finish(run)
 
 def _recognition_holdout_score(run: _Run, train: pd.DataFrame) -> Callable:
-    "(test, non-landmarks, train) -> (top-1 kNN GAP of held-out train queries (`make_holdout`), how many of them are landmarks)."
+    """(test, non-landmarks, train) -> (top-1 kNN GAP of held-out train queries (`make_holdout`), how many of
+    them are landmarks)."""
     cfg, unseen = run.cfg, _unseen_by_models(run, train)
     def held(test: EmbedResult, nl: EmbedResult, db: EmbedResult) -> tuple[float, int]:
         nl_ids, nl_emb = nl.ids[nl.ok], nl.emb[nl.ok]
-        h = make_holdout(train, db.emb, nl_ids[1::2], nl_emb[1::2], nl_emb[0::2] if len(nl_emb) else None, cfg.k, cfg, ok=db.ok,
-                         unseen_by_model=unseen, image_path=run.image_path, deadline=run.deadline, device=run.device)
+        h = make_holdout(
+            train,
+            db.emb,
+            nl_ids[1::2],
+            nl_emb[1::2],
+            nl_emb[0::2] if len(nl_emb) else None,
+            cfg.k,
+            cfg,
+            ok=db.ok,
+            unseen_by_model=unseen,
+            image_path=run.image_path,
+            deadline=run.deadline,
+            device=run.device,
+        )
         return float(score(recognition_predictions(h.cands), h.truth, 'recognition') or 0.0), h.n_landmarks
     return held
 
 def _unseen_by_models(run: _Run, train: pd.DataFrame) -> np.ndarray | None:
-    "(len(train),) bool: the rows no model of the run trained on (each checkpoint's validation split, `model_unseen_rows`); None when one trained on all."
+    """(len(train),) bool: the rows no model of the run trained on (each checkpoint's validation split,
+    `model_unseen_rows`); None when one trained on all."""
     rows = [model_unseen_rows(train, c) for c in run.train_configs.values()]
     return None if not rows or any(r is None for r in rows) else np.logical_and.reduce(rows)
 
 def _retrieval_holdout_score(run: _Run, train: pd.DataFrame, unseen_ids: set | None) -> Callable:
-    "(test, index, train) -> (kNN mAP@100 of held-out train queries against the index (`make_retrieval_holdout`), how many have truth)."
+    """(test, index, train) -> (kNN mAP@100 of held-out train queries against the index
+    (`make_retrieval_holdout`), how many have truth)."""
     cfg, labels = run.cfg, index_labels(run.cfg.data_dir)
     unseen = None if unseen_ids is None else train['id'].isin(unseen_ids).to_numpy()
     def held(test: EmbedResult, index: EmbedResult, tr: EmbedResult) -> tuple[float, int]:
-        h, _ = make_retrieval_holdout(train, tr.emb, index.ids, index.emb, cfg.retrieval_k, cfg, ok=tr.ok, index_labels=labels,
-                                      image_path=run.image_path, train_path=lambda i: run.locate('train', i), unseen_by_model=unseen,
-                                      deadline=run.deadline, device=run.device)
+        h, _ = make_retrieval_holdout(
+            train,
+            tr.emb,
+            index.ids,
+            index.emb,
+            cfg.retrieval_k,
+            cfg,
+            ok=tr.ok,
+            index_labels=labels,
+            image_path=run.image_path,
+            train_path=lambda i: run.locate('train', i),
+            unseen_by_model=unseen,
+            deadline=run.deadline,
+            device=run.device,
+        )
         if h is None: return 0.0, 0
         return float(score(retrieval_predictions(h.cands, cfg.retrieval_k), h.truth, 'retrieval') or 0.0), h.n_landmarks
     return held
@@ -650,58 +985,129 @@ def _recognition_test_score(run: _Run, labels: np.ndarray) -> Callable:
     "(test, non-landmarks, train) -> top-1 kNN GAP on the test set (None without a solution: no search)."
     def tested(test: EmbedResult, nl: EmbedResult, db: EmbedResult) -> float | None:
         if run.solution is None: return None
-        cands = search(test.ids, test.emb, db.ids, db.emb, run.cfg.k, labels, deadline=run.deadline, device=run.device, devices=run.devices)
+        cands = search(
+            test.ids,
+            test.emb,
+            db.ids,
+            db.emb,
+            run.cfg.k,
+            labels,
+            deadline=run.deadline,
+            device=run.device,
+            devices=run.devices,
+        )
         return _test_score(run, recognition_predictions(cands))
     return tested
 
 def run_retrieval(cfg: InferenceConfig, locate: Callable[[str, str], str] | None = None) -> InferenceResult:
-    "Retrieval: 100 index ids per test query, improved stage by stage under the deadline; `locate(split, id)` finds an image (default: GLDv2's layout)."
+    """Retrieval: 100 index ids per test query, improved stage by stage under the deadline; `locate(split, id)`
+    finds an image (default: GLDv2's layout)."""
     seed_everything(cfg.seed)
     run = _start(cfg, locate)
     index_ids = list_ids(cfg.data_dir, 'index') if (Path(cfg.data_dir)/'index').is_dir() else []
-    has_train = not run.public and bool(cfg.chain) and (Path(cfg.data_dir)/'train.csv').is_file()  # to judge on, and to label with
+    # to judge on, and to label with
+    has_train = not run.public and bool(cfg.chain) and (Path(cfg.data_dir)/'train.csv').is_file()
     needs_train = has_train and _wants(cfg, 'train_emb')
     train = _read_train(run) if has_train else pd.DataFrame({'id': [], 'landmark_id': []})
     embedders = _load_members(run)
     unseen = _unseen_by_models(run, train) if has_train else None
-    unseen_ids = None if unseen is None else set(train['id'][unseen])  # found on the whole of train, as the training split it
-    if has_train and not needs_train: train = retrieval_train_sample(train, cfg)  # only the held-out queries' classes and their labellers
+    # found on the whole of train, as the training split it
+    unseen_ids = None if unseen is None else set(train['id'][unseen])
+    # only the held-out queries' classes and their labellers
+    if has_train and not needs_train: train = retrieval_train_sample(train, cfg)
     models = _choose_members(run, embedders, len(run.ids) + len(index_ids) + len(train), len(run.ids), len(index_ids))
     chosen = [embedders[i] for i in models]
     tests = _embed_members(run, chosen, 'embed_test', 'test', run.ids)
     if run.public: index_ids = _public_database(run, chosen[0], index_ids)
     indexes = _embed_members(run, chosen, 'embed_index', 'index', index_ids)
     trs = _embed_members(run, chosen, 'embed_train', 'train', train['id'].tolist()) if has_train else None
-    test_score = lambda test, index, *_: None if run.solution is None else _test_score(run, retrieval_predictions(
-        search(test.ids, test.emb, index.ids, index.emb, cfg.retrieval_k, deadline=run.deadline, device=run.device, devices=run.devices), cfg.retrieval_k))
+    test_score = lambda test, index, *_: (
+        None
+        if run.solution is None
+        else _test_score(
+            run,
+            retrieval_predictions(
+                search(
+                    test.ids,
+                    test.emb,
+                    index.ids,
+                    index.emb,
+                    cfg.retrieval_k,
+                    deadline=run.deadline,
+                    device=run.device,
+                    devices=run.devices,
+                ),
+                cfg.retrieval_k,
+            ),
+        )
+    )
     held = _retrieval_holdout_score(run, train, unseen_ids) if has_train else None
-    test, index, *tr = _ensemble(run, models, [tests, indexes, *([trs] if has_train else [])], held, test_score,
-                                 unjudged=None if held else 'no held-out train images (no train.csv, or no stages to judge)')
+    test, index, *tr = _ensemble(
+        run,
+        models,
+        [tests, indexes, *([trs] if has_train else [])],
+        held,
+        test_score,
+        unjudged=None if held else 'no held-out train images (no train.csv, or no stages to judge)',
+    )
     tr = tr[0] if tr else None
-    q_ids, q_emb, x_ids, x_emb = test.ids, test.emb, index.ids, index.emb  # rows not embedded are NaN, which search skips
+    # rows not embedded are NaN, which search skips
+    q_ids, q_emb, x_ids, x_emb = test.ids, test.emb, index.ids, index.emb
     with run.timeline.step('knn') as row:
-        cands = search(q_ids, q_emb, x_ids, x_emb, cfg.retrieval_k, deadline=run.deadline, device=run.device, devices=run.devices)
+        cands = search(
+            q_ids,
+            q_emb,
+            x_ids,
+            x_emb,
+            cfg.retrieval_k,
+            deadline=run.deadline,
+            device=run.device,
+            devices=run.devices,
+        )
         row['note'] = f'{int(test.ok.sum())} queries x {int(index.ok.sum())} index images, top {cfg.retrieval_k}'
     predict = lambda c: retrieval_predictions(c, cfg.retrieval_k)
     if done := _knn_answer(run, cands, predict, 'knn', run.public): return done
     holdout = None
     if tr is not None:  # held-out train images of landmarks in the index: every stage is judged on them (mAP@100)
         with run.timeline.step('holdout') as row:
-            holdout, row['note'] = make_retrieval_holdout(train, tr.emb, x_ids, x_emb, cfg.retrieval_k, cfg, ok=tr.ok,
-                                                          index_labels=index_labels(cfg.data_dir), image_path=run.image_path,
-                                                          train_path=lambda i: run.locate('train', i),
-                                                          unseen_by_model=None if unseen_ids is None else train['id'].isin(unseen_ids).to_numpy(),
-                                                          deadline=run.deadline, device=run.device)
+            holdout, row['note'] = make_retrieval_holdout(
+                train,
+                tr.emb,
+                x_ids,
+                x_emb,
+                cfg.retrieval_k,
+                cfg,
+                ok=tr.ok,
+                index_labels=index_labels(cfg.data_dir),
+                image_path=run.image_path,
+                train_path=lambda i: run.locate('train', i),
+                unseen_by_model=None if unseen_ids is None else train['id'].isin(unseen_ids).to_numpy(),
+                deadline=run.deadline,
+                device=run.device,
+            )
     keep = tr is not None and needs_train
-    ctx = RerankContext(index_ids=x_ids, index_emb=x_emb, query_ids=q_ids, query_emb=q_emb, image_path=run.image_path,
-                        deadline=run.deadline, device=run.device, train_ids=tr.ids if keep else None, train_emb=tr.emb if keep else None,
-                        train_labels=train['landmark_id'].to_numpy() if keep else None)
+    ctx = RerankContext(
+        index_ids=x_ids,
+        index_emb=x_emb,
+        query_ids=q_ids,
+        query_emb=q_emb,
+        image_path=run.image_path,
+        deadline=run.deadline,
+        device=run.device,
+        train_ids=tr.ids if keep else None,
+        train_emb=tr.emb if keep else None,
+        train_labels=train['landmark_id'].to_numpy() if keep else None,
+    )
     _rerank(run, cands, ctx, predict, holdout)
     return _finish(run)
 
-def run_inference(cfg: InferenceConfig | None = None, locate: Callable[[str, str], str] | None = None, **overrides) -> InferenceResult:
-    "Run the track of `cfg` (with papermill-style `overrides`, checked by `make_config`); `locate(split, id)`: where an image is, when not in GLDv2's layout under `data_dir`."
+def run_inference(
+    cfg: InferenceConfig | None = None, locate: Callable[[str, str], str] | None = None, **overrides
+) -> InferenceResult:
+    """Run the track of `cfg` (with papermill-style `overrides`, checked by `make_config`); `locate(split, id)`:
+    where an image is, when not in GLDv2's layout under `data_dir`."""
     base = cfg or InferenceConfig()
-    params = stage_parameters({'stages': base.stages, **overrides}, overrides.get('track', base.track))  # the flat stage names
+    # the flat stage names
+    params = stage_parameters({'stages': base.stages, **overrides}, overrides.get('track', base.track))
     cfg = make_config(InferenceConfig, base=cfg, **params)
     return (run_recognition if cfg.track == 'recognition' else run_retrieval)(cfg, locate)

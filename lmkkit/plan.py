@@ -29,7 +29,8 @@ __all__ = ['TIMELINE', 'MIN_PAIR_SHARE', 'MIN_HOLDOUT_LANDMARKS', 'HOLDOUT_KINDS
 TIMELINE = 'timeline.csv'
 
 class Timeline:
-    "Planned vs actual seconds of every step of a run (saved to `out_dir/timeline.csv` after each step when `out_dir` is given)."
+    """Planned vs actual seconds of every step of a run (saved to `out_dir/timeline.csv` after each step when
+    `out_dir` is given)."""
     def __init__(self, out_dir: str | Path | None = None, deadline: Deadline | None = None, verbose: bool = False):
         self.path = None if out_dir is None else Path(out_dir)/TIMELINE
         self.deadline, self.verbose = deadline or Deadline(math.inf), verbose
@@ -39,7 +40,14 @@ class Timeline:
     @contextmanager
     def step(self, name: str, planned_s: float | None = None, note: str = ''):
         "Time the block as step `name`; yields its row (a dict the block may annotate, e.g. `row['note']`)."
-        row = dict(step=name, planned_s=planned_s, actual_s=None, start_s=round(self.deadline.elapsed, 3), ran=True, note=note)
+        row = dict(
+            step=name,
+            planned_s=planned_s,
+            actual_s=None,
+            start_s=round(self.deadline.elapsed, 3),
+            ran=True,
+            note=note,
+        )
         reset_peak()  # so that peak_mib is this step's own peak (else the process's, an upper bound)
         t0 = time.perf_counter()
         try: yield row
@@ -51,7 +59,16 @@ class Timeline:
 
     def skip(self, name: str, planned_s: float | None, note: str, time: bool = False) -> None:
         "Record a step that did not run and why; `time`: because the deadline could not afford it."
-        self._add(dict(step=name, planned_s=planned_s, actual_s=0.0, start_s=round(self.deadline.elapsed, 3), ran=False, note=note))
+        self._add(
+            dict(
+                step=name,
+                planned_s=planned_s,
+                actual_s=0.0,
+                start_s=round(self.deadline.elapsed, 3),
+                ran=False,
+                note=note,
+            )
+        )
         self.skipped.append(f"{name}: {note}")
         if time: self.cut.append(self.skipped[-1])
 
@@ -81,15 +98,22 @@ class Timeline:
     def _add(self, row: dict) -> None:
         self.rows.append(row)
         plan = '' if row['planned_s'] is None else f" (planned {row['planned_s']:.1f}s)"
-        self.say(f"[{row['start_s']:7.1f}s] {row['step']}: " + (f"{row['actual_s']:.1f}s{plan}" if row['ran'] else 'skipped')
-                 + (f" - {row['note']}" if row['note'] else ''))
+        self.say(
+            f"[{row['start_s']:7.1f}s] {row['step']}: "
+            + (f"{row['actual_s']:.1f}s{plan}" if row['ran'] else 'skipped')
+            + (f" - {row['note']}" if row['note'] else '')
+        )
         self._save()
 
     def _save(self) -> None:
         if self.path is not None:
             with atomic_write(self.path) as f: self.frame().to_csv(f, index=False)
 
-    def frame(self) -> pd.DataFrame: return pd.DataFrame(self.rows, columns=['step', 'planned_s', 'actual_s', 'start_s', 'ran', 'note', 'rss_mib', 'peak_mib'])
+    def frame(self) -> pd.DataFrame:
+        return pd.DataFrame(
+            self.rows,
+            columns=['step', 'planned_s', 'actual_s', 'start_s', 'ran', 'note', 'rss_mib', 'peak_mib'],
+        )
 
 def plot_timeline(out_dir: str | Path, save: bool = True):
     "Planned vs actual seconds per step from `out_dir/timeline.csv` (saved as timeline.png)."
@@ -108,17 +132,23 @@ def plot_timeline(out_dir: str | Path, save: bool = True):
     return fig
 
 # %% ../nbs/51_plan.ipynb #4dacefd0
-MIN_PAIR_SHARE = 0.01  # a stage costed per pair runs on a share of the queries when one pair for each of them does not fit, down to this share
+# a stage costed per pair runs on a share of the queries when one pair for each of them does not fit, down to
+# this share
+MIN_PAIR_SHARE = 0.01
 
 def _as_stage(s: Stage | str) -> Stage: return s if isinstance(s, Stage) else make_stage(s)
 
 def plan_stages(stages: Sequence[Stage | str], remaining_s: float,
-                units: dict[str, int],  # unit counts, held-out queries included: {'query': Q + H, 'index_row': N + N_H, ...} (`_units`)
+                # unit counts, held-out queries included: {'query': Q + H, 'index_row': N + N_H, ...}
+                # (`_units`)
+                units: dict[str, int],
                 rates: dict[str, float] | None = None,  # stage name -> measured seconds per unit (else its cost_s)
                 top_n: dict[str, int] | None = None,  # pairs per query wanted by the pair stages (else their setting)
-                fit_s: dict[str, float] | None = None,  # fitted stage -> seconds of its fit (only these are planned as fits)
+                # fitted stage -> seconds of its fit (only these are planned as fits)
+                fit_s: dict[str, float] | None = None,
                 ) -> list[dict]:
-    "Which of `stages` (objects or names) fit into `remaining_s`: one dict per stage (stage, run, planned_s, top_n, note)."
+    """Which of `stages` (objects or names) fit into `remaining_s`: one dict per stage (stage, run, planned_s,
+    top_n, note)."""
     stages, fit_s, rates = [_as_stage(s) for s in stages], fit_s or {}, rates or {}
     cost = lambda s: rates.get(s.name, s.cost_s)
     plan, left = {}, float(remaining_s)
@@ -143,18 +173,26 @@ def _plan_pairs(name: str, n: int, want: int, cost: float, left: float) -> dict:
         note = '' if top == want else f'shortened to top {top} (time)'
         return dict(stage=name, run=True, planned_s=n * top * cost, top_n=top, note=note)
     if share >= MIN_PAIR_SHARE:  # top 1 for the queries that fit, in order: the stage stops at its deadline
-        return dict(stage=name, run=True, planned_s=max(left, 0), top_n=1, note=f'top 1 for about {share:.0%} of the queries (time)')
+        return dict(
+            stage=name,
+            run=True,
+            planned_s=max(left, 0),
+            top_n=1,
+            note=f'top 1 for about {share:.0%} of the queries (time)',
+        )
     return dict(stage=name, run=False, planned_s=n * cost, top_n=0,
                 note=f'skipped: one pair per query needs {n * cost:.1f}s, {max(left, 0):.1f}s left')
 
 # %% ../nbs/51_plan.ipynb #8d1ae4cb
 @dataclass
 class Holdout:
-    "Held-out train queries, run through every stage beside the test queries: their context, kNN candidates and ground truth."
+    """Held-out train queries, run through every stage beside the test queries: their context, kNN candidates and
+    ground truth."""
     ctx: RerankContext
     cands: Candidates
     truth: dict
-    weights: dict | None = None  # query id -> weight that makes the held-out mix of query kinds the test's (None: all 1)
+    # query id -> weight that makes the held-out mix of query kinds the test's (None: all 1)
+    weights: dict | None = None
     note: str = ''  # where the mix came from, for the timeline
 
     @property
@@ -164,13 +202,15 @@ def min_holdout_landmarks(delta: float = 0.1,  # the smallest difference of scor
                           z: float = 1.645,  # one-sided 95%
                           sd: float = 0.5,  # bound on the SD of one query's share of the score (in [0, 1]: Popoviciu)
                           ) -> int:
-    "Held-out landmark queries needed before a difference `delta` of two held-out scores stands out of their noise: ceil(2 (z sd / delta)^2)."
+    """Held-out landmark queries needed before a difference `delta` of two held-out scores stands out of their
+    noise: ceil(2 (z sd / delta)^2)."""
     return math.ceil(2 * (z * sd / delta) ** 2)
 
 MIN_HOLDOUT_LANDMARKS = min_holdout_landmarks()  # 136
 
 def search_units(q: int, n: int, d: int, m: int = 0) -> dict[str, int]:
-    "The cost units (`COST_UNITS` but pairs) of `q` queries against `n` index rows of dimension `d` and `m` non-landmark vectors."
+    """The cost units (`COST_UNITS` but pairs) of `q` queries against `n` index rows of dimension `d` and `m`
+    non-landmark vectors."""
     return dict(query=q, index_row=n, query_x_index=q * n * d, index_x_index=n * n * d, query_x_nonlandmark=q * m * d)
 
 def _side_units(cands: Candidates, ctx: RerankContext) -> dict[str, int]:
@@ -180,7 +220,8 @@ def _side_units(cands: Candidates, ctx: RerankContext) -> dict[str, int]:
                         0 if ctx.nonlandmark_emb is None else len(ctx.nonlandmark_emb))
 
 def _units(cands: Candidates, ctx: RerankContext, holdout: Holdout | None = None) -> dict[str, int]:
-    "Unit counts of every cost variable (`COST_UNITS` but pairs) for the test queries plus the held-out ones, which go through every stage too."
+    """Unit counts of every cost variable (`COST_UNITS` but pairs) for the test queries plus the held-out ones,
+    which go through every stage too."""
     sides = [_side_units(cands, ctx)] + ([] if holdout is None else [_side_units(holdout.cands, holdout.ctx)])
     return {u: sum(s[u] for s in sides) for u in sides[0]}
 
@@ -203,20 +244,23 @@ def probe_seconds_per_pair(stage: Stage, cands: Candidates, ctx: RerankContext, 
     return max(clock() - t0, 1e-6) / (len(timed) * top)
 
 def verdict(estimate: float | None, best: float | None, proof_needed: bool) -> tuple[bool, str]:
-    "Whether a stage's answer replaces the current one, by held-out score, and the note: a stage with `proof_needed` must beat `best`, any other must not fall below it."
+    """Whether a stage's answer replaces the current one, by held-out score, and the note: a stage with
+    `proof_needed` must beat `best`, any other must not fall below it."""
     if estimate is None or best is None:
         return (False, 'not adopted: no held-out estimate') if proof_needed else (True, '')
     ok = estimate > best if proof_needed else estimate >= best
     return ok, f"held-out {estimate:.4f} vs {best:.4f} without it: {'adopted' if ok else 'not adopted'}"
 
 # %% ../nbs/51_plan.ipynb #mix00002
-HOLDOUT_KINDS = ('landmark', 'unseen', 'nonlandmark')  # held-out query kinds: a seen class, a class not in the database, no landmark
+# held-out query kinds: a seen class, a class not in the database, no landmark
+HOLDOUT_KINDS = ('landmark', 'unseen', 'nonlandmark')
 
 def weighted_gap(predictions: dict,  # query id -> (landmark_id, confidence)
                  truth: dict,  # query id -> [landmark_id] or [] (non-landmark)
                  weights: dict | None = None,  # query id -> weight > 0 (None: 1, plain GAP)
                  ) -> float:
-    "GAP with each query counted `weights[q]` times, in the ranks and in M: the GAP of a population with that mix (ties by query id, as GAP)."
+    """GAP with each query counted `weights[q]` times, in the ranks and in M: the GAP of a population with that
+    mix (ties by query id, as GAP)."""
     q = np.array(sorted(truth), dtype=object)
     w = np.array([1.0 if weights is None else float(weights.get(x, 1.0)) for x in q])
     m = sum(wi for x, wi in zip(q, w) if truth[x])
@@ -243,7 +287,8 @@ def estimate_mix(held_x: np.ndarray,  # (H, F) features of the held-out queries 
                  held_kind: np.ndarray,  # (H,) their kinds (HOLDOUT_KINDS)
                  test_x: np.ndarray,  # (Q, F) features of the test queries
                  iters: int = 200) -> dict[str, float] | None:
-    "The share of each kind among the test queries: EM on the mixture weights of one Gaussian per held-out kind (None: a kind has < 3 queries)."
+    """The share of each kind among the test queries: EM on the mixture weights of one Gaussian per held-out kind
+    (None: a kind has < 3 queries)."""
     kinds = [k for k in HOLDOUT_KINDS if (held_kind == k).any()]
     if len(test_x) == 0 or any((held_kind == k).sum() < 3 for k in kinds): return None
     dens = np.stack([_gauss_pdf(test_x, held_x[held_kind == k]) for k in kinds], 1) + 1e-300
@@ -262,7 +307,8 @@ def _gauss_pdf(x: np.ndarray, fit: np.ndarray) -> np.ndarray:
 def mix_weights(kinds: np.ndarray,  # (H,) kind of each held-out query
                 mix: dict[str, float],  # kind -> its share in the test split
                 ) -> np.ndarray:
-    "(H,) weight of each held-out query: its kind's test share over its held-out share (mean weight 1 over the kinds present)."
+    """(H,) weight of each held-out query: its kind's test share over its held-out share (mean weight 1 over the
+    kinds present)."""
     kinds = np.asarray(kinds)
     have = {k: (kinds == k).mean() for k in HOLDOUT_KINDS if (kinds == k).any()}
     total = sum(mix.get(k, 0.0) for k in have) or 1.0

@@ -31,7 +31,8 @@ def spatial_dims(fmt: str = 'NCHW') -> tuple[int, int]:
 P_RANGE = (1.0, 10.0)  # the learnable p is used inside these bounds (see below)
 
 def _root(m: torch.Tensor, p: float | torch.Tensor) -> torch.Tensor:
-    "`m ** (1/p)` for means `m` >= 0, floored at float32's smallest normal so that an underflow to 0 gives no NaN gradient."
+    """`m ** (1/p)` for means `m` >= 0, floored at float32's smallest normal so that an underflow to 0 gives no
+    NaN gradient."""
     return m.clamp(min=torch.finfo(torch.float32).tiny).pow(1.0 / p)
 
 def bounded_p(p: torch.Tensor, lo: float = P_RANGE[0], hi: float = P_RANGE[1]) -> torch.Tensor:
@@ -49,13 +50,15 @@ class GeM(nn.Module):
         super().__init__()
         spatial_dims(fmt)
         lo, hi = p_range
-        if not 0 < lo <= p <= hi: raise ValueError(f"GeM needs 0 < p_range[0] <= p <= p_range[1], got p={p}, p_range={p_range}")
+        if not 0 < lo <= p <= hi:
+            raise ValueError(f"GeM needs 0 < p_range[0] <= p <= p_range[1], got p={p}, p_range={p_range}")
         self.eps, self.fmt, self.p_range = eps, fmt, (float(lo), float(hi))
         p = torch.tensor([float(p)])
         if p_trainable: self.p = nn.Parameter(p)
         else: self.register_buffer('p', p)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor: return gem(x, bounded_p(self.p, *self.p_range), self.eps, self.fmt)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return gem(x, bounded_p(self.p, *self.p_range), self.eps, self.fmt)
     def extra_repr(self) -> str: return f"p={self.p.item():.4f}, eps={self.eps}, fmt={self.fmt!r}"
 
 # %% ../nbs/10_pooling.ipynb #463d6dea
@@ -78,7 +81,11 @@ def rmac_regions(h: int, w: int, levels: int = 3) -> list[tuple[int, int, int, i
     for l in range(1, levels + 1):
         side = 2 * min(h, w) // (l + 1)
         if side == 0: continue
-        regions += [(r, c, side, side) for r in _starts(h, side, l + more_rows) for c in _starts(w, side, l + more_cols)]
+        regions += [
+            (r, c, side, side)
+            for r in _starts(h, side, l + more_rows)
+            for c in _starts(w, side, l + more_cols)
+        ]
     return regions
 
 # %% ../nbs/10_pooling.ipynb #5f1b19ea
@@ -109,7 +116,8 @@ class RGeM(GeM):
         super().__init__(p, eps, p_trainable, fmt, p_range)
         self.levels = levels
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor: return rgem(x, bounded_p(self.p, *self.p_range), self.eps, self.levels, self.fmt)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return rgem(x, bounded_p(self.p, *self.p_range), self.eps, self.levels, self.fmt)
     def extra_repr(self) -> str: return f"{super().extra_repr()}, levels={self.levels}"
 
 # %% ../nbs/10_pooling.ipynb #8195f825
@@ -154,7 +162,8 @@ class GeMPlus(nn.Module):
 
 # %% ../nbs/10_pooling.ipynb #a7e07519
 def _reflect_window(size: int, side: int) -> tuple[int, int]:
-    "(kernel, pad) along one side: `size` (odd) and half of it as padding, shrunk to what a `side`-long map can reflect."
+    """(kernel, pad) along one side: `size` (odd) and half of it as padding, shrunk to what a `side`-long map can
+    reflect."""
     pad = min((size - 1) // 2, side - 1)
     return 2 * pad + 1, pad
 
@@ -171,7 +180,14 @@ def window_lp(x: torch.Tensor, p: float = 2.5, size: int = 5, fmt: str = 'NCHW')
 
 class WindowGeM(nn.Module):
     "Window GeM (SuperGlobal's 'regional GeM', not R-GeM): `window_lp` on the map, then GeM+ over it."
-    def __init__(self, p: float = GEM_PLUS_P, window_p: float = 2.5, size: int = 5, eps: float = 1e-8, fmt: str = 'NCHW'):
+    def __init__(
+        self,
+        p: float = GEM_PLUS_P,
+        window_p: float = 2.5,
+        size: int = 5,
+        eps: float = 1e-8,
+        fmt: str = 'NCHW',
+    ):
         super().__init__()
         if size < 1 or size % 2 == 0: raise ValueError(f"WindowGeM needs an odd window size, got size={size}")
         if window_p <= 0: raise ValueError(f"WindowGeM needs window_p > 0, got window_p={window_p}")
@@ -183,7 +199,8 @@ class WindowGeM(nn.Module):
 
 # %% ../nbs/10_pooling.ipynb #f0a9e468
 def scale_max(views: Sequence[torch.Tensor]) -> torch.Tensor:
-    "Scale-GeM, p → ∞ (SuperGlobal's `sgem` default): element-wise max of the L2-normalised views, S × (B, D) -> (B, D)."
+    """Scale-GeM, p → ∞ (SuperGlobal's `sgem` default): element-wise max of the L2-normalised views, S × (B, D)
+    -> (B, D)."""
     return F.normalize(torch.stack([v.float() for v in views]), dim=-1).amax(0)
 
 def scale_gem(views: Sequence[torch.Tensor], p: float = 10.0) -> torch.Tensor:

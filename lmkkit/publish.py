@@ -14,8 +14,8 @@ from pathlib import Path
 
 from .core import OWNER_MARKER, ConfigError, atomic_write, claim_folder
 from .kaggle_api import _Intercepted, authenticated_api, offline_api
-from .kernels import (KERNEL_METADATA, KernelError, _kaggle_message, check_kernel, check_username, find_credentials,
-                            kaggle_problems, kernel_folder, write_kernel)
+from .kernels import (KERNEL_METADATA, KernelError, _kaggle_message, check_kernel, check_username,
+                            find_credentials, kaggle_problems, kernel_folder, write_kernel)
 
 # %% auto #0
 __all__ = ['WHEELHOUSE_SLUG', 'WEIGHTS_SLUG', 'DATASET_METADATA', 'OUR_DATASETS', 'dataset_metadata', 'validate_dataset',
@@ -26,10 +26,13 @@ WHEELHOUSE_SLUG = 'lmkkit-wheelhouse'
 WEIGHTS_SLUG = 'lmkkit-weights'
 DATASET_METADATA = 'dataset-metadata.json'
 
-def dataset_metadata(owner: str, slug: str = WHEELHOUSE_SLUG, title: str = 'lmkkit wheelhouse',
-                     subtitle: str = 'Offline pip wheels for the lmkkit Kaggle kernels',
-                     description: str = 'Install with: pip install --no-index --find-links ../input/lmkkit-wheelhouse lmkkit'
-                     ) -> dict:
+def dataset_metadata(
+    owner: str,
+    slug: str = WHEELHOUSE_SLUG,
+    title: str = 'lmkkit wheelhouse',
+    subtitle: str = 'Offline pip wheels for the lmkkit Kaggle kernels',
+    description: str = 'Install with: pip install --no-index --find-links ../input/lmkkit-wheelhouse lmkkit',
+) -> dict:
     "The `dataset-metadata.json` of a dataset `owner/slug` (default: the wheelhouse)."
     return {'title': title, 'id': f'{owner}/{slug}', 'licenses': [{'name': 'other'}], 'subtitle': subtitle,
             'description': description}
@@ -90,9 +93,14 @@ def build_weights_dataset(out: str | Path, checkpoint: str | Path,
     out = _fresh_folder(out, 'weights', "give the weights dataset a new or empty folder; it is rebuilt each time")
     for target, path in targets.items(): shutil.copyfile(path, out/target)
     verifier = sorted(t for t in targets if t != name)
-    meta = dataset_metadata(owner, WEIGHTS_SLUG, 'lmkkit weights', 'lmkkit checkpoint and verifier weights for the kernels',
-                            f"Checkpoint {name} (lmkkit.model.load_checkpoint)"
-                            + (f" and verifier weights: {', '.join(verifier)}" if verifier else ''))
+    meta = dataset_metadata(
+        owner,
+        WEIGHTS_SLUG,
+        'lmkkit weights',
+        'lmkkit checkpoint and verifier weights for the kernels',
+        f"Checkpoint {name} (lmkkit.model.load_checkpoint)"
+        + (f" and verifier weights: {', '.join(verifier)}" if verifier else ''),
+    )
     return _write_dataset_metadata(out, meta, require_wheel=False)
 
 def with_owner(meta: dict, owner: str) -> dict:

@@ -55,7 +55,8 @@ def class_centres(n_classes: int, dim: int, seed: int = 0) -> np.ndarray:
 def clustered_rows(labels: np.ndarray, centres: np.ndarray, spread: float = REHEARSAL_SPREAD, seed: int = 0,
                    stream: int = 0,  # one random stream per split
                    chunk_rows: int = 32_768) -> Iterator[tuple[int, np.ndarray]]:
-    "Yield (first row, (n, D) float32 unit rows) by chunks: `normalise(centre[label] + spread·g/√D)`, label -1 a random direction."
+    """Yield (first row, (n, D) float32 unit rows) by chunks: `normalise(centre[label] + spread·g/√D)`, label -1
+    a random direction."""
     dim = centres.shape[1]
     for j, s in enumerate(range(0, len(labels), chunk_rows)):
         lab = labels[s:s + chunk_rows]
@@ -80,15 +81,29 @@ class RehearsalData:
 
     def config(self, out_dir: str | Path, **settings) -> InferenceConfig:
         "The recognition run on this folder (a full run, not the public one), with `settings` over the defaults."
-        return InferenceConfig(**{**dict(data_dir=str(self.data_dir), checkpoint=str(self.checkpoint), out_dir=str(out_dir),
-                                         cache_dir=str(self.cache_dir), track='recognition', image_size=REHEARSAL_SIZE,
-                                         public_run='no'), **settings})
+        return InferenceConfig(
+            **{
+                **dict(
+                    data_dir=str(self.data_dir),
+                    checkpoint=str(self.checkpoint),
+                    out_dir=str(out_dir),
+                    cache_dir=str(self.cache_dir),
+                    track='recognition',
+                    image_size=REHEARSAL_SIZE,
+                    public_run='no',
+                ),
+                **settings,
+            }
+        )
 
 def _write_csv(path: Path, columns: dict, chunk_rows: int = 262_144) -> None:
     "Write `columns` (name -> array) as a CSV by chunks of rows (uint64 ids as 16-hex text)."
     n = len(next(iter(columns.values())))
     for s in range(0, max(n, 1), chunk_rows):
-        part = {k: uint64_to_hex_ids(v[s:s + chunk_rows]) if v.dtype == np.uint64 else v[s:s + chunk_rows] for k, v in columns.items()}
+        part = {
+            k: uint64_to_hex_ids(v[s : s + chunk_rows]) if v.dtype == np.uint64 else v[s : s + chunk_rows]
+            for k, v in columns.items()
+        }
         pd.DataFrame(part).to_csv(path, mode='w' if s == 0 else 'a', header=s == 0, index=False)
 
 def _landmark_cells(labels: np.ndarray) -> np.ndarray:
@@ -118,7 +133,9 @@ def write_rehearsal_data(root: str | Path, train: int, test: int, dim: int = 512
     d = RehearsalData(data, ckpt, root/'cache', ids, labels)
     cache = run_embedder(d.config(root/'run', device=device), None, REHEARSAL_SIZE, device).cache
     centres = class_centres(n_classes, dim, seed)
-    for stream, (split, name) in enumerate([('test', 'embed_test'), ('nonlandmarks', 'embed_nonlandmarks'), ('train', 'embed_train')]):
+    for stream, (split, name) in enumerate(
+        [('test', 'embed_test'), ('nonlandmarks', 'embed_nonlandmarks'), ('train', 'embed_train')]
+    ):
         sc = cache.split(name, ids[split], dim)
         for s, x in clustered_rows(labels[split], centres, spread, seed, stream, chunk_rows):
             sc.write(np.arange(s, s + len(x)), x, np.ones(len(x), np.int8))  # STATUS 1: ok
@@ -135,13 +152,16 @@ def synthetic_photo_pool(folder: str | Path, landmarks: int = 8, views: int = 4,
     for l in range(landmarks):
         (folder/f'landmark{l}').mkdir(parents=True, exist_ok=True)
         scene = draw_scene(landmark_style(family_style(rng), rng, 0.0), rng, 2 * size)
-        for v in range(views): (folder/f'landmark{l}'/f'{v}.jpg').write_bytes(encode_jpeg(render_view(scene, rng, size), 90))
+        for v in range(views):
+            (folder / f'landmark{l}' / f'{v}.jpg').write_bytes(encode_jpeg(render_view(scene, rng, size), 90))
     (folder/'nonlandmark').mkdir(parents=True, exist_ok=True)
-    for i in range(nonlandmarks): (folder/'nonlandmark'/f'{i}.jpg').write_bytes(encode_jpeg(draw_nonlandmark(rng, size), 90))
+    for i in range(nonlandmarks):
+        (folder / 'nonlandmark' / f'{i}.jpg').write_bytes(encode_jpeg(draw_nonlandmark(rng, size), 90))
     return folder
 
 def photo_folders(folder: str | Path) -> tuple[list[list[str]], list[str]]:
-    "The photos of a pool: (one list of JPEG paths per landmark subfolder, the non-landmark JPEGs); `ConfigError` for another layout."
+    """The photos of a pool: (one list of JPEG paths per landmark subfolder, the non-landmark JPEGs);
+    `ConfigError` for another layout."""
     folder = Path(folder)
     subs = sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
     photos = {p.name: sorted(str(f) for f in p.iterdir() if f.suffix.lower() in ('.jpg', '.jpeg')) for p in subs}
@@ -153,7 +173,8 @@ def photo_folders(folder: str | Path) -> tuple[list[list[str]], list[str]]:
     return landmarks, others
 
 class PhotoPool:
-    "`locate(split, id)`: a photo of the pool for every id of a rehearsal, by its class (landmark c -> pool landmark c mod L)."
+    """`locate(split, id)`: a photo of the pool for every id of a rehearsal, by its class (landmark c -> pool
+    landmark c mod L)."""
     def __init__(self, folder: str | Path, ids: np.ndarray, labels: np.ndarray):
         self.landmarks, self.others = photo_folders(folder)
         order = np.argsort(ids, kind='stable')
@@ -168,18 +189,30 @@ class PhotoPool:
         return views[row % len(views)]
 
 # %% ../nbs/56_rehearse.ipynb #fe4a0f1d
-def run_units(n_train: int, n_test: int, n_holdout: int, n_nonlandmarks: int, dim: int, top_n: int = 0) -> dict[str, float]:
-    "Work units of a recognition run: the planner's (`lmkkit.plan.search_units`, test and held-out sides summed, half the non-landmarks the reference set), plus 'pair', 'train_row', 'test_row', 'holdout_query', 'knn_mac', 'holdout_mac'."
+def run_units(
+    n_train: int, n_test: int, n_holdout: int, n_nonlandmarks: int, dim: int, top_n: int = 0
+) -> dict[str, float]:
+    """Work units of a recognition run: the planner's (`lmkkit.plan.search_units`, test and held-out sides
+    summed, half the non-landmarks the reference set), plus 'pair', 'train_row', 'test_row', 'holdout_query',
+    'knn_mac', 'holdout_mac'."""
     sides = [search_units(q, n_train, dim, n_nonlandmarks // 2) for q in (n_test, n_holdout)]
-    return {**{u: sum(s[u] for s in sides) for u in sides[0]}, 'pair': (n_test + n_holdout) * top_n, 'train_row': n_train,
-            'test_row': n_test, 'holdout_query': n_holdout, 'knn_mac': n_test * n_train * dim, 'holdout_mac': n_holdout * n_train * dim}
+    return {
+        **{u: sum(s[u] for s in sides) for u in sides[0]},
+        'pair': (n_test + n_holdout) * top_n,
+        'train_row': n_train,
+        'test_row': n_test,
+        'holdout_query': n_holdout,
+        'knn_mac': n_test * n_train * dim,
+        'holdout_mac': n_holdout * n_train * dim,
+    }
 
 STEP_UNITS = {'empty_submission': 'test_row', 'read_train': 'train_row', 'knn': 'knn_mac', 'holdout': 'holdout_mac'}
 EXTRACTION = {'embed_train': 'train', 'embed_test': 'test', 'embed_nonlandmarks': 'nonlandmarks'}
 MAC_UNITS = ('query_x_index', 'index_x_index', 'query_x_nonlandmark', 'knn_mac', 'holdout_mac')
 
 def step_unit(step: str) -> str | None:
-    "The unit a step's work grows with: a pipeline step's, a stage's (`Stage.per`; 'holdout_query' for a fitted one), 'extract' for an embedding step, None for a fixed cost."
+    """The unit a step's work grows with: a pipeline step's, a stage's (`Stage.per`; 'holdout_query' for a fitted
+    one), 'extract' for an embedding step, None for a fixed cost."""
     if step in EXTRACTION: return 'extract'
     if step in STEP_UNITS: return STEP_UNITS[step]
     if step not in STAGES: return None
@@ -190,13 +223,16 @@ def step_unit(step: str) -> str | None:
 def rehearse(out_dir: str | Path, train: int, test: int, dim: int = 512,
              stages: Sequence[str] | None = None,  # None: the recognition kernel's default chain
              time_limit_hours: float = 1.0,  # the run's own limit: the planner fits the stages into it
-             device: str = 'cpu', images: str | Path | None = None,  # photo pool for verification (None: drawn by lmkkit.synth)
+             # photo pool for verification (None: drawn by lmkkit.synth)
+             device: str = 'cpu', images: str | Path | None = None,
              nonlandmarks: int = 10_000, seed: int = 0, keep: bool = False, verbose: bool = True,
              **settings) -> pd.DataFrame:  # other InferenceConfig settings, e.g. max_holdout, verify_top_n
-    "Rehearse the recognition kernel after extraction at these sizes: its timeline with each step's work, saved as `out_dir/steps.csv`."
+    """Rehearse the recognition kernel after extraction at these sizes: its timeline with each step's work, saved
+    as `out_dir/steps.csv`."""
     settings = stage_parameters({'stages': stages, **settings}, 'recognition')  # flat stage settings (verify_top_n...)
     stages = settings.pop('stages')
-    chain = InferenceConfig(stages=stages, time_limit_hours=time_limit_hours, device=device, **settings).stage_chain()  # a wrong setting stops here
+    # a wrong setting stops here
+    chain = InferenceConfig(stages=stages, time_limit_hours=time_limit_hours, device=device, **settings).stage_chain()
     opens_images = any('image_path' in s.needs for s in chain)
     if images is not None and opens_images: photo_folders(images)  # a wrong pool stops before any work
     fix = "pass a new or empty folder as --out (out_dir=): a rehearsal replaces and deletes what it writes there"
@@ -206,10 +242,20 @@ def rehearse(out_dir: str | Path, train: int, test: int, dim: int = 512,
                       claim_folder(out_dir/'cache', 'rehearse', fix), {}, {})  # what is removed if the generation fails
     generate = Timeline()  # not part of the run: timed and measured as its steps are
     try:
-        with generate.step('generate', note=f'{train:,} + {test:,} + {nonlandmarks:,} vectors of {dim} float32 (not part of the run)'):
+        with generate.step(
+            'generate',
+            note=f'{train:,} + {test:,} + {nonlandmarks:,} vectors of {dim} float32 (not part of the run)',
+        ):
             d = write_rehearsal_data(out_dir, train, test, dim, nonlandmarks, seed=seed, device=device)
-        pool = None if not opens_images else PhotoPool(images or synthetic_photo_pool(out_dir/'photos', seed=seed),
-                                                       np.concatenate(list(d.ids.values())), np.concatenate(list(d.labels.values())))
+        pool = (
+            None
+            if not opens_images
+            else PhotoPool(
+                images or synthetic_photo_pool(out_dir / 'photos', seed=seed),
+                np.concatenate(list(d.ids.values())),
+                np.concatenate(list(d.labels.values())),
+            )
+        )
         cfg = d.config(out_dir/'run', stages=stages, time_limit_hours=time_limit_hours, device=device,
                        kernel_start=time.time(), seed=seed, verbose=verbose, **settings)
         res = run_inference(cfg, None if pool is None else pool.locate)
@@ -223,19 +269,40 @@ def rehearse(out_dir: str | Path, train: int, test: int, dim: int = 512,
 def rehearsal_steps(res: InferenceResult, sizes: dict, generate: Timeline | None = None) -> pd.DataFrame:
     "A run's timeline with its sizes, the unit of each step and the work done in it (`run_units`)."
     r, tl = res.report, res.timeline
-    units = {s: run_units(sizes['train'], sizes['test'], r.get('holdout_queries', 0), sizes['nonlandmarks'], sizes['dim'],
-                          r.get(f'{s}_top_n', 0)) for s in tl.step}
+    units = {
+        s: run_units(
+            sizes['train'],
+            sizes['test'],
+            r.get('holdout_queries', 0),
+            sizes['nonlandmarks'],
+            sizes['dim'],
+            r.get(f'{s}_top_n', 0),
+        )
+        for s in tl.step
+    }
     unit = [step_unit(s) for s in tl.step]
-    work = [np.nan if u in (None, 'extract') or not ran else r.get(f'{s}_work', units[s][u]) if u == 'pair' else units[s][u]
-            for s, u, ran in zip(tl.step, unit, tl.ran)]  # a pair stage's work: the pairs it verified (test and held-out)
+    work = [
+        (
+            np.nan
+            if u in (None, 'extract') or not ran
+            else r.get(f'{s}_work', units[s][u]) if u == 'pair' else units[s][u]
+        )
+        for s, u, ran in zip(tl.step, unit, tl.ran)
+    ]  # a pair stage's work: the pairs it verified (test and held-out)
     steps = tl.assign(unit=unit, work=work)
     if generate is not None: steps = pd.concat([generate.frame(), steps], ignore_index=True)
-    return steps.assign(holdout_queries=r.get('holdout_queries', 0), gap=res.ablation[-1]['gap'] if res.ablation else np.nan, **sizes)
+    return steps.assign(
+        holdout_queries=r.get('holdout_queries', 0),
+        gap=res.ablation[-1]['gap'] if res.ablation else np.nan,
+        **sizes
+    )
 
 # %% ../nbs/56_rehearse.ipynb #75e3b481
 GPUS = {  # per GPU: peak dense TFLOP/s from the vendors' data sheets; per machine: GPUs and CPU cores
-    'T4x2': dict(name='T4 x2', fp16_tflops=65.0, fp32_tflops=8.1, count=2, cores=4),  # Kaggle's GPU machine (NvidiaTeslaT4)
-    'L4': dict(name='L4', fp16_tflops=121.0, fp32_tflops=30.3, count=1, cores=4),  # NvidiaL4; cores assumed (GCP g2-standard-4)
+    # Kaggle's GPU machine (NvidiaTeslaT4)
+    'T4x2': dict(name='T4 x2', fp16_tflops=65.0, fp32_tflops=8.1, count=2, cores=4),
+    # NvidiaL4; cores assumed (GCP g2-standard-4)
+    'L4': dict(name='L4', fp16_tflops=121.0, fp32_tflops=30.3, count=1, cores=4),
 }
 DECODE = ('cpu', 'nvjpeg')  # where JPEGs are decoded in the projection
 
@@ -253,12 +320,15 @@ class RunAssumptions:
     gflops_per_image: float = 79.0  # SE-ResNet-101 forward at 512 px (20_train, FlopCounterMode)
     views: int = 1  # TTA views per image
     mfu: float = 0.3  # share of a GPU's fp16 peak that extraction reaches (20_train's assumption)
-    extract_rate: float | None = None  # measured images/s on one GPU of the machine (then gflops_per_image and mfu are unused)
+    # measured images/s on one GPU of the machine (then gflops_per_image and mfu are unused)
+    extract_rate: float | None = None
     decode: str = 'cpu'  # `DECODE`: PIL on the CPU cores, or nvJPEG on the GPUs
     decode_rate_per_core: float = 125.0  # JPEG decode + resize to 512 px, images/s per CPU core (measured: 126)
     cores: int | None = None  # CPU cores that decode (DataLoader workers); None: the machine's
-    nvjpeg_rate: float | None = None  # nvJPEG decode + resize, images/s per GPU; None: not measured, assumed never to bind
-    search_on: str = 'gpu'  # 'gpu': searches at knn_efficiency x the fp32 peak of every GPU; 'cpu': scaled from the rehearsal
+    # nvJPEG decode + resize, images/s per GPU; None: not measured, assumed never to bind
+    nvjpeg_rate: float | None = None
+    # 'gpu': searches at knn_efficiency x the fp32 peak of every GPU; 'cpu': scaled from the rehearsal
+    search_on: str = 'gpu'
     knn_efficiency: float = 0.5  # share of the fp32 peak a tiled matmul + topk reaches
     verify_split: int | None = None  # devices verification is split over; None: the machine's GPUs
     overhead_s: float = 600.0  # start, wheel installs, loading the real model
@@ -266,8 +336,12 @@ class RunAssumptions:
     budget_share: float = 0.8
 
     def __post_init__(self):
-        if self.gpu not in GPUS: raise ConfigError(f"gpu must be one of {', '.join(GPUS)} (the P100 is gone: its torch has no kernels), got {self.gpu!r}")
-        if self.decode not in DECODE: raise ConfigError(f"decode must be one of {', '.join(DECODE)}, got {self.decode!r}")
+        if self.gpu not in GPUS:
+            raise ConfigError(
+                f"gpu must be one of {', '.join(GPUS)} (the P100 is gone: its torch has no kernels), got {self.gpu!r}"
+            )
+        if self.decode not in DECODE:
+            raise ConfigError(f"decode must be one of {', '.join(DECODE)}, got {self.decode!r}")
 
     @property
     def holdout_queries(self) -> int: return self.holdout_landmarks + self.nonlandmarks // 2
@@ -279,7 +353,8 @@ class RunAssumptions:
     def n_verify(self) -> int: return self.verify_split or self.machine['count']
 
 def extraction_rate(a: RunAssumptions) -> tuple[float, str]:
-    "Images/s of one model's extraction over all the machine's GPUs (the slower of the GPUs and the JPEG decoders) and what bounds it."
+    """Images/s of one model's extraction over all the machine's GPUs (the slower of the GPUs and the JPEG
+    decoders) and what bounds it."""
     m = a.machine
     gpu = (a.extract_rate or a.mfu * m['fp16_tflops'] * 1e12 / (a.gflops_per_image * 1e9)) * m['count'] / a.views
     if a.decode == 'nvjpeg':
@@ -289,13 +364,15 @@ def extraction_rate(a: RunAssumptions) -> tuple[float, str]:
 
 # %% ../nbs/56_rehearse.ipynb #9c27a0e8
 def _measured_rate(steps: pd.DataFrame, step: str) -> tuple[float, pd.Series]:
-    "Seconds per unit of `step` at its largest rehearsed work (of equal works, the last rehearsal's: the largest), and that row."
+    """Seconds per unit of `step` at its largest rehearsed work (of equal works, the last rehearsal's: the
+    largest), and that row."""
     g = steps[(steps.step == step) & steps.ran.astype(bool) & (steps.work > 0)]
     row = g[g.work == g.work.max()].iloc[-1]
     return row.actual_s / row.work, row
 
 def project_run(steps: pd.DataFrame, a: RunAssumptions = RunAssumptions()) -> pd.DataFrame:
-    "The full recognition kernel on the machine `a.gpu` from rehearsal timelines (`rehearse`, one or more sizes): seconds, basis, start and end (hours) per step."
+    """The full recognition kernel on the machine `a.gpu` from rehearsal timelines (`rehearse`, one or more
+    sizes): seconds, basis, start and end (hours) per step."""
     full = run_units(a.train_images, a.test_images, a.holdout_queries, a.nonlandmarks, a.dim)
     rate, bound = extraction_rate(a)
     n_extract = dict(train=a.train_images, test=a.test_images, nonlandmarks=a.nonlandmarks)
@@ -320,7 +397,13 @@ def project_run(steps: pd.DataFrame, a: RunAssumptions = RunAssumptions()) -> pd
             if len(g): rows.append(dict(step=step, seconds=float(g.actual_s.max()), basis='measured (fixed cost)'))
         else:
             s_per, row = _measured_rate(run, step)
-            rows.append(dict(step=step, seconds=s_per * full[unit], basis=f"{row.actual_s:.3g} s measured x {full[unit] / row.work:,.1f} ({unit})"))
+            rows.append(
+                dict(
+                    step=step,
+                    seconds=s_per * full[unit],
+                    basis=f"{row.actual_s:.3g} s measured x {full[unit] / row.work:,.1f} ({unit})",
+                )
+            )
     left = a.budget_share * a.limit_h * 3600 - sum(r['seconds'] for r in rows)
     for i in pairs:  # stages costed per pair get what is left, planned as the kernel plans them
         step = rows[i]['step']
@@ -363,13 +446,23 @@ def count(text: str) -> int:
     "A positive count from '400000', '4e5', '400k' or '1.58M' (argparse type)."
     m = re.fullmatch(r'\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([kKmM]?)\s*', text)
     n = float(m.group(1)) * {'': 1, 'k': 1e3, 'm': 1e6}[m.group(2).lower()] if m else 0
-    if n < 1 or n != int(n): raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole count (e.g. 400000, 4e5, 400k, 1.58M)")
+    if n < 1 or n != int(n):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a positive whole count (e.g. 400000, 4e5, 400k, 1.58M)"
+        )
     return int(n)
 
 def _print_steps(steps: pd.DataFrame) -> None:
     cols = ['step', 'planned_s', 'actual_s', 'peak_mib', 'rss_mib', 'work', 'note']
-    print(steps[cols].to_string(index=False, na_rep='-', max_colwidth=70,
-                                formatters={'work': lambda v: '-' if pd.isna(v) else f'{v:.3g}'}, float_format=lambda v: f'{v:,.1f}'))
+    print(
+        steps[cols].to_string(
+            index=False,
+            na_rep='-',
+            max_colwidth=70,
+            formatters={'work': lambda v: '-' if pd.isna(v) else f'{v:.3g}'},
+            float_format=lambda v: f'{v:,.1f}',
+        )
+    )
 
 class DefaultsOnce(argparse.ArgumentDefaultsHelpFormatter):
     "Help that shows a flag's default once: not where its text already says it, nor for None or a required flag."
@@ -379,49 +472,119 @@ class DefaultsOnce(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 def main(argv: Sequence[str] | None = None) -> int:
-    "`lmkkit rehearse`: the recognition kernel after extraction at the given sizes; prints each step and the projected full run."
+    """`lmkkit rehearse`: the recognition kernel after extraction at the given sizes; prints each step and the
+    projected full run."""
     ap = CliParser(prog='lmkkit rehearse', description=main.__doc__.split(': ', 1)[1], formatter_class=DefaultsOnce)
     ap.add_argument('--train', type=count, required=True, help='train (index) embeddings, e.g. 1.58M')
     ap.add_argument('--test', type=count, required=True, help='test queries, e.g. 117577')
     ap.add_argument('--dim', type=count, default=512, help='embedding size')
-    ap.add_argument('--stages', nargs='*', default=None, help="the chain; a bare --stages runs none (default: the kernel's, " + ' '.join(DEFAULT_STAGES['recognition']) + ')')
-    ap.add_argument('--hours', type=positive_float, default=1.0, help="the run's own time limit: the planner fits the stages into it")
+    ap.add_argument(
+        '--stages',
+        nargs='*',
+        default=None,
+        help="the chain; a bare --stages runs none (default: the kernel's, "
+        + ' '.join(DEFAULT_STAGES['recognition'])
+        + ')',
+    )
+    ap.add_argument(
+        '--hours',
+        type=positive_float,
+        default=1.0,
+        help="the run's own time limit: the planner fits the stages into it",
+    )
     ap.add_argument('--device', default='cpu', help="'cpu' or 'cuda[:N]': where the searches run")
-    ap.add_argument('--images', default=None, help='photo pool for verification: a subfolder per landmark and one named indoor/nonlandmark/other. '
-                    'Default: drawn by lmkkit.synth at 640 px, about 3x cheaper to verify than ~1000 px real photos; pass real photos for a realistic rate')
+    ap.add_argument(
+        '--images',
+        default=None,
+        help='photo pool for verification: a subfolder per landmark and one named indoor/nonlandmark/other. '
+        'Default: drawn by lmkkit.synth at 640 px, about 3x cheaper to verify than ~1000 px real photos; pass real photos for a realistic rate',
+    )
     ap.add_argument('--nonlandmarks', type=count, default=10_000, help='known non-landmark images')
-    ap.add_argument('--max-holdout', type=count, default=20_000, help='held-out landmark queries at most (the kernel default)')
-    ap.add_argument('--gpu', default='T4x2', choices=tuple(GPUS), help="the Kaggle machine of the projected full run (T4x2: Kaggle's GPU T4 x2)")
+    ap.add_argument(
+        '--max-holdout',
+        type=count,
+        default=20_000,
+        help='held-out landmark queries at most (the kernel default)',
+    )
+    ap.add_argument(
+        '--gpu',
+        default='T4x2',
+        choices=tuple(GPUS),
+        help="the Kaggle machine of the projected full run (T4x2: Kaggle's GPU T4 x2)",
+    )
     ap.add_argument('--extract-rate', type=positive_float, default=None, help='measured extraction images/s on one GPU of it (default: 30%% of its fp16 peak on SE-ResNet-101 at 512 px)')
-    ap.add_argument('--decode', default='cpu', choices=DECODE, help="where the projected run decodes JPEGs: the machine's CPU cores or nvJPEG on its GPUs")
-    ap.add_argument('--nvjpeg-rate', type=positive_float, default=None, help='measured nvJPEG decode images/s on one GPU (default: not measured, never binds)')
-    ap.add_argument('--models', type=count, default=1, help='models extracted (an ensemble extracts every image once per model)')
-    ap.add_argument('--out', default=None, help='folder for steps.csv, the run and projection.png (default: a new temporary folder)')
+    ap.add_argument(
+        '--decode',
+        default='cpu',
+        choices=DECODE,
+        help="where the projected run decodes JPEGs: the machine's CPU cores or nvJPEG on its GPUs",
+    )
+    ap.add_argument(
+        '--nvjpeg-rate',
+        type=positive_float,
+        default=None,
+        help='measured nvJPEG decode images/s on one GPU (default: not measured, never binds)',
+    )
+    ap.add_argument(
+        '--models',
+        type=count,
+        default=1,
+        help='models extracted (an ensemble extracts every image once per model)',
+    )
+    ap.add_argument(
+        '--out',
+        default=None,
+        help='folder for steps.csv, the run and projection.png (default: a new temporary folder)',
+    )
     ap.add_argument('--keep', action='store_true', help='keep the data folder and the embedding cache')
     args = ap.parse_args(argv)
     if args.device.startswith('cuda'):
         import torch
-        if not torch.cuda.is_available(): raise ConfigError(f"--device {args.device}: torch sees no GPU here; use --device cpu")
-    if args.images and not Path(args.images).is_dir(): raise ConfigError(f"--images {args.images}: not a folder; pass a folder of photo subfolders")
-    if args.out and Path(args.out).exists() and not Path(args.out).is_dir(): raise ConfigError(f"--out {args.out} is a file; pass a folder")
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {args.device}: torch sees no GPU here; use --device cpu")
+    if args.images and not Path(args.images).is_dir():
+        raise ConfigError(f"--images {args.images}: not a folder; pass a folder of photo subfolders")
+    if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
+        raise ConfigError(f"--out {args.out} is a file; pass a folder")
     out = Path(args.out or tempfile.mkdtemp(prefix='rehearse-'))
     steps = rehearse(out, args.train, args.test, args.dim, args.stages, args.hours, args.device, args.images,
                      args.nonlandmarks, keep=args.keep, max_holdout=args.max_holdout)
     print(f"\nrehearsal {args.train:,} train x {args.test:,} test x {args.dim} ({out}):")
     _print_steps(steps)
-    a = RunAssumptions(gpu=args.gpu, dim=args.dim, nonlandmarks=args.nonlandmarks, holdout_landmarks=args.max_holdout, extract_rate=args.extract_rate,
-                       decode=args.decode, nvjpeg_rate=args.nvjpeg_rate, models=args.models)
+    a = RunAssumptions(
+        gpu=args.gpu,
+        dim=args.dim,
+        nonlandmarks=args.nonlandmarks,
+        holdout_landmarks=args.max_holdout,
+        extract_rate=args.extract_rate,
+        decode=args.decode,
+        nvjpeg_rate=args.nvjpeg_rate,
+        models=args.models,
+    )
     proj = project_run(steps, a)
     rate, bound = extraction_rate(a)
     m = a.machine
-    decoding = (f"nvJPEG {a.nvjpeg_rate:g}/s on each GPU" if a.nvjpeg_rate else "nvJPEG on the GPUs (not measured: assumed never to bind)") \
-        if a.decode == 'nvjpeg' else f"JPEG decoding {a.decode_rate_per_core:g}/s on each of {a.n_cores} cores"
-    print(f"\nprojected full recognition kernel on {m['name']} ({m['count']} GPU{'s' * (m['count'] > 1)}, {a.n_cores} CPU cores): "
-          f"{a.models} model{'s' * (a.models > 1)}, {a.train_images:,} train, {a.test_images:,} test, {a.nonlandmarks:,} non-landmark "
-          f"images, {a.holdout_queries:,} held-out queries; extraction {rate:.0f} images/s ({bound}: "
-          + (f"measured {a.extract_rate:g}/s" if a.extract_rate else f"{a.mfu:.0%} of the fp16 peak at {a.gflops_per_image:g} GFLOPs an image")
-          + f", {decoding}); searches split over the GPUs at {a.knn_efficiency:.0%} of their fp32 peak; verification split over {a.n_verify} "
-          f"device{'s' * (a.n_verify > 1)}; other steps scaled from this rehearsal:")
+    decoding = (
+        (
+            f"nvJPEG {a.nvjpeg_rate:g}/s on each GPU"
+            if a.nvjpeg_rate
+            else "nvJPEG on the GPUs (not measured: assumed never to bind)"
+        )
+        if a.decode == 'nvjpeg'
+        else f"JPEG decoding {a.decode_rate_per_core:g}/s on each of {a.n_cores} cores"
+    )
+    print(
+        f"\nprojected full recognition kernel on {m['name']} ({m['count']} GPU{'s' * (m['count'] > 1)}, {a.n_cores} CPU cores): "
+        f"{a.models} model{'s' * (a.models > 1)}, {a.train_images:,} train, {a.test_images:,} test, {a.nonlandmarks:,} non-landmark "
+        f"images, {a.holdout_queries:,} held-out queries; extraction {rate:.0f} images/s ({bound}: "
+        + (
+            f"measured {a.extract_rate:g}/s"
+            if a.extract_rate
+            else f"{a.mfu:.0%} of the fp16 peak at {a.gflops_per_image:g} GFLOPs an image"
+        )
+        + f", {decoding}); searches split over the GPUs at {a.knn_efficiency:.0%} of their fp32 peak; verification split over {a.n_verify} "
+        f"device{'s' * (a.n_verify > 1)}; other steps scaled from this rehearsal:"
+    )
     print(proj.to_string(index=False, float_format=lambda v: f'{v:,.2f}'))
     png = plot_projection(proj, out/'projection.png', a)
     end = proj.end_h.iloc[-1]

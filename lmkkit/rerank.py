@@ -34,13 +34,17 @@ class RerankContext:
     index_ids: np.ndarray | None = None  # (N,) ids of the searched set (train for recognition, index for retrieval)
     index_emb: np.ndarray | None = None  # (N, D) their L2-normalised embeddings
     index_labels: np.ndarray | None = None  # (N,) their landmark ids (-1 unknown)
-    index_exclude: np.ndarray | None = None  # (N,) bool: rows no search returns (held-out rows), instead of a copy of the index
+    # (N,) bool: rows no search returns (held-out rows), instead of a copy of the index
+    index_exclude: np.ndarray | None = None
     query_ids: np.ndarray | None = None  # (Q,) query ids
     query_emb: np.ndarray | None = None  # (Q, D) query embeddings
-    nonlandmark_emb: np.ndarray | None = field(default=None, metadata=dict(missing='no non-landmark images (nonlandmarks.csv)'))  # (M, D) known non-landmark images
+    nonlandmark_emb: np.ndarray | None = field(
+        default=None, metadata=dict(missing='no non-landmark images (nonlandmarks.csv)')
+    )  # (M, D) known non-landmark images
     image_path: Callable[[str], Path] | None = None  # image id -> file, for local-feature stages
     train_ids: np.ndarray | None = None  # (T,) labelled train images (retrieval: to label queries and index images)
-    train_emb: np.ndarray | None = field(default=None, metadata=dict(missing='no embedded train images to label with'))  # (T, D)
+    # (T, D)
+    train_emb: np.ndarray | None = field(default=None, metadata=dict(missing='no embedded train images to label with'))
     train_labels: np.ndarray | None = None  # (T,) their landmark ids
     deadline: Deadline | None = None
     exclude_self: bool = False  # re-searches drop the query itself (train images queried against train)
@@ -51,7 +55,10 @@ class RerankContext:
     def need(self, stage: str, *names: str) -> None:
         "Raise a `ConfigError` naming the stage if any of the context fields `names` is missing."
         missing = [n for n in names if getattr(self, n) is None]
-        if missing: raise ConfigError(f"stage {stage!r} needs RerankContext.{', '.join(missing)}; pass it when building the context")
+        if missing:
+            raise ConfigError(
+                f"stage {stage!r} needs RerankContext.{', '.join(missing)}; pass it when building the context"
+            )
 
     def replace(self, **changes) -> RerankContext:
         "A copy with some fields replaced (a stage's new context); the id lookups are kept unless their ids change."
@@ -64,14 +71,21 @@ class RerankContext:
         return new
 
     def candidate_rows(self, cands: Candidates) -> np.ndarray:
-        "(Q, K) index row of every candidate: `cands.rows` when the search set them all, else looked up by id (-1: unknown)."
+        """(Q, K) index row of every candidate: `cands.rows` when the search set them all, else looked up by id
+        (-1: unknown)."""
         if cands.rows is not None and (cands.rows >= 0).all(): return cands.rows
         return self._index_pos.get_indexer(np.asarray(cands.ids).astype(str).ravel()).reshape(cands.ids.shape)
 
     def missing(self, names) -> str | None:
-        "Why the context cannot serve a stage that needs the fields `names` (None: it can); an empty array counts as missing."
+        """Why the context cannot serve a stage that needs the fields `names` (None: it can); an empty array
+        counts as missing."""
         meta = {f.name: f.metadata.get('missing') for f in fields(self)}
-        gone = [n for n in names if getattr(self, n) is None or (hasattr(getattr(self, n), '__len__') and not len(getattr(self, n)))]
+        gone = [
+            n
+            for n in names
+            if getattr(self, n) is None
+            or (hasattr(getattr(self, n), '__len__') and not len(getattr(self, n)))
+        ]
         return '; '.join(meta[n] or f'needs RerankContext.{n}' for n in gone) or None
 
     @cached_property
@@ -91,7 +105,8 @@ class RerankContext:
         return self._lookup(self._index_pos, self.index_emb, ids, 'index')
 
     def query_emb_of(self, ids) -> np.ndarray:
-        "Embeddings of query `ids` (any shape) -> (*ids.shape, D); all the queries in context order: `query_emb` itself, no copy."
+        """Embeddings of query `ids` (any shape) -> (*ids.shape, D); all the queries in context order:
+        `query_emb` itself, no copy."""
         self.need('query_emb_of', 'query_ids', 'query_emb')
         ids = np.asarray(ids)
         if ids.shape == np.shape(self.query_ids) and np.array_equal(_str_ids(ids), _str_ids(self.query_ids)):
@@ -99,19 +114,34 @@ class RerankContext:
         return self._lookup(self._query_pos, self.query_emb, ids, 'query')
 
     def cand_emb(self, cands: Candidates) -> np.ndarray:
-        "Index embeddings of every candidate, (Q, K, D) float32: gathered by `cands.rows` when the search set them, else by id."
+        """Index embeddings of every candidate, (Q, K, D) float32: gathered by `cands.rows` when the search set
+        them, else by id."""
         self.need('cand_emb', 'index_ids', 'index_emb')
         if cands.rows is not None and (cands.rows >= 0).all(): return np.asarray(self.index_emb[cands.rows], np.float32)
         return self.emb_of(cands.ids)
 
     def research(self, cands: Candidates, emb: np.ndarray) -> Candidates:
-        "Search the index again with new embeddings (Q, D) of `cands`' queries; queries the deadline leaves unsearched keep `cands`."
+        """Search the index again with new embeddings (Q, D) of `cands`' queries; queries the deadline leaves
+        unsearched keep `cands`."""
         self.need('re-search', 'index_ids', 'index_emb')
-        new = search(cands.query_ids, emb, self.index_ids, self.index_emb, cands.k, self.index_labels, deadline=self.deadline,
-                     exclude=self.index_exclude, exclude_self=self.exclude_self, backend=self.knn_backend, device=self.device)
+        new = search(
+            cands.query_ids,
+            emb,
+            self.index_ids,
+            self.index_emb,
+            cands.k,
+            self.index_labels,
+            deadline=self.deadline,
+            exclude=self.index_exclude,
+            exclude_self=self.exclude_self,
+            backend=self.knn_backend,
+            device=self.device,
+        )
         if len(new) == len(cands) or not new.skipped.get('unsearched'): return new
         old = cands.select(~np.isin(cands.query_ids, new.query_ids))
-        return Candidates.concat([new, old.replace(features={}, skipped={}, rows=old.rows if new.rows is not None else None)])
+        return Candidates.concat(
+            [new, old.replace(features={}, skipped={}, rows=old.rows if new.rows is not None else None)]
+        )
 
 _CONTEXT_FIELDS = {f.name for f in fields(RerankContext)}
 
@@ -142,12 +172,14 @@ def make_settings(cls: type, stage: str, values: dict):
 
 # %% ../nbs/40_rerank.ipynb #d310cbf7
 class Stage:
-    "A re-ranking stage: name, title, cost model, needs and checked settings in one object; `stage(cands, ctx) -> cands`."
+    """A re-ranking stage: name, title, cost model, needs and checked settings in one object; `stage(cands, ctx)
+    -> cands`."""
     name: ClassVar[str] = ''
     title: ClassVar[str] = ''  # what a report calls it (a property where it depends on the settings)
     cost_s: ClassVar[float] = 1e-5  # estimated seconds per unit of `per` (one CPU core, order of magnitude)
     per: ClassVar[str] = 'query'  # a COST_UNITS name; 'pair': the planner may lower the setting `top_n`
-    needs: ClassVar[tuple[str, ...]] = ()  # RerankContext fields it reads; without them the runner skips it and says why
+    # RerankContext fields it reads; without them the runner skips it and says why
+    needs: ClassVar[tuple[str, ...]] = ()
     learns: ClassVar[bool] = False  # trains or re-weights, so it must prove itself on held-out queries
     params: ClassVar[dict[str, str]] = {}  # flat kernel parameter -> the setting it fills (kept for the kernels)
     Settings: ClassVar[type] = NoSettings  # a frozen dataclass: the settings and their defaults
@@ -159,7 +191,8 @@ class Stage:
 
     def __init_subclass__(cls, **kw):
         super().__init_subclass__(**kw)
-        if cls.per not in COST_UNITS: raise ValueError(f"stage {cls.name!r}: per must be one of {COST_UNITS}, got {cls.per!r}")
+        if cls.per not in COST_UNITS:
+            raise ValueError(f"stage {cls.name!r}: per must be one of {COST_UNITS}, got {cls.per!r}")
 
     def check(self) -> None:
         "Raise a `StageError` on a bad setting value (called once, when the stage is made)."
@@ -241,7 +274,11 @@ def _settings_class(fn: Callable, name: str) -> type:
     "A frozen dataclass of `fn`'s keyword parameters after (cands, ctx), with their defaults."
     import inspect
     ps = list(inspect.signature(fn).parameters.values())[2:]
-    spec = [(p.name, object, field(default=p.default)) for p in ps if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    spec = [
+        (p.name, object, field(default=p.default))
+        for p in ps
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    ]
     return dataclasses.make_dataclass(f'{name}_settings', spec, frozen=True)
 
 def register_stage(name: str, cost_s: float, per: str = 'query', needs: tuple[str, ...] = (), learns: bool = False,
@@ -250,7 +287,8 @@ def register_stage(name: str, cost_s: float, per: str = 'query', needs: tuple[st
     def _register(fn):
         def call(self, cands, ctx): return fn(cands, ctx, **self.setting_values())
         def chk(self): check is None or check(self.setting_values())
-        def prep(self, device): return self if prepare is None else self.with_settings(**prepare(self.setting_values(), device))
+        def prep(self, device):
+            return self if prepare is None else self.with_settings(**prepare(self.setting_values(), device))
         body = dict(name=name, title=title or name, cost_s=float(cost_s), per=per, needs=tuple(needs), learns=learns,
                     Settings=_settings_class(fn, name), __call__=call, check=chk, prepare=prep, __doc__=fn.__doc__)
         register(type(f'FunctionStage_{name}', (Stage,), body))
@@ -259,7 +297,8 @@ def register_stage(name: str, cost_s: float, per: str = 'query', needs: tuple[st
 
 # %% ../nbs/40_rerank.ipynb #c98ccc55
 def expand(query: np.ndarray, neighbours: np.ndarray, sims: np.ndarray, alpha: float = 0.0) -> np.ndarray:
-    "α-QE in float32: L2-normalised `query + Σ max(sim,0)^α · neighbour` per row; `alpha=0` is average QE; a -inf sim (no neighbour) adds nothing."
+    """α-QE in float32: L2-normalised `query + Σ max(sim,0)^α · neighbour` per row; `alpha=0` is average QE; a
+    -inf sim (no neighbour) adds nothing."""
     s = np.asarray(sims, np.float32)
     w = np.where(np.isfinite(s), np.maximum(s, 0) ** np.float32(alpha), 0).astype(np.float32)
     out = np.asarray(query, np.float32) + np.einsum('...k,...kd->...d', w, np.asarray(neighbours, np.float32))
@@ -268,7 +307,8 @@ def expand(query: np.ndarray, neighbours: np.ndarray, sims: np.ndarray, alpha: f
 
 def _expand_rows(query: np.ndarray, index: np.ndarray, rows: np.ndarray, sims: np.ndarray, alpha: float,
                  chunk: int = CHUNK_QUERIES) -> np.ndarray:
-    "`expand(query[i], index[rows[i]], sims[i])` for every row, gathering `chunk` rows at a time (row -1: no neighbour); (Q, D) float32."
+    """`expand(query[i], index[rows[i]], sims[i])` for every row, gathering `chunk` rows at a time (row -1: no
+    neighbour); (Q, D) float32."""
     out = np.empty((len(query), index.shape[1]), np.float32)
     for s in range(0, len(query), chunk):
         r, w = rows[s:s + chunk], np.asarray(sims[s:s + chunk], np.float32)
@@ -279,18 +319,23 @@ def query_expansion(cands: Candidates, ctx: RerankContext,
                     k: int = 3,  # neighbours averaged with the query
                     alpha: float = 0.0,  # α-QE exponent on the similarity weights (0: average QE)
                     ) -> Candidates:
-    "Expand each query with its top `k` candidates (α-QE, gathered in chunks) and search the index again under the deadline."
+    """Expand each query with its top `k` candidates (α-QE, gathered in chunks) and search the index again under
+    the deadline."""
     ctx.need('query_expansion', 'index_ids', 'index_emb', 'query_ids', 'query_emb')
     top = cands.topk(k)
     top = top.replace(rows=ctx.candidate_rows(top))
-    return ctx.research(cands, _expand_rows(ctx.query_emb_of(cands.query_ids), ctx.index_emb, top.rows, top.sims, alpha))
+    return ctx.research(
+        cands, _expand_rows(ctx.query_emb_of(cands.query_ids), ctx.index_emb, top.rows, top.sims, alpha)
+    )
 
 # %% ../nbs/40_rerank.ipynb #7d501eb2
 def database_augment(emb: np.ndarray, k: int = 2, alpha: float = 0.0, **knn_kwargs) -> np.ndarray:
-    "DBA: each row expanded with its top `k` other rows (α-weighted) and L2-normalised; one new (N, D) float32 array, gathered in chunks."
+    """DBA: each row expanded with its top `k` other rows (α-weighted) and L2-normalised; one new (N, D) float32
+    array, gathered in chunks."""
     sims, idx = knn(emb, emb, k + 1, **knn_kwargs)
     emb = np.asarray(emb, np.float32)
-    not_self = (idx != np.arange(len(emb))[:, None]) & (idx >= 0)  # -1: a row with no such neighbour (non-finite rows, tiny index)
+    # -1: a row with no such neighbour (non-finite rows, tiny index)
+    not_self = (idx != np.arange(len(emb))[:, None]) & (idx >= 0)
     keep = np.argsort(~not_self, axis=1, kind='stable')[:, :k]  # drop each row's own hit, keep k others
     rows = np.where(np.take_along_axis(not_self, keep, 1), np.take_along_axis(idx, keep, 1), -1)
     return _expand_rows(emb, emb, rows, np.take_along_axis(sims, keep, 1), alpha)
@@ -302,7 +347,9 @@ def dba_context(ctx: RerankContext,
                 ) -> RerankContext:
     "A new context whose index vectors are the DBA version of `ctx`'s (`ctx` is not changed)."
     ctx.need('DBA', 'index_ids', 'index_emb', 'query_ids', 'query_emb')
-    aug = database_augment(ctx.index_emb, k, alpha, backend=ctx.knn_backend, device=ctx.device, exclude=ctx.index_exclude)
+    aug = database_augment(
+        ctx.index_emb, k, alpha, backend=ctx.knn_backend, device=ctx.device, exclude=ctx.index_exclude
+    )
     return ctx.replace(index_emb=aug)
 
 def dba(cands: Candidates, ctx: RerankContext, k: int = 2, alpha: float = 0.0) -> tuple[Candidates, RerankContext]:
@@ -312,7 +359,8 @@ def dba(cands: Candidates, ctx: RerankContext, k: int = 2, alpha: float = 0.0) -
 
 # %% ../nbs/40_rerank.ipynb #a0a70d5d
 def _whitening_of(ctx: RerankContext, whitening, dim: int | None, power: float, shrinkage: float) -> Whitening:
-    "A given `Whitening` (or file), else one learned on the context's train embeddings (else its index) with at most n/8 directions."
+    """A given `Whitening` (or file), else one learned on the context's train embeddings (else its index) with at
+    most n/8 directions."""
     if isinstance(whitening, Whitening): return whitening
     if whitening is not None: return Whitening.load(whitening)
     x = _learning_rows(ctx.train_emb if ctx.train_emb is not None and len(ctx.train_emb) else ctx.index_emb)
@@ -320,13 +368,16 @@ def _whitening_of(ctx: RerankContext, whitening, dim: int | None, power: float, 
 
 def _learning_rows(emb: np.ndarray, most: int = 200_000, block: int = 65_536, seed: int = 0) -> np.ndarray:
     "The finite rows of `emb` (memory-mapped, NaN where not embedded), a seeded sample of at most `most`, as float32."
-    ok = np.concatenate([np.isfinite(emb[i:i + block]).all(1) for i in range(0, len(emb), block)] or [np.zeros(0, bool)])
+    ok = np.concatenate(
+        [np.isfinite(emb[i : i + block]).all(1) for i in range(0, len(emb), block)] or [np.zeros(0, bool)]
+    )
     rows = np.flatnonzero(ok)
     if len(rows) > most: rows = np.sort(np.random.default_rng(seed).choice(rows, most, replace=False))
     return np.asarray(emb[rows], np.float32)
 
 def whiten_context(ctx: RerankContext,
-                   whitening: str | Path | Whitening | None = None,  # a learned Whitening or its file; None: learn it here
+                   # a learned Whitening or its file; None: learn it here
+                   whitening: str | Path | Whitening | None = None,
                    dim: int | None = None,  # directions kept when learning (None: n_train // 8, at most D)
                    power: float = 0.5,  # eigenvalue power (lmkkit.whiten.learn_whitening)
                    shrinkage: float = 0.0,
@@ -338,13 +389,15 @@ def whiten_context(ctx: RerankContext,
     return ctx.replace(**{n: w.apply(getattr(ctx, n)) for n in names if len(getattr(ctx, n))})
 
 def whiten(cands: Candidates, ctx: RerankContext, **settings) -> tuple[Candidates, RerankContext]:
-    "Learned PCA whitening (`whiten_context` `settings`): the queries searched again in the whitened space, and its context."
+    """Learned PCA whitening (`whiten_context` `settings`): the queries searched again in the whitened space, and
+    its context."""
     new = whiten_context(ctx, **settings)
     return new.research(cands, new.query_emb_of(cands.query_ids)), new
 
 # %% ../nbs/40_rerank.ipynb #7eea68a9
 def class_votes(sims: np.ndarray, labels: np.ndarray, k: int = 5, p: float = 8.0) -> np.ndarray:
-    "Per candidate, the soft vote of its class: Σ over same-label candidates in the top `k` of max(sim,0)^p; (Q, K) float64."
+    """Per candidate, the soft vote of its class: Σ over same-label candidates in the top `k` of max(sim,0)^p;
+    (Q, K) float64."""
     labels = np.asarray(labels)
     w = np.maximum(np.asarray(sims, np.float64)[:, :k], 0) ** p
     votes = np.zeros(labels.shape, np.float64)
@@ -361,7 +414,12 @@ def vote_share(votes: np.ndarray, labels: np.ndarray, k: int = 5) -> np.ndarray:
     order = np.argsort(l, axis=1, kind='stable')  # equal labels side by side, earliest first: (Q, k) memory at any k
     ls = np.take_along_axis(l, order, 1)
     first = np.empty(l.shape, bool)
-    np.put_along_axis(first, order, np.concatenate([np.ones((len(l), min(1, l.shape[1])), bool), ls[:, 1:] != ls[:, :-1]], 1), 1)
+    np.put_along_axis(
+        first,
+        order,
+        np.concatenate([np.ones((len(l), min(1, l.shape[1])), bool), ls[:, 1:] != ls[:, :-1]], 1),
+        1,
+    )
     first |= l < 0  # every unlabelled candidate is its own class
     return votes / np.maximum((votes[:, :first.shape[1]] * first).sum(1), 1e-30)[:, None]
 
@@ -381,7 +439,9 @@ def per_candidate(a: np.ndarray, cands: Candidates) -> np.ndarray:
     "A per-query value `a` (Q,) repeated for each of the query's candidates: (Q, k), a read-only view."
     return np.broadcast_to(np.asarray(a)[:, None], cands.ids.shape)
 
-def nonlandmark_similarity(emb: np.ndarray, nonlandmark_emb: np.ndarray, k: int = 5, **knn_kwargs) -> tuple[np.ndarray, np.ndarray]:
+def nonlandmark_similarity(
+    emb: np.ndarray, nonlandmark_emb: np.ndarray, k: int = 5, **knn_kwargs
+) -> tuple[np.ndarray, np.ndarray]:
     "Per row of `emb`: (mean of its top-`k` similarities to the non-landmarks, the largest one)."
     sims, _ = knn(emb, nonlandmark_emb, k, **knn_kwargs)
     return sims.mean(1), sims[:, 0]
@@ -418,11 +478,22 @@ def label_boost(cands: Candidates, ctx: RerankContext,
                 p: float = 8.0,  # soft-vote power
                 ) -> Candidates:
     "Label queries and candidates by their nearest train images; boost candidates that agree with their query."
-    ctx.need('label agreement', 'train_ids', 'train_emb', 'train_labels', 'index_ids', 'index_emb', 'query_ids', 'query_emb')
+    ctx.need(
+        'label agreement',
+        'train_ids',
+        'train_emb',
+        'train_labels',
+        'index_ids',
+        'index_emb',
+        'query_ids',
+        'query_emb',
+    )
     kw = dict(backend=ctx.knn_backend, device=ctx.device)
     lab = lambda ids, emb: assign_labels(ids, emb, ctx.train_ids, ctx.train_emb, ctx.train_labels, k, p, **kw)[0]
     uniq, inv = np.unique(ctx.candidate_rows(cands), return_inverse=True)  # each distinct candidate labelled once
-    labels = lab(np.asarray(ctx.index_ids)[uniq], np.asarray(ctx.index_emb[uniq], np.float32))[inv.reshape(cands.ids.shape)]
+    labels = lab(np.asarray(ctx.index_ids)[uniq], np.asarray(ctx.index_emb[uniq], np.float32))[
+        inv.reshape(cands.ids.shape)
+    ]
     return boost_agreeing(cands.replace(labels=labels), lab(cands.query_ids, ctx.query_emb_of(cands.query_ids)), bonus)
 
 # %% ../nbs/40_rerank.ipynb #d0563643
@@ -455,7 +526,8 @@ def mdescaug(top: np.ndarray,  # (Q, M, D) descriptors of each query's top M, in
     return (mix @ top) / w.sum(-1, keepdims=True)
 
 def rerank_mda(q: np.ndarray, refined: np.ndarray, k: int = 9) -> tuple[np.ndarray, np.ndarray]:
-    "SuperGlobal's RerankwMDA of (Q, D) queries and their (Q, M, D) refined top M: (order (Q, M), scores in that order)."
+    """SuperGlobal's RerankwMDA of (Q, D) queries and their (Q, M, D) refined top M: (order (Q, M), scores in
+    that order)."""
     s = np.einsum('qd,qmd->qm', q, refined)
     pre = _desc(s)  # MDescAug's own order, by the refined similarities
     ref = _gather(refined, pre)
@@ -505,7 +577,8 @@ def _sg_embeddings(rows: np.ndarray, index_emb: np.ndarray) -> np.ndarray:
     return emb
 
 def _sg_chunks(q: np.ndarray, rows: np.ndarray, ctx: RerankContext, k: int, beta: float):
-    "Yield (order, score) of `SG_CHUNK` queries at a time, gathering only their embeddings; stop when the deadline passes."
+    """Yield (order, score) of `SG_CHUNK` queries at a time, gathering only their embeddings; stop when the
+    deadline passes."""
     for s in range(0, len(q), SG_CHUNK):
         if ctx.deadline is not None and ctx.deadline.expired: return
         yield superglobal_order(q[s:s + SG_CHUNK], _sg_embeddings(rows[s:s + SG_CHUNK], ctx.index_emb), k, beta)
@@ -526,7 +599,8 @@ def superglobal(cands: Candidates, ctx: RerankContext,
                 k: int = 9,  # neighbours of each (and k + 1 refined rows max-pooled into the query)
                 beta: float = 0.15,  # weight of a neighbour per unit of similarity
                 ) -> tuple[Candidates, int]:
-    "SuperGlobal re-ranking (MDescAug + RerankwMDA) of each query's top `m` candidates (feature 'sim_raw'), and how many queries it reached before the deadline."
+    """SuperGlobal re-ranking (MDescAug + RerankwMDA) of each query's top `m` candidates (feature 'sim_raw'), and
+    how many queries it reached before the deadline."""
     ctx.need('superglobal', *SG_NEEDS)
     if not len(cands) or min(m, cands.k) < 2: return cands, len(cands)
     top = cands.topk(m)
@@ -539,5 +613,11 @@ def superglobal(cands: Candidates, ctx: RerankContext,
     valid = (rows[:done] >= 0) & np.isfinite(top.sims[:done])
     head = _sg_take(cands.select(np.arange(done)), order, score, valid)
     if done == len(cands): return head, done
-    rest = cands.select(np.arange(done, len(cands))).replace(skipped={})  # the deadline's leftovers keep their kNN answer
-    return Candidates.concat([head, rest if 'sim_raw' in rest.features else rest.with_features(sim_raw=rest.sims)]), done
+    # the deadline's leftovers keep their kNN answer
+    rest = cands.select(np.arange(done, len(cands))).replace(skipped={})
+    return (
+        Candidates.concat(
+            [head, rest if 'sim_raw' in rest.features else rest.with_features(sim_raw=rest.sims)]
+        ),
+        done,
+    )

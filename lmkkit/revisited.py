@@ -47,18 +47,25 @@ def _gnd_file(root: Path, dataset: str) -> Path:
     "`root/<dataset>/gnd_<dataset>.pkl` (or `root/gnd_<dataset>.pkl` when `root` is the dataset folder itself)."
     for folder in (root/dataset, root):
         if (folder/f'gnd_{dataset}.pkl').is_file(): return folder/f'gnd_{dataset}.pkl'
-    raise FileNotFoundError(f"no {root/dataset/f'gnd_{dataset}.pkl'}; DATA must hold {dataset}/jpg/*.jpg and "
-                            f"{dataset}/gnd_{dataset}.pkl (the revisitop layout; `make_revisited_synthetic` writes a small one)")
+    raise FileNotFoundError(
+        f"no {root/dataset/f'gnd_{dataset}.pkl'}; DATA must hold {dataset}/jpg/*.jpg and "
+        f"{dataset}/gnd_{dataset}.pkl (the revisitop layout; `make_revisited_synthetic` writes a small one)"
+    )
 
 def read_ground_truth(path: str | Path) -> dict:
-    "The official `gnd_<dataset>.pkl`: dict with 'imlist', 'qimlist' (image names) and 'gnd' (one dict per query). Read by `read_plain_pickle`: nothing in the file runs."
+    """The official `gnd_<dataset>.pkl`: dict with 'imlist', 'qimlist' (image names) and 'gnd' (one dict per
+    query). Read by `read_plain_pickle`: nothing in the file runs."""
     try: cfg = read_plain_pickle(Path(path).read_bytes())
     except UnsafePickle as e:
         raise ConfigError(f"{path} is not a plain ground-truth pickle: {e}; use the official gnd file (revisitop) "
                           "or one written by `make_revisited_synthetic`") from None
     if not isinstance(cfg, dict) or any(k not in cfg for k in ('imlist', 'qimlist', 'gnd')):
         raise ConfigError(f"{path} must hold a dict with 'imlist', 'qimlist' and 'gnd'")
-    cfg = {**cfg, 'imlist': _image_names(cfg['imlist'], 'imlist', path), 'qimlist': _image_names(cfg['qimlist'], 'qimlist', path)}
+    cfg = {
+        **cfg,
+        'imlist': _image_names(cfg['imlist'], 'imlist', path),
+        'qimlist': _image_names(cfg['qimlist'], 'qimlist', path),
+    }
     if not isinstance(cfg['gnd'], list) or len(cfg['gnd']) != len(cfg['qimlist']):
         raise ConfigError(f"{path}: {len(cfg['qimlist'])} query images but {len(cfg['gnd'])} gnd entries")
     for i, g in enumerate(cfg['gnd']): _check_query(g, i, len(cfg['imlist']), path)
@@ -71,8 +78,10 @@ def _image_names(names, key: str, path) -> list[str]:
     bad = [(i, n, name_problem(n)) for i, n in enumerate(names) if name_problem(n)]
     if bad:
         i, n, why = bad[0]
-        raise ConfigError(f"{path}: {len(bad)} '{key}' entries are not plain file names, the first ({key}[{i}] {n!r}) {why}; "
-                          "an image name is a file of the jpg/ folder")
+        raise ConfigError(
+            f"{path}: {len(bad)} '{key}' entries are not plain file names, the first ({key}[{i}] {n!r}) {why}; "
+            "an image name is a file of the jpg/ folder"
+        )
     return [str(n) for n in names]
 
 def _check_query(g, i: int, n_images: int, path) -> None:
@@ -91,14 +100,20 @@ def _listed_names(listing: Path) -> list[str]:
     names = listing.read_text().split()
     bad = [(i, n) for i, n in enumerate(names) if n.startswith('/') or any(name_problem(p) for p in n.split('/'))]
     if bad:
-        raise ConfigError(f"{listing}: {len(bad)} entries leave the jpg/ folder, the first (entry {bad[0][0] + 1}) {bad[0][1]!r}; "
-                          "list images by their path inside jpg/ (no leading '/', no '..')")
+        raise ConfigError(
+            f"{listing}: {len(bad)} entries leave the jpg/ folder, the first (entry {bad[0][0] + 1}) {bad[0][1]!r}; "
+            "list images by their path inside jpg/ (no leading '/', no '..')"
+        )
     return names
 
 def distractor_paths(folder: str | Path) -> list[Path]:
-    "Images of a distractor set: those listed in `folder/revisitop1m.txt` (under `folder/jpg/`), else every .jpg under `folder`."
+    """Images of a distractor set: those listed in `folder/revisitop1m.txt` (under `folder/jpg/`), else every
+    .jpg under `folder`."""
     folder = Path(folder)
-    if not folder.is_dir(): raise FileNotFoundError(f"distractor folder {folder} not found; pass the revisitop1m folder (with revisitop1m.txt and jpg/)")
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            f"distractor folder {folder} not found; pass the revisitop1m folder (with revisitop1m.txt and jpg/)"
+        )
     if gnd := next(folder.glob('gnd_*.pkl'), None) or next(folder.glob('*/gnd_*.pkl'), None):
         raise FileNotFoundError(f"distractor folder {folder} holds a benchmark set ({gnd.relative_to(folder)}), whose images would count as "
                                 f"distractors; pass the revisitop1m folder (with revisitop1m.txt and jpg/)")
@@ -121,7 +136,8 @@ class RevisitedSet:
     @property
     def query_paths(self) -> list[Path]: return [self.images/f'{n}.jpg' for n in self.qimlist]
     @property
-    def database_paths(self) -> list[Path]: return [self.images/f'{n}.jpg' for n in self.imlist] + list(self.distractors)
+    def database_paths(self) -> list[Path]:
+        return [self.images / f'{n}.jpg' for n in self.imlist] + list(self.distractors)
     @property
     def bbxs(self) -> list[tuple[float, ...]]: return [tuple(float(v) for v in np.ravel(g['bbx'])) for g in self.gnd]
     def __repr__(self):
@@ -133,20 +149,36 @@ def load_revisited(root: str | Path, dataset: str, distractors: str | Path | Non
     gnd_path = _gnd_file(Path(root), dataset)
     cfg = read_ground_truth(gnd_path)
     images = gnd_path.parent/'jpg'
-    if not images.is_dir(): raise FileNotFoundError(f"no image folder {images}; the images of {dataset} go there as <name>.jpg")
+    if not images.is_dir():
+        raise FileNotFoundError(f"no image folder {images}; the images of {dataset} go there as <name>.jpg")
     extra = distractor_paths(distractors) if distractors is not None else []
-    return RevisitedSet(dataset, images, [str(n) for n in cfg['imlist']], [str(n) for n in cfg['qimlist']], list(cfg['gnd']), extra)
+    return RevisitedSet(
+        dataset,
+        images,
+        [str(n) for n in cfg['imlist']],
+        [str(n) for n in cfg['qimlist']],
+        list(cfg['gnd']),
+        extra,
+    )
 
 # %% ../nbs/33_revisited.ipynb #af7aa13b
 class UnsafePickle(LmkkitError, ValueError):
     "A pickle that asks for more than plain data: an opcode or a callable a data file never needs."
 
 PLAIN_KINDS = 'biufcUS'  # bool, ints, floats, complex, fixed-width text: no object pointers in the bytes
-_NUMPY_NAMES = {('numpy.core.multiarray', '_reconstruct'): 'reconstruct', ('numpy._core.multiarray', '_reconstruct'): 'reconstruct',
-                ('numpy.core.numeric', '_frombuffer'): 'frombuffer', ('numpy._core.numeric', '_frombuffer'): 'frombuffer',
-                ('numpy.core.multiarray', 'scalar'): 'scalar', ('numpy._core.multiarray', 'scalar'): 'scalar',
-                ('numpy', 'ndarray'): 'ndarray', ('numpy', 'dtype'): 'dtype', ('_codecs', 'encode'): 'encode',
-                ('__builtin__', 'bytes'): 'bytes', ('builtins', 'bytes'): 'bytes'}  # protocols 0-2 write bytes by a call
+_NUMPY_NAMES = {
+    ('numpy.core.multiarray', '_reconstruct'): 'reconstruct',
+    ('numpy._core.multiarray', '_reconstruct'): 'reconstruct',
+    ('numpy.core.numeric', '_frombuffer'): 'frombuffer',
+    ('numpy._core.numeric', '_frombuffer'): 'frombuffer',
+    ('numpy.core.multiarray', 'scalar'): 'scalar',
+    ('numpy._core.multiarray', 'scalar'): 'scalar',
+    ('numpy', 'ndarray'): 'ndarray',
+    ('numpy', 'dtype'): 'dtype',
+    ('_codecs', 'encode'): 'encode',
+    ('__builtin__', 'bytes'): 'bytes',
+    ('builtins', 'bytes'): 'bytes',
+}  # protocols 0-2 write bytes by a call
 
 class _Name:
     "A callable the pickle names (one of `_NUMPY_NAMES`), never imported."
@@ -165,7 +197,8 @@ def plain_dtype(name) -> _Dtype:
     if not isinstance(name, str): raise UnsafePickle(f"dtype {name!r} is not a type string")
     try: dt = np.dtype(name)
     except TypeError as e: raise UnsafePickle(f"unknown dtype {name!r}") from e
-    if dt.kind not in PLAIN_KINDS or dt.fields or dt.subdtype: raise UnsafePickle(f"dtype {name!r} is not plain numbers or text")
+    if dt.kind not in PLAIN_KINDS or dt.fields or dt.subdtype:
+        raise UnsafePickle(f"dtype {name!r} is not plain numbers or text")
     return _Dtype(dt)
 
 def _build_dtype(stub: _Dtype, state) -> _Dtype:
@@ -190,7 +223,8 @@ def _call(fn, args):
     if not isinstance(fn, _Name) or not isinstance(args, tuple): raise UnsafePickle(f"a call of {type(fn).__name__}")
     what = fn.what
     if what == 'dtype' and len(args) == 3: return plain_dtype(args[0])
-    if what == 'reconstruct' and len(args) == 3 and isinstance(args[0], _Name) and args[0].what == 'ndarray': return _Array()
+    if what == 'reconstruct' and len(args) == 3 and isinstance(args[0], _Name) and args[0].what == 'ndarray':
+        return _Array()
     if what == 'frombuffer' and len(args) == 4: return plain_array(args[0], args[1], args[2], args[3] == 'F')
     if what == 'scalar' and len(args) == 2: return plain_array(args[1], args[0], ())[()]
     if what == 'encode' and args[1:] == ('latin1',) and isinstance(args[0], str): return args[0].encode('latin1')
@@ -206,9 +240,28 @@ def _build(obj, state):
     obj.value = plain_array(raw, dtype, shape, bool(fortran))
     return obj
 
-_VALUE_OPS = {'INT', 'BININT', 'BININT1', 'BININT2', 'LONG', 'LONG1', 'LONG4', 'FLOAT', 'BINFLOAT', 'STRING', 'BINSTRING',
-              'SHORT_BINSTRING', 'UNICODE', 'SHORT_BINUNICODE', 'BINUNICODE', 'BINUNICODE8', 'BINBYTES', 'SHORT_BINBYTES',
-              'BINBYTES8', 'BYTEARRAY8'}  # opcodes that push their argument
+_VALUE_OPS = {
+    'INT',
+    'BININT',
+    'BININT1',
+    'BININT2',
+    'LONG',
+    'LONG1',
+    'LONG4',
+    'FLOAT',
+    'BINFLOAT',
+    'STRING',
+    'BINSTRING',
+    'SHORT_BINSTRING',
+    'UNICODE',
+    'SHORT_BINUNICODE',
+    'BINUNICODE',
+    'BINUNICODE8',
+    'BINBYTES',
+    'SHORT_BINBYTES',
+    'BINBYTES8',
+    'BYTEARRAY8',
+}  # opcodes that push their argument
 _CONSTANTS = {'NONE': None, 'NEWTRUE': True, 'NEWFALSE': False}
 _MEMO_OPS = {'PUT', 'BINPUT', 'LONG_BINPUT', 'MEMOIZE'}
 _GET_OPS = {'GET', 'BINGET', 'LONG_BINGET'}
@@ -229,7 +282,8 @@ def _step(name: str, arg, stack: list, marks: list, memo: dict) -> None:
     if name in _VALUE_OPS: stack.append(bytes(arg) if isinstance(arg, bytearray) else arg)
     elif name in _CONSTANTS: stack.append(_CONSTANTS[name])
     elif name == 'MARK': marks.append(len(stack))
-    elif name in ('EMPTY_DICT', 'EMPTY_LIST', 'EMPTY_TUPLE'): stack.append({'EMPTY_DICT': {}, 'EMPTY_LIST': [], 'EMPTY_TUPLE': ()}[name])
+    elif name in ('EMPTY_DICT', 'EMPTY_LIST', 'EMPTY_TUPLE'):
+        stack.append({'EMPTY_DICT': {}, 'EMPTY_LIST': [], 'EMPTY_TUPLE': ()}[name])
     elif name in ('TUPLE1', 'TUPLE2', 'TUPLE3'):
         n = int(name[-1])
         if len(stack) < n: raise UnsafePickle("a tuple of missing items")
@@ -286,7 +340,9 @@ def _finish(obj, done: dict, open_: set):
     return new
 
 def read_plain_pickle(data: bytes):
-    "The value of a pickle that holds only lists, dicts, tuples, numbers, text and plain numpy arrays; `UnsafePickle` for anything else. Nothing in the file is imported or called: arrays are rebuilt with `np.frombuffer`."
+    """The value of a pickle that holds only lists, dicts, tuples, numbers, text and plain numpy arrays;
+    `UnsafePickle` for anything else. Nothing in the file is imported or called: arrays are rebuilt with
+    `np.frombuffer`."""
     stack, marks, memo = [], [], {}
     try:
         for op, arg, _ in pickletools.genops(data):
@@ -300,7 +356,8 @@ def read_plain_pickle(data: bytes):
 
 # %% ../nbs/33_revisited.ipynb #01999c46
 def crop_box(bbx: Sequence[float], width: int, height: int) -> tuple[tuple[int, int, int, int], str]:
-    "The pixel box PIL's `crop` makes of `bbx` (x1, y1, x2, y2: rounded), clipped to the image; and what was wrong with it ('' if nothing)."
+    """The pixel box PIL's `crop` makes of `bbx` (x1, y1, x2, y2: rounded), clipped to the image; and what was
+    wrong with it ('' if nothing)."""
     x1, y1, x2, y2 = (int(round(v)) for v in bbx)
     box = (max(x1, 0), max(y1, 0), min(x2, width), min(y2, height))
     if box[2] <= box[0] or box[3] <= box[1]: return (0, 0, width, height), 'empty bbx (whole image used)'
@@ -345,13 +402,17 @@ def _hard_view(scene: np.ndarray, rng, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(img[y:y + ch, x:x + cw]).resize((w, h), Image.Resampling.BILINEAR))
 
 def _junk_view(scene: np.ndarray, rng, size: int) -> np.ndarray:
-    "A view with all but one corner (about 30% of each side) hidden by an unrelated photo: the landmark is barely visible."
+    """A view with all but one corner (about 30% of each side) hidden by an unrelated photo: the landmark is
+    barely visible."""
     img = render_view(scene, rng, size, STRENGTH['junk'])
     h, w = img.shape[:2]
     cover = np.asarray(Image.fromarray(draw_nonlandmark(rng, size)).resize((w, h)))
     keep = np.zeros((h, w), bool)
     ky, kx = int(h * 0.3), int(w * 0.3)
-    keep[(slice(0, ky) if rng.random() < .5 else slice(h - ky, h)), (slice(0, kx) if rng.random() < .5 else slice(w - kx, w))] = True
+    keep[
+        (slice(0, ky) if rng.random() < 0.5 else slice(h - ky, h)),
+        (slice(0, kx) if rng.random() < 0.5 else slice(w - kx, w)),
+    ] = True
     return np.where(keep[..., None], img, cover)
 
 def _landmark_images(scene, rng, size: int, n: dict) -> list[tuple[str, np.ndarray]]:
@@ -367,16 +428,20 @@ def make_revisited_synthetic(root: str | Path, dataset: str = 'roxford5k', seed:
                              n_landmarks: int = 4, queries_per_landmark: int = 2,
                              easy: int = 3, hard: int = 3, junk: int = 2,  # database images per landmark of each kind
                              n_negatives: int = 8,  # unrelated database images
-                             n_distractors: int = 0,  # images of a `revisitop1m/` distractor folder beside the set (0: none)
+                             # images of a `revisitop1m/` distractor folder beside the set (0: none)
+                             n_distractors: int = 0,
                              image_size: int = 96,
                              overwrite: bool = False,  # write over a set already in `root/<dataset>`
                              ) -> RevisitedSet:
-    "Write a tiny set in the exact revisited layout (`root/<dataset>/jpg/*.jpg`, `gnd_<dataset>.pkl`); deterministic for a seed."
+    """Write a tiny set in the exact revisited layout (`root/<dataset>/jpg/*.jpg`, `gnd_<dataset>.pkl`);
+    deterministic for a seed."""
     if dataset not in REVISITED: raise ConfigError(f"unknown dataset {dataset!r}; choose one of {', '.join(REVISITED)}")
     folder = out_folder(root)/dataset
     if (folder/f'gnd_{dataset}.pkl').exists() and not overwrite:
-        raise FileExistsError(f"{folder} already holds a benchmark set (gnd_{dataset}.pkl); choose another folder or pass "
-                              f"`overwrite=True`")
+        raise FileExistsError(
+            f"{folder} already holds a benchmark set (gnd_{dataset}.pkl); choose another folder or pass "
+            f"`overwrite=True`"
+        )
     fix = "choose an empty or new folder: synth writes over files only in folders it created"
     (claim_folder(folder, 'synth', fix)/'jpg').mkdir(parents=True, exist_ok=True)
     if n_distractors: claim_folder(Path(root)/DISTRACTORS, 'synth', fix)
@@ -384,17 +449,24 @@ def make_revisited_synthetic(root: str | Path, dataset: str = 'roxford5k', seed:
     for lm in range(n_landmarks):
         rng = _rng(seed, 0, lm)
         scene = draw_scene(family_style(rng), rng, 2 * image_size)
-        for j in range(queries_per_landmark): queries.append((f'query_{lm:02d}_{j}', lm, *_query_photo(scene, rng, image_size)))
+        for j in range(queries_per_landmark):
+            queries.append((f'query_{lm:02d}_{j}', lm, *_query_photo(scene, rng, image_size)))
         images += [(f'{dataset}_{lm:02d}_{kind}_{i:02d}', lm, kind, img) for i, (kind, img) in
                    enumerate(_landmark_images(scene, rng, image_size, dict(easy=easy, hard=hard, junk=junk)))]
     neg = _rng(seed, 1)
-    images += [(f'{dataset}_other_{i:03d}', -1, 'negative', draw_nonlandmark(neg, image_size)) for i in range(n_negatives)]
+    images += [
+        (f'{dataset}_other_{i:03d}', -1, 'negative', draw_nonlandmark(neg, image_size))
+        for i in range(n_negatives)
+    ]
     order = _rng(seed, 2).permutation(len(images))  # the database in no meaningful order
     images = [images[i] for i in order]
     for name, _, _, img in images: _write_jpeg(folder/'jpg'/f'{name}.jpg', img)
     for name, _, img, _ in queries: _write_jpeg(folder/'jpg'/f'{name}.jpg', img)
     where = lambda lm, kind: [i for i, (_, l, k, _) in enumerate(images) if l == lm and k == kind]
-    gnd = [dict(bbx=bbx, easy=where(lm, 'easy'), hard=where(lm, 'hard'), junk=where(lm, 'junk')) for _, lm, _, bbx in queries]
+    gnd = [
+        dict(bbx=bbx, easy=where(lm, 'easy'), hard=where(lm, 'hard'), junk=where(lm, 'junk'))
+        for _, lm, _, bbx in queries
+    ]
     with atomic_write(folder/f'gnd_{dataset}.pkl', 'wb') as f:
         pickle.dump(dict(imlist=[n for n, *_ in images], qimlist=[n for n, *_ in queries], gnd=gnd), f)
     if n_distractors: _write_distractors(Path(root)/DISTRACTORS, _rng(seed, 3), n_distractors, image_size)
@@ -411,7 +483,8 @@ MULTISCALE = (1.0, 2 ** -0.5, 2 ** 0.5)  # cirtorch's standard scales: 1, 1/√2
 
 def gem_across_scales(views: np.ndarray,  # (S, N, D) L2-normalised descriptors of the same images at S scales
                       p: float = 1.0) -> np.ndarray:
-    "(N, D) L2-normalised generalized mean over scales, ((1/S) Σ_s v_s^p)^(1/p) (cirtorch `extract_ms`); p=1 is the mean."
+    """(N, D) L2-normalised generalized mean over scales, ((1/S) Σ_s v_s^p)^(1/p) (cirtorch `extract_ms`); p=1 is
+    the mean."""
     views = np.asarray(views, np.float64)
     if p != 1 and (views < 0).any():
         raise ConfigError(f"GeM across scales with p={p} needs non-negative descriptors; these have negative entries "
@@ -430,7 +503,8 @@ def merge_scales(views: np.ndarray,  # (S, N, D) descriptors of the same images 
 def multiscale_embeddings(model, paths: Sequence[str | Path], size: int, scales: Sequence[float] = MULTISCALE,
                           p: float = 1.0, merge: str | None = None,  # a SCALE_MERGES name instead of GeM with power `p`
                           **extract_kwargs) -> tuple[np.ndarray, np.ndarray]:
-    "Embeddings of `paths` over `scales` (`extract_embeddings`), GeM-pooled (power `p`) or merged by `merge`: (emb, ok)."
+    """Embeddings of `paths` over `scales` (`extract_embeddings`), GeM-pooled (power `p`) or merged by `merge`:
+    (emb, ok)."""
     if merge is not None and merge != 'mean':
         per_scale = [extract_embeddings(model, paths, size, scales=(s,), **extract_kwargs) for s in scales]
         ok = np.logical_and.reduce([o for _, o in per_scale])
@@ -443,7 +517,8 @@ def multiscale_embeddings(model, paths: Sequence[str | Path], size: int, scales:
 
 # %% ../nbs/33_revisited.ipynb #95ee707b
 def rank_database(queries: np.ndarray, database: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    "Full ranking of the database for every query by inner product: (ranks (Q, N) int64, best first; sims (Q, N) sorted)."
+    """Full ranking of the database for every query by inner product: (ranks (Q, N) int64, best first; sims (Q,
+    N) sorted)."""
     sims = np.asarray(queries, np.float32) @ np.asarray(database, np.float32).T
     ranks = np.argsort(-sims, axis=1, kind='stable')
     return ranks, np.take_along_axis(sims, ranks, 1)
@@ -462,7 +537,8 @@ def _table(scores: dict, n_scored: dict, settings: dict) -> pd.DataFrame:
     return df
 
 def with_pool(model, pool: str):
-    "A copy of an lmkkit model whose pooling is `lmkkit.pooling.create_pool(pool)` (SuperGlobal's pools need no training)."
+    """A copy of an lmkkit model whose pooling is `lmkkit.pooling.create_pool(pool)` (SuperGlobal's pools need no
+    training)."""
     model = copy.deepcopy(model)
     model.pool = create_pool(pool, fmt='NCHW' if model.feature_fmt == 'NCHW' else 'NHWC')
     return model
@@ -473,10 +549,13 @@ def run_benchmark(dataset: str, data: str | Path, checkpoint: str | Path,
                   qe: int = 0, qe_alpha: float = 0.0,  # α-QE with the top `qe` images (0: off)
                   dba: int = 0, dba_alpha: float = 0.0,  # database-side augmentation with `dba` neighbours (0: off)
                   whiten: str | Path | None = None,  # a `lmkkit.whiten.Whitening` file applied to both sides
-                  superglobal: int = 0,  # SuperGlobal re-ranking of the top `superglobal` images (0: off; the paper: 400)
+                  # SuperGlobal re-ranking of the top `superglobal` images (0: off; the paper: 400)
+                  superglobal: int = 0,
                   sg_k: int = 9, sg_beta: float = 0.15,  # its K and β (lmkkit.rerank.superglobal_ranks)
-                  pool: str | None = None,  # replace the checkpoint's pooling by this lmkkit.pooling.POOLS name, training-free
-                  scale_merge: str | None = None,  # merge the scales by this SCALE_MERGES name instead of GeM (`scale_p`)
+                  # replace the checkpoint's pooling by this lmkkit.pooling.POOLS name, training-free
+                  pool: str | None = None,
+                  # merge the scales by this SCALE_MERGES name instead of GeM (`scale_p`)
+                  scale_merge: str | None = None,
                   distractors: str | Path | None = None,  # R1M-style folder added to the database
                   out: str | Path | None = None,  # CSV to write the table to
                   device: str = 'cpu', batch_size: int = 32, num_workers: int = 0, amp: str | None = None,
@@ -488,7 +567,10 @@ def run_benchmark(dataset: str, data: str | Path, checkpoint: str | Path,
     ds = load_revisited(data, dataset, distractors)
     whitening = None
     if whiten is not None:
-        if not Path(whiten).is_file(): raise FileNotFoundError(f"whitening file {whiten} not found; write one with learn_whitening(...).save(path)")
+        if not Path(whiten).is_file():
+            raise FileNotFoundError(
+                f"whitening file {whiten} not found; write one with learn_whitening(...).save(path)"
+            )
         whitening = Whitening.load(whiten)
     extra = None
     if model is None: model, _, extra = load_checkpoint(checkpoint, map_location=device)
@@ -507,7 +589,10 @@ def run_benchmark(dataset: str, data: str | Path, checkpoint: str | Path,
     q = expand_queries(q * q_ok[:, None], x, qe, qe_alpha) * q_ok[:, None]
     ranks = superglobal_ranks(q, x, superglobal, sg_k, sg_beta) if superglobal > 0 else rank_database(q, x)[0]
     scores = revisited_map(ranks, ds.gnd, kappas)
-    n_scored = {s: sum(any(len(np.ravel(g[k])) for k in REVISITED_SETUPS[s][0]) for g in ds.gnd) for s in REVISITED_SETUPS}
+    n_scored = {
+        s: sum(any(len(np.ravel(g[k])) for k in REVISITED_SETUPS[s][0]) for g in ds.gnd)
+        for s in REVISITED_SETUPS
+    }
     settings = dict(dataset=dataset, checkpoint=str(checkpoint), size=size, scales=' '.join(f'{s:.4g}' for s in scales),
                     scale_p=scale_p, qe=qe, dba=dba, whiten=str(whiten or ''), superglobal=superglobal,
                     pool=pool or '', scale_merge=scale_merge or '', n_database=len(ds.imlist),
@@ -520,7 +605,8 @@ def run_benchmark(dataset: str, data: str | Path, checkpoint: str | Path,
 TABLE_HEADER = 'setup,map,'  # how every table `write_benchmark` writes begins
 
 def check_table_path(path: str | Path) -> None:
-    "A `ConfigError` when `path` is a folder, or a file that is not a table `write_benchmark` wrote (it would be replaced)."
+    """A `ConfigError` when `path` is a folder, or a file that is not a table `write_benchmark` wrote (it would
+    be replaced)."""
     path = Path(path)
     if path.is_dir(): raise ConfigError(f"--out {path} is a folder; give the path of the CSV file to write")
     if not path.exists(): return
@@ -531,7 +617,8 @@ def check_table_path(path: str | Path) -> None:
         raise ConfigError(f"--out {path} exists and is not a table lmkkit benchmark wrote; give a new file name (it is never replaced)")
 
 def write_benchmark(table: pd.DataFrame, path: str | Path) -> Path:
-    "Write the table as CSV (fractions, one row per setup), atomically; only over a table it wrote before (`check_table_path`)."
+    """Write the table as CSV (fractions, one row per setup), atomically; only over a table it wrote before
+    (`check_table_path`)."""
     check_table_path(path)
     with atomic_write(path) as f: table.to_csv(f)
     return Path(path)
@@ -539,9 +626,11 @@ def write_benchmark(table: pd.DataFrame, path: str | Path) -> Path:
 def format_benchmark(table: pd.DataFrame) -> str:
     "The table as the papers print it: percentages with two decimals, one row per setup; problems on the last lines."
     s = table.iloc[0]
-    head = (f"{s['dataset']}: {s['n_database']} images + {s['n_distractors']} distractors, {s['checkpoint']} at {s['size']}px, "
-            f"scales {s['scales']}, qe {s['qe']}, dba {s['dba']}" + (f", whitening {s['whiten']}" if s['whiten'] else '')
-            + ''.join(f", {k.replace('_', ' ')} {s[k]}" for k in ('superglobal', 'pool', 'scale_merge') if s.get(k)))
+    head = f"{s['dataset']}: {s['n_database']} images + {s['n_distractors']} distractors, {s['checkpoint']} at {s['size']}px, " f"scales {s['scales']}, qe {s['qe']}, dba {s['dba']}" + (
+        f", whitening {s['whiten']}" if s['whiten'] else ''
+    ) + ''.join(
+        f", {k.replace('_', ' ')} {s[k]}" for k in ('superglobal', 'pool', 'scale_merge') if s.get(k)
+    )
     metrics = [c for c in table.columns if c == 'map' or c.startswith('mp@')]
     body = (table[metrics] * 100).rename(columns=lambda c: c.replace('map', 'mAP').replace('mp@', 'mP@'))
     body.index = [i.capitalize() for i in body.index]
@@ -558,7 +647,9 @@ def _check_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
     if (a.device or '').startswith('cuda') and not torch.cuda.is_available():
         p.error(f"--device {a.device}: no CUDA GPU is visible here; use --device cpu (or leave it out)")
     if a.superglobal < 0 or a.superglobal == 1:
-        p.error(f"--superglobal must be 0 (off) or the number of top images to re-rank (at least 2), got {a.superglobal}")
+        p.error(
+            f"--superglobal must be 0 (off) or the number of top images to re-rank (at least 2), got {a.superglobal}"
+        )
     if a.sg_k < 1: p.error(f"--sg-k must be at least 1 neighbour, got {a.sg_k}")
     if a.sg_beta < 0: p.error(f"--sg-beta must be at least 0, got {a.sg_beta}")
     for name in ('qe', 'dba'):
@@ -567,29 +658,62 @@ def _check_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
     if a.out: check_table_path(a.out)
 
 def main(argv: list[str] | None = None) -> int:
-    "`lmkkit benchmark roxford5k|rparis6k DATA --checkpoint CKPT`: the revisited Easy/Medium/Hard table, printed and optionally saved."
+    """`lmkkit benchmark roxford5k|rparis6k DATA --checkpoint CKPT`: the revisited Easy/Medium/Hard table,
+    printed and optionally saved."""
     p = CliParser(prog='lmkkit benchmark', description=main.__doc__,
                   epilog='A tiny synthetic set in this layout, to try it: `lmkkit synth DATA --revisited roxford5k`.')
     p.add_argument('dataset', choices=REVISITED)
     p.add_argument('data', help='folder holding <dataset>/jpg/*.jpg and <dataset>/gnd_<dataset>.pkl (`lmkkit synth DATA --revisited <dataset>` writes a tiny one)')
     p.add_argument('--checkpoint', required=True, help='an lmkkit checkpoint (lmkkit.model.save_checkpoint)')
-    p.add_argument('--scales', type=float, nargs='+', default=list(MULTISCALE), help='multi-scale factors (default: 1 1/√2 √2)')
-    p.add_argument('--scale-p', type=float, default=1.0, help='GeM power across scales (1: mean; >1 needs non-negative descriptors)')
-    p.add_argument('--size', type=int, default=None, help='square input side in pixels (default: the checkpoint training size; the papers test at 1024)')
+    p.add_argument(
+        '--scales',
+        type=float,
+        nargs='+',
+        default=list(MULTISCALE),
+        help='multi-scale factors (default: 1 1/√2 √2)',
+    )
+    p.add_argument(
+        '--scale-p',
+        type=float,
+        default=1.0,
+        help='GeM power across scales (1: mean; >1 needs non-negative descriptors)',
+    )
+    p.add_argument(
+        '--size',
+        type=int,
+        default=None,
+        help='square input side in pixels (default: the checkpoint training size; the papers test at 1024)',
+    )
     p.add_argument('--qe', type=int, default=0, metavar='K', help='α-query expansion with the top K images (0: off)')
     p.add_argument('--qe-alpha', type=float, default=0.0)
-    p.add_argument('--dba', type=int, default=0, metavar='K', help='database-side augmentation with K neighbours (0: off)')
+    p.add_argument(
+        '--dba',
+        type=int,
+        default=0,
+        metavar='K',
+        help='database-side augmentation with K neighbours (0: off)',
+    )
     p.add_argument('--dba-alpha', type=float, default=0.0)
     p.add_argument('--superglobal', type=int, default=0, metavar='M',
                    help='SuperGlobal re-ranking of the top M images (0: off; the paper uses 400); --sg-k, --sg-beta')
     p.add_argument('--sg-k', type=int, default=9, help='SuperGlobal K: neighbours of each candidate (default: 9)')
-    p.add_argument('--sg-beta', type=float, default=0.15, help='SuperGlobal beta: weight per unit of similarity (default: 0.15)')
+    p.add_argument(
+        '--sg-beta',
+        type=float,
+        default=0.15,
+        help='SuperGlobal beta: weight per unit of similarity (default: 0.15)',
+    )
     p.add_argument('--pool', default=None, choices=POOLS.names,
                    help="replace the checkpoint's pooling, training-free (SuperGlobal: window_gem)")
     p.add_argument('--scale-merge', default=None, choices=SCALE_MERGES.names,
                    help='how the scales\' descriptors are merged instead of their mean (SuperGlobal: scale_max)')
     p.add_argument('--whiten', default=None, metavar='FILE', help='a learned whitening (lmkkit.whiten.Whitening.save)')
-    p.add_argument('--distractors', default=None, metavar='DIR', help='R1M-style distractor folder (revisitop1m.txt + jpg/)')
+    p.add_argument(
+        '--distractors',
+        default=None,
+        metavar='DIR',
+        help='R1M-style distractor folder (revisitop1m.txt + jpg/)',
+    )
     p.add_argument('--out', default=None, metavar='CSV', help='write the table here')
     p.add_argument('--device', default=None, help='e.g. cpu or cuda:0 (default: the local GPU if any)')
     p.add_argument('--batch-size', type=int, default=32)
@@ -598,11 +722,30 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(sys.argv[1:] if argv is None else argv)
     _check_args(p, a)
     from lmkkit.core import default_device
-    table = run_benchmark(a.dataset, a.data, a.checkpoint, size=a.size, scales=a.scales, scale_p=a.scale_p,
-                          qe=a.qe, qe_alpha=a.qe_alpha, dba=a.dba, dba_alpha=a.dba_alpha, whiten=a.whiten,
-                          superglobal=a.superglobal, sg_k=a.sg_k, sg_beta=a.sg_beta, pool=a.pool, scale_merge=a.scale_merge,
-                          distractors=a.distractors, out=a.out, device=a.device or default_device(),
-                          batch_size=a.batch_size, num_workers=a.num_workers, verbose=not a.quiet)
+    table = run_benchmark(
+        a.dataset,
+        a.data,
+        a.checkpoint,
+        size=a.size,
+        scales=a.scales,
+        scale_p=a.scale_p,
+        qe=a.qe,
+        qe_alpha=a.qe_alpha,
+        dba=a.dba,
+        dba_alpha=a.dba_alpha,
+        whiten=a.whiten,
+        superglobal=a.superglobal,
+        sg_k=a.sg_k,
+        sg_beta=a.sg_beta,
+        pool=a.pool,
+        scale_merge=a.scale_merge,
+        distractors=a.distractors,
+        out=a.out,
+        device=a.device or default_device(),
+        batch_size=a.batch_size,
+        num_workers=a.num_workers,
+        verbose=not a.quiet,
+    )
     print(format_benchmark(table))
     if a.out: print(f"table written to {a.out}")
     return 0

@@ -72,7 +72,8 @@ class EpochSampler(torch.utils.data.Sampler):
 
 # %% ../nbs/21_schedule.ipynb #51da29ef
 class AugSeeded(torch.utils.data.Dataset):
-    "Wrap a dataset so that item `(epoch, i)` seeds its transform from `(seed, epoch, i)` before loading `i` (`seed_transform`)."
+    """Wrap a dataset so that item `(epoch, i)` seeds its transform from `(seed, epoch, i)` before loading `i`
+    (`seed_transform`)."""
     def __init__(self, ds, seed: int = 0): self.ds, self.seed = ds, seed
     def __len__(self): return len(self.ds)
     def __getitem__(self, key):
@@ -92,8 +93,12 @@ def param_groups(model: torch.nn.Module, cfg: TrainConfig) -> list[dict]:
         decay = p.ndim > 1
         key = (part, decay)
         if key not in groups:
-            groups[key] = dict(params=[], lr=cfg.lr * (1 if part == 'backbone' else cfg.head_lr_mult),
-                               weight_decay=cfg.weight_decay if decay else 0.0, name=f"{part}{'' if decay else '_nodecay'}")
+            groups[key] = dict(
+                params=[],
+                lr=cfg.lr * (1 if part == 'backbone' else cfg.head_lr_mult),
+                weight_decay=cfg.weight_decay if decay else 0.0,
+                name=f"{part}{'' if decay else '_nodecay'}",
+            )
         groups[key]['params'].append(p)
     return list(groups.values())
 

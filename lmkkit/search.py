@@ -29,7 +29,8 @@ def hex_ids_to_uint64(ids) -> np.ndarray:
     a = np.asarray(ids)
     if a.size == 0: return np.zeros(a.shape, np.uint64)
     try: b = np.ascontiguousarray(a.astype('S') if a.dtype.kind != 'S' else a)
-    except UnicodeEncodeError: raise ValueError("hex_ids_to_uint64: ids must be 16 lowercase hex digits; found non-ASCII text") from None
+    except UnicodeEncodeError:
+        raise ValueError("hex_ids_to_uint64: ids must be 16 lowercase hex digits; found non-ASCII text") from None
     wrong = np.strings.str_len(b) != 16
     if b.dtype.itemsize < 16 or wrong.any():
         bad = b.ravel()[np.flatnonzero(wrong.ravel())[0]].decode()
@@ -72,14 +73,19 @@ class Candidates:
     labels: np.ndarray | None = None  # (Q, K) int64 landmark ids, -1 when unknown (default: all -1)
     features: dict[str, np.ndarray] = field(default_factory=dict)  # name -> (Q, K) extra columns
     skipped: dict[str, int] = field(default_factory=dict)  # what the search left out, by reason (see `search`)
-    rows: np.ndarray | None = None  # (Q, K) int64 index row of each candidate (set by `search`; -1 unknown), so stages gather embeddings by row
+    # (Q, K) int64 index row of each candidate (set by `search`; -1 unknown), so stages gather embeddings by
+    # row
+    rows: np.ndarray | None = None
 
     def __post_init__(self):
         self.query_ids = _str_ids(self.query_ids)
-        if self.query_ids.ndim != 1: raise ValueError(f"Candidates.query_ids must be 1-D, got shape {self.query_ids.shape}")
+        if self.query_ids.ndim != 1:
+            raise ValueError(f"Candidates.query_ids must be 1-D, got shape {self.query_ids.shape}")
         self.ids = _as_2d('ids', _str_ids(self.ids), None, None)
         if self.ids.shape[0] != len(self.query_ids):
-            raise ValueError(f"Candidates.ids has {self.ids.shape[0]} rows but there are {len(self.query_ids)} query_ids")
+            raise ValueError(
+                f"Candidates.ids has {self.ids.shape[0]} rows but there are {len(self.query_ids)} query_ids"
+            )
         shape = self.ids.shape
         self.sims = _as_2d('sims', self.sims, np.float32, shape)
         self.labels = (np.full(shape, -1, np.int64) if self.labels is None
@@ -126,7 +132,10 @@ class Candidates:
         names = [sorted(p.features) for p in parts]
         if any(n != names[0] for n in names): raise ValueError(f"Candidates.concat: feature names differ: {names}")
         cat = lambda get: np.concatenate([get(p) for p in parts])
-        skipped = {r: sum(p.skipped.get(r, 0) for p in parts) for r in dict.fromkeys(r for p in parts for r in p.skipped)}
+        skipped = {
+            r: sum(p.skipped.get(r, 0) for p in parts)
+            for r in dict.fromkeys(r for p in parts for r in p.skipped)
+        }
         rows = cat(lambda p: p.rows) if all(p.rows is not None for p in parts) else None  # rows of the same index only
         return cls(cat(lambda p: p.query_ids), cat(lambda p: p.ids), cat(lambda p: p.sims), cat(lambda p: p.labels),
                    {k: cat(lambda p: p.features[k]) for k in names[0]}, skipped, rows)
@@ -151,7 +160,8 @@ def _check_knn_inputs(queries, index, k: int) -> tuple[np.ndarray, np.ndarray]:
     "Both matrices as C-contiguous float32 (no copy when they already are) with the same width; `k` positive."
     q, x = (np.ascontiguousarray(a, dtype=np.float32) for a in (queries, index))
     if q.ndim != 2 or x.ndim != 2: raise ValueError(f"knn needs 2-D queries and index, got {q.shape} and {x.shape}")
-    if q.shape[1] != x.shape[1]: raise ValueError(f"knn: queries have dimension {q.shape[1]} but index has {x.shape[1]}")
+    if q.shape[1] != x.shape[1]:
+        raise ValueError(f"knn: queries have dimension {q.shape[1]} but index has {x.shape[1]}")
     if k < 1: raise ValueError(f"knn: k must be at least 1, got {k}")
     return q, x
 
@@ -187,7 +197,8 @@ def knn_numpy(x: np.ndarray, k: int, skip: np.ndarray | None = None, max_block: 
     return search_chunk
 
 def _read_only_tensor(a: np.ndarray):
-    "`torch.from_numpy(a)` without torch's warning for a read-only array (a memory-mapped cache): the searches never write to it."
+    """`torch.from_numpy(a)` without torch's warning for a read-only array (a memory-mapped cache): the searches
+    never write to it."""
     import torch
     with warnings.catch_warnings():
         warnings.filterwarnings('ignore', message='The given NumPy array is not writable')
@@ -223,7 +234,8 @@ def _runs(mask: np.ndarray) -> np.ndarray:
 def _faiss_add(index, x: np.ndarray, keep: np.ndarray | None, compact: bool = True):
     "Add the rows of `x` where `keep` (all when None) to `index`, with no host copy of `x`; returns `index`."
     import faiss
-    if keep is None or keep.all(): index.add(x)  # one add: faiss sizes its storage once (adding by blocks peaks at 1.5x)
+    # one add: faiss sizes its storage once (adding by blocks peaks at 1.5x)
+    if keep is None or keep.all(): index.add(x)
     elif compact:  # CPU: add all, then drop the bad rows in place
         index.add(x)
         index.remove_ids(faiss.IDSelectorBatch(np.flatnonzero(~keep)))
@@ -240,7 +252,8 @@ def _faiss_flat(x: np.ndarray, keep: np.ndarray | None, device: str, res):
 
 def knn_faiss(x: np.ndarray, k: int, skip: np.ndarray | None = None, device: str = 'cpu',
               max_index_rows: int | None = None):
-    "Searcher over `x` with faiss `IndexFlatIP` (on the GPU: `GpuIndexFlatIP`); sharded per chunk over `max_index_rows` rows."
+    """Searcher over `x` with faiss `IndexFlatIP` (on the GPU: `GpuIndexFlatIP`); sharded per chunk over
+    `max_index_rows` rows."""
     import faiss
     if device.startswith('cuda') and faiss.get_num_gpus() == 0:
         raise RuntimeError("knn: device='cuda' was asked for but faiss sees no GPU (faiss-cpu?); use device='cpu'")
@@ -251,9 +264,14 @@ def knn_faiss(x: np.ndarray, k: int, skip: np.ndarray | None = None, device: str
         kp = None if keep is None else keep[s:e]
         rows = None if kp is None or kp.all() else np.flatnonzero(kp) + s
         return _faiss_flat(x[s:e], kp, device, res), rows, s
-    built = [shard(*bounds[0])] if len(bounds) == 1 else None  # one shard: built once; several: one at a time, per chunk
+    # one shard: built once; several: one at a time, per chunk
+    built = [shard(*bounds[0])] if len(bounds) == 1 else None
     def search_one(index, rows, offset, q):
-        v, i = index.search(q, min(k, index.ntotal)) if index.ntotal else (np.empty((len(q), 0), np.float32), np.empty((len(q), 0), np.int64))
+        v, i = (
+            index.search(q, min(k, index.ntotal))
+            if index.ntotal
+            else (np.empty((len(q), 0), np.float32), np.empty((len(q), 0), np.int64))
+        )
         i = i.astype(np.int64)
         found = i >= 0  # faiss answers -1 when it has fewer than k results: never used as a row
         i = np.where(found, (rows[np.maximum(i, 0)] if rows is not None else i + offset), -1)
@@ -266,7 +284,8 @@ def knn_faiss(x: np.ndarray, k: int, skip: np.ndarray | None = None, device: str
 # %% ../nbs/31_search.ipynb #58ee1b15
 @dataclass
 class Neighbours:
-    "What `knn` found: per query its best index rows, and what it left out (non-finite rows, queries past the deadline)."
+    """What `knn` found: per query its best index rows, and what it left out (non-finite rows, queries past the
+    deadline)."""
     sims: np.ndarray  # (Q, w) float32 inner products, best first; -inf where a query has no answer
     idx: np.ndarray  # (Q, w) int64 index rows; -1 where a query has no answer (never a valid row)
     n_searched: int  # queries [0, n_searched) were searched; the rest were not reached before the deadline
@@ -289,11 +308,16 @@ class Neighbours:
     def complete(self) -> bool: return self.n_unsearched == 0
     def counts(self) -> dict[str, int]:
         "What was left out, by reason (only the non-zero ones)."
-        c = dict(nonfinite_query=int(self.bad_queries.sum()), nonfinite_index=self.n_bad_index, unsearched=self.n_unsearched)
+        c = dict(
+            nonfinite_query=int(self.bad_queries.sum()),
+            nonfinite_index=self.n_bad_index,
+            unsearched=self.n_unsearched,
+        )
         return {k: v for k, v in c.items() if v}
 
 def _resolve_backend(backend: str, device: str, n_index: int) -> str:
-    "'auto' -> faiss-gpu on CUDA when faiss sees a GPU, else torch; on the CPU torch below `AUTO_TORCH_BELOW` rows, else faiss."
+    """'auto' -> faiss-gpu on CUDA when faiss sees a GPU, else torch; on the CPU torch below `AUTO_TORCH_BELOW`
+    rows, else faiss."""
     if backend != 'auto': return backend
     if device.startswith('cuda'):
         import faiss
@@ -301,7 +325,8 @@ def _resolve_backend(backend: str, device: str, n_index: int) -> str:
     return 'torch' if n_index < AUTO_TORCH_BELOW else 'faiss'
 
 def _split_searcher(searchers: list, offsets: list[int], k: int):
-    "One searcher from `searchers` over consecutive parts of the index (part p starts at row `offsets[p]`): run in parallel threads, answers merged."
+    """One searcher from `searchers` over consecutive parts of the index (part p starts at row `offsets[p]`): run
+    in parallel threads, answers merged."""
     def search_chunk(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         with ThreadPoolExecutor(len(searchers)) as pool: parts = list(pool.map(lambda s: s(q), searchers))
         idx = [np.where(i >= 0, i + o, -1) for (_, i), o in zip(parts, offsets)]
@@ -325,8 +350,10 @@ def knn(queries: np.ndarray, index: np.ndarray, k: int, backend: str = 'auto', d
         max_index_rows: int | None = None,  # faiss: search the index in shards of this many rows
         chunk_size: int = CHUNK_QUERIES,  # queries per chunk; the deadline is checked before each
         deadline=None,  # anything with `.remaining` seconds (a `Deadline`); None: search every query
-        exclude: np.ndarray | None = None,  # (N,) bool: index rows never returned (e.g. held-out rows), without a copy of the index
-        devices: Sequence[str] | None = None,  # several devices (e.g. Kaggle's two T4s): the index split across them, searched in parallel
+        # (N,) bool: index rows never returned (e.g. held-out rows), without a copy of the index
+        exclude: np.ndarray | None = None,
+        # several devices (e.g. Kaggle's two T4s): the index split across them, searched in parallel
+        devices: Sequence[str] | None = None,
         ) -> Neighbours:
     "Top-`k` inner products of each query against `index`, chunked over queries: `Neighbours` (sims, idx), best first."
     q, x = _check_knn_inputs(queries, index, k)
@@ -357,17 +384,27 @@ def search(query_ids, query_emb: np.ndarray, index_ids, index_emb: np.ndarray, k
            exclude_self: bool = False,  # drop a candidate whose id equals its query's id
            deadline=None,  # checked before each chunk of queries (see `knn`)
            **knn_kwargs) -> Candidates:
-    "kNN of each query embedding in the index, as `Candidates` of the answered queries (with their index `rows`); `skipped` counts the rest."
+    """kNN of each query embedding in the index, as `Candidates` of the answered queries (with their index
+    `rows`); `skipped` counts the rest."""
     query_ids, index_ids = np.asarray(query_ids), np.asarray(index_ids)  # str or uint64; never copied whole
-    if len(query_ids) != len(query_emb): raise ValueError(f"search: {len(query_ids)} query ids but {len(query_emb)} query embeddings")
-    if len(index_ids) != len(index_emb): raise ValueError(f"search: {len(index_ids)} index ids but {len(index_emb)} index embeddings")
+    if len(query_ids) != len(query_emb):
+        raise ValueError(f"search: {len(query_ids)} query ids but {len(query_emb)} query embeddings")
+    if len(index_ids) != len(index_emb):
+        raise ValueError(f"search: {len(index_ids)} index ids but {len(index_emb)} index embeddings")
     if index_labels is not None and len(index_labels) != len(index_ids):
         raise ValueError(f"search: {len(index_labels)} index labels but {len(index_ids)} index ids")
     nb = knn(query_emb, index_emb, k + exclude_self, deadline=deadline, **knn_kwargs)
     rows = np.flatnonzero(nb.answered)
     idx = nb.idx[rows]
     labels = None if index_labels is None else np.asarray(index_labels)[idx].astype(np.int64)
-    cands = Candidates(_str_ids(query_ids[rows]), _str_ids(index_ids[idx]), nb.sims[rows], labels, skipped=nb.counts(), rows=idx)
+    cands = Candidates(
+        _str_ids(query_ids[rows]),
+        _str_ids(index_ids[idx]),
+        nb.sims[rows],
+        labels,
+        skipped=nb.counts(),
+        rows=idx,
+    )
     if not exclude_self: return cands
     is_self = cands.ids == cands.query_ids[:, None]
     return cands.take(np.argsort(is_self, axis=1, kind='stable')[:, :min(k, max(cands.k - 1, 0))])

@@ -63,7 +63,9 @@ def _expand(spec: dict, where: str) -> tuple[list[dict], list[str]]:
     combos = [dict(zip(grid, vals)) for vals in itertools.product(*grid.values())] if grid else []
     combos += [r for r in runs if r not in combos]
     if not combos or combos == [{}]:
-        raise ConfigError(f"{where}: nothing to run; give `grid: {{param: [values...]}}` or `runs: [{{param: value}}, ...]`")
+        raise ConfigError(
+            f"{where}: nothing to run; give `grid: {{param: [values...]}}` or `runs: [{{param: value}}, ...]`"
+        )
     swept = list(dict.fromkeys(k for c in combos for k in c))
     return combos, swept
 
@@ -71,11 +73,16 @@ def load_sweep(grid, out: str | Path | None = None) -> Sweep:
     "Read and check a sweep from a YAML file or a dict; `out` overrides its `out`."
     spec, base, where = _read_grid(grid)
     unknown = sorted(set(spec) - set(GRID_KEYS))
-    if unknown: raise ConfigError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(GRID_KEYS)}")
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(GRID_KEYS)}"
+        )
     if not spec.get('notebook'): raise ConfigError(f"{where}: `notebook:` is required (the notebook to run)")
     notebook = (base/spec['notebook']).resolve()
     if not notebook.is_file():
-        raise ConfigError(f"{where}: notebook {spec['notebook']} not found at {notebook} (relative to the sweep file's folder)")
+        raise ConfigError(
+            f"{where}: notebook {spec['notebook']} not found at {notebook} (relative to the sweep file's folder)"
+        )
     fixed = spec.get('parameters') or {}
     if not isinstance(fixed, dict): raise ConfigError(f"{where}: parameters must be a mapping of name: value")
     runs, swept = _expand(spec, where)
@@ -100,8 +107,10 @@ def _check_names(notebook: Path, fixed: dict, swept: list, run_dir_param: str, w
         raise ConfigError(f"{where}: {run_dir_param!r} is set by the sweep to each run's folder; remove it")
     missing = [n for n in [*fixed, *swept, run_dir_param] if n not in known]
     if missing:
-        raise ConfigError(f"{where}: parameter(s) {', '.join(map(repr, missing))} not in {notebook.name}'s parameters cell "
-                          f"(it has: {', '.join(known)}); fix the name or add it to the notebook")
+        raise ConfigError(
+            f"{where}: parameter(s) {', '.join(map(repr, missing))} not in {notebook.name}'s parameters cell "
+            f"(it has: {', '.join(known)}); fix the name or add it to the notebook"
+        )
 
 # %% ../nbs/70_sweep.ipynb #4d28fd5d
 def run_name(values: dict) -> str:
@@ -178,7 +187,11 @@ def collect(sweep: Sweep) -> pd.DataFrame:
         row = {'run': run_name(values), **{k: _cell(values.get(k, sweep.parameters.get(k))) for k in sweep.swept}}
         done = is_finished(run_dir, {**sweep.parameters, **values})
         rec = json.loads((run_dir/RUN_RECORD).read_text()) if done else {}
-        row.update(status=rec.get('status', 'pending'), error=rec.get('error', ''), seconds=rec.get('seconds', math.nan))
+        row.update(
+            status=rec.get('status', 'pending'),
+            error=rec.get('error', ''),
+            seconds=rec.get('seconds', math.nan),
+        )
         if done and (run_dir/METRICS_FILE).is_file():
             try: metrics = json.loads((run_dir/METRICS_FILE).read_text())
             except ValueError as e: metrics, row['error'] = {}, f"unreadable {METRICS_FILE}: {e}"
@@ -235,7 +248,8 @@ def _panel(ax, table: pd.DataFrame, p: str, others: list, m: str) -> None:
         else:
             width = 0.8 / max(len(groups), 1)
             xs = [cats.index(v) + i * width for v in g[p]]
-            ax.bar_label(ax.bar(xs, g[m], width=width, label=label), fmt='%.3f', fontsize='small', padding=2)  # 0.871 vs 0.886 must be readable
+            # 0.871 vs 0.886 must be readable
+            ax.bar_label(ax.bar(xs, g[m], width=width, label=label), fmt='%.3f', fontsize='small', padding=2)
     if not numeric:
         ax.set_xticks([j + 0.4 - 0.4 / max(len(groups), 1) for j in range(len(cats))], [str(c) for c in cats])
     ax.set_xlabel(p); ax.set_ylabel(m)
@@ -253,23 +267,32 @@ def run_sweep(grid, out: str | Path | None = None, verbose: bool = True, retry_f
         finished = is_finished(run_dir, {**sweep.parameters, **values})
         if finished and retry_failed: finished = json.loads((run_dir/RUN_RECORD).read_text())['status'] == 'ok'
         if not finished: todo.append(values)
-    if verbose: print(f"{len(sweep.runs)} runs: {len(sweep.runs) - len(todo)} finished before, {len(todo)} to run -> {sweep.out}")
+    if verbose:
+        print(
+            f"{len(sweep.runs)} runs: {len(sweep.runs) - len(todo)} finished before, {len(todo)} to run -> {sweep.out}"
+        )
     bar = progress(todo, verbose, desc='sweep', unit='run')
     for values in bar:
         bar.set_postfix_str(run_name(values))
         run_one(sweep, values)
     table = collect(sweep)
     write_table(table, sweep.out)
-    metrics = sweep.metrics or [c for c in table.columns if c not in ('run', *sweep.swept, 'status', 'error', 'seconds')]
+    metrics = sweep.metrics or [
+        c for c in table.columns if c not in ('run', *sweep.swept, 'status', 'error', 'seconds')
+    ]
     plot_sweep(table, list(sweep.swept), metrics, sweep.out/'results.png')
-    if verbose: print(f"{(table.status == 'ok').sum()} ok, {(table.status == 'failed').sum()} failed; table: {sweep.out/'results.md'}")
+    if verbose:
+        print(f"{(table.status == 'ok').sum()} ok, {(table.status == 'failed').sum()} failed; table: {sweep.out/'results.md'}")
     return table
 
 # %% ../nbs/70_sweep.ipynb #3944c6a9
 def main(argv: list[str] | None = None) -> int:
     "Entry point of `lmkkit sweep`; a mistake raises for `lmkkit.cli.main` to report."
     p = CliParser(prog='lmkkit sweep', description='Run a notebook over a grid of papermill parameters.')
-    p.add_argument('grid', help='sweep YAML file (notebook, parameters, grid, runs, out, metrics, run_dir_param, kernel_name)')
+    p.add_argument(
+        'grid',
+        help='sweep YAML file (notebook, parameters, grid, runs, out, metrics, run_dir_param, kernel_name)',
+    )
     p.add_argument('--out', default=None, help="output folder (default: the file's `out:`)")
     p.add_argument('--retry-failed', action='store_true', help='run failed runs again')
     p.add_argument('--quiet', action='store_true', help='no progress bar')

@@ -189,7 +189,13 @@ def _checker(img, rng, style, s):
     a, b = _colour(style, rng), _colour(style, rng)
     for i in range(n):
         for j in range(n):
-            cv2.rectangle(img, (x + i * cell, y + j * cell), (x + (i + 1) * cell, y + (j + 1) * cell), a if (i + j) % 2 else b, -1)
+            cv2.rectangle(
+                img,
+                (x + i * cell, y + j * cell),
+                (x + (i + 1) * cell, y + (j + 1) * cell),
+                a if (i + j) % 2 else b,
+                -1,
+            )
 
 def _arch(img, rng, style, s):
     w, h = int(s * rng.uniform(0.1, 0.22)), int(s * rng.uniform(0.1, 0.25))
@@ -218,7 +224,9 @@ def view_shape(rng: np.random.Generator, size: int) -> tuple[int, int]:
     aspect = float(rng.choice([0.75, 1.0, 4 / 3]))  # width / height
     return (size, int(round(size / aspect))) if aspect >= 1 else (int(round(size * aspect)), size)
 
-def view_homography(rng: np.random.Generator, scene_size: int, wh: tuple[int, int], strength: float = 1.0) -> np.ndarray:
+def view_homography(
+    rng: np.random.Generator, scene_size: int, wh: tuple[int, int], strength: float = 1.0
+) -> np.ndarray:
     "A random 3x3 homography mapping scene pixels to a `wh` photo."
     w, h = wh
     st = min(max(strength, 0.0), 2.0)
@@ -292,7 +300,8 @@ def draw_nonlandmark(rng: np.random.Generator, size: int, strength: float = 1.0)
         for _ in range(int(rng.integers(5, 25))):
             col = tuple(float(v) for v in rng.uniform(0, 255, 3))
             p, q = (rng.uniform(0, 1, (2, 2)) * [w, h]).astype(int)
-            if rng.random() < 0.5: cv2.line(img, tuple(map(int, p)), tuple(map(int, q)), col, int(rng.integers(1, 6)), cv2.LINE_AA)
+            if rng.random() < 0.5:
+                cv2.line(img, tuple(map(int, p)), tuple(map(int, q)), col, int(rng.integers(1, 6)), cv2.LINE_AA)
             else: cv2.circle(img, tuple(map(int, p)), int(rng.integers(2, max(3, size // 8))), col, -1, cv2.LINE_AA)
     else:
         img = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.5, 2.0))
@@ -305,7 +314,8 @@ def _train_counts(rng, cfg: SynthConfig) -> np.ndarray:
     return np.clip(np.rint(raw), cfg.min_train, 4 * cfg.train_per_landmark).astype(int)
 
 def plan_synthetic(cfg: SynthConfig, seed: int = 0) -> pd.DataFrame:
-    "Every image of the set: id, split, landmark_id (-1: distractor), landmark (index into styles), family, usage, number."
+    """Every image of the set: id, split, landmark_id (-1: distractor), landmark (index into styles), family,
+    usage, number."""
     rng = _rng(seed, STREAM_PLAN)
     n_lm = cfg.n_landmarks + cfg.n_unseen
     landmark_ids = np.sort(rng.choice(200_000, size=n_lm, replace=False))
@@ -318,9 +328,17 @@ def plan_synthetic(cfg: SynthConfig, seed: int = 0) -> pd.DataFrame:
     counts = _train_counts(rng, cfg)
     for lm in range(n_lm):
         n_train = counts[lm] if lm < cfg.n_landmarks else 0
-        for split, n in [('train', n_train), ('index', cfg.index_per_landmark * in_index[lm]), ('test', cfg.test_per_landmark)]:
+        for split, n in [
+            ('train', n_train),
+            ('index', cfg.index_per_landmark * in_index[lm]),
+            ('test', cfg.test_per_landmark),
+        ]:
             rows += [(split, int(landmark_ids[lm]), lm, int(family[lm]))] * int(n)
-    for split, n in [('train', cfg.n_train_nonlandmarks), ('index', cfg.n_index_nonlandmarks), ('test', cfg.n_test_nonlandmarks)]:
+    for split, n in [
+        ('train', cfg.n_train_nonlandmarks),
+        ('index', cfg.n_index_nonlandmarks),
+        ('test', cfg.n_test_nonlandmarks),
+    ]:
         rows += [(split, -1, -1, -1)] * n
     plan = pd.DataFrame(rows, columns=['split', 'landmark_id', 'landmark', 'family'])
     plan.insert(0, 'id', hex_ids(_rng(seed, STREAM_IDS), len(plan)))
@@ -358,11 +376,13 @@ SCALED_COUNTS = {'n_unseen': ('n_landmarks',), 'n_families': ('n_landmarks',),
                  'n_index_nonlandmarks': ('n_landmarks',), 'n_test_nonlandmarks': ('n_landmarks',)}
 
 def scaled_sizes(**sizes) -> dict:
-    "`sizes` (SynthConfig fields) plus every count of `SCALED_COUNTS` it leaves out, scaled from the defaults in proportion."
+    """`sizes` (SynthConfig fields) plus every count of `SCALED_COUNTS` it leaves out, scaled from the defaults
+    in proportion."""
     base, out = SynthConfig(), dict(sizes)
     for name, by in SCALED_COUNTS.items():
         given = [sizes.get(b, getattr(base, b)) for b in by]
-        if name in sizes or not all(isinstance(g, int) for g in given): continue  # a wrong type is make_config's to report
+        # a wrong type is make_config's to report
+        if name in sizes or not all(isinstance(g, int) for g in given): continue
         factor = float(np.prod([g / getattr(base, b) for g, b in zip(given, by)]))
         if factor != 1: out[name] = max(1, int(round(getattr(base, name) * factor)))
     return out
@@ -382,7 +402,9 @@ def landmark_scenes(cfg: SynthConfig, plan: pd.DataFrame, seed: int = 0) -> dict
     scenes = {}
     for lm, f in zip(lms['landmark'], lms['family']):
         rng = _rng(seed, STREAM_LANDMARK, int(lm))
-        scenes[int(lm)] = draw_scene(landmark_style(families[int(f)], rng, cfg.family_similarity), rng, 2 * cfg.image_size)
+        scenes[int(lm)] = draw_scene(
+            landmark_style(families[int(f)], rng, cfg.family_similarity), rng, 2 * cfg.image_size
+        )
     return scenes
 
 def render_image(row, scenes: dict, cfg: SynthConfig, seed: int = 0) -> bytes:
@@ -397,17 +419,28 @@ def summarize_plan(plan: pd.DataFrame) -> dict:
     lm, split = plan['landmark_id'], plan['split']
     train_lms = set(lm[(split == 'train') & (lm >= 0)])
     test = plan[split == 'test']
-    return dict(train=int(((split == 'train') & (lm >= 0)).sum()), train_nonlandmarks=int(((split == 'train') & (lm < 0)).sum()),
-                index=int((split == 'index').sum()), test=len(test), landmarks_in_train=len(train_lms),
-                landmarks_not_in_train=int(lm[lm >= 0].nunique()) - len(train_lms),
-                test_of_train_landmarks=int(test['landmark_id'].isin(train_lms).sum()),
-                test_nonlandmarks=int((test['landmark_id'] < 0).sum()))
+    return dict(
+        train=int(((split == 'train') & (lm >= 0)).sum()),
+        train_nonlandmarks=int(((split == 'train') & (lm < 0)).sum()),
+        index=int((split == 'index').sum()),
+        test=len(test),
+        landmarks_in_train=len(train_lms),
+        landmarks_not_in_train=int(lm[lm >= 0].nunique()) - len(train_lms),
+        test_of_train_landmarks=int(test['landmark_id'].isin(train_lms).sum()),
+        test_nonlandmarks=int((test['landmark_id'] < 0).sum()),
+    )
 
 def check_config(cfg: SynthConfig) -> SynthConfig:
     "`cfg` if its values make a data set, else a `ConfigError` naming the parameter."
     for name in ('n_landmarks', 'n_families', 'train_per_landmark', 'min_train', 'test_per_landmark'):
         if getattr(cfg, name) < 1: raise ConfigError(f"{name} must be at least 1, got {getattr(cfg, name)}")
-    for name in ('n_unseen', 'index_per_landmark', 'n_train_nonlandmarks', 'n_index_nonlandmarks', 'n_test_nonlandmarks'):
+    for name in (
+        'n_unseen',
+        'index_per_landmark',
+        'n_train_nonlandmarks',
+        'n_index_nonlandmarks',
+        'n_test_nonlandmarks',
+    ):
         if getattr(cfg, name) < 0: raise ConfigError(f"{name} must be >= 0, got {getattr(cfg, name)}")
     for name in ('index_landmark_frac', 'family_similarity', 'public_frac'):
         if not 0 <= getattr(cfg, name) <= 1: raise ConfigError(f"{name} must be in [0, 1], got {getattr(cfg, name)}")
@@ -416,7 +449,8 @@ def check_config(cfg: SynthConfig) -> SynthConfig:
     return cfg
 
 def out_folder(path: str | Path) -> Path:
-    "`path` as a Path when it is a folder or does not exist yet (it will be created); a `ConfigError` when it is a file."
+    """`path` as a Path when it is a folder or does not exist yet (it will be created); a `ConfigError` when it
+    is a file."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise ConfigError(f"{path} is a file; pass a folder to write the data set into (it is created if missing)")
@@ -426,9 +460,18 @@ SYNTH_CSVS = ('train.csv', 'nonlandmarks.csv', 'index_image_to_landmark.csv', 'r
               'retrieval_solution.csv', 'recognition_sample_submission.csv', 'retrieval_sample_submission.csv')
 
 def _clear(out: Path, overwrite: bool) -> None:
-    "Refuse a folder `lmkkit synth` did not create, and an earlier set unless `overwrite`; then remove its splits and CSVs."
-    claim_folder(out, 'synth', "choose an empty or new folder: synth writes (and with `overwrite=True` deletes) only in folders it created")
-    old = [out/s for s in SPLITS if (out/s).exists()] + [out/n for n in SYNTH_CSVS if (out/n).exists()] if out.exists() else []
+    """Refuse a folder `lmkkit synth` did not create, and an earlier set unless `overwrite`; then remove its
+    splits and CSVs."""
+    claim_folder(
+        out,
+        'synth',
+        "choose an empty or new folder: synth writes (and with `overwrite=True` deletes) only in folders it created",
+    )
+    old = (
+        [out / s for s in SPLITS if (out / s).exists()] + [out / n for n in SYNTH_CSVS if (out / n).exists()]
+        if out.exists()
+        else []
+    )
     if old and not overwrite:
         raise FileExistsError(f"{out} already holds a data set ({old[0].name}); choose an empty folder or pass "
                               f"`overwrite=True`")
@@ -474,7 +517,8 @@ def _embed_split(root: Path, split: str, ids, embed, stats: LoadStats) -> tuple[
     return np.array(vecs), np.array(ok, bool)
 
 def knn_top1_accuracy(root: str | Path, embed=colour_histogram) -> float:
-    "Top-1 kNN accuracy of `embed` on the test images of train landmarks, with train images as the database; unreadable images are counted (a warning), left out of the database, and wrong as queries."
+    """Top-1 kNN accuracy of `embed` on the test images of train landmarks, with train images as the database;
+    unreadable images are counted (a warning), left out of the database, and wrong as queries."""
     root, stats = Path(root), LoadStats()
     train = read_train_csv(root/'train.csv')
     sol = pd.read_csv(root/'recognition_solution.csv', dtype=str, keep_default_na=False)

@@ -49,20 +49,26 @@ PRESETS = {
 
 # %% ../nbs/20_train.ipynb #ee64f900
 def kernel_data_dir(data_dir: str | None) -> str:
-    "`data_dir`, or when None the attached folder holding train.csv and train/ under either input layout (`lmkkit.kaggle.find_input`)."
+    """`data_dir`, or when None the attached folder holding train.csv and train/ under either input layout
+    (`lmkkit.kaggle.find_input`)."""
     if data_dir is not None: return data_dir
     from lmkkit.inputs import find_input
     return str(find_input('train'))
 
 def kernel_config(**params) -> TrainConfig:
-    "The `TrainConfig` of the training kernel from its parameters (`lmkkit.core.notebook_parameters(globals())`): `TrainKernelParams` and `TrainConfig` fields (None: the preset's), names and types checked, then `overrides`."
+    """The `TrainConfig` of the training kernel from its parameters
+    (`lmkkit.core.notebook_parameters(globals())`): `TrainKernelParams` and `TrainConfig` fields (None: the
+    preset's), names and types checked, then `overrides`."""
     preset = {k for k, v in params.items() if v is None and k in TrainConfig.__dataclass_fields__}
     p = check_parameters(TrainConfig, {k: v for k, v in params.items() if k not in preset},
                          extra=typing.get_type_hints(TrainKernelParams))
     kp = TrainKernelParams(**{k: p.pop(k) for k in TrainKernelParams.__dataclass_fields__ if k in p})
-    if kp.preset not in PRESETS: raise ConfigError(f"parameter 'preset' must be one of {sorted(PRESETS)}, got {kp.preset!r}")
+    if kp.preset not in PRESETS:
+        raise ConfigError(f"parameter 'preset' must be one of {sorted(PRESETS)}, got {kp.preset!r}")
     if not (Path(kernel_data_dir(kp.data_dir))/'train.csv').is_file():
-        raise ConfigError(f"parameter 'data_dir': {Path(kp.data_dir)/'train.csv'} not found; point it at a GLDv2 folder")
+        raise ConfigError(
+            f"parameter 'data_dir': {Path(kp.data_dir)/'train.csv'} not found; point it at a GLDv2 folder"
+        )
     return make_config(TrainConfig, base=PRESETS[kp.preset], **p, **kp.overrides)
 
 # %% ../nbs/20_train.ipynb #fcfa3bb2
@@ -105,7 +111,8 @@ def plot_history(out_dir: str | Path, save: bool = True):
 
 # %% ../nbs/20_train.ipynb #55c24293
 def recipe_hours(stages, n_images: int, images_per_s, ref_size: int | None = None) -> list[float]:
-    "Hours of each stage: `n_images` per epoch at `images_per_s` (measured at `ref_size`; other sizes scale as 1/size²)."
+    """Hours of each stage: `n_images` per epoch at `images_per_s` (measured at `ref_size`; other sizes scale as
+    1/size²)."""
     ref = ref_size or stages[0][0]
     rate = lambda size: images_per_s * (ref / size) ** 2
     return [n_images * epochs / rate(size) / 3600 for size, epochs in stages]

@@ -34,7 +34,8 @@ def parse_overrides(pairs: list[str]) -> dict:
 def option_hint(name: str, tp, value, default=None) -> str:
     "How to give `TrainConfig` field `name` as `--name value` (a Python literal), with an example (`how_to_pass`)."
     flag, kind = f"--{name}", value_kind(tp)
-    if kind in ('list', 'dict'): return f"write a Python literal in quotes, e.g. {flag} '{default!r}'" if default else LITERALS
+    if kind in ('list', 'dict'):
+        return f"write a Python literal in quotes, e.g. {flag} '{default!r}'" if default else LITERALS
     if kind == 'bool': return f"write True or False (capitalised), e.g. {flag} True"
     if kind == 'number': return f"write a number, e.g. {flag} {example_number(default)}"
     if kind == 'text': return f"quote text that Python would read as another value, e.g. {flag} \"'{value}'\""
@@ -43,7 +44,10 @@ def option_hint(name: str, tp, value, default=None) -> str:
 def need_dataset(data_dir: str) -> Path:
     "`data_dir` when it holds a `train.csv`; else a `ConfigError` with the fix."
     p = Path(data_dir)
-    if p.is_file(): raise ConfigError(f"DATA_DIR {p} is a file; pass the folder that holds train.csv and train/ ({p.parent})")
+    if p.is_file():
+        raise ConfigError(
+            f"DATA_DIR {p} is a file; pass the folder that holds train.csv and train/ ({p.parent})"
+        )
     if not (p/'train.csv').is_file():
         raise ConfigError(f"{p/'train.csv'} not found; DATA_DIR must be a GLDv2 folder (train.csv, train/), "
                           f"e.g. from `lmkkit synth {p}`")
@@ -78,7 +82,8 @@ def _config(parser: CliParser, preset: str, options: list[str]) -> TrainConfig:
     return make_config(TrainConfig, base=PRESETS[preset], how_to_pass=option_hint, **overrides)
 
 def main(argv: list[str] | None = None) -> int:
-    "`lmkkit train DATA_DIR OUT_DIR [--preset NAME] [--option value ...]`: 0 when finished, 3 when stopped by the time budget."
+    """`lmkkit train DATA_DIR OUT_DIR [--preset NAME] [--option value ...]`: 0 when finished, 3 when stopped by
+    the time budget."""
     parser = train_parser()
     args, options = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     cfg = _config(parser, args.preset, options)

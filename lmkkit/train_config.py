@@ -19,7 +19,8 @@ __all__ = ['TrainConfig', 'TrainKernelParams', 'TrainError']
 class TrainConfig:
     "Everything a training run depends on (the write-up's recipe by default)."
     stages: tuple[tuple[int, int], ...] = ((448, 8), (512, 8), (640, 8), (736, 4))  # (image size, epochs) in order
-    backbone: str = 'swin_base_patch4_window12_384'  # any timm name (the write-up's: Swin, legacy_seresnet101, dm_nfnet_f0)
+    # any timm name (the write-up's: Swin, legacy_seresnet101, dm_nfnet_f0)
+    backbone: str = 'swin_base_patch4_window12_384'
     pretrained: str | None = None  # local timm weights file; None trains from scratch (nothing is downloaded)
     pool: str = 'rgem'
     embedding_size: int = 512
@@ -50,7 +51,8 @@ class TrainConfig:
     val_every_epochs: int = 1  # 0 turns validation off
     val_max_index: int = 20000  # train images embedded as the kNN index of the validation pass
     max_images: int | None = None  # use only this many train.csv rows (quick trials)
-    max_skipped_steps: int = 20  # fp16 GradScaler: optimiser steps in a row skipped for inf/NaN gradients before the run stops as diverged
+    # fp16 GradScaler: optimiser steps in a row skipped for inf/NaN gradients before the run stops as diverged
+    max_skipped_steps: int = 20
 
     def __post_init__(self):
         import timm  # torch: imported when a config is built, not with this module (`lmkkit train --help`)
@@ -64,7 +66,17 @@ class TrainConfig:
         object.__setattr__(self, 'stages', stages)
         if self.amp not in AMP_MODES:
             raise ConfigError(f"parameter 'amp' must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")
-        require_at_least_one(self, ('batch_size', 'grad_accum', 'checkpoint_every_steps', 'log_every_steps', 'max_skipped_steps', 'embedding_size'))
+        require_at_least_one(
+            self,
+            (
+                'batch_size',
+                'grad_accum',
+                'checkpoint_every_steps',
+                'log_every_steps',
+                'max_skipped_steps',
+                'embedding_size',
+            ),
+        )
         if self.lr <= 0: raise ConfigError(f"parameter 'lr' must be positive, got {self.lr}; e.g. `lr=3e-4`")
         for name, registry in (('head', HEADS), ('pool', POOLS)):
             if getattr(self, name) not in registry:
@@ -87,7 +99,8 @@ class TrainKernelParams:
     preset: str = 'seed'  # a name in PRESETS
     resume_from: str | None = None  # out_dir of an earlier run to continue from
     overrides: dict = field(default_factory=dict)  # any other TrainConfig field
-    lmkkit_src: str | None = None  # folder that holds the lmkkit package (an attached dataset); None: lmkkit is installed
+    # folder that holds the lmkkit package (an attached dataset); None: lmkkit is installed
+    lmkkit_src: str | None = None
 
 # %% ../nbs/20_train_config.ipynb #c1e7beb3
 class TrainError(LmkkitError, ValueError):

@@ -20,7 +20,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from .checkpoint import TimeBudget, check_resumable, find_resume_state, rng_state, save_state, set_rng_state, state_bytes
+from .checkpoint import (TimeBudget, check_resumable, find_resume_state, rng_state, save_state,
+                               set_rng_state, state_bytes)
 from .core import Deadline, TrainingDiverged, atomic_write, copy_atomic, progress, seed_everything
 from .data import (
     SHM, SHM_FIX, ImageDataset, disk_full, eval_transforms, id_to_path, read_train_csv, shm_exhausted,
@@ -30,7 +31,8 @@ from .embed import AMP_DTYPES, extract_embeddings, resolve_amp
 from .heads import HEADS
 from .metrics import gap
 from .model import create_model, save_checkpoint
-from .schedule import AugSeeded, EpochSampler, lr_factor, make_optimizer, make_scheduler, param_groups, stage_bounds
+from .schedule import (AugSeeded, EpochSampler, lr_factor, make_optimizer, make_scheduler, param_groups,
+                             stage_bounds)
 from .search import knn
 from .train_config import TrainConfig, TrainError
 
@@ -56,9 +58,11 @@ def prepare_data(data_dir: str | Path, cfg: TrainConfig, class_ids: np.ndarray |
     ids = np.sort(tr['landmark_id'].unique())
     if class_ids is not None and not np.array_equal(ids, class_ids):
         new, gone = np.setdiff1d(ids, class_ids), np.setdiff1d(class_ids, ids)
-        raise TrainError(f"{data_dir/'train.csv'}: its classes differ from those of the checkpoint being resumed "
-                         f"({len(new)} unknown, e.g. {new[:5].tolist()}; {len(gone)} missing, e.g. {gone[:5].tolist()}); "
-                         f"resume with the same train.csv and settings, or start in a new out_dir")
+        raise TrainError(
+            f"{data_dir/'train.csv'}: its classes differ from those of the checkpoint being resumed "
+            f"({len(new)} unknown, e.g. {new[:5].tolist()}; {len(gone)} missing, e.g. {gone[:5].tolist()}); "
+            f"resume with the same train.csv and settings, or start in a new out_dir"
+        )
     path = lambda d: [id_to_path(data_dir, 'train', i) for i in d['id']]
     tr = tr.assign(path=path(tr), target=np.searchsorted(ids, tr['landmark_id'].to_numpy()))
     return TrainData(tr, va.assign(path=path(va)), ids)
@@ -73,7 +77,8 @@ def _predictions(ids, labels, confs) -> dict:
 def _solution(val: pd.DataFrame) -> dict: return {i: [int(l)] for i, l in zip(val['id'], val['landmark_id'])}
 
 def val_gap(model: torch.nn.Module, data: TrainData, size: int, cfg: TrainConfig, device: str) -> float:
-    "GAP of top-1 kNN predictions (neighbour's landmark, cosine similarity) of the val images against train images, embedded as inference embeds."
+    """GAP of top-1 kNN predictions (neighbour's landmark, cosine similarity) of the val images against train
+    images, embedded as inference embeds."""
     if len(data.val) == 0: return float('nan')
     pick = np.sort(np.random.default_rng(cfg.seed).permutation(len(data.train))[:cfg.val_max_index])
     index = data.train.iloc[pick]
@@ -137,7 +142,8 @@ class Position:
 
 @dataclass
 class Meter:
-    "Sums since the last metrics row (loss, steps, images, seconds, data wait, unreadable images), and unreadable images in all."
+    """Sums since the last metrics row (loss, steps, images, seconds, data wait, unreadable images), and
+    unreadable images in all."""
     loss: float = 0.0
     n: float = 0.0
     images: float = 0.0
@@ -157,7 +163,11 @@ _FP16_CAUSE = "float16 overflow or a learning rate too high: train with amp='bf1
 
 def nonfinite_tensors(tensors: dict) -> list[str]:
     "Names of the floating-point tensors in `tensors` (name -> tensor) that hold a NaN or an infinity."
-    return [k for k, v in tensors.items() if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
+    return [
+        k
+        for k, v in tensors.items()
+        if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()
+    ]
 
 # %% ../nbs/24_trainer.ipynb #2720bdab
 class Trainer:
@@ -176,7 +186,9 @@ class Trainer:
         self.model.to(env.device)
         self.cuda = env.device.startswith('cuda')
         if cfg.channels_last and self.cuda: self.model.to(memory_format=torch.channels_last)
-        self.sampler = EpochSampler(len(self.data.train), cfg.batch_size, cfg.seed, env.rank, env.world_size, cfg.grad_accum)
+        self.sampler = EpochSampler(
+            len(self.data.train), cfg.batch_size, cfg.seed, env.rank, env.world_size, cfg.grad_accum
+        )
         self.steps_per_epoch = self.sampler.batches_per_epoch // cfg.grad_accum
         self.total_steps = stage_bounds(cfg.stages, self.steps_per_epoch)[-1]
         self.opt = make_optimizer(self.model, cfg)
@@ -254,8 +266,14 @@ class Trainer:
         cfg, epoch = self.cfg, self.pos.epoch
         stage, size = self.stage_of(epoch)
         last_of_stage = epoch + 1 == sum(e for _, e in cfg.stages[:stage + 1])
-        bar = progress(None, self.verbose and self.env.is_main, total=self.sampler.batches_per_epoch, initial=self.pos.batch,
-                       leave=False, desc=f"epoch {epoch + 1}/{cfg.epochs} @{size}px")
+        bar = progress(
+            None,
+            self.verbose and self.env.is_main,
+            total=self.sampler.batches_per_epoch,
+            initial=self.pos.batch,
+            leave=False,
+            desc=f"epoch {epoch + 1}/{cfg.epochs} @{size}px",
+        )
         it, tick, validate_next = iter(self._loader(epoch, size)), time.perf_counter(), False
         with bar:
             while self.pos.batch < self.sampler.batches_per_epoch:
@@ -314,7 +332,8 @@ class Trainer:
                                            persistent_workers=False)
 
     def _step(self, it) -> None:
-        "`grad_accum` micro-batches, one optimiser step; `TrainingDiverged` instead of a step on a non-finite loss (see `_guard`)."
+        """`grad_accum` micro-batches, one optimiser step; `TrainingDiverged` instead of a step on a non-finite
+        loss (see `_guard`)."""
         cfg, env, losses = self.cfg, self.env, []
         for k in range(cfg.grad_accum):
             t0 = time.perf_counter()
@@ -339,7 +358,8 @@ class Trainer:
         self.scaler.step(self.opt)
         self.scaler.update()
         self.skipped = self.skipped + 1 if scale is not None and self.scaler.get_scale() < scale else 0
-        if self.skipped >= cfg.max_skipped_steps: raise self._diverged(self.pos.step + 1, self._skip_problem(), _FP16_CAUSE)
+        if self.skipped >= cfg.max_skipped_steps:
+            raise self._diverged(self.pos.step + 1, self._skip_problem(), _FP16_CAUSE)
         self.opt.zero_grad(set_to_none=True)
         self.sched.step()
         self.meter.n += 1
@@ -351,8 +371,10 @@ class Trainer:
         except RuntimeError as e:
             if not shm_exhausted(e): raise
             free = shm_free_bytes()
-            raise TrainError(f"the DataLoader workers ran out of shared memory in {SHM} ({(free or 0) / 2**20:.0f} MB free); "
-                             f"fix: {SHM_FIX}; {self._resume_note()}") from None
+            raise TrainError(
+                f"the DataLoader workers ran out of shared memory in {SHM} ({(free or 0) / 2**20:.0f} MB free); "
+                f"fix: {SHM_FIX}; {self._resume_note()}"
+            ) from None
 
     def _resume_note(self) -> str:
         "Which checkpoint a run stopped now resumes from."
@@ -360,7 +382,8 @@ class Trainer:
         return f"{self.out/'last.pt'} keeps step {self.saved_step}: run again to resume"
 
     def _guard(self, losses: list[float]) -> float | None:
-        "Before the optimiser step: raise on a non-finite loss unless float16 scaling handles it; the scale before the step (None: no scaler)."
+        """Before the optimiser step: raise on a non-finite loss unless float16 scaling handles it; the scale
+        before the step (None: no scaler)."""
         bad = all_sum([float(not all(map(math.isfinite, losses)))], self.env)[0] > 0
         if not self.scaler.is_enabled():
             if bad: raise self._diverged(self.pos.step + 1, f"the loss is {next(l for l in losses if not math.isfinite(l))}",
@@ -382,21 +405,33 @@ class Trainer:
 
     def _diverged(self, step: int, problem: str, cause: str) -> TrainingDiverged:
         "The one-line error: where, what, the likely cause and fix, and the checkpoint to resume from."
-        epoch = self.pos.epoch + (self.pos.batch > 0)  # 1-based epoch of the step (a save at an epoch's end comes after it)
+        # 1-based epoch of the step (a save at an epoch's end comes after it)
+        epoch = self.pos.epoch + (self.pos.batch > 0)
         _, size = self.stage_of(epoch - 1)
         resume = (f"{self.out/'last.pt'} holds the finite weights of step {self.saved_step}: fix the setting and run again to resume"
                   if self.saved_step is not None else "no checkpoint was written: fix the setting and run again")
-        return TrainingDiverged(f"training diverged at step {step}/{self.total_steps} (epoch {epoch}/{self.cfg.epochs}, {size}px, "
-                                f"lr {self.cfg.lr:g}): {problem}; likely cause: {cause}; {resume}")
+        return TrainingDiverged(
+            f"training diverged at step {step}/{self.total_steps} (epoch {epoch}/{self.cfg.epochs}, {size}px, "
+            f"lr {self.cfg.lr:g}): {problem}; likely cause: {cause}; {resume}"
+        )
 
     def save(self, stage_end: int | None = None) -> None:
-        "Write `last.pt` and `model.pt` (and `model_<size>px.pt` at a stage end) from rank 0; all ranks wait. Non-finite weights are never written."
+        """Write `last.pt` and `model.pt` (and `model_<size>px.pt` at a stage end) from rank 0; all ranks wait.
+        Non-finite weights are never written."""
         self._check_weights()
         if self.env.is_main:
-            state = dict(model=self.model.state_dict(), optimizer=self.opt.state_dict(), scheduler=self.sched.state_dict(),
-                         scaler=self.scaler.state_dict(), position=dataclasses.asdict(self.pos), meter=dataclasses.asdict(self.meter),
-                         sampler=dict(seed=self.cfg.seed, world_size=self.env.world_size), rng=rng_state(),
-                         config=self.cfg.to_dict(), class_ids=torch.from_numpy(self.data.class_ids))
+            state = dict(
+                model=self.model.state_dict(),
+                optimizer=self.opt.state_dict(),
+                scheduler=self.sched.state_dict(),
+                scaler=self.scaler.state_dict(),
+                position=dataclasses.asdict(self.pos),
+                meter=dataclasses.asdict(self.meter),
+                sampler=dict(seed=self.cfg.seed, world_size=self.env.world_size),
+                rng=rng_state(),
+                config=self.cfg.to_dict(),
+                class_ids=torch.from_numpy(self.data.class_ids),
+            )
             t0 = time.perf_counter()
             with self._writing(self.out/'last.pt'): save_state(self.out/'last.pt', state)
             self.saved_step = self.pos.step
@@ -421,5 +456,7 @@ class Trainer:
         except (OSError, RuntimeError) as e:
             if not disk_full(e, path.parent, 4 * state_bytes(self.model) + 2**20): raise
             free = shutil.disk_usage(path.parent).free
-            raise TrainError(f"cannot write {path}: no space left on device ({free / 2**20:.1f} MB free in {path.parent}); "
-                             f"{self._resume_note()} (the previous checkpoint is kept); fix: free space there, then run again") from None
+            raise TrainError(
+                f"cannot write {path}: no space left on device ({free / 2**20:.1f} MB free in {path.parent}); "
+                f"{self._resume_note()} (the previous checkpoint is kept); fix: free space there, then run again"
+            ) from None

@@ -78,7 +78,11 @@ def degenerate_model(m: np.ndarray, model: str, src: np.ndarray, max_area: float
     w = src @ m[2, :2] + m[2, 2]  # projective depth of each inlier
     if not ((w > 0).all() or (w < 0).all()): return 'homography folds the inliers'
     area = np.linalg.det(m) / w ** 3  # local area scale of x -> Hx (Hartley & Zisserman, 2nd ed., 2.3)
-    return '' if ((area > 1 / max_area) & (area < max_area)).all() else f'homography area scale outside [1/{max_area:g}, {max_area:g}]'
+    return (
+        ''
+        if ((area > 1 / max_area) & (area < max_area)).all()
+        else f'homography area scale outside [1/{max_area:g}, {max_area:g}]'
+    )
 
 def _cv2_reason(e: cv2.error) -> str:
     "The short part of a cv2.error, e.g. '!model.empty()'."
@@ -88,11 +92,14 @@ def check_model(model: str, min_inliers: int) -> None:
     "Raise a ValueError for an unknown `model` or a `min_inliers` that an exact fit of it reaches."
     if model not in MIN_POINTS: raise ValueError(f"model must be one of {sorted(MIN_POINTS)}, got {model!r}")
     if min_inliers <= MIN_POINTS[model]:
-        raise ValueError(f"min_inliers must exceed {MIN_POINTS[model]}, the matches an exact {model} fit explains, got {min_inliers}")
+        raise ValueError(
+            f"min_inliers must exceed {MIN_POINTS[model]}, the matches an exact {model} fit explains, got {min_inliers}"
+        )
 
 def count_inliers(src: np.ndarray, dst: np.ndarray, model: str = 'fundamental', threshold: float = 4.0,
                   min_inliers: int = 10, confidence: float = 0.999, max_iters: int = 2000) -> PairResult:
-    "Distinct inliers of a non-degenerate `model` fitted by MAGSAC++ to one-to-one matches `src` <-> `dst` ((M, 2) pixels)."
+    """Distinct inliers of a non-degenerate `model` fitted by MAGSAC++ to one-to-one matches `src` <-> `dst` ((M,
+    2) pixels)."""
     check_model(model, min_inliers)
     src, dst = (np.asarray(p, np.float32).reshape(-1, 2) for p in (src, dst))
     n = len(src)
@@ -125,7 +132,11 @@ class Verifier:
     def __init__(self, max_side: int | None = None, model: str | None = None, threshold: float | None = None,
                  min_inliers: int | None = None, inlier_cap: int | None = None):
         pick = lambda v, k: getattr(type(self), k) if v is None else v
-        self.max_side, self.model, self.threshold = pick(max_side, 'max_side'), pick(model, 'model'), pick(threshold, 'threshold')
+        self.max_side, self.model, self.threshold = (
+            pick(max_side, 'max_side'),
+            pick(model, 'model'),
+            pick(threshold, 'threshold'),
+        )
         self.min_inliers, self.inlier_cap = pick(min_inliers, 'min_inliers'), pick(inlier_cap, 'inlier_cap')
         if self.max_side < 16: raise ValueError(f"max_side must be at least 16, got {self.max_side}")
         check_model(self.model, self.min_inliers)
@@ -178,8 +189,16 @@ class SiftMagsac(Verifier):
     "OpenCV SIFT, mutual ratio-test matching, MAGSAC++ fundamental matrix (or homography) distinct inliers."
     name = 'sift_magsac'
     max_side, model, threshold, min_inliers, inlier_cap = 320, 'fundamental', 4.0, 16, 35  # calibrated (see below)
-    def __init__(self, max_side: int | None = None, n_features: int = 1000, ratio: float = 0.9, model: str | None = None,
-                 threshold: float | None = None, min_inliers: int | None = None, inlier_cap: int | None = None):
+    def __init__(
+        self,
+        max_side: int | None = None,
+        n_features: int = 1000,
+        ratio: float = 0.9,
+        model: str | None = None,
+        threshold: float | None = None,
+        min_inliers: int | None = None,
+        inlier_cap: int | None = None,
+    ):
         super().__init__(max_side, model, threshold, min_inliers, inlier_cap)
         self.n_features, self.ratio = n_features, ratio  # keypoint cap per image; Lowe's ratio, applied both ways
         self._sift = cv2.SIFT_create(nfeatures=n_features)
@@ -209,11 +228,14 @@ class WeightsError(ConfigError):
     "A weights file that is not the published one of its verifier (one line: the verifier and the file)."
 
 def load_weights(path: str | Path | None, what: str, key: str | None = None, verifier: str = '') -> dict:
-    "State dict stored in the local file `path` (under `key` when the file nests it); one-line errors name `verifier` and the file."
+    """State dict stored in the local file `path` (under `key` when the file nests it); one-line errors name
+    `verifier` and the file."""
     who = f"verifier {verifier!r}: " if verifier else ''
     if path is None or not Path(path).is_file():
-        raise FileNotFoundError(f"{who}{what} weights not found at {str(path)!r}: pass the path of a local weights file "
-                                f"(e.g. from an attached Kaggle dataset); weights are never downloaded")
+        raise FileNotFoundError(
+            f"{who}{what} weights not found at {str(path)!r}: pass the path of a local weights file "
+            f"(e.g. from an attached Kaggle dataset); weights are never downloaded"
+        )
     try: state = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:  # a truncated download, an HTML page, a pickle with code in it
         raise WeightsError(f"{who}{what} weights file {str(path)!r} is not a torch state dict ({type(e).__name__}); "
@@ -224,7 +246,8 @@ def load_weights(path: str | Path | None, what: str, key: str | None = None, ver
     return state
 
 def load_strict(net: torch.nn.Module, state: dict, path, verifier: str) -> None:
-    "Load `state` into `net`, tolerating missing buffers but not missing parameters or unknown keys (one-line `WeightsError`)."
+    """Load `state` into `net`, tolerating missing buffers but not missing parameters or unknown keys (one-line
+    `WeightsError`)."""
     try: res = net.load_state_dict(state, strict=False)
     except RuntimeError as e:  # shape mismatches
         keys = re.findall(r'size mismatch for ([\w.]+)', str(e))
@@ -250,7 +273,8 @@ def _rgb_tensor(img: np.ndarray, device: str) -> torch.Tensor:
 class Loftr(Verifier):
     "kornia LoFTR matches (local checkpoint) + MAGSAC++ distinct inliers."
     name = 'loftr'
-    max_side, model, threshold, min_inliers, inlier_cap = 256, 'fundamental', 4.0, 10, 50  # not calibrated: no published file here
+    # not calibrated: no published file here
+    max_side, model, threshold, min_inliers, inlier_cap = 256, 'fundamental', 4.0, 10, 50
     def __init__(self, weights: str | Path | None = None, max_side: int | None = None, device: str = 'cpu',
                  model: str | None = None, threshold: float | None = None, min_inliers: int | None = None,
                  inlier_cap: int | None = None):
@@ -277,7 +301,8 @@ class Loftr(Verifier):
 _LEGACY_SCALAR = re.compile(r'^log_assignment\.\d+\.r$')  # a per-layer scalar of the first LightGlue release, unused
 
 def lightglue_state(state: dict) -> dict:
-    "A published LightGlue state dict in kornia's key names (original release's names and legacy scalars, LighterGlue's prefix)."
+    """A published LightGlue state dict in kornia's key names (original release's names and legacy scalars,
+    LighterGlue's prefix)."""
     # `matcher.` prefix and `extractor.` keys (LighterGlue's file) dropped, `self_attn.<i>.` -> `transformers.<i>.self_attn.`,
     # the original release's `log_assignment.<i>.r` scalars dropped (no LightGlue code reads them)
     out = {}
@@ -289,7 +314,8 @@ def lightglue_state(state: dict) -> dict:
 
 class LightGlueVerifier(Verifier):
     "Base of learned keypoints + LightGlue matches (local weight files) + MAGSAC++ distinct inliers."
-    lightglue_conf = dict(input_dim=128)  # kornia LightGlue configuration of this detector's matcher (DISK, ALIKED: 128-d)
+    # kornia LightGlue configuration of this detector's matcher (DISK, ALIKED: 128-d)
+    lightglue_conf = dict(input_dim=128)
     def __init__(self, detector: torch.nn.Module, lightglue_weights: str | Path | None, max_side: int | None,
                  max_keypoints: int, device: str, model: str | None, threshold: float | None, min_inliers: int | None,
                  inlier_cap: int | None = None, batch_size: int | None = None):
@@ -297,10 +323,12 @@ class LightGlueVerifier(Verifier):
         super().__init__(max_side, model, threshold, min_inliers, inlier_cap)
         lg_state = lightglue_state(load_weights(lightglue_weights, 'LightGlue', verifier=self.name))
         self.device, self.max_keypoints, self.detector = device, max_keypoints, detector
-        self.batch_size = batch_size or (16 if str(device).startswith('cuda') else 1)  # a query's candidates per call on CUDA
+        # a query's candidates per call on CUDA
+        self.batch_size = batch_size or (16 if str(device).startswith('cuda') else 1)
         self.lightglue = LightGlue(features=None, **self.lightglue_conf)
         load_strict(self.lightglue, lg_state, lightglue_weights, self.name)
-        if self.batch_size > 1: self.lightglue.conf.width_confidence = -1  # pruning would make kornia run a batch pair by pair
+        # pruning would make kornia run a batch pair by pair
+        if self.batch_size > 1: self.lightglue.conf.width_confidence = -1
         self.detector.eval().to(device); self.lightglue.eval().to(device)
 
     def settings(self) -> dict:
@@ -314,7 +342,8 @@ class LightGlueVerifier(Verifier):
 
     @torch.inference_mode()
     def extract_many(self, imgs: list[np.ndarray]) -> list[dict]:
-        "Features of each RGB uint8 image; images of one size after `prepare_image` go through `detect` together, `batch_size` at a time."
+        """Features of each RGB uint8 image; images of one size after `prepare_image` go through `detect`
+        together, `batch_size` at a time."""
         imgs, out = [prepare_image(i, self.max_side) for i in imgs], [None] * len(imgs)
         for group in batch_groups([i.shape for i in imgs], self.batch_size):
             found = self.detect(torch.cat([_rgb_tensor(imgs[i], self.device) for i in group]))
@@ -329,11 +358,13 @@ class LightGlueVerifier(Verifier):
         return fa['keypoints'][0].cpu().numpy()[idx[:, 0]], fb['keypoints'][0].cpu().numpy()[idx[:, 1]]
 
     def match_many(self, fq, fcs: list) -> list[PairResult]:
-        "The query's features against each candidate's; up to `batch_size` candidates with as many keypoints per LightGlue call."
+        """The query's features against each candidate's; up to `batch_size` candidates with as many keypoints
+        per LightGlue call."""
         if self.batch_size <= 1: return super().match_many(fq, fcs)
         out = [None] * len(fcs)
         for group in batch_groups([f['keypoints'].shape[1] for f in fcs], self.batch_size):
-            for i, (src, dst) in zip(group, self._correspond_batch(fq, [fcs[i] for i in group])): out[i] = self.geometry(src, dst)
+            for i, (src, dst) in zip(group, self._correspond_batch(fq, [fcs[i] for i in group])):
+                out[i] = self.geometry(src, dst)
         return out
 
     @torch.inference_mode()
@@ -347,7 +378,8 @@ class LightGlueVerifier(Verifier):
         return [(kq[m[:, 0]], kc[b][m[:, 1]]) for b, m in enumerate(m.cpu().numpy() for m in matches)]
 
 def batch_groups(sizes: list, batch_size: int) -> list[list[int]]:
-    "Indices of `sizes` (keypoint counts, image shapes) in groups of equal size, at most `batch_size` each, in first-seen order."
+    """Indices of `sizes` (keypoint counts, image shapes) in groups of equal size, at most `batch_size` each, in
+    first-seen order."""
     by = {}
     for i, s in enumerate(sizes): by.setdefault(s, []).append(i)
     return [g[k:k + batch_size] for g in by.values() for k in range(0, len(g), batch_size)]
@@ -378,10 +410,20 @@ class AlikedLightGlue(LightGlueVerifier):
     name = 'aliked_lightglue'
     files = dict(aliked_weights='aliked-n16.pth', lightglue_weights='aliked_lightglue.pth')
     max_side, model, threshold, min_inliers, inlier_cap = 512, 'fundamental', 4.0, 30, 420  # calibrated (see below)
-    def __init__(self, aliked_weights: str | Path | None = None, lightglue_weights: str | Path | None = None,
-                 max_side: int | None = None, max_keypoints: int = 1024, device: str = 'cpu', aliked_model: str = 'aliked-n16',
-                 model: str | None = None, threshold: float | None = None, min_inliers: int | None = None,
-                 inlier_cap: int | None = None, batch_size: int | None = None):
+    def __init__(
+        self,
+        aliked_weights: str | Path | None = None,
+        lightglue_weights: str | Path | None = None,
+        max_side: int | None = None,
+        max_keypoints: int = 1024,
+        device: str = 'cpu',
+        aliked_model: str = 'aliked-n16',
+        model: str | None = None,
+        threshold: float | None = None,
+        min_inliers: int | None = None,
+        inlier_cap: int | None = None,
+        batch_size: int | None = None,
+    ):
         from kornia.feature import ALIKED
         aliked = ALIKED(aliked_model, max_num_keypoints=max_keypoints, detection_threshold=-1)  # top-k keypoints
         load_strict(aliked, load_weights(aliked_weights, 'ALIKED', verifier=self.name), aliked_weights, self.name)
@@ -393,17 +435,20 @@ class AlikedLightGlue(LightGlueVerifier):
 
 # %% ../nbs/41_verify.ipynb #ab57469e
 def xfeat_detector(weights: str | Path | None, top_k: int, verifier: str) -> torch.nn.Module:
-    "kornia `XFeat` keeping the `top_k` best keypoints, with the published backbone `weights` (`xfeat.pt`), in eval mode."
+    """kornia `XFeat` keeping the `top_k` best keypoints, with the published backbone `weights` (`xfeat.pt`), in
+    eval mode."""
     from kornia.feature import XFeat
     xf = XFeat(top_k=top_k)
     state = load_weights(weights, 'XFeat', verifier=verifier)
     prefix = 'extractor.model.net.'  # the backbone as bundled in xfeat-lighterglue.pt
-    if any(k.startswith(prefix) for k in state): state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    if any(k.startswith(prefix) for k in state):
+        state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
     load_strict(xf.net, state, weights, verifier)
     return xf.eval()
 
 def mutual_nn(da: torch.Tensor, db: torch.Tensor, min_cossim: float = 0.0) -> torch.Tensor:
-    "(M, 2) indices (i, j) of L2-normalised descriptors `da` (A, D), `db` (B, D) that are each other's nearest, cosine > `min_cossim`."
+    """(M, 2) indices (i, j) of L2-normalised descriptors `da` (A, D), `db` (B, D) that are each other's nearest,
+    cosine > `min_cossim`."""
     if len(da) == 0 or len(db) == 0: return torch.zeros((0, 2), dtype=torch.long)
     sim = da @ db.T
     best, ab = sim.max(1)
@@ -412,23 +457,36 @@ def mutual_nn(da: torch.Tensor, db: torch.Tensor, min_cossim: float = 0.0) -> to
     return torch.stack([i[keep], ab[keep]], 1).cpu()
 
 class _XFeatExtract:
-    "XFeat extraction shared by the XFeat verifiers: keypoints (1, K, 2) pixels, descriptors (1, K, 64), image size (W, H)."
+    """XFeat extraction shared by the XFeat verifiers: keypoints (1, K, 2) pixels, descriptors (1, K, 64), image
+    size (W, H)."""
     def detect(self, x):
         return [(f['keypoints'], f['descriptors']) for f in self.detector.detectAndCompute(x, top_k=self.max_keypoints)]
 
 @VERIFIERS.register('xfeat_mnn')
 class XFeatMnn(_XFeatExtract, Verifier):
-    "kornia XFeat keypoints (local weight file), mutual nearest neighbours, MAGSAC++ distinct inliers: the CPU-affordable learned verifier."
+    """kornia XFeat keypoints (local weight file), mutual nearest neighbours, MAGSAC++ distinct inliers: the
+    CPU-affordable learned verifier."""
     name = 'xfeat_mnn'
     files = dict(xfeat_weights='xfeat.pt')
     max_side, model, threshold, min_inliers, inlier_cap = 640, 'fundamental', 4.0, 27, 480  # calibrated (see below)
-    def __init__(self, xfeat_weights: str | Path | None = None, max_side: int | None = None, max_keypoints: int = 2048,
-                 min_cossim: float = 0.82, device: str = 'cpu', model: str | None = None, threshold: float | None = None,
-                 min_inliers: int | None = None, inlier_cap: int | None = None, batch_size: int | None = None):
+    def __init__(
+        self,
+        xfeat_weights: str | Path | None = None,
+        max_side: int | None = None,
+        max_keypoints: int = 2048,
+        min_cossim: float = 0.82,
+        device: str = 'cpu',
+        model: str | None = None,
+        threshold: float | None = None,
+        min_inliers: int | None = None,
+        inlier_cap: int | None = None,
+        batch_size: int | None = None,
+    ):
         super().__init__(max_side, model, threshold, min_inliers, inlier_cap)
         self.detector = xfeat_detector(xfeat_weights, max_keypoints, self.name).to(device)
         self.batch_size = batch_size or (16 if str(device).startswith('cuda') else 1)  # images per extraction call
-        self.device, self.max_keypoints, self.min_cossim = device, max_keypoints, min_cossim  # XFeat's own MNN cut: 0.82
+        # XFeat's own MNN cut: 0.82
+        self.device, self.max_keypoints, self.min_cossim = device, max_keypoints, min_cossim
         self.weights = (str(xfeat_weights),)
 
     def settings(self) -> dict:
@@ -444,7 +502,8 @@ class XFeatMnn(_XFeatExtract, Verifier):
 
 @VERIFIERS.register('xfeat_lighterglue')
 class XFeatLighterGlue(_XFeatExtract, LightGlueVerifier):
-    "kornia XFeat keypoints + LighterGlue matches (kornia LightGlue, XFeat configuration; local weight files) + MAGSAC++."
+    """kornia XFeat keypoints + LighterGlue matches (kornia LightGlue, XFeat configuration; local weight files) +
+    MAGSAC++."""
     name = 'xfeat_lighterglue'
     files = dict(xfeat_weights='xfeat.pt', lightglue_weights='xfeat-lighterglue.pt')
     lightglue_conf = dict(input_dim=64, descriptor_dim=96, n_layers=6, num_heads=1, depth_confidence=-1,
@@ -461,7 +520,8 @@ class XFeatLighterGlue(_XFeatExtract, LightGlueVerifier):
 
 # %% ../nbs/41_verify.ipynb #e4913b9d
 def simple_nms(scores: torch.Tensor, radius: int) -> torch.Tensor:
-    "Scores (B, H, W) with every non-maximum of its (2 `radius` + 1)² window set to 0 (SuperPoint's NMS, two suppression rounds)."
+    """Scores (B, H, W) with every non-maximum of its (2 `radius` + 1)² window set to 0 (SuperPoint's NMS, two
+    suppression rounds)."""
     pool = lambda x: F.max_pool2d(x, kernel_size=2 * radius + 1, stride=1, padding=radius)
     zeros = torch.zeros_like(scores)
     keep = scores == pool(scores)
@@ -472,7 +532,8 @@ def simple_nms(scores: torch.Tensor, radius: int) -> torch.Tensor:
     return torch.where(keep, scores, zeros)
 
 def sample_descriptors(kps: torch.Tensor, desc: torch.Tensor, s: int = 8) -> torch.Tensor:
-    "Descriptors (B, D, N) interpolated from the 1/`s` map `desc` (B, D, h, w) at pixels `kps` (B, N, 2), L2-normalised."
+    """Descriptors (B, D, N) interpolated from the 1/`s` map `desc` (B, D, h, w) at pixels `kps` (B, N, 2),
+    L2-normalised."""
     b, c, h, w = desc.shape
     kps = (kps - s / 2 + 0.5) / kps.new_tensor([w * s - s / 2 - 0.5, h * s - s / 2 - 0.5]) * 2 - 1
     out = F.grid_sample(desc, kps.view(b, 1, -1, 2), mode='bilinear', align_corners=True)
@@ -489,7 +550,12 @@ class SuperPointNet(torch.nn.Module):
                                  conv3b=(128, 128), conv4a=(128, 128), conv4b=(128, 128), convPa=(128, 256),
                                  convDa=(128, 256)).items(): setattr(self, name, conv(i, o))
         self.convPb, self.convDb = conv(256, 65, 1), conv(256, descriptor_dim, 1)
-        self.nms_radius, self.threshold, self.max_keypoints, self.border = nms_radius, keypoint_threshold, max_keypoints, remove_borders
+        self.nms_radius, self.threshold, self.max_keypoints, self.border = (
+            nms_radius,
+            keypoint_threshold,
+            max_keypoints,
+            remove_borders,
+        )
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         "The shared 1/8-resolution features (B, 128, H/8, W/8) of grey images `x` (B, 1, H, W) in [0, 1]."
@@ -500,7 +566,8 @@ class SuperPointNet(torch.nn.Module):
 
     def heatmap(self, x: torch.Tensor) -> torch.Tensor:
         "Keypoint probability (B, H, W) at full resolution, after NMS."
-        s = F.softmax(self.convPb(F.relu(self.convPa(x))), 1)[:, :-1]  # 64 cells of an 8 x 8 block, the 65th: no keypoint
+        # 64 cells of an 8 x 8 block, the 65th: no keypoint
+        s = F.softmax(self.convPb(F.relu(self.convPa(x))), 1)[:, :-1]
         b, _, h, w = s.shape
         s = s.permute(0, 2, 3, 1).reshape(b, h, w, 8, 8).permute(0, 1, 3, 2, 4).reshape(b, h * 8, w * 8)
         return simple_nms(s, self.nms_radius)
@@ -513,7 +580,12 @@ class SuperPointNet(torch.nn.Module):
         for hm, d in zip(heat, desc):
             yx = torch.nonzero(hm > self.threshold)
             h, w = hm.shape
-            ok = (yx[:, 0] >= self.border) & (yx[:, 0] < h - self.border) & (yx[:, 1] >= self.border) & (yx[:, 1] < w - self.border)
+            ok = (
+                (yx[:, 0] >= self.border)
+                & (yx[:, 0] < h - self.border)
+                & (yx[:, 1] >= self.border)
+                & (yx[:, 1] < w - self.border)
+            )
             yx = yx[ok]
             sc = hm[yx[:, 0], yx[:, 1]]
             if 0 <= self.max_keypoints < len(sc): sc, top = sc.topk(self.max_keypoints); yx = yx[top]
@@ -569,10 +641,17 @@ class AttentionalGNN(torch.nn.Module):
         return d0, d1
 
 def log_optimal_transport(scores: torch.Tensor, alpha: torch.Tensor, iters: int) -> torch.Tensor:
-    "Log assignment (B, M+1, N+1) of scores (B, M, N) with a dustbin row and column scored `alpha`: Sinkhorn in log space."
+    """Log assignment (B, M+1, N+1) of scores (B, M, N) with a dustbin row and column scored `alpha`: Sinkhorn in
+    log space."""
     b, m, n = scores.shape
     ms, ns = scores.new_tensor(m), scores.new_tensor(n)
-    couplings = torch.cat([torch.cat([scores, alpha.expand(b, m, 1)], -1), torch.cat([alpha.expand(b, 1, n), alpha.expand(b, 1, 1)], -1)], 1)
+    couplings = torch.cat(
+        [
+            torch.cat([scores, alpha.expand(b, m, 1)], -1),
+            torch.cat([alpha.expand(b, 1, n), alpha.expand(b, 1, 1)], -1),
+        ],
+        1,
+    )
     norm = -(ms + ns).log()
     log_mu = torch.cat([norm.expand(m), ns.log()[None] + norm])[None].expand(b, -1)
     log_nu = torch.cat([norm.expand(n), ms.log()[None] + norm])[None].expand(b, -1)
@@ -592,7 +671,8 @@ def mutual_assignment(log_p: torch.Tensor, threshold: float) -> torch.Tensor:
     return torch.stack([i[keep], best0.indices[keep]], 1).cpu()
 
 class SuperGlueNet(torch.nn.Module):
-    "SuperGlue (Sarlin et al., CVPR 2020) with the parameter names of Magic Leap's `superglue_outdoor.pth` / `_indoor.pth`."
+    """SuperGlue (Sarlin et al., CVPR 2020) with the parameter names of Magic Leap's `superglue_outdoor.pth` /
+    `_indoor.pth`."""
     # keypoint encoder, 9 x (self, cross) attention, optimal transport with a dustbin
     def __init__(self, descriptor_dim: int = 256, keypoint_encoder: tuple = (32, 64, 128, 256), layers: int = 9,
                  sinkhorn_iterations: int = 100, match_threshold: float = 0.2):
@@ -604,7 +684,8 @@ class SuperGlueNet(torch.nn.Module):
         self.dim, self.iters, self.match_threshold = descriptor_dim, sinkhorn_iterations, match_threshold
 
     def forward(self, f0: dict, f1: dict) -> torch.Tensor:
-        "Matches (M, 2) between two images' SuperPoint features (keypoints (N, 2), scores (N,), descriptors (D, N), size (W, H))."
+        """Matches (M, 2) between two images' SuperPoint features (keypoints (N, 2), scores (N,), descriptors (D,
+        N), size (W, H))."""
         if len(f0['keypoints']) == 0 or len(f1['keypoints']) == 0: return torch.zeros((0, 2), dtype=torch.long)
         def embed(f):
             size = f['keypoints'].new_tensor(f['image_size'])
@@ -621,21 +702,40 @@ def _gray_batch(x: torch.Tensor) -> torch.Tensor:
 
 @VERIFIERS.register('superpoint_superglue')
 class SuperPointSuperGlue(Verifier):
-    "SuperPoint keypoints + SuperGlue matches (the kit's own modules; Magic Leap's weight files, local) + MAGSAC++. Not calibrated."
+    """SuperPoint keypoints + SuperGlue matches (the kit's own modules; Magic Leap's weight files, local) +
+    MAGSAC++. Not calibrated."""
     name = 'superpoint_superglue'
     files = dict(superpoint_weights='superpoint_v1.pth', superglue_weights='superglue_outdoor.pth')
-    max_side, model, threshold, min_inliers, inlier_cap = 640, 'fundamental', 4.0, 10, 50  # NOT measured: no weights here
-    def __init__(self, superpoint_weights: str | Path | None = None, superglue_weights: str | Path | None = None,
-                 max_side: int | None = None, max_keypoints: int = 1024, device: str = 'cpu', sinkhorn_iterations: int = 100,
-                 match_threshold: float = 0.2, model: str | None = None, threshold: float | None = None,
-                 min_inliers: int | None = None, inlier_cap: int | None = None):
+    # NOT measured: no weights here
+    max_side, model, threshold, min_inliers, inlier_cap = 640, 'fundamental', 4.0, 10, 50
+    def __init__(
+        self,
+        superpoint_weights: str | Path | None = None,
+        superglue_weights: str | Path | None = None,
+        max_side: int | None = None,
+        max_keypoints: int = 1024,
+        device: str = 'cpu',
+        sinkhorn_iterations: int = 100,
+        match_threshold: float = 0.2,
+        model: str | None = None,
+        threshold: float | None = None,
+        min_inliers: int | None = None,
+        inlier_cap: int | None = None,
+    ):
         super().__init__(max_side, model, threshold, min_inliers, inlier_cap)
         self.detector, self.matcher = SuperPointNet(max_keypoints=max_keypoints), SuperGlueNet(
             sinkhorn_iterations=sinkhorn_iterations, match_threshold=match_threshold)
-        for net, path, what in ((self.detector, superpoint_weights, 'SuperPoint'), (self.matcher, superglue_weights, 'SuperGlue')):
+        for net, path, what in (
+            (self.detector, superpoint_weights, 'SuperPoint'),
+            (self.matcher, superglue_weights, 'SuperGlue'),
+        ):
             load_strict(net, load_weights(path, what, verifier=self.name), path, self.name)
             net.eval().to(device)
-        self.device, self.max_keypoints, self.weights = device, max_keypoints, (str(superpoint_weights), str(superglue_weights))
+        self.device, self.max_keypoints, self.weights = (
+            device,
+            max_keypoints,
+            (str(superpoint_weights), str(superglue_weights)),
+        )
 
     def settings(self) -> dict:
         return dict(super().settings(), max_keypoints=self.max_keypoints, match_threshold=self.matcher.match_threshold,
@@ -653,17 +753,24 @@ class SuperPointSuperGlue(Verifier):
 
 @VERIFIERS.register('superpoint_lightglue')
 class SuperPointLightGlue(LightGlueVerifier):
-    "SuperPoint keypoints (the kit's module, Magic Leap's file) + kornia LightGlue for SuperPoint (local file) + MAGSAC++. Not calibrated."
+    """SuperPoint keypoints (the kit's module, Magic Leap's file) + kornia LightGlue for SuperPoint (local file)
+    + MAGSAC++. Not calibrated."""
     name = 'superpoint_lightglue'
     files = dict(superpoint_weights='superpoint_v1.pth', lightglue_weights='superpoint_lightglue.pth')
     lightglue_conf = dict(input_dim=256)
-    max_side, model, threshold, min_inliers, inlier_cap = 640, 'fundamental', 4.0, 10, 50  # NOT measured: no weights here
+    # NOT measured: no weights here
+    max_side, model, threshold, min_inliers, inlier_cap = 640, 'fundamental', 4.0, 10, 50
     def __init__(self, superpoint_weights: str | Path | None = None, lightglue_weights: str | Path | None = None,
                  max_side: int | None = None, max_keypoints: int = 1024, device: str = 'cpu', model: str | None = None,
                  threshold: float | None = None, min_inliers: int | None = None, inlier_cap: int | None = None,
                  batch_size: int | None = None):
         sp = SuperPointNet(max_keypoints=max_keypoints)
-        load_strict(sp, load_weights(superpoint_weights, 'SuperPoint', verifier=self.name), superpoint_weights, self.name)
+        load_strict(
+            sp,
+            load_weights(superpoint_weights, 'SuperPoint', verifier=self.name),
+            superpoint_weights,
+            self.name,
+        )
         self.weights = (str(superpoint_weights), str(lightglue_weights))
         super().__init__(sp, lightglue_weights, max_side, max_keypoints, device, model, threshold, min_inliers,
                          inlier_cap, batch_size)
@@ -717,14 +824,17 @@ class VerifyReport:
     skipped: int = 0  # pairs left at zero: out of time
     failed_pairs: int = 0  # pairs given zero because an image was unreadable or the verifier raised
     bad_images: list = dataclasses.field(default_factory=list)  # ids of unreadable images
-    reasons: dict = dataclasses.field(default_factory=dict)  # why pairs got zero inliers -> how many (failures included)
+    # why pairs got zero inliers -> how many (failures included)
+    reasons: dict = dataclasses.field(default_factory=dict)
     seconds: float = 0.0
 
     def count(self, reason: str) -> None: self.reasons[reason] = self.reasons.get(reason, 0) + 1
 
     def summary(self) -> str:
         "One line for the log."
-        bad = f"{len(self.bad_images)} unreadable images" + (f" (e.g. {', '.join(self.bad_images[:3])})" if self.bad_images else '')
+        bad = f"{len(self.bad_images)} unreadable images" + (
+            f" (e.g. {', '.join(self.bad_images[:3])})" if self.bad_images else ''
+        )
         why = '; '.join(f"{n} {r}" for r, n in sorted(self.reasons.items(), key=lambda kv: -kv[1]))
         return (f"verify: {self.pairs} pairs verified, {self.cached} from cache, {self.skipped} skipped (time), "
                 f"{self.failed_pairs} failed, {bad}, {self.seconds:.1f}s" + (f"; zero inliers: {why}" if why else ''))
@@ -739,7 +849,8 @@ def _lru_get(cache: OrderedDict, key, make, size: int):
     return value
 
 class FeatureCache:
-    "Local features of the `size` most recently used images, by (verifier cache key, image id); kept across calls (warm)."
+    """Local features of the `size` most recently used images, by (verifier cache key, image id); kept across
+    calls (warm)."""
     def __init__(self, size: int = 32): self.size, self._items = size, OrderedDict()
     def get(self, key, make): return _lru_get(self._items, key, make, self.size)
     def put(self, key, value) -> None: _lru_get(self._items, key, lambda: value, self.size)
@@ -753,7 +864,8 @@ def verify_candidates(cands, image_path: Callable[[str], str | Path | None], ver
                       cache: PairCache | None = None,
                       rescore_weight: float = 0.0,  # w in s' = s + w * min(inliers, cap) / cap; 0 keeps the order
                       inlier_cap: int | None = None,  # cap; None: the verifier's own, calibrated for it
-                      feature_cache: int | FeatureCache = 32,  # images whose features are kept (LRU); a FeatureCache stays warm across calls
+                      # images whose features are kept (LRU); a FeatureCache stays warm across calls
+                      feature_cache: int | FeatureCache = 32,
                       verbose: bool = False):
     "Add 'inliers' and 'inlier_ratio' for the first `top_n` candidates of each query: (Candidates, VerifyReport)."
     from lmkkit.core import progress
@@ -781,10 +893,12 @@ def verify_candidates(cands, image_path: Callable[[str], str | Path | None], ver
             fc = feats.get((key, cid), lambda: extract(cid))
             return 'unreadable image' if fq is None or fc is None else verifier.match(fq, fc)
         except cv2.error as e: return _cv2_reason(e)
-        except Exception as e: return f'{type(e).__name__}: {str(e)[:80]}'  # third-party code (torch, kornia, a plug-in) on an odd image
+        # third-party code (torch, kornia, a plug-in) on an odd image
+        except Exception as e: return f'{type(e).__name__}: {str(e)[:80]}'
 
     def run_query(qid: str, cids: list[str]) -> list[PairResult | str]:
-        "The results of one query's pairs: batched when the verifier batches, else (or when a batch fails) pair by pair."
+        """The results of one query's pairs: batched when the verifier batches, else (or when a batch fails) pair
+        by pair."""
         if verifier.batch_size <= 1 or len(cids) < 2: return [run(qid, c) for c in cids]
         try: return batched_results(verifier, feats, key, load, qid, cids)
         except Exception: return [run(qid, c) for c in cids]  # find the pair that fails, and answer the others
@@ -798,7 +912,9 @@ def verify_candidates(cands, image_path: Callable[[str], str | Path | None], ver
             if res is not None:
                 report.cached += 1
                 inliers[qi, j], matches[qi, j] = res.inliers, res.matches
-            elif deadline is not None and not deadline.fits(spent / max(report.pairs + report.failed_pairs, 1) * (len(todo) + 1)):
+            elif deadline is not None and not deadline.fits(
+                spent / max(report.pairs + report.failed_pairs, 1) * (len(todo) + 1)
+            ):
                 report.skipped += 1
             else: todo.append(j)
         t0 = time.perf_counter()
@@ -823,7 +939,8 @@ def verify_candidates(cands, image_path: Callable[[str], str | Path | None], ver
 
 def batched_results(verifier: Verifier, feats: FeatureCache, key: str, load: Callable, qid: str,
                     cids: list[str]) -> list[PairResult | str]:
-    "One query's pairs: `verifier.extract_many` on the images not in `feats` (`load(id)`: RGB uint8 or None), one `match_many`."
+    """One query's pairs: `verifier.extract_many` on the images not in `feats` (`load(id)`: RGB uint8 or None),
+    one `match_many`."""
     ids = list(dict.fromkeys([qid, *cids]))
     got = {i: feats.get((key, i), lambda: None) for i in ids if (key, i) in feats}
     imgs = {i: load(i) for i in ids if i not in got}
@@ -837,7 +954,8 @@ def batched_results(verifier: Verifier, feats: FeatureCache, key: str, load: Cal
     return out
 
 # %% ../nbs/41_verify.ipynb #696b9222
-LEARNED = ('aliked_lightglue', 'disk_lightglue', 'xfeat_lighterglue', 'xfeat_mnn')  # by calibrated AUC, then cost (table above)
+# by calibrated AUC, then cost (table above)
+LEARNED = ('aliked_lightglue', 'disk_lightglue', 'xfeat_lighterglue', 'xfeat_mnn')
 
 def choose_verifier(weights_dir: str | Path | None, device: str) -> tuple[str, dict, str]:
     "The verifier of a run that names none: (name, its weight files as keyword arguments, why), from what is attached."
@@ -870,10 +988,13 @@ def check_verifier(settings: dict) -> None:
             raise ConfigError(f"verifier {name!r}: {key} file {path} not found; attach the dataset that holds it "
                               f"and give its path (weights are never downloaded)")
         if key == 'weights_dir' and not Path(path).is_dir():
-            raise ConfigError(f"verifier {name!r}: weights_dir {path} is not a folder; give the attached dataset's folder")
+            raise ConfigError(
+                f"verifier {name!r}: weights_dir {path} is not a folder; give the attached dataset's folder"
+            )
 
 def resolve_verifier(settings: dict, device: str) -> dict:
-    "`settings` with verifier 'auto' replaced by `choose_verifier`'s answer, the reason in `_report` for the run's report."
+    """`settings` with verifier 'auto' replaced by `choose_verifier`'s answer, the reason in `_report` for the
+    run's report."""
     if settings.get('verifier') != 'auto': return settings
     kw = dict(settings.get('verifier_kwargs') or {})
     name, files, why = choose_verifier(kw.pop('weights_dir', None), device)
@@ -881,18 +1002,27 @@ def resolve_verifier(settings: dict, device: str) -> dict:
             '_report': {**settings.get('_report', {}), 'verifier': name, 'verifier_why': why}}
 
 def verify_settings(settings: dict, device: str) -> dict:
-    "The `verify` stage's settings for one run: the verifier ('auto': chosen), a fresh pair cache (unless one is given), a feature cache kept warm between calls, and the run's device for a GPU verifier."
+    """The `verify` stage's settings for one run: the verifier ('auto': chosen), a fresh pair cache (unless one
+    is given), a feature cache kept warm between calls, and the run's device for a GPU verifier."""
     kw = {'cache': PairCache(), **resolve_verifier(settings, device)}
-    if not isinstance(kw.get('feature_cache'), FeatureCache): kw['feature_cache'] = FeatureCache(kw.get('feature_cache', 32))
+    if not isinstance(kw.get('feature_cache'), FeatureCache):
+        kw['feature_cache'] = FeatureCache(kw.get('feature_cache', 32))
     if 'device' in inspect.signature(VERIFIERS.get(kw.get('verifier', 'sift_magsac'))).parameters:
         kw['verifier_kwargs'] = {'device': device, **(kw.get('verifier_kwargs') or {})}
     return kw
 
 # %% ../nbs/41_verify.ipynb #1b6829c5
-VERIFIER_TITLES = {'sift_magsac': 'SIFT + MAGSAC', 'loftr': 'LoFTR', 'disk_lightglue': 'DISK + LightGlue',
-                   'aliked_lightglue': 'ALIKED + LightGlue', 'xfeat_mnn': 'XFeat', 'xfeat_lighterglue': 'XFeat + LighterGlue',
-                   'superpoint_superglue': 'SuperPoint + SuperGlue', 'superpoint_lightglue': 'SuperPoint + LightGlue',
-                   'auto': 'chosen'}  # for reports; a verifier not listed: its name
+VERIFIER_TITLES = {
+    'sift_magsac': 'SIFT + MAGSAC',
+    'loftr': 'LoFTR',
+    'disk_lightglue': 'DISK + LightGlue',
+    'aliked_lightglue': 'ALIKED + LightGlue',
+    'xfeat_mnn': 'XFeat',
+    'xfeat_lighterglue': 'XFeat + LighterGlue',
+    'superpoint_superglue': 'SuperPoint + SuperGlue',
+    'superpoint_lightglue': 'SuperPoint + LightGlue',
+    'auto': 'chosen',
+}  # for reports; a verifier not listed: its name
 
 @dataclasses.dataclass(frozen=True)
 class VerifySettings:
@@ -932,7 +1062,8 @@ class Verify(Stage):
         "The verified candidates and the pairs that cost time (verified or failed; not cached, not skipped)."
         s = self.settings
         pairs = PairCache(s.cache) if isinstance(s.cache, (str, Path)) else s.cache
-        chosen = resolve_verifier(dict(verifier=s.verifier, verifier_kwargs=s.verifier_kwargs), ctx.device)  # unprepared 'auto'
+        # unprepared 'auto'
+        chosen = resolve_verifier(dict(verifier=s.verifier, verifier_kwargs=s.verifier_kwargs), ctx.device)
         verifier = VERIFIERS.create(chosen['verifier'], **(chosen['verifier_kwargs'] or {}))
         out, report = verify_candidates(cands, ctx.image_path, verifier, s.top_n, s.max_pairs, ctx.deadline, pairs,
                                         s.rescore_weight, s.inlier_cap, s.feature_cache, ctx.verbose)

@@ -191,12 +191,14 @@ WHEELHOUSE_CONSTRAINTS = 'constraints.txt'  # pip constraints of every wheel shi
 
 def build_wheelhouse(out: str | Path, python_version: str = KAGGLE_IMAGE.python,
                      platform: str | tuple[str, ...] = DEFAULT_PLATFORMS,
-                     deps: bool = True,  # ship the closure of lmkkit's requirements above `baseline`; False: lmkkit only
+                     # ship the closure of lmkkit's requirements above `baseline`; False: lmkkit only
+                     deps: bool = True,
                      extra=(),  # more requirements to ship with their closure: ['faiss-gpu'], a pin ['kornia==0.8.1']
                      baseline=BASELINE,  # what the image provides: names, or `name==version` pins (`read_baseline`)
                      owner: str | None = None,  # Kaggle user name (default: $KAGGLE_USERNAME)
                      source: str | Path | None = None, verbose: bool = False) -> Path:
-    "Build the wheelhouse dataset `out`: lmkkit's wheel, each wheel the image lacks (`wheelhouse.txt`), checked metadata."
+    """Build the wheelhouse dataset `out`: lmkkit's wheel, each wheel the image lacks (`wheelhouse.txt`), checked
+    metadata."""
     owner = _owner(owner, 'wheelhouse dataset')
     out = _fresh_folder(out, 'wheelhouse', "give the wheelhouse a new or empty folder; it is rebuilt each time")
     wheel = build_lmkkit_wheel(out, source, verbose)
@@ -210,8 +212,10 @@ def build_wheelhouse(out: str | Path, python_version: str = KAGGLE_IMAGE.python,
         pins = [f"{resolved[n]['metadata']['name']}=={resolved[n]['metadata']['version']}" for n in names]
         download_wheels(out, pins, python_version, platform, verbose)
         platforms = ' '.join(_platform_args(platform)[1::2])
-        (out/WHEELHOUSE_LOCK).write_text(f"# lmkkit wheelhouse for CPython {python_version} on {platforms}\n"
-                                         f"# above the image baseline: {' '.join(baseline)}\n" + ''.join(p + '\n' for p in pins))
+        (out / WHEELHOUSE_LOCK).write_text(
+            f"# lmkkit wheelhouse for CPython {python_version} on {platforms}\n"
+            f"# above the image baseline: {' '.join(baseline)}\n" + ''.join(p + '\n' for p in pins)
+        )
     with atomic_write(out/WHEELHOUSE_CONSTRAINTS) as f:  # the install cell's `-c`: exactly these versions
         f.write(f"lmkkit=={wheel_version(wheel)}\n" + ''.join(p + '\n' for p in pins))
     return _write_dataset_metadata(out, dataset_metadata(owner), require_wheel=True)

@@ -67,7 +67,8 @@ class Whitening:
 
 # %% ../nbs/32_whiten.ipynb #b41434c4
 def _sign_fixed(vecs: np.ndarray) -> np.ndarray:
-    "Eigenvectors (columns) with their largest-magnitude entry made positive, so that results do not depend on the solver."
+    """Eigenvectors (columns) with their largest-magnitude entry made positive, so that results do not depend on
+    the solver."""
     rows = np.abs(vecs).argmax(0)
     return vecs * np.sign(vecs[rows, np.arange(vecs.shape[1])])
 
@@ -87,7 +88,10 @@ def learn_whitening(x: np.ndarray,  # (N, D) training embeddings
                     ) -> Whitening:
     "Learn PCA whitening on training embeddings (Jégou & Chum, ECCV 2012; cirtorch `pcawhitenlearn`)."
     x = np.asarray(x)
-    if x.ndim != 2 or len(x) < 2: raise ValueError(f"learn_whitening needs at least 2 embeddings as an (N, D) array, got shape {x.shape}")
+    if x.ndim != 2 or len(x) < 2:
+        raise ValueError(
+            f"learn_whitening needs at least 2 embeddings as an (N, D) array, got shape {x.shape}"
+        )
     if not 0 <= shrinkage <= 1: raise ValueError(f"shrinkage must be in [0, 1], got {shrinkage}")
     if power < 0: raise ValueError(f"power must be >= 0, got {power}")
     if dim is not None and not 1 <= dim <= x.shape[1]: raise ValueError(f"dim must be in [1, {x.shape[1]}], got {dim}")

@@ -25,7 +25,8 @@ DEFAULT_STAGES = {'recognition': ('nonlandmark_penalty', 'verify', 'lgbm'),
                   'retrieval': ('verify',)}
 SEED_STAGES = {'recognition': ('qe', 'nonlandmark_penalty', 'soft_vote', 'verify', 'lgbm'),  # the full chains, in order
                'retrieval': ('dba', 'qe', 'label_boost', 'verify')}
-DEFAULT_SETTINGS = {'verify': dict(rescore_weight=0.5, verifier='auto'),  # the kernels' settings where they differ from the stage's
+# the kernels' settings where they differ from the stage's
+DEFAULT_SETTINGS = {'verify': dict(rescore_weight=0.5, verifier='auto'),
                     'nonlandmark_penalty': dict(w_candidate=0.0)}
 
 # %% ../../nbs/49_stages.ipynb #c60bd8dd

@@ -17,7 +17,8 @@ __all__ = ['nonlandmark_penalty', 'PenaltySettings', 'NonlandmarkPenalty']
 
 # %% ../../nbs/47_nonlandmark_penalty.ipynb #d793b19f
 def _candidate_nl_sim(cands: Candidates, ctx: RerankContext, k: int, chunk: int = 65536, **kw) -> np.ndarray:
-    "(Q, K) mean non-landmark similarity of each candidate, computed once per distinct index row, `chunk` rows gathered at a time."
+    """(Q, K) mean non-landmark similarity of each candidate, computed once per distinct index row, `chunk` rows
+    gathered at a time."""
     uniq, inv = np.unique(ctx.candidate_rows(cands), return_inverse=True)
     n = np.concatenate([nonlandmark_similarity(ctx.index_emb[uniq[s:s + chunk]], ctx.nonlandmark_emb, k, **kw)[0]
                         for s in range(0, len(uniq), chunk)] or [np.zeros(0, np.float32)])
@@ -27,7 +28,8 @@ def nonlandmark_penalty(cands: Candidates, ctx: RerankContext,
                         k: int = 5,  # non-landmark neighbours averaged
                         w_candidate: float = 1.0,  # weight of the candidate's non-landmark similarity
                         w_query: float = 1.0,  # weight of the query's non-landmark similarity
-                        nl_sim: bool = False,  # compute the candidates' side (feature 'nl_sim') even when w_candidate is 0
+                        # compute the candidates' side (feature 'nl_sim') even when w_candidate is 0
+                        nl_sim: bool = False,
                         ) -> Candidates:
     "Subtract weighted non-landmark similarities of candidate and query from each similarity; re-sort."
     ctx.need('the non-landmark penalty', 'nonlandmark_emb', 'index_ids', 'index_emb', 'query_ids', 'query_emb')

@@ -30,8 +30,10 @@ class SuperGlobal(Stage):
 
     def check(self):
         self.at_least_one('k')
-        if self.settings.m < 2: raise StageError(f"stage 'superglobal': setting 'm' must be >= 2, got {self.settings.m}")
-        if self.settings.beta < 0: raise StageError(f"stage 'superglobal': setting 'beta' must be >= 0, got {self.settings.beta}")
+        if self.settings.m < 2:
+            raise StageError(f"stage 'superglobal': setting 'm' must be >= 2, got {self.settings.m}")
+        if self.settings.beta < 0:
+            raise StageError(f"stage 'superglobal': setting 'beta' must be >= 0, got {self.settings.beta}")
 
     def apply(self, cands: Candidates, ctx: RerankContext) -> Answer:
         out, done = superglobal(cands, ctx, **self.setting_values())
