@@ -12,7 +12,9 @@ cfg = cfg['DEFAULT']
 # required: opencv-python and opencv-python-headless both provide cv2 (albumentations brings the headless one).
 extras = {'kaggle': ['kaggle'],  # lmkkit kernels validate/push
           'notebooks': ['papermill', 'ipykernel', 'pyyaml'],  # lmkkit demo, lmkkit sweep
-          'opencv': ['opencv-python-headless']}
+          'opencv': ['opencv-python-headless'],
+          # lmkkit docs: the website and README builder (markdown, highlighting, templates, executing notebooks, MathJax)
+          'docs': ['nbconvert', 'nbformat', 'nbclient', 'ipykernel', 'pygments', 'jinja2', 'django-static-mathjax==3.2.2.1']}
 
 setuptools.setup(
     name=cfg['lib_name'],

@@ -239,7 +239,7 @@ def execute_notebook(nb, cwd: str | Path, skip_flags: tuple[str, ...] = ('slow',
 
 # %% ../nbs/90_docs.ipynb #fd2e81e7
 _MATHJAX_PARTS = ('tex-chtml.js', 'input/tex/extensions', 'output/chtml/fonts/woff-v2')
-MATHJAX_HINT = "pip install django-static-mathjax (a dev requirement: make setup), or set LMKKIT_MATHJAX to a MathJax 3 es5/ folder"
+MATHJAX_HINT = "pip install 'lmkkit[docs]' (or make setup), or set LMKKIT_MATHJAX to a MathJax 3 es5/ folder"
 
 def _mathjax_package() -> Path | None:
     "The es5/ folder of the PyPI package django-static-mathjax, if installed."
