@@ -727,6 +727,10 @@ def _ensemble(run: _Run, models: list[int], splits: list[list[EmbedResult]],
             else (lambda idx: None if few(ms := tuple(ran[j] for j in idx)) else scores(ms)[0])
         )
         verdicts = adopt_members(len(ran), judge, unjudged)
+        for v in verdicts[1:]:  # a member left out for want of proof says how much proof there was
+            if judge is not None and few(ms := tuple(ran[j] for j in v['members'])):
+                v['note'] = (f'not adopted: {scores(ms)[1]} held-out queries, fewer than the '
+                             f'{run.cfg.min_holdout_landmarks} needed to judge a model (min_holdout_landmarks)')
         for m in ran: ens['members'][m].update(holdout=scores((m,))[0], **{run.metric: scores((m,))[2]})
         ens['additions'] = [dict(member=ran[v['member']], members=[ran[j] for j in v['members']], holdout=scores(ms)[0],
                                  **{run.metric: scores(ms)[2]}, adopted=v['adopted'], note=v['note'])
@@ -1006,7 +1010,7 @@ def run_retrieval(cfg: InferenceConfig, locate: Callable[[str, str], str] | None
     run = _start(cfg, locate)
     index_ids = list_ids(cfg.data_dir, 'index') if (Path(cfg.data_dir)/'index').is_dir() else []
     # to judge on, and to label with
-    has_train = not run.public and bool(cfg.chain) and (Path(cfg.data_dir)/'train.csv').is_file()
+    has_train = not run.public and (bool(cfg.chain) or len(cfg.members) > 1) and (Path(cfg.data_dir)/'train.csv').is_file()
     needs_train = has_train and _wants(cfg, 'train_emb')
     train = _read_train(run) if has_train else pd.DataFrame({'id': [], 'landmark_id': []})
     embedders = _load_members(run)
