@@ -871,6 +871,7 @@ def run_recognition(cfg: InferenceConfig, locate: Callable[[str, str], str] | No
     chosen = [embedders[i] for i in models]
     tests = _embed_members(run, chosen, 'embed_test', 'test', run.ids)
     if run.public: train = _public_database(run, chosen[0], train)
+    unseen = _unseen_by_models(run, train)  # the rows no model trained on: the held-out queries when there are enough
     nls = _embed_members(run, chosen, 'embed_nonlandmarks', 'train', nl_list)
     dbs = _embed_members(run, chosen, 'embed_train', 'train', train['id'].tolist())
     labels = train['landmark_id'].to_numpy()
@@ -878,8 +879,8 @@ def run_recognition(cfg: InferenceConfig, locate: Callable[[str, str], str] | No
         run,
         models,
         [tests, nls, dbs],
-        _recognition_holdout_score(run, train),
-        _recognition_test_score(run, labels),
+        _recognition_holdout_score(run, train, unseen),
+        _knn_test_score(run, cfg.k, recognition_predictions, labels, db_at=2),
     )
     # memory-mapped; rows not embedded are NaN, which search skips
     q_ids, q_emb, db_ids, db_emb = test.ids, test.emb, db.ids, db.emb
@@ -918,7 +919,7 @@ def run_recognition(cfg: InferenceConfig, locate: Callable[[str, str], str] | No
                 cfg,
                 ok=db.ok,
                 test=(cands, q_emb),
-                unseen_by_model=_unseen_by_models(run, train),
+                unseen_by_model=unseen,
                 image_path=run.image_path,
                 deadline=run.deadline,
                 device=run.device,
@@ -931,10 +932,10 @@ def run_recognition(cfg: InferenceConfig, locate: Callable[[str, str], str] | No
     _confidences(run)
     return _finish(run)
 
-def _recognition_holdout_score(run: _Run, train: pd.DataFrame) -> Callable:
+def _recognition_holdout_score(run: _Run, train: pd.DataFrame, unseen: np.ndarray | None) -> Callable:
     """(test, non-landmarks, train) -> (top-1 kNN GAP of held-out train queries (`make_holdout`), how many of
     them are landmarks)."""
-    cfg, unseen = run.cfg, _unseen_by_models(run, train)
+    cfg = run.cfg
     def held(test: EmbedResult, nl: EmbedResult, db: EmbedResult) -> tuple[float, int]:
         nl_ids, nl_emb = nl.ids[nl.ok], nl.emb[nl.ok]
         h = make_holdout(
@@ -985,22 +986,16 @@ def _retrieval_holdout_score(run: _Run, train: pd.DataFrame, unseen_ids: set | N
         return float(score(retrieval_predictions(h.cands, cfg.retrieval_k), h.truth, 'retrieval') or 0.0), h.n_landmarks
     return held
 
-def _recognition_test_score(run: _Run, labels: np.ndarray) -> Callable:
-    "(test, non-landmarks, train) -> top-1 kNN GAP on the test set (None without a solution: no search)."
-    def tested(test: EmbedResult, nl: EmbedResult, db: EmbedResult) -> float | None:
+def _knn_test_score(run: _Run, k: int, predict: Callable, labels: np.ndarray | None = None,
+                    db_at: int = 1) -> Callable:
+    """(*combined splits) -> the test score of plain kNN (`predict` of the top `k`) with the test split (first) against
+    the database split (at `db_at`); None without a solution: no search."""
+    def tested(*splits: EmbedResult) -> float | None:
         if run.solution is None: return None
-        cands = search(
-            test.ids,
-            test.emb,
-            db.ids,
-            db.emb,
-            run.cfg.k,
-            labels,
-            deadline=run.deadline,
-            device=run.device,
-            devices=run.devices,
-        )
-        return _test_score(run, recognition_predictions(cands))
+        test, db = splits[0], splits[db_at]
+        cands = search(test.ids, test.emb, db.ids, db.emb, k, labels, deadline=run.deadline, device=run.device,
+                       devices=run.devices)
+        return _test_score(run, predict(cands))
     return tested
 
 def run_retrieval(cfg: InferenceConfig, locate: Callable[[str, str], str] | None = None) -> InferenceResult:
@@ -1025,26 +1020,7 @@ def run_retrieval(cfg: InferenceConfig, locate: Callable[[str, str], str] | None
     if run.public: index_ids = _public_database(run, chosen[0], index_ids)
     indexes = _embed_members(run, chosen, 'embed_index', 'index', index_ids)
     trs = _embed_members(run, chosen, 'embed_train', 'train', train['id'].tolist()) if has_train else None
-    test_score = lambda test, index, *_: (
-        None
-        if run.solution is None
-        else _test_score(
-            run,
-            retrieval_predictions(
-                search(
-                    test.ids,
-                    test.emb,
-                    index.ids,
-                    index.emb,
-                    cfg.retrieval_k,
-                    deadline=run.deadline,
-                    device=run.device,
-                    devices=run.devices,
-                ),
-                cfg.retrieval_k,
-            ),
-        )
-    )
+    test_score = _knn_test_score(run, cfg.retrieval_k, lambda c: retrieval_predictions(c, cfg.retrieval_k))
     held = _retrieval_holdout_score(run, train, unseen_ids) if has_train else None
     test, index, *tr = _ensemble(
         run,

@@ -14,7 +14,6 @@ steady under a shared machine's load; the load average is printed at the start a
 """
 import argparse
 import os
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -28,20 +27,12 @@ from PIL import Image
 from lmkkit.data import ImageDataset, eval_transforms
 from lmkkit.embed import Embedder, decode_image, embed_together
 from lmkkit.model import create_model, save_checkpoint
+from tests.benchmarks.bench_decode import _clock
 from tests.benchmarks.bench_load_image import _photo
 
 MEMBERS = (('test_resnet', 224), ('test_efficientnet', 288), ('test_convnext', 384))
 
 
-def _clock(fn, repeat: int) -> tuple[float, float]:
-    "Median (wall s, process CPU s) of `repeat` calls after one warm-up call."
-    fn()
-    walls, cpus = [], []
-    for _ in range(repeat):
-        w, c = time.perf_counter(), time.process_time()
-        fn()
-        walls.append(time.perf_counter() - w); cpus.append(time.process_time() - c)
-    return statistics.median(walls), statistics.median(cpus)
 
 
 def _load() -> str:
