@@ -518,8 +518,9 @@ def make_holdout(train: pd.DataFrame,  # id, landmark_id of the train images, ro
                  # rows
                  unseen_by_model: np.ndarray | None = None,
                  **ctx_kwargs) -> Holdout:
-    """Held-out queries (images of seen classes, whole unseen classes, non-landmarks) searched against the rest
-    of train (`emb` itself with the held-out rows excluded, no copy), weighted to the test's mix of kinds
+    """Held-out queries (images of seen classes, whole unseen classes, non-landmarks) searched against
+    all of train like the test queries (`emb` itself, no copy), each without itself and without the classes held
+    out whole, weighted to the test's mix of kinds
     (`cfg.holdout_mix`, else estimated from `test`; neither: unweighted)."""
     rows = train.assign(row=np.arange(len(train)))
     rest, held, origin = _held_rows(
@@ -533,12 +534,15 @@ def make_holdout(train: pd.DataFrame,  # id, landmark_id of the train images, ro
     q_emb = np.concatenate(
         [emb[held['row'].to_numpy()], np.asarray(nl_emb).reshape(-1, emb.shape[1])]
     ).astype(np.float32)[order]
-    exclude = np.ones(len(train), bool); exclude[rest['row'].to_numpy()] = False
+    # the database is the test's (all of train), each query left out of it, and whole unseen classes
+    exclude = train['landmark_id'].isin(set(held['landmark_id']) - set(rest['landmark_id'])).to_numpy()
+    if ok is not None: exclude = exclude | ~np.asarray(ok, bool)  # and the rows that were not embedded
     ctx = RerankContext(
         index_ids=compact_ids(train['id'].to_numpy()),
         index_emb=emb,
         index_labels=train['landmark_id'].to_numpy(),
         index_exclude=exclude,
+        exclude_self=True,
         query_ids=q_ids,
         query_emb=q_emb,
         nonlandmark_emb=nl_ref_emb,
@@ -552,6 +556,7 @@ def make_holdout(train: pd.DataFrame,  # id, landmark_id of the train images, ro
         k,
         ctx.index_labels,
         exclude=exclude,
+        exclude_self=True,
         deadline=ctx.deadline,
         device=ctx.device,
     )
@@ -611,7 +616,7 @@ def shaped_like_test(holdout: Holdout, kind: dict,  # held-out query id -> its k
         )
     w = mix_weights(kinds, mix)
     note = f'held-out mix {fmt(share)} weighted to the test mix {fmt(mix)} (landmark / unseen / non-landmark), {source}'
-    return dataclasses.replace(holdout, weights=dict(zip(c.query_ids.astype(str), w.tolist())), note=note)
+    return dataclasses.replace(holdout, weights=dict(zip(c.query_ids.astype(str), w.tolist())), note=note, mix=mix)
 
 def _test_emb(test: tuple[Candidates, np.ndarray]) -> np.ndarray:
     "The embeddings of the test candidates' queries, in their order (the search skipped rows that were not embedded)."
@@ -925,6 +930,7 @@ def run_recognition(cfg: InferenceConfig, locate: Callable[[str, str], str] | No
                 device=run.device,
             )
             row['note'] = f'{len(holdout.cands)} held-out queries ({holdout.n_landmarks} landmarks) to fit and judge the stages on; {holdout.note}'
+            run.report['holdout_mix'] = holdout.mix
     ctx = RerankContext(index_ids=db_ids, index_emb=db_emb, index_labels=labels, query_ids=q_ids, query_emb=q_emb,
                         nonlandmark_emb=nl_ref if len(nl_ref) else None, image_path=run.image_path,
                         deadline=run.deadline, device=run.device)

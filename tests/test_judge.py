@@ -63,7 +63,12 @@ def test_heldout_queries_are_not_reference_images():
     assert 'may have trained' in make(49).note  # too few images it never saw for a stage that learns: split by class instead
     q_nl = h.ctx.query_emb_of(np.array([q for q, t in h.truth.items() if not t]))
     assert (q_nl @ h.ctx.nonlandmark_emb.T).max() < 1 - 1e-4  # none of them is one of the penalty's reference images
-    assert not set(h.cands.query_ids) & set(h.cands.ids.ravel())  # and none is a candidate of another
+    assert not (h.cands.ids == h.cands.query_ids[:, None]).any()  # no query is its own candidate
+    assert not h.ctx.index_exclude.any()  # the others are: they search the test's database, all of train
+    split = make(49)  # split by class: the classes held out whole are out of the database for every query
+    gone = train.landmark_id.isin(set(train.landmark_id) - set(split.ctx.index_labels[~split.ctx.index_exclude]))
+    assert gone.any() and split.ctx.index_exclude.tolist() == gone.tolist()
+    assert not set(split.cands.labels.ravel()) & set(train.landmark_id[gone])
 
 
 def test_weighted_gap_is_gap_of_the_reweighted_population():
