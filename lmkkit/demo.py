@@ -298,8 +298,8 @@ def _title(row: dict) -> str:
     return KNN_TITLES.get(row['stage']) or stage_title(row['stage'])
 
 def record_table(record: dict) -> str:
-    """The ablation of a demo record as a Markdown table, both tracks side by side: rejected stages marked, the
-    final answer in bold."""
+    """The ablation of a demo record as a Markdown table, both tracks side by side: each stage's test score and
+    held-out estimate (what the judge saw; '-' without one), rejected stages marked, the final answer in bold."""
     cols = []
     for track in ('recognition', 'retrieval'):
         stages = [r for r in record[track]['stages'] if r['stage'] != 'final']
@@ -309,14 +309,16 @@ def record_table(record: dict) -> str:
                 (
                     _title(r) + ('' if r.get('adopted', True) else ' (not adopted)'),
                     f"**{r[METRIC[track]]:.3f}**" if i == final else f"{r[METRIC[track]]:.3f}",
+                    '-' if r.get('holdout') is None else f"{r['holdout']:.3f}",
                 )
                 for i, r in enumerate(stages)
             ]
         )
     n = max(map(len, cols))
-    rec, ret = (c + [('', '')] * (n - len(c)) for c in cols)
-    lines = ['| recognition stage | GAP | | retrieval stage | mAP@100 |', '|---|---:|---|---|---:|']
-    return '\n'.join(lines + [f"| {a} | {b} | | {c} | {d} |" for (a, b), (c, d) in zip(rec, ret)])
+    rec, ret = (c + [('', '', '')] * (n - len(c)) for c in cols)
+    lines = ['| recognition stage | GAP | held-out | | retrieval stage | mAP@100 | held-out |',
+             '|---|---:|---:|---|---|---:|---:|']
+    return '\n'.join(lines + [f"| {' | '.join(a)} | | {' | '.join(b)} |" for a, b in zip(rec, ret)])
 
 def final_scores(record: dict) -> dict:
     "A demo record's final score and plain-kNN score per track: {'gap': (final, knn), 'map@100': (final, knn)}."
