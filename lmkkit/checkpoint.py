@@ -93,7 +93,7 @@ def find_resume_state(out_dir: str | Path,
     return None, None, []
 
 _RESUME_KEYS = ('stages', 'backbone', 'pool', 'embedding_size', 'head', 'batch_size', 'grad_accum', 'seed',
-                'restart_per_stage', 'warmup_epochs', 'val_frac', 'val_unseen_class_frac', 'max_images')
+                'restart_per_stage', 'warmup_epochs', 'val_frac', 'val_unseen_class_frac', 'val_seed', 'max_images')
 
 def check_resumable(state: dict, cfg: TrainConfig, env: DistEnv) -> None:
     "Stop when `last.pt` was written with settings that change what the remaining steps would do."

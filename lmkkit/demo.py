@@ -246,6 +246,8 @@ def _train_members(
     their folders."""
     if members < 1: raise ConfigError(f"parameter 'members' must be >= 1, got {members}")
     dirs = [out/('model' if i == 0 else f'model_{i + 1}') for i in range(members)]
+    over = train_params['overrides']
+    split = over['val_seed'] if over.get('val_seed') is not None else over.get('seed', 0)
     for i, d in enumerate(dirs):
         nb, seed = (
             out / ('train.ipynb' if i == 0 else f'train_{i + 1}.ipynb'),
@@ -254,7 +256,8 @@ def _train_members(
         params = (
             train_params
             if i == 0
-            else kernel_params(train_params, {'out_dir': str(d), 'overrides': {'seed': seed}})
+            # one validation split for all: the judge's held-out queries are images none of the models trained on
+            else kernel_params(train_params, {'out_dir': str(d), 'overrides': {'seed': seed, 'val_seed': split}})
         )
         say(f"[2/4] training kernel{f', model {i + 1} of {members} (seed {seed})' if members > 1 else ''} -> {nb} (epoch lines follow)")
         with steps('train' if i == 0 else f'train_{i + 1}'): run_kernel('train', nb, params, kernel_name, echo=verbose)

@@ -560,9 +560,11 @@ def make_holdout(train: pd.DataFrame,  # id, landmark_id of the train images, ro
         deadline=ctx.deadline,
         device=ctx.device,
     )
-    truth = {**{i: [int(l)] for i, l in zip(held['id'], held['landmark_id'])}, **{i: [] for i in nl_str}}
-    kinds = np.concatenate([np.where(held['landmark_id'].isin(set(rest['landmark_id'])), 'landmark', 'unseen'),
-                            np.full(len(nl_str), 'nonlandmark')])[order]
+    seen = held['landmark_id'].isin(set(rest['landmark_id'])).to_numpy()
+    # as in the test, a query of a landmark not in the database has no right answer: empty truth
+    truth = {**{i: [int(l)] if s else [] for i, l, s in zip(held['id'], held['landmark_id'], seen)},
+             **{i: [] for i in nl_str}}
+    kinds = np.concatenate([np.where(seen, 'landmark', 'unseen'), np.full(len(nl_str), 'nonlandmark')])[order]
     h = shaped_like_test(Holdout(ctx, cands, truth), dict(zip(q_ids, kinds)), cfg, test)
     return dataclasses.replace(h, note=f'{origin}; {h.note}')
 
@@ -572,8 +574,12 @@ def model_unseen_rows(train: pd.DataFrame, train_config: dict | None) -> np.ndar
     tc = train_config or {}
     if not tc.get('val_every_epochs'): return None
     df = train.iloc[:tc['max_images']] if tc.get('max_images') else train
-    _, val = split_by_class(df, tc.get('val_frac', 0.05), tc.get('val_unseen_class_frac', 0.05), seed=tc.get('seed', 0))
+    _, val = split_by_class(df, tc.get('val_frac', 0.05), tc.get('val_unseen_class_frac', 0.05), seed=_split_seed(tc))
     return train['id'].isin(set(val['id'])).to_numpy()
+
+def _split_seed(train_config: dict) -> int:
+    "The seed of a checkpoint's validation split: its `val_seed`, else its training `seed` (`TrainConfig.split_seed`)."
+    return train_config['val_seed'] if train_config.get('val_seed') is not None else train_config.get('seed', 0)
 
 def _held_rows(rows: pd.DataFrame, cfg: InferenceConfig, unseen_by_model: np.ndarray | None,
                unseen_frac: float | None = None, min_rows: int = 1) -> tuple[pd.DataFrame, pd.DataFrame, str]:
@@ -589,7 +595,10 @@ def _held_rows(rows: pd.DataFrame, cfg: InferenceConfig, unseen_by_model: np.nda
             )
     frac = cfg.holdout_unseen_frac if unseen_frac is None else unseen_frac
     rest, held = split_by_class(rows, cfg.holdout_frac, frac, seed=cfg.seed)
-    return rest, held, 'queries: train images split off by class (the model may have trained on them)'
+    return rest, held, (
+        'queries: train images split off by class (the model may have trained on them: train with a validation '
+        f'split of at least {cfg.min_holdout_landmarks} images, val_frac and val_unseen_class_frac, for queries it never saw)'
+    )
 
 def shaped_like_test(holdout: Holdout, kind: dict,  # held-out query id -> its kind (lmkkit.plan.HOLDOUT_KINDS)
                      cfg: InferenceConfig, test: tuple[Candidates, np.ndarray] | None = None) -> Holdout:
@@ -616,7 +625,8 @@ def shaped_like_test(holdout: Holdout, kind: dict,  # held-out query id -> its k
         )
     w = mix_weights(kinds, mix)
     note = f'held-out mix {fmt(share)} weighted to the test mix {fmt(mix)} (landmark / unseen / non-landmark), {source}'
-    return dataclasses.replace(holdout, weights=dict(zip(c.query_ids.astype(str), w.tolist())), note=note, mix=mix)
+    aimed = dict(mix, source='given' if cfg.holdout_mix is not None else 'estimated')
+    return dataclasses.replace(holdout, weights=dict(zip(c.query_ids.astype(str), w.tolist())), note=note, mix=aimed)
 
 def _test_emb(test: tuple[Candidates, np.ndarray]) -> np.ndarray:
     "The embeddings of the test candidates' queries, in their order (the search skipped rows that were not embedded)."
@@ -930,7 +940,7 @@ def run_recognition(cfg: InferenceConfig, locate: Callable[[str, str], str] | No
                 device=run.device,
             )
             row['note'] = f'{len(holdout.cands)} held-out queries ({holdout.n_landmarks} landmarks) to fit and judge the stages on; {holdout.note}'
-            run.report['holdout_mix'] = holdout.mix
+            run.report['holdout_test_mix'] = holdout.mix
     ctx = RerankContext(index_ids=db_ids, index_emb=db_emb, index_labels=labels, query_ids=q_ids, query_emb=q_emb,
                         nonlandmark_emb=nl_ref if len(nl_ref) else None, image_path=run.image_path,
                         deadline=run.deadline, device=run.device)

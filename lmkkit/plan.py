@@ -194,7 +194,8 @@ class Holdout:
     # query id -> weight that makes the held-out mix of query kinds the test's (None: all 1)
     weights: dict | None = None
     note: str = ''  # where the mix came from, for the timeline
-    mix: dict | None = None  # the test mix the weights give: kind -> share (None: unweighted)
+    # the test mix the weights aim at: kind -> share, and 'source': 'given' or 'estimated' (None: unweighted)
+    mix: dict | None = None
 
     @property
     def n_landmarks(self) -> int: return sum(1 for t in self.truth.values() if len(t))

@@ -48,6 +48,9 @@ class TrainConfig:
     time_limit_hours: float | None = None  # stop cleanly (checkpoint saved) this long after the kernel's first cell
     val_frac: float = 0.05  # share of the seen classes' images held out for validation (lmkkit.data.split_by_class)
     val_unseen_class_frac: float = 0.05  # share of classes held out entirely (they act as distractors)
+    # seed of the validation split (None: seed). Models of one ensemble share it, so that the held-out judge has
+    # images none of them trained on (lmkkit.pipeline.model_unseen_rows)
+    val_seed: int | None = None
     val_every_epochs: int = 1  # 0 turns validation off
     val_max_index: int = 20000  # train images embedded as the kNN index of the validation pass
     max_images: int | None = None  # use only this many train.csv rows (quick trials)
@@ -88,6 +91,10 @@ class TrainConfig:
 
     @property
     def epochs(self) -> int: return sum(e for _, e in self.stages)
+    @property
+    def split_seed(self) -> int:
+        "The seed of the validation split: `val_seed`, else `seed`."
+        return self.seed if self.val_seed is None else self.val_seed
     def to_dict(self) -> dict: return dataclasses.asdict(self)
 
 # %% ../nbs/20_train_config.ipynb #17de0c54

@@ -53,7 +53,7 @@ def prepare_data(data_dir: str | Path, cfg: TrainConfig, class_ids: np.ndarray |
     data_dir = Path(data_dir)
     df = read_train_csv(data_dir/'train.csv')
     if cfg.max_images: df = df.iloc[:cfg.max_images].reset_index(drop=True)
-    if cfg.val_every_epochs: tr, va = split_by_class(df, cfg.val_frac, cfg.val_unseen_class_frac, seed=cfg.seed)
+    if cfg.val_every_epochs: tr, va = split_by_class(df, cfg.val_frac, cfg.val_unseen_class_frac, seed=cfg.split_seed)
     else: tr, va = df, df.iloc[:0]
     ids = np.sort(tr['landmark_id'].unique())
     if class_ids is not None and not np.array_equal(ids, class_ids):

@@ -8,7 +8,7 @@ PYTHONPATH=/work/main benchmarks the main checkout's judge on the same models an
 Cases: the standard synthetic set (`lmkkit synth`) at several seeds, a smaller one, and a folder with the real photos
 of ../shared/real-photos added (Sacre-Coeur as a landmark, indoor frames as non-landmarks). Each case trains the
 demo model (`lmkkit demo`'s training settings, with a validation split sized for the judge:
-`JUDGE_SIZED_VALIDATION`), then runs both tracks with every stage of the seed chain (plus
+`JUDGE_SIZED_VALIDATION`; a case folder made with other settings stops the run), then runs both tracks with every stage of the seed chain (plus
 SuperGlobal), and reads each stage's row of the ablation: the test-score change against the answer it competed
 with (`InferenceResult.table`'s delta) and the verdict. A verdict agrees when a stage adopted raised the test score
 and a stage rejected lowered it; changes under 0.01 are ignored (they are noise at these sizes). Each row also
@@ -28,11 +28,11 @@ sys.path.append(str(Path(__file__).resolve().parents[2]))  # this checkout, unle
 
 REAL = Path(__file__).resolve().parents[2]/'..'/'shared'/'real-photos'
 MIN_CHANGE = 0.01
+# the validation split a competitor keeps for the judge: at least min_holdout_landmarks (136) images of seen classes
+# that the model never trained on (GLDv2's 1.58M clean images give ~79,000 at the default 5%; these ~450-image sets
+# need 40%). With the demo's 10%, the judge falls back to images the model trained on (biased; see 51_plan).
+JUDGE_SIZED_VALIDATION = {'val_frac': 0.4, 'val_unseen_class_frac': 0.1}
 INFERENCE = dict(time_limit_hours=24.0, reserve_minutes=1.0, verbose=False, verify_top_n=5, device='cpu')
-# the validation split a competitor keeps for the judge: never-trained queries, at least min_holdout_landmarks of
-# them (GLDv2's 1.58M clean images give ~79,000 at the default 5%; these sets' ~450 need 30%, a fifth of the classes
-# whole). With the demo's 10%, the judge falls back to images the model trained on (a biased judge; see 51_plan).
-JUDGE_SIZED_VALIDATION = {'val_frac': 0.3, 'val_unseen_class_frac': 0.2}
 CHAINS = {'recognition': ('qe', 'nonlandmark_penalty', 'soft_vote', 'verify', 'lgbm'),
           'retrieval': ('dba', 'qe', 'label_boost', 'superglobal', 'verify')}
 SMALL = dict(n_landmarks=32, n_unseen=8, n_train_nonlandmarks=40, n_index_nonlandmarks=20, n_test_nonlandmarks=40)
@@ -80,8 +80,10 @@ def prepare(work: Path, name: str, case: dict) -> Path:
     from lmkkit.synth import make_synthetic
     from lmkkit.demo import DEMO_TRAIN
     from lmkkit.train import kernel_config, train
-    folder = work/name
-    if (folder/'ready').is_file(): return folder
+    folder, case = work/name, {**case, 'validation': JUDGE_SIZED_VALIDATION}
+    if (folder/'ready').is_file() and json.loads((folder/'ready').read_text()) == case: return folder
+    if (folder/'ready').is_file():
+        raise SystemExit(f"{folder} was made with other settings ({(folder/'ready').read_text()}); pass another --work")
     make_synthetic(folder/'data', seed=case['seed'], verbose=False, overwrite=True, **case['sizes'])
     if case['real']: add_real_photos(folder/'data')
     overrides = {**DEMO_TRAIN['overrides'], **JUDGE_SIZED_VALIDATION}
@@ -115,7 +117,7 @@ def verdicts(folder: Path, track: str, out: Path, given_mix: bool = False) -> pd
     df = df[~df.stage.isin(['final', 'knn', 'knn_top1'])].rename(columns={res.metric: 'test'})
     r, fmt = res.report, lambda m: '/'.join(f'{m.get(k, 0):.0%}' for k in KINDS) if m else '-'
     return df.assign(track=track, holdout_queries=r.get('holdout_queries'), holdout_landmarks=r.get('holdout_landmarks'),
-                     mix_used=fmt(r.get('holdout_mix')) if track == 'recognition' else '-', mix_true=fmt(true))
+                     mix_used=fmt(r.get('holdout_test_mix')) if track == 'recognition' else '-', mix_true=fmt(true))
 
 
 def agreement(rows: pd.DataFrame) -> pd.DataFrame:
@@ -136,9 +138,10 @@ def main(argv=None) -> None:
     ap.add_argument('--prepare-only', action='store_true', help='make the data and models, run no inference')
     ap.add_argument('--tag', default='run', help='name of this run (its rows go to WORK/<tag>.csv)')
     ap.add_argument('--given-mix', action='store_true', help="give the judge the test's true mix (holdout_mix) instead of its estimate")
-    ap.add_argument('--report', nargs='*', default=None, metavar='CSV', help='only print the agreement of rows saved before')
+    ap.add_argument('--report', nargs='*', default=None, metavar='CSV',
+                    help='only print the agreement of rows saved before (per run tag; files of one tag are pooled)')
     args = ap.parse_args(argv)
-    if args.report is not None: return print(report(pd.concat([pd.read_csv(p) for p in args.report], ignore_index=True)))
+    if args.report is not None: return print(report(pd.concat([_saved_rows(Path(p)) for p in args.report], ignore_index=True)))
     import lmkkit
     print(f'lmkkit from {Path(lmkkit.__file__).parent}', flush=True)
     rows = []
@@ -148,7 +151,7 @@ def main(argv=None) -> None:
         print(f'{name}: prepared', flush=True)
         if args.prepare_only: continue
         for track in args.tracks:
-            df = verdicts(folder, track, folder/f'{args.tag}_{track}', args.given_mix).assign(case=name)
+            df = verdicts(folder, track, folder/f'{args.tag}_{track}', args.given_mix).assign(case=name, run=args.tag)
             cols = ['case', 'track', 'stage', 'test', 'delta', 'holdout', 'adopted', 'holdout_landmarks', 'mix_used', 'mix_true']
             print(df[cols].to_string(index=False), flush=True)
             rows.append(df)
@@ -158,11 +161,26 @@ def main(argv=None) -> None:
     print(report(rows))
 
 
+def _saved_rows(path: Path) -> pd.DataFrame:
+    "Rows a run saved; rows saved without their run tag get the file's name."
+    rows = pd.read_csv(path)
+    return rows if 'run' in rows else rows.assign(run=path.stem)
+
+
 def report(rows: pd.DataFrame) -> str:
-    "The agreement table and the held-out sizes, as Markdown."
-    sizes = rows.groupby(['track', 'case'])[['holdout_queries', 'holdout_landmarks']].first().groupby('track').agg(['min', 'max'])
-    sizes.columns = [f'{a}_{b}' for a, b in sizes.columns]
-    return _markdown(agreement(rows).join(sizes).reset_index())
+    """Per run (`--tag`) and track, as Markdown: stages judged, those that moved the test score by MIN_CHANGE or more
+    (`moved`), how many verdicts agreed with the sign of that change (`agree`, `share`), and the held-out sizes; then
+    per case the test mix the recognition judge weighted to beside the true one."""
+    tables = []
+    for run, part in rows.groupby('run', sort=False):
+        sizes = part.groupby(['track', 'case'])[['holdout_queries', 'holdout_landmarks']].first().groupby('track').agg(['min', 'max'])
+        sizes.columns = [f'{a}_{b}' for a, b in sizes.columns]
+        tables.append(agreement(part).join(sizes).reset_index().assign(run=run).set_index('run').reset_index())
+    out = [_markdown(pd.concat(tables, ignore_index=True))]
+    if {'mix_used', 'mix_true'} <= set(rows):
+        mix = rows[rows.track == 'recognition'].groupby(['run', 'case'], sort=False)[['mix_used', 'mix_true']].first()
+        out.append('test mix (landmark/unseen/non-landmark), recognition:\n' + _markdown(mix.reset_index()))
+    return '\n\n'.join(out)
 
 
 def _markdown(df: pd.DataFrame) -> str:
