@@ -74,7 +74,7 @@ class InferenceConfig:
     # min_holdout_landmarks)
     holdout_frac: float = 0.25
     holdout_unseen_frac: float = 0.1  # share of classes held out entirely (landmarks not in the database)
-    max_holdout: int = 20000  # cap on held-out landmark queries
+    max_holdout: int = 20000  # cap on held-out train queries (landmarks of seen and of unseen classes)
     # the test's shares of (landmark, unseen landmark, non-landmark) queries; None: estimated from the test
     # queries (lmkkit.plan.estimate_mix)
     holdout_mix: tuple | None = None
@@ -520,12 +520,13 @@ def make_holdout(train: pd.DataFrame,  # id, landmark_id of the train images, ro
                  **ctx_kwargs) -> Holdout:
     """Held-out queries (images of seen classes, whole unseen classes, non-landmarks) searched against
     all of train like the test queries (`emb` itself, no copy), each without itself and without the classes held
-    out whole, weighted to the test's mix of kinds
+    out whole (and the rows not embedded: `ok`), weighted to the test's mix of kinds
     (`cfg.holdout_mix`, else estimated from `test`; neither: unweighted)."""
     rows = train.assign(row=np.arange(len(train)))
     rest, held, origin = _held_rows(
         rows if ok is None else rows[ok], cfg, unseen_by_model, min_rows=cfg.min_holdout_landmarks
     )
+    unseen = set(held['landmark_id']) - set(rest['landmark_id'])  # before the cap: a class sampled away stays out
     if len(held) > cfg.max_holdout: held = held.sample(cfg.max_holdout, random_state=cfg.seed)
     nl_str = id_strings(compact_ids(nl_ids))
     # landmarks and non-landmarks mixed: a stage cut short by time reaches both
@@ -535,7 +536,7 @@ def make_holdout(train: pd.DataFrame,  # id, landmark_id of the train images, ro
         [emb[held['row'].to_numpy()], np.asarray(nl_emb).reshape(-1, emb.shape[1])]
     ).astype(np.float32)[order]
     # the database is the test's (all of train), each query left out of it, and whole unseen classes
-    exclude = train['landmark_id'].isin(set(held['landmark_id']) - set(rest['landmark_id'])).to_numpy()
+    exclude = train['landmark_id'].isin(unseen).to_numpy()
     if ok is not None: exclude = exclude | ~np.asarray(ok, bool)  # and the rows that were not embedded
     ctx = RerankContext(
         index_ids=compact_ids(train['id'].to_numpy()),
@@ -560,7 +561,7 @@ def make_holdout(train: pd.DataFrame,  # id, landmark_id of the train images, ro
         deadline=ctx.deadline,
         device=ctx.device,
     )
-    seen = held['landmark_id'].isin(set(rest['landmark_id'])).to_numpy()
+    seen = ~held['landmark_id'].isin(unseen).to_numpy()
     # as in the test, a query of a landmark not in the database has no right answer: empty truth
     truth = {**{i: [int(l)] if s else [] for i, l, s in zip(held['id'], held['landmark_id'], seen)},
              **{i: [] for i in nl_str}}

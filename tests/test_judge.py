@@ -123,3 +123,12 @@ def test_models_of_one_ensemble_share_their_validation_split(tmp_path):
     assert val(first) == val(second) != val(own)  # a second member with its own seed would hold out other images
     for c in (first, second, own):
         assert set(train.id[model_unseen_rows(train, c.to_dict())]) == val(c)
+
+
+def test_capped_heldout_keeps_whole_classes_out_of_the_database():
+    "`max_holdout` samples the held-out queries; a class held out whole stays out of the database even when none of its images is sampled."
+    train, emb, nl_emb, _ = _world(seed=2)
+    full = make_holdout(train, emb, np.array(['n0']), nl_emb[:1], None, 5, InferenceConfig(holdout_frac=0.3, holdout_unseen_frac=0.3))
+    capped = make_holdout(train, emb, np.array(['n0']), nl_emb[:1], None, 5,
+                          InferenceConfig(holdout_frac=0.3, holdout_unseen_frac=0.3, max_holdout=3))
+    assert len(capped.cands) == 4 and capped.ctx.index_exclude.tolist() == full.ctx.index_exclude.tolist()
