@@ -373,6 +373,10 @@ def _load_model(run: _Run, i: int = 0) -> Embedder:
     """The `Embedder` of member `i` of the run (`checkpoints[i]`, else `checkpoint`) at its image size; a step of
     the timeline."""
     member = run.cfg.members[i]
+    if not Path(member.path).exists():  # a misspelt path: name the entry, not just the file
+        entry = "parameter 'checkpoint'" if run.cfg.checkpoints is None else f"parameter 'checkpoints'[{i}]"
+        raise ConfigError(f"{entry}: {member.path!r} not found; check the path (an attached Kaggle dataset is under "
+                          f"/kaggle/input/<dataset>/)")
     with run.timeline.step(_member_name(i)) as row:
         from lmkkit.model import load_checkpoint  # timm's import (seconds) is part of the step
         model, _, extra = load_checkpoint(member.path, map_location=run.device)

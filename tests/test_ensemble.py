@@ -123,3 +123,16 @@ def test_presets_train_the_seeds_three_members_and_the_training_kernel_says_how_
     text = '\n'.join(c.source for c in nb.cells if c.cell_type == 'markdown')
     named = set(re.findall(r"'(seed_\w+)'", text))
     assert named == {'seed_swin', 'seed_seresnet101', 'seed_nfnet'} <= set(PRESETS) and '`checkpoints`' in text
+
+
+def test_a_misspelt_checkpoint_path_names_its_entry(world, tmp_path):
+    "A path in `checkpoints` that does not exist stops the run in one line that says which entry it is."
+    from lmkkit.core import ConfigError
+    bad = str(world/'m1.ptt')
+    with pytest.raises(ConfigError, match=r"parameter 'checkpoints'\[1\]: '.*m1\.ptt' not found; check the path") as e:
+        pipeline.run_inference(data_dir=str(world/'data'), checkpoints=[str(world/'m0.pt'), bad], out_dir=str(tmp_path/'out'),
+                               track='recognition', device='cpu', **FAST)
+    assert '\n' not in str(e.value)
+    with pytest.raises(ConfigError, match=r"parameter 'checkpoint': .* not found"):
+        pipeline.run_inference(data_dir=str(world/'data'), checkpoint=bad, out_dir=str(tmp_path/'out1'), track='recognition',
+                               device='cpu', **FAST)
