@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from .core import CliParser, ConfigError, atomic_write, claim_folder, kernel_manager_class
+from .train_config import validation_seed
 
 
 # %% auto #0
@@ -246,8 +247,7 @@ def _train_members(
     their folders."""
     if members < 1: raise ConfigError(f"parameter 'members' must be >= 1, got {members}")
     dirs = [out/('model' if i == 0 else f'model_{i + 1}') for i in range(members)]
-    over = train_params['overrides']
-    split = over['val_seed'] if over.get('val_seed') is not None else over.get('seed', 0)
+    split = validation_seed(train_params['overrides'].get('seed', 0), train_params['overrides'].get('val_seed'))
     for i, d in enumerate(dirs):
         nb, seed = (
             out / ('train.ipynb' if i == 0 else f'train_{i + 1}.ipynb'),

@@ -26,6 +26,7 @@ from .embed import (DECODE_MODES, NONFINITE, EmbedResult, Embedder, compact_ids,
                           embed_together, id_strings)
 from .ensemble import Member, adopt_members, combine_embeddings, parse_members, plan_members, probe_members
 from .model import trained_size, valid_image_size, valid_scale_sizes
+from .train_config import validation_seed
 from .metrics import TRACKS, load_solution, score, write_recognition_submission, write_retrieval_submission
 from .plan import MIN_HOLDOUT_LANDMARKS, Holdout, Timeline, run_stages
 from .rerank import STAGES, RerankContext, Stage, recognition_predictions, retrieval_predictions
@@ -579,12 +580,9 @@ def model_unseen_rows(train: pd.DataFrame, train_config: dict | None) -> np.ndar
     tc = train_config or {}
     if not tc.get('val_every_epochs'): return None
     df = train.iloc[:tc['max_images']] if tc.get('max_images') else train
-    _, val = split_by_class(df, tc.get('val_frac', 0.05), tc.get('val_unseen_class_frac', 0.05), seed=_split_seed(tc))
+    seed = validation_seed(tc.get('seed', 0), tc.get('val_seed'))
+    _, val = split_by_class(df, tc.get('val_frac', 0.05), tc.get('val_unseen_class_frac', 0.05), seed=seed)
     return train['id'].isin(set(val['id'])).to_numpy()
-
-def _split_seed(train_config: dict) -> int:
-    "The seed of a checkpoint's validation split: its `val_seed`, else its training `seed` (`TrainConfig.split_seed`)."
-    return train_config['val_seed'] if train_config.get('val_seed') is not None else train_config.get('seed', 0)
 
 def _held_rows(rows: pd.DataFrame, cfg: InferenceConfig, unseen_by_model: np.ndarray | None,
                unseen_frac: float | None = None, min_rows: int = 1) -> tuple[pd.DataFrame, pd.DataFrame, str]:

@@ -12,9 +12,13 @@ from .core import ConfigError, LmkkitError, require_at_least_one
 
 
 # %% auto #0
-__all__ = ['TrainConfig', 'TrainKernelParams', 'TrainError']
+__all__ = ['validation_seed', 'TrainConfig', 'TrainKernelParams', 'TrainError']
 
 # %% ../nbs/20_train_config.ipynb #e585c5f3
+def validation_seed(seed: int, val_seed: int | None) -> int:
+    "The seed of a training run's validation split: `val_seed` when given, else the training `seed`."
+    return seed if val_seed is None else val_seed
+
 @dataclass(frozen=True)
 class TrainConfig:
     "Everything a training run depends on (the write-up's recipe by default)."
@@ -92,9 +96,7 @@ class TrainConfig:
     @property
     def epochs(self) -> int: return sum(e for _, e in self.stages)
     @property
-    def split_seed(self) -> int:
-        "The seed of the validation split: `val_seed`, else `seed`."
-        return self.seed if self.val_seed is None else self.val_seed
+    def split_seed(self) -> int: return validation_seed(self.seed, self.val_seed)
     def to_dict(self) -> dict: return dataclasses.asdict(self)
 
 # %% ../nbs/20_train_config.ipynb #17de0c54

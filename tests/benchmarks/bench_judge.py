@@ -25,6 +25,7 @@ from pathlib import Path
 import pandas as pd
 
 sys.path.append(str(Path(__file__).resolve().parents[2]))  # this checkout, unless PYTHONPATH names another first
+from lmkkit.plan import HOLDOUT_KINDS as KINDS  # noqa: E402  (landmark, unseen, non-landmark)
 
 REAL = Path(__file__).resolve().parents[2]/'..'/'shared'/'real-photos'
 MIN_CHANGE = 0.01
@@ -94,7 +95,6 @@ def prepare(work: Path, name: str, case: dict) -> Path:
     return folder
 
 
-KINDS = ('landmark', 'unseen', 'nonlandmark')
 
 
 def test_mix(data: Path) -> dict[str, float]:
