@@ -37,7 +37,8 @@ from .search import Candidates, search
 # %% auto #0
 __all__ = ['KNN_TITLES', 'KNN_S_PER_MAC', 'InferenceConfig', 'kernel_config', 'InferenceResult', 'run_embedder', 'public_sample',
            'public_sample_size', 'make_holdout', 'model_unseen_rows', 'shaped_like_test', 'index_labels',
-           'retrieval_train_sample', 'make_retrieval_holdout', 'run_recognition', 'run_retrieval', 'run_inference']
+           'retrieval_train_sample', 'make_retrieval_holdout', 'index_queries', 'run_recognition', 'run_retrieval',
+           'run_inference']
 
 # %% ../nbs/50_pipeline.ipynb #fd33583d
 @dataclass(frozen=True)
@@ -833,15 +834,36 @@ def make_retrieval_holdout(train: pd.DataFrame,  # id, landmark_id of the embedd
     if len(held) > cfg.max_holdout: held = held.sample(cfg.max_holdout, random_state=cfg.seed)
     if not len(held): return None, f'no held-out queries: no train image of a landmark with index images ({source})'
     q_ids, q_emb = held['id'].to_numpy(str), emb[held['row'].to_numpy()].astype(np.float32)
-    if train_path is not None:  # the queries' images are train images, the candidates' index images
-        index_path, queries = ctx_kwargs.get('image_path'), set(q_ids)
+    truth = {i: by_lm[l] for i, l in zip(held['id'], held['landmark_id'])}
+    if source == 'index_image_to_landmark.csv':  # known labels: the index images are queries too
+        x_ids, x_emb, x_truth = index_queries(index_ids, index_emb, index_labels, cfg.max_holdout, cfg.seed)
+        q_ids, q_emb, truth = np.concatenate([q_ids, x_ids]), np.concatenate([q_emb, x_emb]), {**truth, **x_truth}
+    if train_path is not None:  # train queries: train images; index queries and candidates: index images
+        index_path, queries = ctx_kwargs.get('image_path'), set(held['id'].astype(str))
         ctx_kwargs['image_path'] = lambda i: train_path(i) if i in queries else index_path(i)
     ctx = RerankContext(index_ids=index_ids, index_emb=index_emb, query_ids=q_ids, query_emb=q_emb, train_ids=rest_ids,
-                        train_emb=rest_emb, train_labels=rest_lab, **ctx_kwargs)
-    cands = search(q_ids, q_emb, index_ids, index_emb, k, deadline=ctx.deadline, device=ctx.device)
-    truth = {i: by_lm[l] for i, l in zip(held['id'], held['landmark_id'])}
-    note = f'{len(cands)} held-out queries of {held.landmark_id.nunique()} landmarks to judge the stages on ({origin}; truth: {source})'
+                        train_emb=rest_emb, train_labels=rest_lab, exclude_self=True, **ctx_kwargs)
+    cands = search(q_ids, q_emb, index_ids, index_emb, k, exclude_self=True, deadline=ctx.deadline, device=ctx.device)
+    n_index = len(q_ids) - len(held)
+    note = (f'{len(cands)} held-out queries to judge the stages on: {len(held)} train images of '
+            f'{held.landmark_id.nunique()} landmarks ({origin})' + (f' and {n_index} index images' if n_index else '')
+            + f'; truth: {source}')
     return Holdout(ctx, cands, truth, note=note), note
+
+def index_queries(index_ids: np.ndarray, index_emb: np.ndarray,  # (N,) and (N, D): the index (NaN rows: not embedded)
+                  index_labels: pd.Series,  # index id -> landmark, known (index_image_to_landmark.csv)
+                  n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Index images of landmarks with at least two of them, as retrieval queries: (ids, (n, D) float32 embeddings,
+    truth: id -> the other index images of its landmark); a seeded sample of at most `n`."""
+    ids = id_strings(compact_ids(np.asarray(index_ids)))
+    lab = index_labels.reindex(ids).to_numpy()
+    has = pd.notna(lab) & np.isfinite(np.asarray(index_emb, np.float32)).all(1)
+    counts = pd.Series(lab[has]).value_counts()
+    rows = np.flatnonzero(has & pd.Series(lab).isin(counts.index[counts >= 2]).to_numpy())
+    if len(rows) > n: rows = np.sort(np.random.default_rng(seed).choice(rows, n, replace=False))
+    by_lm = pd.Series(ids[has], index=lab[has]).groupby(level=0).apply(list).to_dict()
+    truth = {ids[r]: [i for i in by_lm[lab[r]] if i != ids[r]] for r in rows}
+    return ids[rows], np.asarray(index_emb[rows], np.float32), truth
 
 # %% ../nbs/50_pipeline.ipynb #5d1a4229
 def _rerank(run: _Run, cands: Candidates, ctx: RerankContext, predict, holdout: Holdout | None = None) -> Candidates:

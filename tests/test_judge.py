@@ -1,5 +1,6 @@
 "The held-out judge looks like the test (issue 27): the test's mix of query kinds, queries the model never saw, a retrieval judge."
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -105,7 +106,12 @@ def test_retrieval_stages_are_judged_on_heldout_queries(tiny, tmp_path):
     rows = {r['stage']: r for r in json.loads((tmp_path/'metrics.json').read_text())['stages']}
     assert all(rows[s]['holdout'] is not None for s in ('knn', 'qe', 'reverse_for_test')), rows
     assert not rows['reverse_for_test']['adopted'] and rows['reverse_for_test']['holdout'] < rows['knn']['holdout']
-    assert res.report['holdout_queries'] > 0 and 'truth: index_image_to_landmark.csv' in res.timeline.set_index('step').note['holdout']
+    note = res.timeline.set_index('step').note['holdout']
+    assert res.report['holdout_queries'] > 0 and 'truth: index_image_to_landmark.csv' in note
+    # the index's labels are known, so its images are queries too: each against the rest of the index
+    n_index = int(re.search(r'and (\d+) index images', note).group(1))
+    labels = pd.read_csv(tiny/'data'/'index_image_to_landmark.csv')
+    assert n_index == labels.landmark_id.isin(labels.landmark_id.value_counts()[lambda c: c >= 2].index).sum() > 0
 
 
 def test_models_of_one_ensemble_share_their_validation_split(tmp_path):
