@@ -32,7 +32,7 @@ from .plan import MIN_HOLDOUT_LANDMARKS, Holdout, Timeline, run_stages
 from .rerank import STAGES, RerankContext, Stage, recognition_predictions, retrieval_predictions
 from .stages import (DEFAULT_STAGES, SEED_STAGES, chain_settings, flat_parameter_types, make_chain,
                            stage_parameters)
-from .search import Candidates, search
+from .search import Candidates, finite_rows, search
 
 # %% auto #0
 __all__ = ['KNN_TITLES', 'KNN_S_PER_MAC', 'InferenceConfig', 'kernel_config', 'InferenceResult', 'run_embedder', 'public_sample',
@@ -76,7 +76,9 @@ class InferenceConfig:
     # min_holdout_landmarks)
     holdout_frac: float = 0.25
     holdout_unseen_frac: float = 0.1  # share of classes held out entirely (landmarks not in the database)
-    max_holdout: int = 20000  # cap on held-out train queries (landmarks of seen and of unseen classes)
+    # cap on held-out train queries (landmarks of seen and of unseen classes); retrieval's index queries have
+    # the same cap of their own
+    max_holdout: int = 20000
     # the test's shares of (landmark, unseen landmark, non-landmark) queries; None: estimated from the test
     # queries (lmkkit.plan.estimate_mix)
     holdout_mix: tuple | None = None
@@ -814,8 +816,9 @@ def make_retrieval_holdout(train: pd.DataFrame,  # id, landmark_id of the embedd
                            # (len(train),) bool: rows the model never trained on: the held-out rows
                            unseen_by_model: np.ndarray | None = None,
                            **ctx_kwargs) -> tuple[Holdout | None, str]:
-    """Held-out train images of landmarks in the index, their truth that landmark's index images, searched
-    against the index; and a note (None: no such image)."""
+    """Held-out train images of landmarks in the index, their truth that landmark's index images, and with known
+    `index_labels` index images too (`index_queries`), searched against the index; and a note (None: no held-out
+    train image of an index landmark)."""
     rows = train.assign(row=np.arange(len(train)))
     rows = rows if ok is None else rows[np.asarray(ok, bool)]
     rest, held, origin = _held_rows(rows, cfg, unseen_by_model, unseen_frac=0.0)
@@ -856,8 +859,8 @@ def index_queries(index_ids: np.ndarray, index_emb: np.ndarray,  # (N,) and (N, 
     """Index images of landmarks with at least two of them, as retrieval queries: (ids, (n, D) float32 embeddings,
     truth: id -> the other index images of its landmark); a seeded sample of at most `n`."""
     ids = id_strings(compact_ids(np.asarray(index_ids)))
-    lab = index_labels.reindex(ids).to_numpy()
-    has = pd.notna(lab) & np.isfinite(np.asarray(index_emb, np.float32)).all(1)
+    lab = index_labels[~index_labels.index.duplicated()].reindex(ids).to_numpy()  # a repeated row: its first label
+    has = pd.notna(lab) & finite_rows(index_emb)
     counts = pd.Series(lab[has]).value_counts()
     rows = np.flatnonzero(has & pd.Series(lab).isin(counts.index[counts >= 2]).to_numpy())
     if len(rows) > n: rows = np.sort(np.random.default_rng(seed).choice(rows, n, replace=False))
@@ -1003,8 +1006,8 @@ def _unseen_by_models(run: _Run, train: pd.DataFrame) -> np.ndarray | None:
     return None if not rows or any(r is None for r in rows) else np.logical_and.reduce(rows)
 
 def _retrieval_holdout_score(run: _Run, train: pd.DataFrame, unseen_ids: set | None) -> Callable:
-    """(test, index, train) -> (kNN mAP@100 of held-out train queries against the index
-    (`make_retrieval_holdout`), how many have truth)."""
+    """(test, index, train) -> (kNN mAP@100 of the held-out queries (train images, and index images when the
+    index's labels are known) against the index (`make_retrieval_holdout`), how many have truth)."""
     cfg, labels = run.cfg, index_labels(run.cfg.data_dir)
     unseen = None if unseen_ids is None else train['id'].isin(unseen_ids).to_numpy()
     def held(test: EmbedResult, index: EmbedResult, tr: EmbedResult) -> tuple[float, int]:
@@ -1089,7 +1092,7 @@ def run_retrieval(cfg: InferenceConfig, locate: Callable[[str, str], str] | None
     predict = lambda c: retrieval_predictions(c, cfg.retrieval_k)
     if done := _knn_answer(run, cands, predict, 'knn', run.public): return done
     holdout = None
-    if tr is not None:  # held-out train images of landmarks in the index: every stage is judged on them (mAP@100)
+    if tr is not None:  # held-out train (and index) images of index landmarks: every stage is judged on them (mAP@100)
         with run.timeline.step('holdout') as row:
             holdout, row['note'] = make_retrieval_holdout(
                 train,

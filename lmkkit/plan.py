@@ -186,7 +186,7 @@ def _plan_pairs(name: str, n: int, want: int, cost: float, left: float) -> dict:
 # %% ../nbs/51_plan.ipynb #8d1ae4cb
 @dataclass
 class Holdout:
-    """Held-out train queries, run through every stage beside the test queries: their context, kNN candidates and
+    """Held-out queries, run through every stage beside the test queries: their context, kNN candidates and
     ground truth."""
     ctx: RerankContext
     cands: Candidates
