@@ -204,3 +204,7 @@ def evaluate(argv: list[str] | None = None) -> int:
     print(format_evaluation(evaluate_files(sub, sol)))
     return 0
 
+
+# %% ../nbs/80_cli.ipynb #climain1
+# `python -m lmkkit.cli ...` works as `lmkkit ...` (a notebook's kernel is __main__ too, but of no package)
+if __name__ == '__main__' and __package__ == 'lmkkit': raise SystemExit(main())

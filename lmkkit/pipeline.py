@@ -835,12 +835,15 @@ def make_retrieval_holdout(train: pd.DataFrame,  # id, landmark_id of the embedd
     by_lm = pd.Series(index_labels.index, index=index_labels.to_numpy()).groupby(level=0).apply(list).to_dict()
     held = held[held['landmark_id'].isin(by_lm)]
     if len(held) > cfg.max_holdout: held = held.sample(cfg.max_holdout, random_state=cfg.seed)
-    if not len(held): return None, f'no held-out queries: no train image of a landmark with index images ({source})'
-    q_ids, q_emb = held['id'].to_numpy(str), emb[held['row'].to_numpy()].astype(np.float32)
+    q_ids, q_emb = held['id'].to_numpy(str), emb[held['row'].to_numpy()].astype(np.float32).reshape(-1, emb.shape[1])
     truth = {i: by_lm[l] for i, l in zip(held['id'], held['landmark_id'])}
     if source == 'index_image_to_landmark.csv':  # known labels: the index images are queries too
         x_ids, x_emb, x_truth = index_queries(index_ids, index_emb, index_labels, cfg.max_holdout, cfg.seed)
-        q_ids, q_emb, truth = np.concatenate([q_ids, x_ids]), np.concatenate([q_emb, x_emb]), {**truth, **x_truth}
+        new = ~np.isin(x_ids, q_ids)  # an id both a train and an index image stays a train query
+        q_ids, q_emb = np.concatenate([q_ids, x_ids[new]]), np.concatenate([q_emb, x_emb[new]])
+        truth = {**{i: x_truth[i] for i in x_ids[new]}, **truth}
+    if not len(q_ids):
+        return None, f'no held-out queries: no train image of a landmark with index images, no index query ({source})'
     if train_path is not None:  # train queries: train images; index queries and candidates: index images
         index_path, queries = ctx_kwargs.get('image_path'), set(held['id'].astype(str))
         ctx_kwargs['image_path'] = lambda i: train_path(i) if i in queries else index_path(i)
