@@ -980,7 +980,8 @@ def run_recognition(cfg: InferenceConfig, locate: Callable[[str, str], str] | No
     return _finish(run)
 
 def _recognition_holdout_score(run: _Run, train: pd.DataFrame, unseen: np.ndarray | None) -> Callable:
-    """(test, non-landmarks, train) -> (top-1 kNN GAP of held-out train queries (`make_holdout`), how many of
+    """(test, non-landmarks, train) -> (top-1 kNN GAP of held-out train queries (`make_holdout`), weighted to the
+    test's mix as the stages' judge is (`holdout_mix`, else estimated from a sample of the test queries), how many of
     them are landmarks)."""
     cfg = run.cfg
     def held(test: EmbedResult, nl: EmbedResult, db: EmbedResult) -> tuple[float, int]:
@@ -994,13 +995,23 @@ def _recognition_holdout_score(run: _Run, train: pd.DataFrame, unseen: np.ndarra
             cfg.k,
             cfg,
             ok=db.ok,
+            test=None if cfg.holdout_mix is not None else _test_sample(run, test, db),
             unseen_by_model=unseen,
             image_path=run.image_path,
             deadline=run.deadline,
             device=run.device,
         )
-        return float(score(recognition_predictions(h.cands), h.truth, 'recognition') or 0.0), h.n_landmarks
+        return weighted_gap(recognition_predictions(h.cands), h.truth, h.weights), h.n_landmarks
     return held
+
+def _test_sample(run: _Run, test: EmbedResult, db: EmbedResult, n: int = 1000) -> tuple[Candidates, np.ndarray]:
+    """A seeded sample of at most `n` embedded test queries, with their kNN in the database: enough to estimate the
+    test's mix from (`estimate_mix`) at a small part of the test search's cost."""
+    rows = np.flatnonzero(test.ok)
+    if len(rows) > n: rows = np.sort(np.random.default_rng(run.cfg.seed).choice(rows, n, replace=False))
+    emb = np.asarray(test.emb[rows], np.float32)
+    cands = search(test.ids[rows], emb, db.ids, db.emb, run.cfg.k, deadline=run.deadline, device=run.device)
+    return cands, emb[:len(cands)]  # a deadline answers the first chunks of queries only
 
 def _unseen_by_models(run: _Run, train: pd.DataFrame) -> np.ndarray | None:
     """(len(train),) bool: the rows no model of the run trained on (each checkpoint's validation split,

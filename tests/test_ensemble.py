@@ -75,9 +75,12 @@ def test_a_member_is_adopted_only_when_held_out_queries_say_it_helps(world, tmp_
         assert other['holdout'] < alone['holdout'] and add['holdout'] < alone['holdout'], ens
         assert add['adopted'] is False and ens['adopted'] == [0] and add['note'].endswith('not adopted')
         assert res.ablation[0]['gap'] == alone['gap'] == ens['gap']  # the kNN submission is member 0's alone
+        # the ensemble's judge is the stages' judge: the same held-out queries, weighted to the same test mix
+        assert alone['holdout'] == pytest.approx(res.ablation[0]['holdout']), (alone, res.ablation[0])
     else:
         assert add['holdout'] > alone['holdout'] and add['adopted'] is True and ens['adopted'] == [0, 1], ens
         assert res.ablation[0]['gap'] == add['gap'] == ens['gap'] > alone['gap']  # the kNN submission is the ensemble's
+        assert add['holdout'] == pytest.approx(res.ablation[0]['holdout']), (add, res.ablation[0])
     steps = list(res.timeline['step'])
     assert steps.index('load_model') < steps.index('load_model[1]') < steps.index('probe_models') < steps.index('embed_test')
     assert steps.index('embed_train') < steps.index('ensemble') < steps.index('knn')
