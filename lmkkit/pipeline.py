@@ -619,7 +619,7 @@ def shaped_like_test(holdout: Holdout, kind: dict,  # held-out query id -> its k
         test_x = mix_features(test[0].sims, _test_emb(test), ctx.nonlandmark_emb)
         mix, source = (
             estimate_mix(held_x, kinds, test_x),
-            f'estimated from the {len(test[0])} test queries (EM on kNN similarities)',
+            f'estimated from the {len(test[0])} test queries (black-box shift estimation on kNN similarities)',
         )
     else: mix, source = None, 'no test queries to estimate it from'
     share = {k: float((kinds == k).mean()) for k in ('landmark', 'unseen', 'nonlandmark')}

@@ -18,6 +18,7 @@ import pandas as pd
 
 from .core import Deadline, atomic_write, memory_mib, reset_peak
 from .rerank import COST_UNITS, Answer, RerankContext, Stage, make_stage
+from scipy.optimize import nnls  # scipy: a dependency of lightgbm, in every Kaggle image
 from .search import Candidates
 
 # %% auto #0
@@ -288,17 +289,20 @@ def mix_features(sims: np.ndarray,  # (Q, K) kNN similarities to the database, b
 def estimate_mix(held_x: np.ndarray,  # (H, F) features of the held-out queries (`mix_features`)
                  held_kind: np.ndarray,  # (H,) their kinds (HOLDOUT_KINDS)
                  test_x: np.ndarray,  # (Q, F) features of the test queries
-                 iters: int = 200) -> dict[str, float] | None:
-    """The share of each kind among the test queries: EM on the mixture weights of one Gaussian per held-out kind
-    (None: a kind has < 3 queries)."""
+                 ) -> dict[str, float] | None:
+    """The share of each kind among the test queries, by black-box shift estimation (Lipton, Wang & Smola, ICML
+    2018): each query's kind predicted by the likeliest of one Gaussian per held-out kind, the predictor's confusion
+    matrix C[i, j] = P(predicted i | kind j) measured on the held-out queries, and C p = q solved for the test's
+    shares p (q: the test's predicted shares; non-negative least squares, scipy's `nnls`, normalised to sum 1).
+    None: a kind has < 3 held-out queries."""
     kinds = [k for k in HOLDOUT_KINDS if (held_kind == k).any()]
     if len(test_x) == 0 or any((held_kind == k).sum() < 3 for k in kinds): return None
-    dens = np.stack([_gauss_pdf(test_x, held_x[held_kind == k]) for k in kinds], 1) + 1e-300
-    pi = np.full(len(kinds), 1 / len(kinds))
-    for _ in range(iters):
-        post = dens * pi
-        pi = (post / post.sum(1, keepdims=True)).mean(0)
-    return dict(zip(kinds, pi.tolist()))
+    fits = [held_x[held_kind == k] for k in kinds]
+    predict = lambda x: np.argmax(np.stack([np.log(_gauss_pdf(x, f) + 1e-300) for f in fits], 1), 1)
+    held_pred, test_pred = predict(held_x), predict(test_x)
+    confusion = np.array([[np.mean(held_pred[held_kind == k] == i) for k in kinds] for i in range(len(kinds))])
+    p, _ = nnls(confusion, np.bincount(test_pred, minlength=len(kinds)) / len(test_pred))
+    return dict(zip(kinds, (p / p.sum()).tolist()))
 
 def _gauss_pdf(x: np.ndarray, fit: np.ndarray) -> np.ndarray:
     "Density at `x` of the Gaussian fitted to the rows of `fit` (covariance with a small ridge)."
