@@ -32,13 +32,13 @@ from .plan import MIN_HOLDOUT_LANDMARKS, Holdout, Timeline, run_stages
 from .rerank import STAGES, RerankContext, Stage, recognition_predictions, retrieval_predictions
 from .stages import (DEFAULT_STAGES, SEED_STAGES, chain_settings, flat_parameter_types, make_chain,
                            stage_parameters)
-from .search import Candidates, finite_rows, search
+from .search import Candidates, _str_ids, finite_rows, search
 
 # %% auto #0
 __all__ = ['KNN_TITLES', 'KNN_S_PER_MAC', 'InferenceConfig', 'kernel_config', 'InferenceResult', 'run_embedder', 'public_sample',
-           'public_sample_size', 'make_holdout', 'model_unseen_rows', 'shaped_like_test', 'index_labels',
-           'retrieval_train_sample', 'make_retrieval_holdout', 'index_queries', 'run_recognition', 'run_retrieval',
-           'run_inference']
+           'public_sample_size', 'make_holdout', 'model_unseen_rows', 'shaped_like_test', 'answered_emb',
+           'index_labels', 'retrieval_train_sample', 'make_retrieval_holdout', 'index_queries', 'run_recognition',
+           'run_retrieval', 'run_inference']
 
 # %% ../nbs/50_pipeline.ipynb #fd33583d
 @dataclass(frozen=True)
@@ -520,7 +520,8 @@ def make_holdout(train: pd.DataFrame,  # id, landmark_id of the train images, ro
                  nl_ids: np.ndarray, nl_emb: np.ndarray,  # non-landmark queries and their embeddings
                  nl_ref_emb: np.ndarray | None, k: int, cfg: InferenceConfig,
                  ok: np.ndarray | None = None,  # (len(train),) bool: rows that were embedded (None: all)
-                 # the test's kNN candidates and (Q, D) embeddings: its mix is estimated from them
+                 # the test's kNN candidates and the embeddings of the queries they answered (`answered_emb`):
+                 # its mix is estimated from them
                  test: tuple[Candidates, np.ndarray] | None = None,
                  # (len(train),) bool: rows the model never trained on (`model_unseen_rows`): the held-out
                  # rows
@@ -616,7 +617,7 @@ def shaped_like_test(holdout: Holdout, kind: dict,  # held-out query id -> its k
         mix, source = dict(zip(('landmark', 'unseen', 'nonlandmark'), cfg.holdout_mix)), 'given (holdout_mix)'
     elif test is not None and len(test[0]):
         held_x = mix_features(c.sims, ctx.query_emb_of(c.query_ids), ctx.nonlandmark_emb)
-        test_x = mix_features(test[0].sims, _test_emb(test), ctx.nonlandmark_emb)
+        test_x = mix_features(test[0].sims, test[1], ctx.nonlandmark_emb)
         mix, source = (
             estimate_mix(held_x, kinds, test_x),
             f'estimated from the {len(test[0])} test queries (black-box shift estimation on kNN similarities)',
@@ -634,10 +635,10 @@ def shaped_like_test(holdout: Holdout, kind: dict,  # held-out query id -> its k
     aimed = dict(mix, source='given' if cfg.holdout_mix is not None else 'estimated')
     return dataclasses.replace(holdout, weights=dict(zip(c.query_ids.astype(str), w.tolist())), note=note, mix=aimed)
 
-def _test_emb(test: tuple[Candidates, np.ndarray]) -> np.ndarray:
-    "The embeddings of the test candidates' queries, in their order (the search skipped rows that were not embedded)."
-    cands, emb = test
-    return emb[np.isfinite(emb).all(1)] if len(emb) != len(cands) else emb
+def answered_emb(cands: Candidates, ids: np.ndarray, emb: np.ndarray) -> np.ndarray:
+    """(len(cands), D) float32: the embeddings (`emb`, rows of `ids`) of the queries `cands` answered, in its order: a
+    search skips the rows not embedded and, past a deadline, every chunk after the last it searched."""
+    return np.asarray(emb[pd.Index(_str_ids(np.asarray(ids))).get_indexer(cands.query_ids.astype(str))], np.float32)
 
 # %% ../nbs/50_pipeline.ipynb #ens00002
 # first guess of kNN seconds per multiply-add (float32 on a few CPU cores; fp16 on a T4) when planning models
@@ -964,7 +965,7 @@ def run_recognition(cfg: InferenceConfig, locate: Callable[[str, str], str] | No
                 cfg.k,
                 cfg,
                 ok=db.ok,
-                test=(cands, q_emb),
+                test=(cands, answered_emb(cands, q_ids, q_emb)),
                 unseen_by_model=unseen,
                 image_path=run.image_path,
                 deadline=run.deadline,
@@ -1009,9 +1010,8 @@ def _test_sample(run: _Run, test: EmbedResult, db: EmbedResult, n: int = 1000) -
     test's mix from (`estimate_mix`) at a small part of the test search's cost."""
     rows = np.flatnonzero(test.ok)
     if len(rows) > n: rows = np.sort(np.random.default_rng(run.cfg.seed).choice(rows, n, replace=False))
-    emb = np.asarray(test.emb[rows], np.float32)
-    cands = search(test.ids[rows], emb, db.ids, db.emb, run.cfg.k, deadline=run.deadline, device=run.device)
-    return cands, emb[:len(cands)]  # a deadline answers the first chunks of queries only
+    cands = search(test.ids[rows], test.emb[rows], db.ids, db.emb, run.cfg.k, deadline=run.deadline, device=run.device)
+    return cands, answered_emb(cands, test.ids[rows], test.emb[rows])
 
 def _unseen_by_models(run: _Run, train: pd.DataFrame) -> np.ndarray | None:
     """(len(train),) bool: the rows no model of the run trained on (each checkpoint's validation split,

@@ -260,15 +260,15 @@ HOLDOUT_KINDS = ('landmark', 'unseen', 'nonlandmark')
 
 def weighted_gap(predictions: dict,  # query id -> (landmark_id, confidence)
                  truth: dict,  # query id -> [landmark_id] or [] (non-landmark)
-                 weights: dict | None = None,  # query id -> weight > 0 (None: 1, plain GAP)
+                 weights: dict | None = None,  # query id -> weight >= 0 (None: 1, plain GAP)
                  ) -> float:
     """GAP with each query counted `weights[q]` times, in the ranks and in M: the GAP of a population with that
-    mix (ties by query id, as GAP)."""
+    mix (ties by query id, as GAP); a query of weight 0 (a kind the test has none of) is left out."""
     q = np.array(sorted(truth), dtype=object)
     w = np.array([1.0 if weights is None else float(weights.get(x, 1.0)) for x in q])
     m = sum(wi for x, wi in zip(q, w) if truth[x])
     pred = [predictions.get(x) for x in q]
-    has = np.array([p is not None for p in pred])
+    has = np.array([p is not None for p in pred]) & (w > 0)
     if not has.any() or m <= 0: return 0.0
     conf = np.array([p[1] if p is not None else 0.0 for p in pred])
     right = np.array([p is not None and p[0] in truth[x] for x, p in zip(q, pred)], float)
@@ -293,22 +293,24 @@ def estimate_mix(held_x: np.ndarray,  # (H, F) features of the held-out queries 
     """The share of each kind among the test queries, by black-box shift estimation (Lipton, Wang & Smola, ICML
     2018): each query's kind predicted by the likeliest of one Gaussian per held-out kind, the predictor's confusion
     matrix C[i, j] = P(predicted i | kind j) measured on the held-out queries, and C p = q solved for the test's
-    shares p (q: the test's predicted shares; non-negative least squares, scipy's `nnls`, normalised to sum 1).
-    None: a kind has < 3 held-out queries."""
+    shares p (q: the test's predicted shares; non-negative least squares, scipy's `nnls`, normalised to sum 1), over
+    the kinds present in `held_kind`. None: no test queries, a kind with < 3 held-out queries, or no solution but
+    p = 0. When C is near singular (kinds the predictor cannot tell apart) their split is noisy."""
     kinds = [k for k in HOLDOUT_KINDS if (held_kind == k).any()]
     if len(test_x) == 0 or any((held_kind == k).sum() < 3 for k in kinds): return None
     fits = [held_x[held_kind == k] for k in kinds]
-    predict = lambda x: np.argmax(np.stack([np.log(_gauss_pdf(x, f) + 1e-300) for f in fits], 1), 1)
+    predict = lambda x: np.argmax(np.stack([_gauss_logpdf(x, f) for f in fits], 1), 1)
     held_pred, test_pred = predict(held_x), predict(test_x)
     confusion = np.array([[np.mean(held_pred[held_kind == k] == i) for k in kinds] for i in range(len(kinds))])
     p, _ = nnls(confusion, np.bincount(test_pred, minlength=len(kinds)) / len(test_pred))
-    return dict(zip(kinds, (p / p.sum()).tolist()))
+    return dict(zip(kinds, (p / p.sum()).tolist())) if p.sum() > 0 else None
 
-def _gauss_pdf(x: np.ndarray, fit: np.ndarray) -> np.ndarray:
-    "Density at `x` of the Gaussian fitted to the rows of `fit` (covariance with a small ridge)."
+def _gauss_logpdf(x: np.ndarray, fit: np.ndarray) -> np.ndarray:
+    """Log-density at `x` of the Gaussian fitted to the rows of `fit` (covariance with a small ridge): in logs, so
+    that a point far from every kind still goes to the nearest one in Mahalanobis terms (densities underflow to 0)."""
     mu, cov = fit.mean(0), np.atleast_2d(np.cov(fit.T)) + 1e-4 * np.eye(fit.shape[1])
     d = x - mu
-    return np.exp(-0.5 * np.einsum('ij,jk,ik->i', d, np.linalg.inv(cov), d)) / np.sqrt(np.linalg.det(2 * np.pi * cov))
+    return -0.5 * np.einsum('ij,jk,ik->i', d, np.linalg.inv(cov), d) - 0.5 * np.linalg.slogdet(2 * np.pi * cov)[1]
 
 def mix_weights(kinds: np.ndarray,  # (H,) kind of each held-out query
                 mix: dict[str, float],  # kind -> its share in the test split
