@@ -32,7 +32,7 @@ from .plan import MIN_HOLDOUT_LANDMARKS, Holdout, Timeline, run_stages
 from .rerank import STAGES, RerankContext, Stage, recognition_predictions, retrieval_predictions
 from .stages import (DEFAULT_STAGES, SEED_STAGES, chain_settings, flat_parameter_types, make_chain,
                            stage_parameters)
-from .search import Candidates, _str_ids, finite_rows, search
+from .search import Candidates, finite_rows, search
 
 # %% auto #0
 __all__ = ['KNN_TITLES', 'KNN_S_PER_MAC', 'InferenceConfig', 'kernel_config', 'InferenceResult', 'run_embedder', 'public_sample',
@@ -638,7 +638,7 @@ def shaped_like_test(holdout: Holdout, kind: dict,  # held-out query id -> its k
 def answered_emb(cands: Candidates, ids: np.ndarray, emb: np.ndarray) -> np.ndarray:
     """(len(cands), D) float32: the embeddings (`emb`, rows of `ids`) of the queries `cands` answered, in its order: a
     search skips the rows not embedded and, past a deadline, every chunk after the last it searched."""
-    return np.asarray(emb[pd.Index(_str_ids(np.asarray(ids))).get_indexer(cands.query_ids.astype(str))], np.float32)
+    return np.asarray(emb[pd.Index(id_strings(np.asarray(ids))).get_indexer(cands.query_ids.astype(str))], np.float32)
 
 # %% ../nbs/50_pipeline.ipynb #ens00002
 # first guess of kNN seconds per multiply-add (float32 on a few CPU cores; fp16 on a T4) when planning models
@@ -833,13 +833,14 @@ def make_retrieval_holdout(train: pd.DataFrame,  # id, landmark_id of the embedd
             'inferred from train',
         )
     else: source = 'index_image_to_landmark.csv'
+    index_labels = index_labels[~index_labels.index.duplicated()]  # a repeated row: its first label
     by_lm = pd.Series(index_labels.index, index=index_labels.to_numpy()).groupby(level=0).apply(list).to_dict()
     held = held[held['landmark_id'].isin(by_lm)]
     if len(held) > cfg.max_holdout: held = held.sample(cfg.max_holdout, random_state=cfg.seed)
     q_ids, q_emb = held['id'].to_numpy(str), emb[held['row'].to_numpy()].astype(np.float32).reshape(-1, emb.shape[1])
     truth = {i: by_lm[l] for i, l in zip(held['id'], held['landmark_id'])}
     if source == 'index_image_to_landmark.csv':  # known labels: the index images are queries too
-        x_ids, x_emb, x_truth = index_queries(index_ids, index_emb, index_labels, cfg.max_holdout, cfg.seed)
+        x_ids, x_emb, x_truth = index_queries(index_ids, index_emb, by_lm, cfg.max_holdout, cfg.seed)
         new = ~np.isin(x_ids, q_ids)  # an id both a train and an index image stays a train query
         q_ids, q_emb = np.concatenate([q_ids, x_ids[new]]), np.concatenate([q_emb, x_emb[new]])
         truth = {**{i: x_truth[i] for i in x_ids[new]}, **truth}
@@ -858,18 +859,16 @@ def make_retrieval_holdout(train: pd.DataFrame,  # id, landmark_id of the embedd
     return Holdout(ctx, cands, truth, note=note), note
 
 def index_queries(index_ids: np.ndarray, index_emb: np.ndarray,  # (N,) and (N, D): the index (NaN rows: not embedded)
-                  index_labels: pd.Series,  # index id -> landmark, known (index_image_to_landmark.csv)
+                  by_lm: dict,  # landmark -> its index images' ids, known (index_image_to_landmark.csv)
                   n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Index images of landmarks with at least two of them, as retrieval queries: (ids, (n, D) float32 embeddings,
-    truth: id -> the other index images of its landmark); a seeded sample of at most `n`."""
+    """Embedded index images of landmarks with at least two index images, as retrieval queries: (ids, (n, D) float32
+    embeddings, truth: id -> the other index images of its landmark, from `by_lm` as the train queries' truth and
+    the test's: embedded or not); a seeded sample of at most `n`."""
     ids = id_strings(compact_ids(np.asarray(index_ids)))
-    lab = index_labels[~index_labels.index.duplicated()].reindex(ids).to_numpy()  # a repeated row: its first label
-    has = pd.notna(lab) & finite_rows(index_emb)
-    counts = pd.Series(lab[has]).value_counts()
-    rows = np.flatnonzero(has & pd.Series(lab).isin(counts.index[counts >= 2]).to_numpy())
+    landmark = {i: lm for lm, group in by_lm.items() if len(group) > 1 for i in group}
+    rows = np.flatnonzero(pd.Series(ids).isin(landmark).to_numpy() & finite_rows(index_emb))
     if len(rows) > n: rows = np.sort(np.random.default_rng(seed).choice(rows, n, replace=False))
-    by_lm = pd.Series(ids[has], index=lab[has]).groupby(level=0).apply(list).to_dict()
-    truth = {ids[r]: [i for i in by_lm[lab[r]] if i != ids[r]] for r in rows}
+    truth = {ids[r]: [i for i in by_lm[landmark[ids[r]]] if i != ids[r]] for r in rows}
     return ids[rows], np.asarray(index_emb[rows], np.float32), truth
 
 # %% ../nbs/50_pipeline.ipynb #5d1a4229

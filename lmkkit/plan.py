@@ -18,7 +18,6 @@ import pandas as pd
 
 from .core import Deadline, atomic_write, memory_mib, reset_peak
 from .rerank import COST_UNITS, Answer, RerankContext, Stage, make_stage
-from scipy.optimize import nnls  # scipy: a dependency of lightgbm, in every Kaggle image
 from .search import Candidates
 
 # %% auto #0
@@ -296,6 +295,7 @@ def estimate_mix(held_x: np.ndarray,  # (H, F) features of the held-out queries 
     shares p (q: the test's predicted shares; non-negative least squares, scipy's `nnls`, normalised to sum 1), over
     the kinds present in `held_kind`. None: no test queries, a kind with < 3 held-out queries, or no solution but
     p = 0. When C is near singular (kinds the predictor cannot tell apart) their split is noisy."""
+    from scipy.optimize import nnls  # lightgbm's dependency; here, not at import: 0.2 s that most imports never need
     kinds = [k for k in HOLDOUT_KINDS if (held_kind == k).any()]
     if len(test_x) == 0 or any((held_kind == k).sum() < 3 for k in kinds): return None
     fits = [held_x[held_kind == k] for k in kinds]

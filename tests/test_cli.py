@@ -168,11 +168,11 @@ def test_help_imports_no_torch(cmd):
     assert 'usage: lmkkit' in res.stdout and res.stdout.strip().splitlines()[-1] == 'HEAVY []', (cmd, res.stdout[-500:], res.stderr[-2000:])
 
 
-
 def test_python_dash_m_runs_the_cli():
     "`python -m lmkkit.cli` is the `lmkkit` command (it printed nothing before)."
     res = subprocess.run([sys.executable, '-m', 'lmkkit.cli', 'evaluate', '--help'], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0 and 'usage: lmkkit evaluate' in res.stdout, (res.stdout[-500:], res.stderr[-1000:])
+
 
 def _lmkkit_imports() -> dict[str, set[str]]:
     "lmkkit module -> the lmkkit modules it imports, at the top or inside a function (read from the package's files)."
